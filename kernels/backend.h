@@ -1,0 +1,109 @@
+// Backend: the small set of operations the Llama forward needs, implemented once per device (CpuBackend in
+// kernels/cpu, CudaBackend in kernels/cuda). Model code is written against this interface only.
+//
+// Conventions for every method:
+//  - Tensors are row-major and contiguous, on this backend's device. Activations use activation_dtype()
+//    (F32 on the CPU). Weights are BF16, stored [out_features, in_features] as in Hugging Face checkpoints.
+//  - Shapes are checked with CHECK: a mismatch is a bug in the caller, not bad input.
+//  - Methods may run asynchronously; Synchronize() waits for all of them. Nothing is allocated per call
+//    except through Allocate().
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "kernels/core/tensor.h"
+
+namespace tessera {
+
+// Paged-attention metadata for one step, vLLM's flattened layout. Pointers are on the backend's device
+// (host memory for the CPU backend); all int32.
+struct AttentionMeta {
+  const int32_t* query_start = nullptr;   // [num_seqs + 1]: sequence s owns new tokens [query_start[s], query_start[s+1])
+  const int32_t* seq_lens = nullptr;      // [num_seqs]: context length after this step (cached + new tokens)
+  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]: physical KV block ids
+  const int32_t* slot_mapping = nullptr;  // [num_tokens]: KV slot (block_id * block_size + offset) of each new token
+  const int32_t* positions = nullptr;     // [num_tokens]: position of each new token in its sequence
+  int num_seqs = 0;
+  int num_tokens = 0;
+  int max_blocks_per_seq = 0;
+  int block_size = 16;
+  int max_query_len = 0;  // longest new-token run of any sequence
+  int max_seq_len = 0;    // longest context of any sequence
+};
+
+// Rotary embedding parameters (HF "rotate_half" layout; rope_type "llama3" frequency scaling when set).
+struct RopeParams {
+  float theta = 500000.0f;
+  bool llama3_scaling = false;
+  float factor = 1.0f;
+  float low_freq_factor = 1.0f;
+  float high_freq_factor = 4.0f;
+  int original_max_position_embeddings = 8192;
+};
+
+// One row's sampling request. temperature <= 0 means greedy (argmax). top_k <= 0 and top_p >= 1 disable
+// those filters. The random draw depends only on (seed, step), never on the rest of the batch.
+struct SamplingRow {
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  uint64_t step = 0;
+};
+
+enum class DeviceKind { kCpu, kCuda };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual DeviceKind device() const = 0;
+  // F32 on the CPU, BF16 on CUDA.
+  virtual DType activation_dtype() const = 0;
+
+  // Allocates `bytes` of device memory (64-byte aligned). Errors: RESOURCE_EXHAUSTED when out of memory.
+  [[nodiscard]] virtual absl::StatusOr<DeviceBuffer> Allocate(int64_t bytes) = 0;
+  virtual void CopyToDevice(void* dst, const void* src, int64_t bytes) = 0;
+  virtual void CopyToHost(void* dst, const void* src, int64_t bytes) = 0;
+  // dst = src (same shape and dtype).
+  virtual void Copy(const Tensor& src, Tensor& dst) = 0;
+
+  // out[t, :] = table[ids[t], :]. ids: I32 [T]; table: BF16 [V, H]; out: [T, H]. Ids are trusted (< V).
+  virtual void Embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
+  // out[s, :] = src[rows[s], :]. rows: I32 [S] on the device.
+  virtual void GatherRows(const Tensor& src, const Tensor& rows, Tensor& out) = 0;
+
+  // y[M, N] = x[M, K] @ w[N, K]^T. w is BF16 and may live in a read-only mapping of the checkpoint.
+  virtual void Linear(const Tensor& x, const Tensor& w, Tensor& y) = 0;
+
+  // out = x / sqrt(mean(x^2) + eps) * weight, per row, computed in fp32. weight: BF16 [H].
+  virtual void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
+  // residual += hidden; hidden = RmsNorm(residual) * weight. Both [T, H].
+  virtual void AddRmsNorm(Tensor& hidden, Tensor& residual, const Tensor& weight, float eps) = 0;
+
+  // Rotates q [T, nq * head_dim] and k [T, nk * head_dim] in place by the positions in meta.
+  virtual void Rope(const AttentionMeta& meta, const RopeParams& rope, int head_dim, Tensor& q, Tensor& k) = 0;
+
+  // Writes k, v [T, nkv * head_dim] into the caches [num_blocks, block_size, nkv, head_dim] at meta's slots.
+  virtual void WriteKvCache(const AttentionMeta& meta, const Tensor& k, const Tensor& v, Tensor& k_cache,
+                            Tensor& v_cache) = 0;
+  // Causal grouped-query attention of q [T, nq * head_dim] over each sequence's cached context (which must
+  // already hold this step's keys and values). out: [T, nq * head_dim]. nq must be a multiple of nkv.
+  virtual void PagedAttention(const AttentionMeta& meta, const Tensor& q, const Tensor& k_cache,
+                              const Tensor& v_cache, int num_heads, int num_kv_heads, int head_dim, float scale,
+                              Tensor& out) = 0;
+
+  // out = silu(gate) * up, elementwise; all [T, I].
+  virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // out = a + b, elementwise (out may alias a or b).
+  virtual void Add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+
+  // Chooses one token per row of logits [S, V] (F32) as rows[s] says; writes host int32 out_ids[S].
+  virtual void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) = 0;
+
+  // Waits for every queued operation.
+  virtual void Synchronize() = 0;
+};
+
+}  // namespace tessera
