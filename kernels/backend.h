@@ -77,7 +77,7 @@ class Backend {
   // y[M, N] = x[M, K] @ w[N, K]^T. w is BF16 and may live in a read-only mapping of the checkpoint.
   virtual void Linear(const Tensor& x, const Tensor& w, Tensor& y) = 0;
 
-  // out = x / sqrt(mean(x^2) + eps) * weight, per row, computed in fp32. weight: BF16 [H].
+  // out = x / sqrt(mean(x^2) + eps) * weight, per row, computed in fp32. weight: BF16 [H]. out may alias x.
   virtual void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
   // residual += hidden; hidden = RmsNorm(residual) * weight. Both [T, H].
   virtual void AddRmsNorm(Tensor& hidden, Tensor& residual, const Tensor& weight, float eps) = 0;
@@ -94,7 +94,7 @@ class Backend {
                               const Tensor& v_cache, int num_heads, int num_kv_heads, int head_dim, float scale,
                               Tensor& out) = 0;
 
-  // out = silu(gate) * up, elementwise; all [T, I].
+  // out = silu(gate) * up, elementwise; all [T, I]; out may alias gate or up.
   virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // out = a + b, elementwise (out may alias a or b).
   virtual void Add(const Tensor& a, const Tensor& b, Tensor& out) = 0;

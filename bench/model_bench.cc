@@ -1,0 +1,147 @@
+// End-to-end CPU benchmark of the Llama forward: measures this machine's ceilings (memory read bandwidth and
+// oneDNN's bf16 GEMM peak) in the same run, then times decode at batch 1, 8 and 32 and a 512-token prefill of
+// a model (default: the `small` preset, the shape of Llama 3.2 1B, made on first use) and prints a table.
+//
+//   model_bench [--model DIR] [--threads N] [--steps N]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "bench/roofline.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "worker/checkpoint/make_model.h"
+#include "worker/model_runner.h"
+
+namespace tessera {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+[[noreturn]] void Die(const absl::Status& s) {
+  std::fprintf(stderr, "model_bench: %s\n", std::string(s.message()).c_str());
+  std::exit(1);
+}
+
+template <typename T>
+T OrDie(absl::StatusOr<T> v) {
+  if (!v.ok()) Die(v.status());
+  return std::move(v).value();
+}
+
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+std::vector<int32_t> RandomPrompt(int n, int vocab, uint32_t seed) {
+  std::vector<int32_t> ids(n);
+  for (int i = 0; i < n; ++i) {
+    seed = seed * 1664525u + 1013904223u;
+    ids[i] = static_cast<int32_t>((seed >> 8) % static_cast<uint32_t>(vocab - 1000));
+  }
+  return ids;
+}
+
+// Seconds per decode step for `batch` sequences with a 32-token context, best of `steps` steps.
+double DecodeStepSeconds(ModelRunner& runner, int batch, int steps) {
+  std::vector<Sequence> seqs(batch);
+  std::vector<Sequence*> ptrs;
+  for (int i = 0; i < batch; ++i) {
+    seqs[i].tokens = RandomPrompt(32, runner.config().vocab_size, 17 + i);
+    seqs[i].num_prompt_tokens = 32;
+    ptrs.push_back(&seqs[i]);
+  }
+  Tensor logits = OrDie(runner.Forward(ptrs));
+  runner.SampleAndAppend(logits, ptrs);
+  double best = 1e30;
+  for (int s = 0; s < steps; ++s) {
+    auto t0 = Clock::now();
+    logits = OrDie(runner.Forward(ptrs));
+    runner.SampleAndAppend(logits, ptrs);
+    best = std::min(best, Seconds(t0, Clock::now()));
+  }
+  for (Sequence& s : seqs) runner.Release(s);
+  return best;
+}
+
+double PrefillSeconds(ModelRunner& runner, int tokens, int repeats) {
+  double best = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    Sequence seq;
+    seq.tokens = RandomPrompt(tokens, runner.config().vocab_size, 99 + r);
+    seq.num_prompt_tokens = tokens;
+    auto t0 = Clock::now();
+    Tensor logits = OrDie(runner.Forward({&seq}));
+    runner.backend().Synchronize();
+    best = std::min(best, Seconds(t0, Clock::now()));
+    runner.Release(seq);
+  }
+  return best;
+}
+
+int Main(int argc, char** argv) {
+  std::string model_dir;
+  int threads = 0, steps = 8;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    if (flag == "--model") model_dir = argv[i + 1];
+    else if (flag == "--threads") threads = std::atoi(argv[i + 1]);
+    else if (flag == "--steps") steps = std::atoi(argv[i + 1]);
+    else Die(absl::InvalidArgumentError("unknown flag " + flag + " (use --model DIR --threads N --steps N)"));
+  }
+  if (model_dir.empty()) {
+    model_dir = (std::filesystem::temp_directory_path() / "tessera-bench-small").string();
+    if (!std::filesystem::exists(model_dir + "/config.json")) {
+      std::fprintf(stderr, "model_bench: writing the small preset to %s\n", model_dir.c_str());
+      MakeModelOptions make;
+      make.preset = "small";
+      make.out_dir = model_dir;
+      if (absl::Status s = MakeModel(make); !s.ok()) Die(s);
+    }
+  }
+  auto backend = OrDie(CpuBackend::Create({.num_threads = threads}));
+  threads = backend->num_threads();
+
+  const double bandwidth = MeasureReadBandwidthGBps(threads);
+  const double gemm_peak = MeasureBf16GemmPeakGflops(threads);
+
+  Checkpoint checkpoint = OrDie(Checkpoint::Open(model_dir));
+  const ModelConfig& c = checkpoint.config();
+  ModelRunnerOptions options;
+  options.model.max_num_tokens = 512;
+  options.model.max_num_seqs = 32;
+  options.num_kv_blocks = 32 * 4 + 64;
+  auto runner = OrDie(ModelRunner::Create(checkpoint, *backend, options));
+
+  // Bytes one decode step streams: every weight matrix once (the embedding lookup reads a few rows only,
+  // but a tied lm_head reads the whole table).
+  const int64_t h = c.hidden_size, kv = int64_t{c.num_key_value_heads} * c.head_dim;
+  const int64_t q = int64_t{c.num_attention_heads} * c.head_dim;
+  const int64_t layer_params = h * q + 2 * h * kv + q * h + 3 * h * c.intermediate_size + 2 * h;
+  const int64_t matmul_params = c.num_hidden_layers * layer_params + int64_t{c.vocab_size} * h;
+  const double step_bytes = 2.0 * matmul_params;
+
+  std::printf("ceilings (%d threads): read bandwidth %.1f GB/s, oneDNN bf16 GEMM %.1f GFLOP/s\n", threads, bandwidth,
+              gemm_peak);
+  std::printf("model %s: %.2f GB of weights streamed per decode step\n\n", model_dir.c_str(), step_bytes / 1e9);
+  std::printf("%-14s %10s %12s %12s %14s\n", "case", "ms/step", "tokens/s", "GB/s", "% of ceiling");
+  for (int batch : {1, 8, 32}) {
+    double s = DecodeStepSeconds(*runner, batch, steps);
+    double gbps = step_bytes / s / 1e9;
+    std::printf("decode b=%-5d %10.1f %12.1f %12.1f %13.0f%%\n", batch, s * 1e3, batch / s, gbps,
+                100 * gbps / bandwidth);
+  }
+  const int prefill = 512;
+  double s = PrefillSeconds(*runner, prefill, 2);
+  // Linear layers (lm_head only for the last token) plus causal attention (QK^T and PV over half the square).
+  double flops = 2.0 * prefill * (matmul_params - int64_t{c.vocab_size} * h) + 2.0 * h * c.vocab_size +
+                 2.0 * c.num_hidden_layers * q * prefill * prefill;
+  std::printf("%-14s %10.1f %12.1f %12s %13.0f%%   (%.1f GFLOP/s of GEMM ceiling)\n", "prefill 512", s * 1e3,
+              prefill / s, "-", 100 * flops / s / 1e9 / gemm_peak, flops / s / 1e9);
+  return 0;
+}
+
+}  // namespace
+}  // namespace tessera
+
+int main(int argc, char** argv) { return tessera::Main(argc, argv); }

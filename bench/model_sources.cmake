@@ -1,0 +1,5 @@
+if(TARGET tessera_roofline)
+  add_executable(model_bench ${CMAKE_CURRENT_LIST_DIR}/model_bench.cc)
+  target_link_libraries(model_bench PRIVATE tessera_worker tessera_roofline)
+  tessera_warnings(model_bench)
+endif()

@@ -1,0 +1,2 @@
+tessera_add_test(model_runner_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/model_runner_test.cc LIBS tessera_worker)
+tessera_add_test(kv_cache_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/kv_cache_test.cc LIBS tessera_worker)

@@ -1,0 +1,234 @@
+#include "worker/checkpoint/model_config.h"
+
+#include <charconv>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/core/status_macros.h"
+#include "worker/checkpoint/json_fields.h"
+
+namespace tessera {
+namespace {
+
+using json_internal::Json;
+using json_internal::JsonFields;
+
+absl::Status CheckPositive(const JsonFields& f, std::string_view field, int64_t value) {
+  if (value <= 0) return f.Error(absl::StrCat(field, "=", value, " must be positive"));
+  return absl::OkStatus();
+}
+
+absl::Status ParseRopeScaling(const Json& object, const JsonFields& f, std::optional<RopeScaling>& out) {
+  auto it = object.find("rope_scaling");
+  if (it == object.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_object()) return f.Error(absl::StrCat("rope_scaling must be an object or null, got ", it->dump()));
+  // Sub-field errors come back as ": <field> ..." (empty source) and are re-prefixed with "rope_scaling.".
+  JsonFields rf(*it, "");
+  auto sub = [&](absl::Status st) {
+    return st.ok() ? st : f.Error(absl::StrCat("rope_scaling.", st.message().substr(2)));
+  };
+  std::string type;
+  // Older configs spell rope_type as "type".
+  RETURN_IF_ERROR(sub(rf.String(rf.Has("rope_type") ? "rope_type" : "type", type, false)));
+  if (type.empty() || type == "default") return absl::OkStatus();
+  if (type != "llama3") {
+    return f.Error(absl::StrCat("rope_scaling.rope_type=\"", type, "\" is not supported (only \"llama3\" or null)"));
+  }
+  RopeScaling s;
+  s.rope_type = type;
+  RETURN_IF_ERROR(sub(rf.Double("factor", s.factor, true)));
+  RETURN_IF_ERROR(sub(rf.Double("low_freq_factor", s.low_freq_factor, true)));
+  RETURN_IF_ERROR(sub(rf.Double("high_freq_factor", s.high_freq_factor, true)));
+  RETURN_IF_ERROR(sub(rf.Int("original_max_position_embeddings", s.original_max_position_embeddings, true)));
+  if (!(s.factor > 0)) return f.Error(absl::StrCat("rope_scaling.factor=", s.factor, " must be positive"));
+  if (!(s.low_freq_factor > 0) || !(s.high_freq_factor > s.low_freq_factor)) {
+    return f.Error(absl::StrCat("rope_scaling.low_freq_factor=", s.low_freq_factor,
+                                " must be positive and below high_freq_factor=", s.high_freq_factor));
+  }
+  RETURN_IF_ERROR(
+      CheckPositive(f, "rope_scaling.original_max_position_embeddings", s.original_max_position_embeddings));
+  out = s;
+  return absl::OkStatus();
+}
+
+absl::Status ParseArchitecture(const Json& object, const JsonFields& f, std::string& out) {
+  auto it = object.find("architectures");
+  if (it != object.end() && !it->is_null()) {
+    if (!it->is_array() || it->empty() || !(*it)[0].is_string()) {
+      return f.Error(absl::StrCat("architectures must be a non-empty list of strings, got ", it->dump()));
+    }
+    out = (*it)[0].get<std::string>();
+  }
+  if (out != "LlamaForCausalLM") {
+    return f.Error(absl::StrCat("architectures=", out, " is not supported (only LlamaForCausalLM)"));
+  }
+  std::string model_type = "llama";
+  RETURN_IF_ERROR(f.String("model_type", model_type, false));
+  if (model_type != "llama") return f.Error(absl::StrCat("model_type=", model_type, " is not supported (only llama)"));
+  std::string hidden_act = "silu";
+  RETURN_IF_ERROR(f.String("hidden_act", hidden_act, false));
+  if (hidden_act != "silu") return f.Error(absl::StrCat("hidden_act=", hidden_act, " is not supported (only silu)"));
+  for (const char* bias : {"attention_bias", "mlp_bias"}) {
+    bool value = false;
+    RETURN_IF_ERROR(f.Bool(bias, value));
+    if (value) return f.Error(absl::StrCat(bias, "=true is not supported"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckTokenId(const JsonFields& f, std::string_view field, int id, int vocab_size) {
+  if (id < 0 || id >= vocab_size) {
+    return f.Error(absl::StrCat(field, "=", id, " is outside the vocabulary [0, ", vocab_size, ")"));
+  }
+  return absl::OkStatus();
+}
+
+// A float as the shortest decimal that reads back as the same float, then as a double ("0.6", not 0.600000024).
+double ShortestDouble(float f) {
+  char buf[32];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), f);
+  double d = f;
+  if (ec == std::errc()) std::from_chars(buf, end, d);
+  return d;
+}
+
+Json TokenIdsJson(const std::vector<int>& ids) { return ids.size() == 1 ? Json(ids[0]) : Json(ids); }
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ModelConfig::Parse(std::string_view json_text, std::string_view source) {
+  ASSIGN_OR_RETURN(Json j, json_internal::ParseJson(json_text, source));
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  JsonFields f(j, source);
+  ModelConfig c;
+  c.rms_norm_eps = 1e-6;  // LlamaConfig's default when the field is absent
+  RETURN_IF_ERROR(ParseArchitecture(j, f, c.architecture));
+  RETURN_IF_ERROR(f.Int("hidden_size", c.hidden_size, true));
+  RETURN_IF_ERROR(f.Int("intermediate_size", c.intermediate_size, true));
+  RETURN_IF_ERROR(f.Int("num_hidden_layers", c.num_hidden_layers, true));
+  RETURN_IF_ERROR(f.Int("num_attention_heads", c.num_attention_heads, true));
+  RETURN_IF_ERROR(f.Int("vocab_size", c.vocab_size, true));
+  c.num_key_value_heads = c.num_attention_heads;
+  RETURN_IF_ERROR(f.Int("num_key_value_heads", c.num_key_value_heads, false));
+  RETURN_IF_ERROR(f.Int("head_dim", c.head_dim, false));
+  RETURN_IF_ERROR(f.Int("max_position_embeddings", c.max_position_embeddings, false));
+  RETURN_IF_ERROR(f.Double("rms_norm_eps", c.rms_norm_eps, false));
+  RETURN_IF_ERROR(f.Double("rope_theta", c.rope_theta, false));
+  RETURN_IF_ERROR(f.Bool("tie_word_embeddings", c.tie_word_embeddings));
+  RETURN_IF_ERROR(f.OptionalInt("bos_token_id", c.bos_token_id));
+  RETURN_IF_ERROR(f.IntOrIntList("eos_token_id", c.eos_token_ids));
+  RETURN_IF_ERROR(f.String("torch_dtype", c.torch_dtype, false));
+  RETURN_IF_ERROR(ParseRopeScaling(j, f, c.rope_scaling));
+
+  for (auto [field, value] : {std::pair<const char*, int>{"hidden_size", c.hidden_size},
+                              {"intermediate_size", c.intermediate_size},
+                              {"num_hidden_layers", c.num_hidden_layers},
+                              {"num_attention_heads", c.num_attention_heads},
+                              {"num_key_value_heads", c.num_key_value_heads},
+                              {"max_position_embeddings", c.max_position_embeddings},
+                              {"vocab_size", c.vocab_size}}) {
+    RETURN_IF_ERROR(CheckPositive(f, field, value));
+  }
+  if (f.Has("head_dim")) {
+    RETURN_IF_ERROR(CheckPositive(f, "head_dim", c.head_dim));
+  } else {
+    if (c.hidden_size % c.num_attention_heads != 0) {
+      return f.Error(absl::StrCat("num_attention_heads=", c.num_attention_heads,
+                                  " does not divide hidden_size=", c.hidden_size));
+    }
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  }
+  if (c.num_attention_heads % c.num_key_value_heads != 0) {
+    return f.Error(absl::StrCat("num_key_value_heads=", c.num_key_value_heads,
+                                " does not divide num_attention_heads=", c.num_attention_heads));
+  }
+  if (!(c.rms_norm_eps > 0)) return f.Error(absl::StrCat("rms_norm_eps=", c.rms_norm_eps, " must be positive"));
+  if (!(c.rope_theta > 0)) return f.Error(absl::StrCat("rope_theta=", c.rope_theta, " must be positive"));
+  if (c.bos_token_id) RETURN_IF_ERROR(CheckTokenId(f, "bos_token_id", *c.bos_token_id, c.vocab_size));
+  for (int id : c.eos_token_ids) RETURN_IF_ERROR(CheckTokenId(f, "eos_token_id", id, c.vocab_size));
+  return c;
+}
+
+absl::StatusOr<ModelConfig> ModelConfig::Load(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, json_internal::ReadTextFile(path));
+  return Parse(text, path);
+}
+
+std::string ModelConfig::ToJson() const {
+  Json j = Json::object();
+  j["architectures"] = {architecture};
+  j["attention_bias"] = false;
+  j["attention_dropout"] = 0.0;
+  j["bos_token_id"] = bos_token_id ? Json(*bos_token_id) : Json(nullptr);
+  j["eos_token_id"] = eos_token_ids.empty() ? Json(nullptr) : TokenIdsJson(eos_token_ids);
+  j["head_dim"] = head_dim;
+  j["hidden_act"] = "silu";
+  j["hidden_size"] = hidden_size;
+  j["initializer_range"] = 0.02;
+  j["intermediate_size"] = intermediate_size;
+  j["max_position_embeddings"] = max_position_embeddings;
+  j["mlp_bias"] = false;
+  j["model_type"] = "llama";
+  j["num_attention_heads"] = num_attention_heads;
+  j["num_hidden_layers"] = num_hidden_layers;
+  j["num_key_value_heads"] = num_key_value_heads;
+  j["pretraining_tp"] = 1;
+  j["rms_norm_eps"] = rms_norm_eps;
+  if (rope_scaling) {
+    j["rope_scaling"] = {{"factor", rope_scaling->factor},
+                         {"high_freq_factor", rope_scaling->high_freq_factor},
+                         {"low_freq_factor", rope_scaling->low_freq_factor},
+                         {"original_max_position_embeddings", rope_scaling->original_max_position_embeddings},
+                         {"rope_type", rope_scaling->rope_type}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  j["rope_theta"] = rope_theta;
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["torch_dtype"] = torch_dtype;
+  j["transformers_version"] = "4.45.0";
+  j["use_cache"] = true;
+  j["vocab_size"] = vocab_size;
+  return j.dump(2) + "\n";
+}
+
+int64_t ModelConfig::NumParameters() const {
+  const int64_t h = hidden_size, q = int64_t{num_attention_heads} * head_dim,
+                kv = int64_t{num_key_value_heads} * head_dim, inter = intermediate_size, v = vocab_size;
+  const int64_t per_layer = 2 * h + q * h + 2 * kv * h + h * q + 3 * h * inter;
+  return v * h + num_hidden_layers * per_layer + h + (tie_word_embeddings ? 0 : v * h);
+}
+
+absl::StatusOr<GenerationConfig> GenerationConfig::Parse(std::string_view json_text, std::string_view source) {
+  ASSIGN_OR_RETURN(Json j, json_internal::ParseJson(json_text, source));
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  JsonFields f(j, source);
+  GenerationConfig g;
+  RETURN_IF_ERROR(f.OptionalFloat("temperature", g.temperature));
+  RETURN_IF_ERROR(f.OptionalFloat("top_p", g.top_p));
+  RETURN_IF_ERROR(f.OptionalInt("top_k", g.top_k));
+  RETURN_IF_ERROR(f.OptionalInt("bos_token_id", g.bos_token_id));
+  RETURN_IF_ERROR(f.IntOrIntList("eos_token_id", g.eos_token_ids));
+  return g;
+}
+
+absl::StatusOr<GenerationConfig> GenerationConfig::Load(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return GenerationConfig();
+  ASSIGN_OR_RETURN(std::string text, json_internal::ReadTextFile(path));
+  return Parse(text, path);
+}
+
+std::string GenerationConfig::ToJson() const {
+  Json j = Json::object();
+  if (bos_token_id) j["bos_token_id"] = *bos_token_id;
+  if (temperature || top_p) j["do_sample"] = true;
+  if (!eos_token_ids.empty()) j["eos_token_id"] = TokenIdsJson(eos_token_ids);
+  if (temperature) j["temperature"] = ShortestDouble(*temperature);
+  if (top_k) j["top_k"] = *top_k;
+  if (top_p) j["top_p"] = ShortestDouble(*top_p);
+  j["transformers_version"] = "4.45.0";
+  return j.dump(2) + "\n";
+}
+
+}  // namespace tessera

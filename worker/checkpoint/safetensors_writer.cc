@@ -1,0 +1,109 @@
+#include "worker/checkpoint/safetensors_writer.h"
+
+#include <cerrno>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/core/status_macros.h"
+
+namespace tessera {
+namespace {
+
+uint64_t EntryBytes(const TensorHeaderEntry& e) {
+  uint64_t n = static_cast<uint64_t>(DTypeSize(e.dtype));
+  for (int64_t d : e.shape) n *= static_cast<uint64_t>(d);
+  return n;
+}
+
+absl::Status CheckEntries(const std::string& path, const std::vector<TensorHeaderEntry>& entries) {
+  std::set<std::string_view> names;
+  for (const TensorHeaderEntry& e : entries) {
+    if (e.name == "__metadata__" || !names.insert(e.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor name ", e.name, " is reserved or repeated"));
+    }
+    for (int64_t d : e.shape) {
+      if (d < 0) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", e.name, " has a negative dim"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string SafetensorsHeaderBytes(const std::vector<TensorHeaderEntry>& entries,
+                                   const std::map<std::string, std::string>& metadata) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const TensorHeaderEntry& e : entries) {
+    uint64_t end = offset + EntryBytes(e);
+    header[e.name] = {{"dtype", std::string(DTypeName(e.dtype))}, {"shape", e.shape}, {"data_offsets", {offset, end}}};
+    offset = end;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::string out(8, '\0');
+  uint64_t len = text.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((len >> (8 * i)) & 0xff);
+  return out + text;
+}
+
+absl::StatusOr<SafetensorsWriter> SafetensorsWriter::Create(const std::string& path,
+                                                            std::vector<TensorHeaderEntry> entries,
+                                                            const std::map<std::string, std::string>& metadata) {
+  RETURN_IF_ERROR(CheckEntries(path, entries));
+  SafetensorsWriter w;
+  w.path_ = path;
+  for (const TensorHeaderEntry& e : entries) w.total_bytes_ += EntryBytes(e);
+  w.file_.reset(std::fopen(path.c_str(), "wb"));
+  if (!w.file_) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot create"));
+  std::string header = SafetensorsHeaderBytes(entries, metadata);
+  if (std::fwrite(header.data(), 1, header.size(), w.file_.get()) != header.size()) {
+    return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot write the header"));
+  }
+  return w;
+}
+
+absl::Status SafetensorsWriter::Append(std::string_view bytes) {
+  if (!file_) return absl::FailedPreconditionError(absl::StrCat(path_, ": writer is closed"));
+  if (bytes.size() > total_bytes_ - written_bytes_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": appending ", bytes.size(), " bytes past the ", total_bytes_, " the header announced"));
+  }
+  if (std::fwrite(bytes.data(), 1, bytes.size(), file_.get()) != bytes.size()) {
+    return absl::ErrnoToStatus(errno, absl::StrCat(path_, ": write failed"));
+  }
+  written_bytes_ += bytes.size();
+  return absl::OkStatus();
+}
+
+absl::Status SafetensorsWriter::Finish() {
+  if (!file_) return absl::FailedPreconditionError(absl::StrCat(path_, ": writer is closed"));
+  if (written_bytes_ != total_bytes_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": ", written_bytes_, " data bytes written but the header announced ", total_bytes_));
+  }
+  std::FILE* f = file_.release();
+  if (std::fclose(f) != 0) return absl::ErrnoToStatus(errno, absl::StrCat(path_, ": close failed"));
+  return absl::OkStatus();
+}
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorData>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorHeaderEntry> entries;
+  for (const TensorData& t : tensors) {
+    TensorHeaderEntry e{t.name, t.dtype, t.shape};
+    if (!CheckEntries(path, {e}).ok() || EntryBytes(e) != t.bytes.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", t.name, " has ", t.bytes.size(),
+                                                     " bytes, which does not match its shape and dtype"));
+    }
+    entries.push_back(std::move(e));
+  }
+  ASSIGN_OR_RETURN(SafetensorsWriter writer, SafetensorsWriter::Create(path, std::move(entries), metadata));
+  for (const TensorData& t : tensors) RETURN_IF_ERROR(writer.Append(t.bytes));
+  return writer.Finish();
+}
+
+}  // namespace tessera

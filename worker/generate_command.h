@@ -1,0 +1,33 @@
+// `tessera generate`: loads a checkpoint on the CPU backend and generates from token-id prompts run together
+// as one batch; prints one JSON line per prompt.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace tessera {
+
+struct GenerateOptions {
+  std::string model_dir;
+  std::vector<std::vector<int32_t>> prompts;  // token ids, one list per prompt
+  int max_tokens = 16;
+  float temperature = 0.0f;  // 0 = greedy
+  uint64_t seed = 0;
+  int threads = 0;           // 0 = all cores
+  std::string logits_out;    // .npy of the first prompt's logits, [generated, vocab]
+  bool stats = false;        // one JSON line of timings on `err`
+};
+
+// Runs the generation. Writes `{"token_ids": [...]}` per prompt to `out`, in order; generation of a prompt
+// stops after an eos id (config.json's and generation_config.json's) or max_tokens tokens. Errors: the
+// checkpoint's, INVALID_ARGUMENT for a bad option or a prompt id outside the vocabulary (naming the prompt).
+[[nodiscard]] absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std::ostream& err);
+
+// Parses "128000,9906,11" into ids. Errors: INVALID_ARGUMENT naming the bad element.
+[[nodiscard]] absl::Status ParseTokenIds(const std::string& text, std::vector<int32_t>& ids);
+
+}  // namespace tessera

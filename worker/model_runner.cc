@@ -1,0 +1,162 @@
+#include "worker/model_runner.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/core/status_macros.h"
+
+namespace tessera {
+namespace {
+
+int CeilDiv(int a, int b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, KvCache kv_cache, int num_blocks)
+    : backend_(backend), model_(std::move(model)), kv_cache_(std::move(kv_cache)), allocator_(num_blocks) {}
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const Checkpoint& checkpoint, Backend& backend,
+                                                                 const ModelRunnerOptions& options) {
+  if (options.num_kv_blocks <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("num_kv_blocks=", options.num_kv_blocks, " must be positive"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LlamaModel::Load(checkpoint, backend, options.model));
+  ASSIGN_OR_RETURN(KvCache kv_cache, KvCache::Allocate(backend, model->KvShape(options.num_kv_blocks)));
+  std::unique_ptr<ModelRunner> runner(
+      new ModelRunner(backend, std::move(model), std::move(kv_cache), options.num_kv_blocks));
+  const int block_size = runner->kv_cache_.shape().block_size;
+  runner->max_blocks_per_seq_ =
+      std::min(options.num_kv_blocks, CeilDiv(runner->config().max_position_embeddings, block_size));
+  const int64_t t = options.model.max_num_tokens, s = options.model.max_num_seqs;
+  const int64_t ints = 3 * t + (s + 1) + s + s * runner->max_blocks_per_seq_ + s;
+  ASSIGN_OR_RETURN(runner->device_meta_, backend.Allocate(ints * 4));
+  return runner;
+}
+
+absl::Status ModelRunner::BuildBatch(const std::vector<Sequence*>& seqs) {
+  const ModelConfig& config = model_->config();
+  const LlamaModelOptions& limits = model_->options();
+  const int block_size = kv_cache_.shape().block_size;
+  host_.Clear();
+  int num_tokens = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const Sequence& seq = *seqs[s];
+    const int len = static_cast<int>(seq.tokens.size());
+    if (seq.num_computed_tokens >= len) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has no new token to compute"));
+    }
+    if (len > config.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has ", len,
+                                                     " tokens, more than max_position_embeddings=",
+                                                     config.max_position_embeddings));
+    }
+    for (int p = seq.num_computed_tokens; p < len; ++p) {
+      if (seq.tokens[p] < 0 || seq.tokens[p] >= config.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": token id ", seq.tokens[p], " at position ",
+                                                       p, " is outside the vocabulary [0, ", config.vocab_size, ")"));
+      }
+    }
+    num_tokens += len - seq.num_computed_tokens;
+  }
+  if (num_tokens > limits.max_num_tokens || static_cast<int>(seqs.size()) > limits.max_num_seqs) {
+    return absl::InvalidArgumentError(absl::StrCat("step of ", num_tokens, " tokens in ", seqs.size(),
+                                                   " sequences exceeds max_num_tokens=", limits.max_num_tokens,
+                                                   " / max_num_seqs=", limits.max_num_seqs));
+  }
+  // Blocks first, all or nothing, so that a full cache leaves every sequence as it was.
+  std::vector<int> wanted(seqs.size());
+  int total_wanted = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    wanted[s] = CeilDiv(static_cast<int>(seqs[s]->tokens.size()), block_size) -
+                static_cast<int>(seqs[s]->block_table.size());
+    total_wanted += std::max(0, wanted[s]);
+  }
+  if (total_wanted > allocator_.num_free()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV cache is full: step needs ", total_wanted, " blocks, ", allocator_.num_free(), " free"));
+  }
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    if (wanted[s] > 0) RETURN_IF_ERROR(allocator_.Allocate(wanted[s], seqs[s]->block_table));
+  }
+
+  host_.query_start.push_back(0);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const Sequence& seq = *seqs[s];
+    const int len = static_cast<int>(seq.tokens.size());
+    for (int p = seq.num_computed_tokens; p < len; ++p) {
+      host_.token_ids.push_back(seq.tokens[p]);
+      host_.positions.push_back(p);
+      host_.slot_mapping.push_back(seq.block_table[p / block_size] * block_size + p % block_size);
+    }
+    host_.query_start.push_back(static_cast<int32_t>(host_.token_ids.size()));
+    host_.seq_lens.push_back(len);
+    host_.logit_rows.push_back(static_cast<int32_t>(host_.token_ids.size()) - 1);
+    host_.max_query_len = std::max(host_.max_query_len, len - seq.num_computed_tokens);
+    host_.max_seq_len = std::max(host_.max_seq_len, len);
+    host_.max_blocks_per_seq = std::max(host_.max_blocks_per_seq, static_cast<int>(seq.block_table.size()));
+  }
+  host_.block_tables.assign(seqs.size() * host_.max_blocks_per_seq, 0);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    std::copy(seqs[s]->block_table.begin(), seqs[s]->block_table.end(),
+              host_.block_tables.begin() + s * host_.max_blocks_per_seq);
+  }
+  return absl::OkStatus();
+}
+
+BatchMeta ModelRunner::UploadBatch() {
+  int32_t* base = static_cast<int32_t*>(device_meta_.data());
+  int32_t* cursor = base;
+  auto upload = [&](const std::vector<int32_t>& v) {
+    int32_t* dst = cursor;
+    backend_.CopyToDevice(dst, v.data(), static_cast<int64_t>(v.size()) * 4);
+    cursor += v.size();
+    return dst;
+  };
+  BatchMeta meta;
+  AttentionMeta& a = meta.attention;
+  int32_t* token_ids = upload(host_.token_ids);
+  a.positions = upload(host_.positions);
+  a.slot_mapping = upload(host_.slot_mapping);
+  a.query_start = upload(host_.query_start);
+  a.seq_lens = upload(host_.seq_lens);
+  a.block_tables = upload(host_.block_tables);
+  int32_t* logit_rows = upload(host_.logit_rows);
+  TESSERA_CHECK((cursor - base) * 4 <= device_meta_.bytes());
+  a.num_seqs = host_.num_seqs();
+  a.num_tokens = host_.num_tokens();
+  a.max_blocks_per_seq = host_.max_blocks_per_seq;
+  a.block_size = kv_cache_.shape().block_size;
+  a.max_query_len = host_.max_query_len;
+  a.max_seq_len = host_.max_seq_len;
+  meta.token_ids = Tensor(token_ids, DType::kI32, {a.num_tokens});
+  meta.logit_rows = Tensor(logit_rows, DType::kI32, {a.num_seqs});
+  return meta;
+}
+
+absl::StatusOr<Tensor> ModelRunner::Forward(const std::vector<Sequence*>& seqs) {
+  RETURN_IF_ERROR(BuildBatch(seqs));
+  BatchMeta meta = UploadBatch();
+  Tensor logits = model_->Forward(meta, kv_cache_);
+  for (Sequence* seq : seqs) seq->num_computed_tokens = static_cast<int>(seq->tokens.size());
+  return logits;
+}
+
+void ModelRunner::SampleAndAppend(const Tensor& logits, const std::vector<Sequence*>& seqs) {
+  sampling_rows_.clear();
+  for (const Sequence* seq : seqs) {
+    SamplingRow row = seq->sampling;
+    row.step = seq->tokens.size() - seq->num_prompt_tokens;
+    sampling_rows_.push_back(row);
+  }
+  std::vector<int32_t> ids(seqs.size());
+  backend_.Sample(logits, sampling_rows_.data(), ids.data());
+  for (size_t s = 0; s < seqs.size(); ++s) seqs[s]->tokens.push_back(ids[s]);
+}
+
+void ModelRunner::Release(Sequence& seq) {
+  allocator_.Free(seq.block_table);
+  seq.block_table.clear();
+  seq.num_computed_tokens = 0;
+}
+
+}  // namespace tessera
