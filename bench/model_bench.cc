@@ -31,7 +31,9 @@ T OrDie(absl::StatusOr<T> v) {
   return std::move(v).value();
 }
 
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 std::vector<int32_t> RandomPrompt(int n, int vocab, uint32_t seed) {
   std::vector<int32_t> ids(n);
@@ -71,7 +73,7 @@ double PrefillSeconds(ModelRunner& runner, int tokens, int repeats) {
     seq.tokens = RandomPrompt(tokens, runner.config().vocab_size, 99 + r);
     seq.num_prompt_tokens = tokens;
     auto t0 = Clock::now();
-    Tensor logits = OrDie(runner.Forward({&seq}));
+    OrDie(runner.Forward({&seq}));
     runner.backend().Synchronize();
     best = std::min(best, Seconds(t0, Clock::now()));
     runner.Release(seq);
@@ -84,10 +86,14 @@ int Main(int argc, char** argv) {
   int threads = 0, steps = 8;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
-    if (flag == "--model") model_dir = argv[i + 1];
-    else if (flag == "--threads") threads = std::atoi(argv[i + 1]);
-    else if (flag == "--steps") steps = std::atoi(argv[i + 1]);
-    else Die(absl::InvalidArgumentError("unknown flag " + flag + " (use --model DIR --threads N --steps N)"));
+    if (flag == "--model")
+      model_dir = argv[i + 1];
+    else if (flag == "--threads")
+      threads = std::atoi(argv[i + 1]);
+    else if (flag == "--steps")
+      steps = std::atoi(argv[i + 1]);
+    else
+      Die(absl::InvalidArgumentError("unknown flag " + flag + " (use --model DIR --threads N --steps N)"));
   }
   if (model_dir.empty()) {
     model_dir = (std::filesystem::temp_directory_path() / "tessera-bench-small").string();
@@ -99,7 +105,7 @@ int Main(int argc, char** argv) {
       if (absl::Status s = MakeModel(make); !s.ok()) Die(s);
     }
   }
-  auto backend = OrDie(CpuBackend::Create({.num_threads = threads}));
+  auto backend = OrDie(CpuBackend::Create({.num_threads = threads, .linear = {}}));
   threads = backend->num_threads();
 
   const double bandwidth = MeasureReadBandwidthGBps(threads);
@@ -121,9 +127,10 @@ int Main(int argc, char** argv) {
   const int64_t matmul_params = c.num_hidden_layers * layer_params + int64_t{c.vocab_size} * h;
   const double step_bytes = 2.0 * matmul_params;
 
-  std::printf("ceilings (%d threads): read bandwidth %.1f GB/s, oneDNN bf16 GEMM %.1f GFLOP/s\n", threads, bandwidth,
-              gemm_peak);
-  std::printf("model %s: %.2f GB of weights streamed per decode step\n\n", model_dir.c_str(), step_bytes / 1e9);
+  std::printf("ceilings (%d threads): read bandwidth %.1f GB/s, oneDNN bf16 GEMM %.1f GFLOP/s\n", threads,
+              bandwidth, gemm_peak);
+  std::printf("model %s: %.2f GB of weights streamed per decode step\n\n", model_dir.c_str(),
+              step_bytes / 1e9);
   std::printf("%-14s %10s %12s %12s %14s\n", "case", "ms/step", "tokens/s", "GB/s", "% of ceiling");
   for (int batch : {1, 8, 32}) {
     double s = DecodeStepSeconds(*runner, batch, steps);

@@ -53,7 +53,7 @@ absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std:
   const auto t_start = Clock::now();
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::Open(options.model_dir));
   const ModelConfig& config = checkpoint.config();
-  ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> backend, CpuBackend::Create({.num_threads = options.threads}));
+  ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> backend, CpuBackend::Create({.num_threads = options.threads, .linear = {}}));
 
   std::vector<int32_t> eos = config.eos_token_ids;
   for (int id : checkpoint.generation_config().eos_token_ids) eos.push_back(id);

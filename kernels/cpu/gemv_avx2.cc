@@ -1,5 +1,6 @@
-// AVX2 + FMA GEMV kernel (compiled with -mavx2 -mfma): the AVX-512 kernel's scheme at eight lanes. BF16 weights
-// are widened to fp32 and multiplied with fp32 FMA; activations stay fp32. The k tail (k % 8) runs in scalar.
+// AVX2 + FMA GEMV kernel (compiled with -mavx2 -mfma): the AVX-512 kernel's scheme at eight lanes. BF16
+// weights are widened to fp32 and multiplied with fp32 FMA; activations stay fp32. The k tail (k % 8) runs in
+// scalar.
 #include <immintrin.h>
 
 #include <cstring>
@@ -9,7 +10,9 @@
 namespace tessera {
 namespace {
 
-inline __m256 WidenBf16(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+inline __m256 WidenBf16(__m128i h) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
 
 inline float WidenScalar(uint16_t h) {
   const uint32_t bits = static_cast<uint32_t>(h) << 16;

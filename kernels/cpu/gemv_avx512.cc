@@ -1,7 +1,10 @@
 // AVX-512 GEMV kernel (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq). BF16 weights are widened to
 // fp32 (zero-extend, shift left 16) and multiplied with fp32 FMA, so activations keep full fp32 precision
-// (unlike _mm512_dpbf16_ps, which rounds them to bf16). Four weight rows at a time share each activation load;
-// activation rows go in register chunks of up to four, re-reading the four weight rows from L1/L2.
+// (unlike _mm512_dpbf16_ps, which rounds them to bf16). Four weight rows at a time share each activation
+// load; activation rows go in register chunks of up to four, re-reading the four weight rows from L1/L2. GCC
+// 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wuninitialized flags once inlined.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "kernels/cpu/gemv.h"
@@ -9,7 +12,9 @@
 namespace tessera {
 namespace {
 
-inline __m512 WidenBf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+inline __m512 WidenBf16(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 
 // y[m, r] = x[m, :] . w[r, :] for MR activation rows and NR consecutive weight rows.
 template <int MR, int NR>
@@ -22,6 +27,9 @@ inline void Tile(const float* x, const uint16_t* w, int64_t k, float* y, int64_t
     __m512 wv[NR];
     for (int r = 0; r < NR; ++r) {
       wv[r] = WidenBf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * k + i)));
+      // The same offset in the next group of rows: a whole group ahead, so each new row's stream is already
+      // in flight when it starts (hardware prefetchers restart on every short row). Never faults.
+      if (MR == 1) _mm_prefetch(reinterpret_cast<const char*>(w + (NR + r) * k + i), _MM_HINT_T0);
     }
     for (int m = 0; m < MR; ++m) {
       const __m512 xv = _mm512_loadu_ps(x + m * k + i);

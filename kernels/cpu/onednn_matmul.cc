@@ -1,8 +1,8 @@
-// OneDnnMatmul implementation. Weights [N, K] row-major are described as the K x N matrix with format tag `ba`
-// and used in place (no reorder, no copy). Debian's libdnnl 2.6 runs on OpenMP (libgomp): its team size is the
-// calling thread's nthreads ICV, so Run sets omp_set_num_threads(num_threads) on the calling thread. The
-// OpenMP workers and our ThreadPool workers never run at the same time (each region finishes before the next
-// starts; both spin only briefly once idle).
+// OneDnnMatmul implementation. Weights [N, K] row-major are described as the K x N matrix with format tag
+// `ba` and used in place (no reorder, no copy). Debian's libdnnl 2.6 runs on OpenMP (libgomp): its team size
+// is the calling thread's nthreads ICV, so Run sets omp_set_num_threads(num_threads) on the calling thread.
+// The OpenMP workers and our ThreadPool workers never run at the same time (each region finishes before the
+// next starts; both spin only briefly once idle).
 #include "kernels/cpu/onednn_matmul.h"
 
 #include <omp.h>
@@ -50,8 +50,8 @@ OneDnnMatmul::~OneDnnMatmul() = default;
 
 int OneDnnMatmul::cached_primitives() const { return static_cast<int>(impl_->cache.size()); }
 
-absl::Status OneDnnMatmul::Run(const uint16_t* src, const uint16_t* w, float* y, int64_t m, int64_t n, int64_t k,
-                               bool accumulate) {
+absl::Status OneDnnMatmul::Run(const uint16_t* src, const uint16_t* w, float* y, int64_t m, int64_t n,
+                               int64_t k, bool accumulate) {
   using dt = dnnl::memory::data_type;
   using tag = dnnl::memory::format_tag;
   try {
@@ -70,7 +70,8 @@ absl::Status OneDnnMatmul::Run(const uint16_t* src, const uint16_t* w, float* y,
       }
       const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, w_md, dst_md), attr, impl_->engine);
       Impl::Entry entry{dnnl::matmul(pd), dnnl::memory(src_md, impl_->engine, nullptr),
-                        dnnl::memory(w_md, impl_->engine, nullptr), dnnl::memory(dst_md, impl_->engine, nullptr)};
+                        dnnl::memory(w_md, impl_->engine, nullptr),
+                        dnnl::memory(dst_md, impl_->engine, nullptr)};
       it = impl_->cache.emplace(key, std::move(entry)).first;
     }
     Impl::Entry& e = it->second;
@@ -85,7 +86,8 @@ absl::Status OneDnnMatmul::Run(const uint16_t* src, const uint16_t* w, float* y,
                             "dnnl_primitive_execute");
     impl_->stream.wait();
   } catch (const dnnl::error& e) {
-    return absl::InternalError(absl::StrCat("oneDNN matmul m=", m, " n=", n, " k=", k, " failed: ", e.what()));
+    return absl::InternalError(
+        absl::StrCat("oneDNN matmul m=", m, " n=", n, " k=", k, " failed: ", e.what()));
   }
   return absl::OkStatus();
 }

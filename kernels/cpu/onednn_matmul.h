@@ -20,8 +20,8 @@ class OneDnnMatmul {
   // y[m, n] (+)= src[m, k] @ w[n, k]^T with src and w bf16 bits, y f32. accumulate: y += instead of y =.
   // w is only read and may be in a read-only mapping, at any alignment. Errors: INTERNAL when oneDNN fails
   // (e.g. it cannot create a primitive for the shape); y is then unspecified. Not thread-safe.
-  [[nodiscard]] absl::Status Run(const uint16_t* src, const uint16_t* w, float* y, int64_t m, int64_t n, int64_t k,
-                                 bool accumulate);
+  [[nodiscard]] absl::Status Run(const uint16_t* src, const uint16_t* w, float* y, int64_t m, int64_t n,
+                                 int64_t k, bool accumulate);
 
   // Number of cached primitives (for tests).
   int cached_primitives() const;

@@ -1,9 +1,14 @@
-// ThreadPool implementation: a generation counter wakes workers; they spin ~50 us before sleeping on a futex
-// (std::atomic::wait), and the caller spins on a pending counter until the region ends.
+// ThreadPool implementation: a generation counter wakes workers; they spin ~50 us before sleeping on a futex,
+// and the caller spins on a pending counter until the region ends.
 #include "kernels/cpu/thread_pool.h"
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 
 #include "kernels/core/check.h"
 
@@ -21,6 +26,16 @@ namespace {
 // regions of a decode step, short enough not to steal a core from oneDNN's OpenMP threads for long.
 constexpr auto kSpinTime = std::chrono::microseconds(50);
 
+// Direct futex calls: libstdc++ 12's std::atomic<T>::wait/notify_all lost a wake-up here (a worker slept
+// through the destructor's notify), so the pool does not rely on them.
+void FutexWait(std::atomic<uint32_t>* word, uint32_t expected) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+
+void FutexWakeAll(std::atomic<uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+}
+
 }  // namespace
 
 ThreadPool::ThreadPool(int num_threads) : num_threads_(num_threads) {
@@ -32,12 +47,14 @@ ThreadPool::ThreadPool(int num_threads) : num_threads_(num_threads) {
 ThreadPool::~ThreadPool() {
   stop_.store(true);
   generation_.fetch_add(1);
-  generation_.notify_all();
+  FutexWakeAll(&generation_);
   for (std::thread& t : threads_) t.join();
 }
 
 void ThreadPool::WorkerLoop(int index) {
-  uint32_t seen = generation_.load();
+  // The generation at construction, not a fresh load: a region (or the destructor) may bump it before this
+  // thread first runs, and the worker must still see that bump.
+  uint32_t seen = 0;
   while (true) {
     uint32_t now = generation_.load(std::memory_order_acquire);
     if (now == seen) {
@@ -49,7 +66,7 @@ void ThreadPool::WorkerLoop(int index) {
       }
       if (now == seen) {
         sleepers_.fetch_add(1);  // seq_cst: pairs with the caller's generation_ bump then sleepers_ read
-        generation_.wait(seen);
+        FutexWait(&generation_, seen);  // returns at once if generation_ != seen already
         sleepers_.fetch_sub(1);
         continue;
       }
@@ -72,7 +89,7 @@ void ThreadPool::RunOnAll(absl::FunctionRef<void(int)> fn) {
   job_ = &fn;
   pending_.store(num_threads_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1);  // seq_cst, publishes job_ and pending_
-  if (sleepers_.load() > 0) generation_.notify_all();
+  if (sleepers_.load() > 0) FutexWakeAll(&generation_);
   fn(0);
   int spins = 0;
   while (pending_.load(std::memory_order_acquire) != 0) {

@@ -1,6 +1,6 @@
-// ThreadPool: a fixed set of worker threads for the CPU backend's parallel regions. The calling thread is worker
-// 0, so a pool of N threads starts N - 1 others. Dispatch is low-latency: idle workers spin briefly before they
-// sleep, because a decode step runs ~150 short parallel regions back to back.
+// ThreadPool: a fixed set of worker threads for the CPU backend's parallel regions. The calling thread is
+// worker 0, so a pool of N threads starts N - 1 others. Dispatch is low-latency: idle workers spin briefly
+// before they sleep, because a decode step runs ~150 short parallel regions back to back.
 #pragma once
 
 #include <atomic>
@@ -44,7 +44,7 @@ class ThreadPool {
   const absl::FunctionRef<void(int)>* job_ = nullptr;
   std::atomic<uint32_t> generation_{0};  // bumped once per region; workers wait for it to change
   std::atomic<int> pending_{0};          // workers still running the current region
-  std::atomic<int> sleepers_{0};         // workers blocked in generation_.wait
+  std::atomic<int> sleepers_{0};         // workers blocked on the generation_ futex
   std::atomic<bool> busy_{false};        // a region is in progress (nested calls run serially)
   std::atomic<bool> stop_{false};
 };

@@ -280,6 +280,15 @@ class GenerateTest(unittest.TestCase):
         self.assertEqual(tokens, free[:first + 1])
         self.assertEqual(len(logits), first + 1)
 
+    def test_generation_config_eos_overrides_config_eos(self):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(tiny_config(eos_token_id=2), f)
+            self.assertEqual(ref.generation_eos_ids(d), [2])
+            with open(os.path.join(d, "generation_config.json"), "w") as f:
+                json.dump({"eos_token_id": [5, 6]}, f)
+            self.assertEqual(ref.generation_eos_ids(d), [5, 6])
+
     def test_argmax_ties_go_to_the_first_index(self):
         config = tiny_config()
         weights = random_weights(config, np.random.default_rng(11))

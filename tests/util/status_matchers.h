@@ -22,8 +22,11 @@ MATCHER_P2(StatusIs, code, message_matcher,
   const absl::Status& s = ::tessera::testing::GetStatus(arg);
   *result_listener << "status is " << s.ToString();
   return s.code() == code &&
-         ::testing::Matches(::testing::internal::MatcherCast<std::string>(message_matcher))(std::string(s.message()));
+         ::testing::Matches(::testing::MatcherCast<std::string>(message_matcher))(std::string(s.message()));
 }
+
+// Matches a Status or StatusOr whose code equals `code`, whatever its message.
+inline auto StatusIs(absl::StatusCode code) { return StatusIs(code, ::testing::_); }
 
 }  // namespace tessera::testing
 

@@ -37,7 +37,7 @@ TEST(BlockAllocatorTest, RefusesMoreBlocksThanAreFreeAndTakesNone) {
 }
 
 TEST(KvCacheTest, LaysOutOnePoolPerLayerForKeysAndValues) {
-  ASSERT_OK_AND_ASSIGN(auto backend, CpuBackend::Create({.num_threads = 1}));
+  ASSERT_OK_AND_ASSIGN(auto backend, CpuBackend::Create({.num_threads = 1, .linear = {}}));
   KvCacheShape shape{.num_layers = 3, .num_blocks = 7, .block_size = 16, .num_kv_heads = 2, .head_dim = 8};
   ASSERT_OK_AND_ASSIGN(KvCache cache, KvCache::Allocate(*backend, shape));
   EXPECT_EQ(cache.key(2).dim(0), 7);
@@ -47,7 +47,7 @@ TEST(KvCacheTest, LaysOutOnePoolPerLayerForKeysAndValues) {
 }
 
 TEST(KvCacheTest, RejectsNonPositiveShape) {
-  ASSERT_OK_AND_ASSIGN(auto backend, CpuBackend::Create({.num_threads = 1}));
+  ASSERT_OK_AND_ASSIGN(auto backend, CpuBackend::Create({.num_threads = 1, .linear = {}}));
   KvCacheShape shape{.num_layers = 3, .num_blocks = 0, .block_size = 16, .num_kv_heads = 2, .head_dim = 8};
   EXPECT_THAT(KvCache::Allocate(*backend, shape), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("blocks=0")));
 }

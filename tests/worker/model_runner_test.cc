@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <string>
+
+#include <unistd.h>
 
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/util/status_matchers.h"
@@ -21,7 +24,7 @@ using ::testing::HasSubstr;
 class ModelRunnerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::string(::testing::TempDir() + "/model_runner_test_tiny");
+    dir_ = new std::string(::testing::TempDir() + "/model_runner_test_tiny_" + std::to_string(getpid()));
     MakeModelOptions options;
     options.preset = "tiny";
     options.out_dir = *dir_;
@@ -37,7 +40,7 @@ class ModelRunnerTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_OK_AND_ASSIGN(auto checkpoint, Checkpoint::Open(*dir_));
     checkpoint_ = std::make_unique<Checkpoint>(std::move(checkpoint));
-    ASSERT_OK_AND_ASSIGN(backend_, CpuBackend::Create({.num_threads = 2}));
+    ASSERT_OK_AND_ASSIGN(backend_, CpuBackend::Create({.num_threads = 2, .linear = {}}));
   }
 
   std::unique_ptr<ModelRunner> MakeRunner(int num_blocks, int max_tokens = 64) {

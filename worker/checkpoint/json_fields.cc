@@ -5,17 +5,19 @@
 #include <limits>
 #include <sstream>
 
-#include "absl/strings/str_cat.h"
 #include "kernels/core/status_macros.h"
+#include "worker/checkpoint/str_cat.h"
 
 namespace tessera::json_internal {
 
+using checkpoint_internal::Cat;
+
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open"));
+  if (!in) return absl::ErrnoToStatus(errno, Cat(path, ": cannot open"));
   std::ostringstream ss;
   ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read failed"));
+  if (in.bad()) return absl::DataLossError(Cat(path, ": read failed"));
   return std::move(ss).str();
 }
 
@@ -23,7 +25,7 @@ absl::StatusOr<Json> ParseJson(std::string_view text, std::string_view source) {
   try {
     return Json::parse(text.begin(), text.end());
   } catch (const Json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON: ", e.what()));
+    return absl::InvalidArgumentError(Cat(source, ": not valid JSON: ", e.what()));
   }
 }
 
@@ -36,31 +38,33 @@ const Json* JsonFields::Find(std::string_view field) const {
 }
 
 absl::Status JsonFields::Error(std::string_view message) const {
-  return absl::InvalidArgumentError(absl::StrCat(source_, ": ", message));
+  return absl::InvalidArgumentError(Cat(source_, ": ", message));
 }
 
-absl::Status JsonFields::WrongType(std::string_view field, std::string_view expected, const Json& value) const {
-  return Error(absl::StrCat(field, " must be ", expected, ", got ", value.dump()));
+absl::Status JsonFields::WrongType(std::string_view field, std::string_view expected,
+                                   const Json& value) const {
+  return Error(Cat(prefix_, field, " must be ", expected, ", got ", value.dump()));
 }
 
 absl::StatusOr<int> JsonFields::ToInt(std::string_view field, const Json& value) const {
   if (!value.is_number_integer()) return WrongType(field, "an integer", value);
   if (value.is_number_unsigned()) {
     if (value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int>::max())) {
-      return Error(absl::StrCat(field, "=", value.dump(), " is out of range"));
+      return Error(Cat(prefix_, field, "=", value.dump(), " is out of range"));
     }
     return static_cast<int>(value.get<uint64_t>());
   }
   int64_t v = value.get<int64_t>();
   if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max()) {
-    return Error(absl::StrCat(field, "=", v, " is out of range"));
+    return Error(Cat(prefix_, field, "=", v, " is out of range"));
   }
   return static_cast<int>(v);
 }
 
 absl::Status JsonFields::Int(std::string_view field, int& out, bool required) const {
   const Json* v = Find(field);
-  if (v == nullptr) return required ? Error(absl::StrCat("missing required field ", field)) : absl::OkStatus();
+  if (v == nullptr)
+    return required ? Error(Cat("missing required field ", prefix_, field)) : absl::OkStatus();
   ASSIGN_OR_RETURN(out, ToInt(field, *v));
   return absl::OkStatus();
 }
@@ -74,7 +78,8 @@ absl::Status JsonFields::OptionalInt(std::string_view field, std::optional<int>&
 
 absl::Status JsonFields::Double(std::string_view field, double& out, bool required) const {
   const Json* v = Find(field);
-  if (v == nullptr) return required ? Error(absl::StrCat("missing required field ", field)) : absl::OkStatus();
+  if (v == nullptr)
+    return required ? Error(Cat("missing required field ", prefix_, field)) : absl::OkStatus();
   if (!v->is_number()) return WrongType(field, "a number", *v);
   out = v->get<double>();
   return absl::OkStatus();
@@ -98,7 +103,8 @@ absl::Status JsonFields::Bool(std::string_view field, bool& out) const {
 
 absl::Status JsonFields::String(std::string_view field, std::string& out, bool required) const {
   const Json* v = Find(field);
-  if (v == nullptr) return required ? Error(absl::StrCat("missing required field ", field)) : absl::OkStatus();
+  if (v == nullptr)
+    return required ? Error(Cat("missing required field ", prefix_, field)) : absl::OkStatus();
   if (!v->is_string()) return WrongType(field, "a string", *v);
   out = v->get<std::string>();
   return absl::OkStatus();

@@ -1,5 +1,6 @@
 // Internal to worker/checkpoint: typed, Status-returning access to fields of a parsed JSON object, with
-// messages of the form "<source>: <field> ...". Keeps nlohmann's exceptions and headers out of public headers.
+// messages of the form "<source>: <field> ...". Keeps nlohmann's exceptions and headers out of public
+// headers.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -25,8 +26,11 @@ using Json = nlohmann::json;
 // null); required ones fail with INVALID_ARGUMENT "missing required field". Wrong types are INVALID_ARGUMENT.
 class JsonFields {
  public:
-  JsonFields(const Json& object, std::string_view source) : object_(object), source_(source) {}
+  // `prefix` is prepended to field names in messages ("rope_scaling." for a nested object).
+  JsonFields(const Json& object, std::string_view source, std::string_view prefix = "")
+      : object_(object), source_(source), prefix_(prefix) {}
 
+  std::string_view source() const { return source_; }
   bool Has(std::string_view field) const;
   [[nodiscard]] absl::Status Int(std::string_view field, int& out, bool required) const;
   [[nodiscard]] absl::Status OptionalInt(std::string_view field, std::optional<int>& out) const;
@@ -48,6 +52,7 @@ class JsonFields {
 
   const Json& object_;
   std::string_view source_;
+  std::string_view prefix_;
 };
 
 }  // namespace tessera::json_internal

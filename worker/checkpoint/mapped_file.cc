@@ -8,22 +8,24 @@
 #include <cerrno>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
+#include "worker/checkpoint/str_cat.h"
 
 namespace tessera {
 
+using checkpoint_internal::Cat;
+
 absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open"));
+  if (fd < 0) return absl::ErrnoToStatus(errno, Cat(path, ": cannot open"));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     int err = errno;
     ::close(fd);
-    return absl::ErrnoToStatus(err, absl::StrCat(path, ": cannot stat"));
+    return absl::ErrnoToStatus(err, Cat(path, ": cannot stat"));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+    return absl::InvalidArgumentError(Cat(path, ": not a regular file"));
   }
   MappedFile file;
   file.path_ = path;
@@ -33,7 +35,7 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
     if (p == MAP_FAILED) {
       int err = errno;
       ::close(fd);
-      return absl::ErrnoToStatus(err, absl::StrCat(path, ": cannot mmap ", file.size_, " bytes"));
+      return absl::ErrnoToStatus(err, Cat(path, ": cannot mmap ", file.size_, " bytes"));
     }
     file.data_ = static_cast<const char*>(p);
   }

@@ -1,5 +1,6 @@
 // MappedFile: a read-only memory mapping of a whole file (PROT_READ, MAP_SHARED), owned RAII-style and
-// move-only. Checkpoint shards are mapped once and sliced in place, so a rank touches only the pages it reads.
+// move-only. Checkpoint shards are mapped once and sliced in place, so a rank touches only the pages it
+// reads.
 #pragma once
 
 #include <cstdint>

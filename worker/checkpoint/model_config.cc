@@ -3,47 +3,45 @@
 #include <charconv>
 #include <filesystem>
 
-#include "absl/strings/str_cat.h"
 #include "kernels/core/status_macros.h"
 #include "worker/checkpoint/json_fields.h"
+#include "worker/checkpoint/str_cat.h"
 
 namespace tessera {
+
+using checkpoint_internal::Cat;
 namespace {
 
 using json_internal::Json;
 using json_internal::JsonFields;
 
 absl::Status CheckPositive(const JsonFields& f, std::string_view field, int64_t value) {
-  if (value <= 0) return f.Error(absl::StrCat(field, "=", value, " must be positive"));
+  if (value <= 0) return f.Error(Cat(field, "=", value, " must be positive"));
   return absl::OkStatus();
 }
 
 absl::Status ParseRopeScaling(const Json& object, const JsonFields& f, std::optional<RopeScaling>& out) {
   auto it = object.find("rope_scaling");
   if (it == object.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_object()) return f.Error(absl::StrCat("rope_scaling must be an object or null, got ", it->dump()));
-  // Sub-field errors come back as ": <field> ..." (empty source) and are re-prefixed with "rope_scaling.".
-  JsonFields rf(*it, "");
-  auto sub = [&](absl::Status st) {
-    return st.ok() ? st : f.Error(absl::StrCat("rope_scaling.", st.message().substr(2)));
-  };
+  if (!it->is_object()) return f.Error(Cat("rope_scaling must be an object or null, got ", it->dump()));
+  JsonFields rf(*it, f.source(), "rope_scaling.");
   std::string type;
   // Older configs spell rope_type as "type".
-  RETURN_IF_ERROR(sub(rf.String(rf.Has("rope_type") ? "rope_type" : "type", type, false)));
+  RETURN_IF_ERROR(rf.String(rf.Has("rope_type") ? "rope_type" : "type", type, false));
   if (type.empty() || type == "default") return absl::OkStatus();
   if (type != "llama3") {
-    return f.Error(absl::StrCat("rope_scaling.rope_type=\"", type, "\" is not supported (only \"llama3\" or null)"));
+    return f.Error(Cat("rope_scaling.rope_type=\"", type, "\" is not supported (only \"llama3\" or null)"));
   }
   RopeScaling s;
   s.rope_type = type;
-  RETURN_IF_ERROR(sub(rf.Double("factor", s.factor, true)));
-  RETURN_IF_ERROR(sub(rf.Double("low_freq_factor", s.low_freq_factor, true)));
-  RETURN_IF_ERROR(sub(rf.Double("high_freq_factor", s.high_freq_factor, true)));
-  RETURN_IF_ERROR(sub(rf.Int("original_max_position_embeddings", s.original_max_position_embeddings, true)));
-  if (!(s.factor > 0)) return f.Error(absl::StrCat("rope_scaling.factor=", s.factor, " must be positive"));
+  RETURN_IF_ERROR(rf.Double("factor", s.factor, true));
+  RETURN_IF_ERROR(rf.Double("low_freq_factor", s.low_freq_factor, true));
+  RETURN_IF_ERROR(rf.Double("high_freq_factor", s.high_freq_factor, true));
+  RETURN_IF_ERROR(rf.Int("original_max_position_embeddings", s.original_max_position_embeddings, true));
+  if (!(s.factor > 0)) return f.Error(Cat("rope_scaling.factor=", s.factor, " must be positive"));
   if (!(s.low_freq_factor > 0) || !(s.high_freq_factor > s.low_freq_factor)) {
-    return f.Error(absl::StrCat("rope_scaling.low_freq_factor=", s.low_freq_factor,
-                                " must be positive and below high_freq_factor=", s.high_freq_factor));
+    return f.Error(Cat("rope_scaling.low_freq_factor=", s.low_freq_factor,
+                       " must be positive and below high_freq_factor=", s.high_freq_factor));
   }
   RETURN_IF_ERROR(
       CheckPositive(f, "rope_scaling.original_max_position_embeddings", s.original_max_position_embeddings));
@@ -55,35 +53,36 @@ absl::Status ParseArchitecture(const Json& object, const JsonFields& f, std::str
   auto it = object.find("architectures");
   if (it != object.end() && !it->is_null()) {
     if (!it->is_array() || it->empty() || !(*it)[0].is_string()) {
-      return f.Error(absl::StrCat("architectures must be a non-empty list of strings, got ", it->dump()));
+      return f.Error(Cat("architectures must be a non-empty list of strings, got ", it->dump()));
     }
     out = (*it)[0].get<std::string>();
   }
   if (out != "LlamaForCausalLM") {
-    return f.Error(absl::StrCat("architectures=", out, " is not supported (only LlamaForCausalLM)"));
+    return f.Error(Cat("architectures=", out, " is not supported (only LlamaForCausalLM)"));
   }
   std::string model_type = "llama";
   RETURN_IF_ERROR(f.String("model_type", model_type, false));
-  if (model_type != "llama") return f.Error(absl::StrCat("model_type=", model_type, " is not supported (only llama)"));
+  if (model_type != "llama") return f.Error(Cat("model_type=", model_type, " is not supported (only llama)"));
   std::string hidden_act = "silu";
   RETURN_IF_ERROR(f.String("hidden_act", hidden_act, false));
-  if (hidden_act != "silu") return f.Error(absl::StrCat("hidden_act=", hidden_act, " is not supported (only silu)"));
+  if (hidden_act != "silu") return f.Error(Cat("hidden_act=", hidden_act, " is not supported (only silu)"));
   for (const char* bias : {"attention_bias", "mlp_bias"}) {
     bool value = false;
     RETURN_IF_ERROR(f.Bool(bias, value));
-    if (value) return f.Error(absl::StrCat(bias, "=true is not supported"));
+    if (value) return f.Error(Cat(bias, "=true is not supported"));
   }
   return absl::OkStatus();
 }
 
 absl::Status CheckTokenId(const JsonFields& f, std::string_view field, int id, int vocab_size) {
   if (id < 0 || id >= vocab_size) {
-    return f.Error(absl::StrCat(field, "=", id, " is outside the vocabulary [0, ", vocab_size, ")"));
+    return f.Error(Cat(field, "=", id, " is outside the vocabulary [0, ", vocab_size, ")"));
   }
   return absl::OkStatus();
 }
 
-// A float as the shortest decimal that reads back as the same float, then as a double ("0.6", not 0.600000024).
+// A float as the shortest decimal that reads back as the same float, then as a double ("0.6", not
+// 0.600000024).
 double ShortestDouble(float f) {
   char buf[32];
   auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), f);
@@ -98,7 +97,7 @@ Json TokenIdsJson(const std::vector<int>& ids) { return ids.size() == 1 ? Json(i
 
 absl::StatusOr<ModelConfig> ModelConfig::Parse(std::string_view json_text, std::string_view source) {
   ASSIGN_OR_RETURN(Json j, json_internal::ParseJson(json_text, source));
-  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  if (!j.is_object()) return absl::InvalidArgumentError(Cat(source, ": not a JSON object"));
   JsonFields f(j, source);
   ModelConfig c;
   c.rms_norm_eps = 1e-6;  // LlamaConfig's default when the field is absent
@@ -133,17 +132,17 @@ absl::StatusOr<ModelConfig> ModelConfig::Parse(std::string_view json_text, std::
     RETURN_IF_ERROR(CheckPositive(f, "head_dim", c.head_dim));
   } else {
     if (c.hidden_size % c.num_attention_heads != 0) {
-      return f.Error(absl::StrCat("num_attention_heads=", c.num_attention_heads,
-                                  " does not divide hidden_size=", c.hidden_size));
+      return f.Error(
+          Cat("num_attention_heads=", c.num_attention_heads, " does not divide hidden_size=", c.hidden_size));
     }
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
-    return f.Error(absl::StrCat("num_key_value_heads=", c.num_key_value_heads,
-                                " does not divide num_attention_heads=", c.num_attention_heads));
+    return f.Error(Cat("num_key_value_heads=", c.num_key_value_heads,
+                       " does not divide num_attention_heads=", c.num_attention_heads));
   }
-  if (!(c.rms_norm_eps > 0)) return f.Error(absl::StrCat("rms_norm_eps=", c.rms_norm_eps, " must be positive"));
-  if (!(c.rope_theta > 0)) return f.Error(absl::StrCat("rope_theta=", c.rope_theta, " must be positive"));
+  if (!(c.rms_norm_eps > 0)) return f.Error(Cat("rms_norm_eps=", c.rms_norm_eps, " must be positive"));
+  if (!(c.rope_theta > 0)) return f.Error(Cat("rope_theta=", c.rope_theta, " must be positive"));
   if (c.bos_token_id) RETURN_IF_ERROR(CheckTokenId(f, "bos_token_id", *c.bos_token_id, c.vocab_size));
   for (int id : c.eos_token_ids) RETURN_IF_ERROR(CheckTokenId(f, "eos_token_id", id, c.vocab_size));
   return c;
@@ -199,9 +198,10 @@ int64_t ModelConfig::NumParameters() const {
   return v * h + num_hidden_layers * per_layer + h + (tie_word_embeddings ? 0 : v * h);
 }
 
-absl::StatusOr<GenerationConfig> GenerationConfig::Parse(std::string_view json_text, std::string_view source) {
+absl::StatusOr<GenerationConfig> GenerationConfig::Parse(std::string_view json_text,
+                                                         std::string_view source) {
   ASSIGN_OR_RETURN(Json j, json_internal::ParseJson(json_text, source));
-  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  if (!j.is_object()) return absl::InvalidArgumentError(Cat(source, ": not a JSON object"));
   JsonFields f(j, source);
   GenerationConfig g;
   RETURN_IF_ERROR(f.OptionalFloat("temperature", g.temperature));

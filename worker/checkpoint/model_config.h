@@ -68,7 +68,8 @@ struct GenerationConfig {
   // Reads `path`. A missing file gives empty defaults; bad JSON or wrong field types are INVALID_ARGUMENT
   // naming the file and field.
   [[nodiscard]] static absl::StatusOr<GenerationConfig> Load(const std::string& path);
-  [[nodiscard]] static absl::StatusOr<GenerationConfig> Parse(std::string_view json_text, std::string_view source);
+  [[nodiscard]] static absl::StatusOr<GenerationConfig> Parse(std::string_view json_text,
+                                                              std::string_view source);
   // HF layout; unset fields are omitted, do_sample is true when temperature or top_p is set.
   std::string ToJson() const;
 };

@@ -5,18 +5,20 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/core/status_macros.h"
+#include "worker/checkpoint/str_cat.h"
 
 namespace tessera {
+
+using checkpoint_internal::Cat;
 namespace {
 
 using Json = nlohmann::json;
 
 template <typename... Args>
 absl::Status Malformed(std::string_view file, const Args&... args) {
-  return absl::InvalidArgumentError(absl::StrCat(file, ": ", args...));
+  return absl::InvalidArgumentError(Cat(file, ": ", args...));
 }
 
 uint64_t ReadLittleEndian64(const char* p) {
@@ -26,8 +28,8 @@ uint64_t ReadLittleEndian64(const char* p) {
 }
 
 // Reads a JSON array of non-negative integers that fit in int64.
-absl::Status ReadIntArray(const Json& j, std::string_view file, std::string_view tensor, std::string_view field,
-                          std::vector<int64_t>& out) {
+absl::Status ReadIntArray(const Json& j, std::string_view file, std::string_view tensor,
+                          std::string_view field, std::vector<int64_t>& out) {
   if (!j.is_array()) return Malformed(file, "tensor ", tensor, ": ", field, " is not an array");
   out.clear();
   for (const Json& e : j) {
@@ -73,7 +75,8 @@ absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const Json& entry
   info.data_begin = static_cast<uint64_t>(offsets[0]);
   info.data_end = static_cast<uint64_t>(offsets[1]);
   if (info.data_begin > info.data_end) {
-    return Malformed(file, "tensor ", name, ": data_offsets begin ", info.data_begin, " > end ", info.data_end);
+    return Malformed(file, "tensor ", name, ": data_offsets begin ", info.data_begin, " > end ",
+                     info.data_end);
   }
   if (info.data_end > data_size) {
     return Malformed(file, "tensor ", name, ": data_offsets [", info.data_begin, ", ", info.data_end,
@@ -83,15 +86,17 @@ absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const Json& entry
   uint64_t bytes = static_cast<uint64_t>(DTypeSize(info.dtype));
   for (int64_t d : info.shape) {
     if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes)) {
-      return Malformed(file, "tensor ", name, ": shape ", ShapeToString(info.shape), " overflows the element count");
+      return Malformed(file, "tensor ", name, ": shape ", ShapeToString(info.shape),
+                       " overflows the element count");
     }
   }
   if (bytes > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-    return Malformed(file, "tensor ", name, ": shape ", ShapeToString(info.shape), " overflows the element count");
+    return Malformed(file, "tensor ", name, ": shape ", ShapeToString(info.shape),
+                     " overflows the element count");
   }
   if (bytes != info.nbytes()) {
-    return Malformed(file, "tensor ", name, ": shape ", ShapeToString(info.shape), " x ", DTypeName(info.dtype),
-                     " needs ", bytes, " bytes but data_offsets span ", info.nbytes());
+    return Malformed(file, "tensor ", name, ": shape ", ShapeToString(info.shape), " x ",
+                     DTypeName(info.dtype), " needs ", bytes, " bytes but data_offsets span ", info.nbytes());
   }
   return info;
 }
@@ -104,25 +109,29 @@ int64_t TensorInfo::numel() const {
   return n;
 }
 
-std::string ShapeToString(const std::vector<int64_t>& shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+std::string ShapeToString(const std::vector<int64_t>& shape) {
+  return Cat("[", absl::StrJoin(shape, ", "), "]");
+}
 
 absl::StatusOr<DType> ParseSafetensorsDType(std::string_view name) {
   for (DType t : {DType::kBF16, DType::kF16, DType::kF32, DType::kI32, DType::kI64}) {
     if (name == DTypeName(t)) return t;
   }
-  return absl::InvalidArgumentError(absl::StrCat("unsupported dtype ", name, " (expected BF16, F16, F32, I32 or I64)"));
+  return absl::InvalidArgumentError(
+      Cat("unsupported dtype ", name, " (expected BF16, F16, F32, I32 or I64)"));
 }
 
 absl::StatusOr<std::vector<TensorInfo>> ParseSafetensorsHeader(std::string_view file_bytes_prefix,
-                                                               uint64_t file_size, std::string_view file_name) {
+                                                               uint64_t file_size,
+                                                               std::string_view file_name) {
   if (file_size < 8 || file_bytes_prefix.size() < 8) {
     return Malformed(file_name, "file is ", std::min<uint64_t>(file_size, file_bytes_prefix.size()),
                      " bytes, shorter than the 8-byte header length");
   }
   const uint64_t header_len = ReadLittleEndian64(file_bytes_prefix.data());
   if (header_len > kMaxSafetensorsHeaderBytes) {
-    return Malformed(file_name, "header length ", header_len, " exceeds the limit of ", kMaxSafetensorsHeaderBytes,
-                     " bytes");
+    return Malformed(file_name, "header length ", header_len, " exceeds the limit of ",
+                     kMaxSafetensorsHeaderBytes, " bytes");
   }
   if (header_len > file_size - 8) {
     return Malformed(file_name, "header length ", header_len, " runs past the end of the file (", file_size,
@@ -147,7 +156,8 @@ absl::StatusOr<std::vector<TensorInfo>> ParseSafetensorsHeader(std::string_view 
   tensors.reserve(header.size());
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
-      if (!entry.is_object() && !entry.is_null()) return Malformed(file_name, "__metadata__ is not a JSON object");
+      if (!entry.is_object() && !entry.is_null())
+        return Malformed(file_name, "__metadata__ is not a JSON object");
       continue;
     }
     ASSIGN_OR_RETURN(TensorInfo info, ParseEntry(name, entry, data_size, file_name));
@@ -166,10 +176,12 @@ absl::StatusOr<std::vector<TensorInfo>> ParseSafetensorsHeader(std::string_view 
     const TensorInfo& cur = *by_offset[i];
     if (prev.data_end > cur.data_begin) {
       return Malformed(file_name, "tensor ", cur.name, ": data_offsets [", cur.data_begin, ", ", cur.data_end,
-                       ") overlap those of tensor ", prev.name, " [", prev.data_begin, ", ", prev.data_end, ")");
+                       ") overlap those of tensor ", prev.name, " [", prev.data_begin, ", ", prev.data_end,
+                       ")");
     }
   }
-  std::sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
+  std::sort(tensors.begin(), tensors.end(),
+            [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
   return tensors;
 }
 

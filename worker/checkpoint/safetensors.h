@@ -1,8 +1,9 @@
-// Reader for the safetensors format: an 8-byte little-endian header length, a JSON header mapping tensor names
-// to {dtype, shape, data_offsets}, then the data area. The header parser is pure (no I/O) so it can be fuzzed.
+// Reader for the safetensors format: an 8-byte little-endian header length, a JSON header mapping tensor
+// names to {dtype, shape, data_offsets}, then the data area. The header parser is pure (no I/O) so it can be
+// fuzzed.
 //
-// Error rule: every malformed or truncated file is INVALID_ARGUMENT; a missing file is NOT_FOUND. Messages start
-// with the file name and name the tensor when one is at fault.
+// Error rule: every malformed or truncated file is INVALID_ARGUMENT; a missing file is NOT_FOUND. Messages
+// start with the file name and name the tensor when one is at fault.
 #pragma once
 
 #include <cstdint>
@@ -44,9 +45,8 @@ std::string ShapeToString(const std::vector<int64_t>& shape);
 // entry types, dtypes, non-negative dims, element-count overflow, shape x dtype size == byte range, ranges
 // inside the data area and not overlapping. Errors: INVALID_ARGUMENT naming `file_name` (and the tensor).
 // Never reads outside `file_bytes_prefix`. Thread-safe.
-[[nodiscard]] absl::StatusOr<std::vector<TensorInfo>> ParseSafetensorsHeader(std::string_view file_bytes_prefix,
-                                                                             uint64_t file_size,
-                                                                             std::string_view file_name);
+[[nodiscard]] absl::StatusOr<std::vector<TensorInfo>> ParseSafetensorsHeader(
+    std::string_view file_bytes_prefix, uint64_t file_size, std::string_view file_name);
 
 // A memory-mapped, validated safetensors file. Move-only; immutable after Open, so const methods are
 // thread-safe.

@@ -5,10 +5,12 @@
 #include <set>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
 #include "kernels/core/status_macros.h"
+#include "worker/checkpoint/str_cat.h"
 
 namespace tessera {
+
+using checkpoint_internal::Cat;
 namespace {
 
 uint64_t EntryBytes(const TensorHeaderEntry& e) {
@@ -21,10 +23,10 @@ absl::Status CheckEntries(const std::string& path, const std::vector<TensorHeade
   std::set<std::string_view> names;
   for (const TensorHeaderEntry& e : entries) {
     if (e.name == "__metadata__" || !names.insert(e.name).second) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor name ", e.name, " is reserved or repeated"));
+      return absl::InvalidArgumentError(Cat(path, ": tensor name ", e.name, " is reserved or repeated"));
     }
     for (int64_t d : e.shape) {
-      if (d < 0) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", e.name, " has a negative dim"));
+      if (d < 0) return absl::InvalidArgumentError(Cat(path, ": tensor ", e.name, " has a negative dim"));
     }
   }
   return absl::OkStatus();
@@ -39,7 +41,8 @@ std::string SafetensorsHeaderBytes(const std::vector<TensorHeaderEntry>& entries
   uint64_t offset = 0;
   for (const TensorHeaderEntry& e : entries) {
     uint64_t end = offset + EntryBytes(e);
-    header[e.name] = {{"dtype", std::string(DTypeName(e.dtype))}, {"shape", e.shape}, {"data_offsets", {offset, end}}};
+    header[e.name] = {
+        {"dtype", std::string(DTypeName(e.dtype))}, {"shape", e.shape}, {"data_offsets", {offset, end}}};
     offset = end;
   }
   std::string text = header.dump();
@@ -50,43 +53,43 @@ std::string SafetensorsHeaderBytes(const std::vector<TensorHeaderEntry>& entries
   return out + text;
 }
 
-absl::StatusOr<SafetensorsWriter> SafetensorsWriter::Create(const std::string& path,
-                                                            std::vector<TensorHeaderEntry> entries,
-                                                            const std::map<std::string, std::string>& metadata) {
+absl::StatusOr<SafetensorsWriter> SafetensorsWriter::Create(
+    const std::string& path, std::vector<TensorHeaderEntry> entries,
+    const std::map<std::string, std::string>& metadata) {
   RETURN_IF_ERROR(CheckEntries(path, entries));
   SafetensorsWriter w;
   w.path_ = path;
   for (const TensorHeaderEntry& e : entries) w.total_bytes_ += EntryBytes(e);
   w.file_.reset(std::fopen(path.c_str(), "wb"));
-  if (!w.file_) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot create"));
+  if (!w.file_) return absl::ErrnoToStatus(errno, Cat(path, ": cannot create"));
   std::string header = SafetensorsHeaderBytes(entries, metadata);
   if (std::fwrite(header.data(), 1, header.size(), w.file_.get()) != header.size()) {
-    return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot write the header"));
+    return absl::ErrnoToStatus(errno, Cat(path, ": cannot write the header"));
   }
   return w;
 }
 
 absl::Status SafetensorsWriter::Append(std::string_view bytes) {
-  if (!file_) return absl::FailedPreconditionError(absl::StrCat(path_, ": writer is closed"));
+  if (!file_) return absl::FailedPreconditionError(Cat(path_, ": writer is closed"));
   if (bytes.size() > total_bytes_ - written_bytes_) {
     return absl::InvalidArgumentError(
-        absl::StrCat(path_, ": appending ", bytes.size(), " bytes past the ", total_bytes_, " the header announced"));
+        Cat(path_, ": appending ", bytes.size(), " bytes past the ", total_bytes_, " the header announced"));
   }
   if (std::fwrite(bytes.data(), 1, bytes.size(), file_.get()) != bytes.size()) {
-    return absl::ErrnoToStatus(errno, absl::StrCat(path_, ": write failed"));
+    return absl::ErrnoToStatus(errno, Cat(path_, ": write failed"));
   }
   written_bytes_ += bytes.size();
   return absl::OkStatus();
 }
 
 absl::Status SafetensorsWriter::Finish() {
-  if (!file_) return absl::FailedPreconditionError(absl::StrCat(path_, ": writer is closed"));
+  if (!file_) return absl::FailedPreconditionError(Cat(path_, ": writer is closed"));
   if (written_bytes_ != total_bytes_) {
     return absl::InvalidArgumentError(
-        absl::StrCat(path_, ": ", written_bytes_, " data bytes written but the header announced ", total_bytes_));
+        Cat(path_, ": ", written_bytes_, " data bytes written but the header announced ", total_bytes_));
   }
   std::FILE* f = file_.release();
-  if (std::fclose(f) != 0) return absl::ErrnoToStatus(errno, absl::StrCat(path_, ": close failed"));
+  if (std::fclose(f) != 0) return absl::ErrnoToStatus(errno, Cat(path_, ": close failed"));
   return absl::OkStatus();
 }
 
@@ -96,8 +99,8 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorD
   for (const TensorData& t : tensors) {
     TensorHeaderEntry e{t.name, t.dtype, t.shape};
     if (!CheckEntries(path, {e}).ok() || EntryBytes(e) != t.bytes.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", t.name, " has ", t.bytes.size(),
-                                                     " bytes, which does not match its shape and dtype"));
+      return absl::InvalidArgumentError(Cat(path, ": tensor ", t.name, " has ", t.bytes.size(),
+                                            " bytes, which does not match its shape and dtype"));
     }
     entries.push_back(std::move(e));
   }

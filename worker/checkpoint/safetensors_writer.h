@@ -39,11 +39,11 @@ std::string SafetensorsHeaderBytes(const std::vector<TensorHeaderEntry>& entries
 // entry order (any chunking), then Finish. Move-only; not thread-safe.
 class SafetensorsWriter {
  public:
-  // Creates (truncates) `path` and writes the header. Errors: INVALID_ARGUMENT for duplicate names or negative
-  // dims; errno-derived codes naming the file on I/O failure.
-  [[nodiscard]] static absl::StatusOr<SafetensorsWriter> Create(const std::string& path,
-                                                                std::vector<TensorHeaderEntry> entries,
-                                                                const std::map<std::string, std::string>& metadata = {});
+  // Creates (truncates) `path` and writes the header. Errors: INVALID_ARGUMENT for duplicate names or
+  // negative dims; errno-derived codes naming the file on I/O failure.
+  [[nodiscard]] static absl::StatusOr<SafetensorsWriter> Create(
+      const std::string& path, std::vector<TensorHeaderEntry> entries,
+      const std::map<std::string, std::string>& metadata = {});
 
   // Appends data bytes. INVALID_ARGUMENT if more bytes arrive than the header announced.
   [[nodiscard]] absl::Status Append(std::string_view bytes);
