@@ -51,6 +51,11 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--threads", gen.threads, "CPU threads (0 = all cores)")->capture_default_str();
   gen_cmd->add_option("--logits-out", gen.logits_out, "Write the first prompt's logits as float32 .npy");
   gen_cmd->add_flag("--stats", gen.stats, "Print timings as one JSON line on stderr");
+  std::string prefill_precision = "exact";
+  gen_cmd
+      ->add_option("--prefill-precision", prefill_precision,
+                   "exact: prefill GEMMs keep fp32 activations (bf16 hi+lo split); bf16: round them (~2x faster)")
+      ->capture_default_str();
 
   CLI::App* help_cmd = app.add_subcommand("help", "Show this help");
 
@@ -72,6 +77,9 @@ int main(int argc, char** argv) {
     return s.ok() ? 0 : Fail("make-model", s);
   }
   if (app.got_subcommand(gen_cmd)) {
+    if (absl::Status s = tessera::ParsePrefillPrecision(prefill_precision, gen.prefill_precision); !s.ok()) {
+      return Fail("generate", s);
+    }
     for (const std::string& text : prompt_ids) {
       std::vector<int32_t> ids;
       if (absl::Status s = tessera::ParseTokenIds(text, ids); !s.ok()) return Fail("generate", s);

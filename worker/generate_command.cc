@@ -29,6 +29,17 @@ int64_t PeakRssBytes() {
 
 }  // namespace
 
+absl::Status ParsePrefillPrecision(const std::string& text, PrefillPrecision& precision) {
+  if (text == "exact") {
+    precision = PrefillPrecision::kSplitBf16;
+  } else if (text == "bf16") {
+    precision = PrefillPrecision::kBf16;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--prefill-precision '", text, "' is not exact or bf16"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseTokenIds(const std::string& text, std::vector<int32_t>& ids) {
   ids.clear();
   for (absl::string_view part : absl::StrSplit(text, ',')) {
@@ -53,7 +64,10 @@ absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std:
   const auto t_start = Clock::now();
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::Open(options.model_dir));
   const ModelConfig& config = checkpoint.config();
-  ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> backend, CpuBackend::Create({.num_threads = options.threads, .linear = {}}));
+  CpuBackendOptions backend_options;
+  backend_options.num_threads = options.threads;
+  backend_options.linear.prefill_precision = options.prefill_precision;
+  ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> backend, CpuBackend::Create(backend_options));
 
   std::vector<int32_t> eos = config.eos_token_ids;
   for (int id : checkpoint.generation_config().eos_token_ids) eos.push_back(id);

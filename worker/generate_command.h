@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/cpu/linear.h"
 
 namespace tessera {
 
@@ -20,12 +21,18 @@ struct GenerateOptions {
   int threads = 0;           // 0 = all cores
   std::string logits_out;    // .npy of the first prompt's logits, [generated, vocab]
   bool stats = false;        // one JSON line of timings on `err`
+  // How prefill-sized GEMMs treat fp32 activations: kSplitBf16 is exact to ~3e-6 (the default), kBf16 rounds
+  // them to bf16 (about twice as fast, errors ~1e-3).
+  PrefillPrecision prefill_precision = PrefillPrecision::kSplitBf16;
 };
 
 // Runs the generation. Writes `{"token_ids": [...]}` per prompt to `out`, in order; generation of a prompt
 // stops after an eos id (config.json's and generation_config.json's) or max_tokens tokens. Errors: the
 // checkpoint's, INVALID_ARGUMENT for a bad option or a prompt id outside the vocabulary (naming the prompt).
 [[nodiscard]] absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std::ostream& err);
+
+// Parses "exact" or "bf16". Errors: INVALID_ARGUMENT naming the value.
+[[nodiscard]] absl::Status ParsePrefillPrecision(const std::string& text, PrefillPrecision& precision);
 
 // Parses "128000,9906,11" into ids. Errors: INVALID_ARGUMENT naming the bad element.
 [[nodiscard]] absl::Status ParseTokenIds(const std::string& text, std::vector<int32_t>& ids);
