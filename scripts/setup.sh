@@ -9,6 +9,7 @@ packages=(
   clang libclang-rt-14-dev            # libFuzzer target for the safetensors header parser
   libabsl-dev nlohmann-json3-dev libcli11-dev
   libdnnl-dev                         # oneDNN: bf16 GEMMs of the CPU backend
+  libpcre2-dev                        # Unicode regex of the tokenizer's pre-tokenizer
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-venv
 )
@@ -23,13 +24,18 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Test tools live in .venv/ (numpy for the reference implementation).
-python_packages=(numpy)
+# Test tools live in .venv/: numpy (the reference Llama), tokenizers and jinja2 (the references for our
+# tokenizer and chat templates). Each entry is "pip-name:import-name".
+python_packages=(numpy:numpy tokenizers:tokenizers jinja2:jinja2)
 if [ ! -x .venv/bin/python ]; then
   py=$(command -v python3)
   "$py" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import numpy' 2>/dev/null; then
-  echo "setup: installing ${python_packages[*]} into .venv" >&2
-  .venv/bin/pip install -q --disable-pip-version-check "${python_packages[@]}"
+missing_py=()
+for entry in "${python_packages[@]}"; do
+  .venv/bin/python -c "import ${entry#*:}" 2>/dev/null || missing_py+=("${entry%%:*}")
+done
+if ((${#missing_py[@]})); then
+  echo "setup: installing ${missing_py[*]} into .venv" >&2
+  .venv/bin/pip install -q --disable-pip-version-check "${missing_py[@]}"
 fi
