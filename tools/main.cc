@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   preset_opt->excludes(config_opt);
   make_cmd->add_option("--out", make.out_dir, "Output directory")->required();
   make_cmd->add_option("--seed", make.seed, "Random seed")->capture_default_str();
-  make_cmd->add_option("--tokenizer", make.tokenizer_dir, "Copy tokenizer.json and tokenizer_config.json from DIR");
+  make_cmd->add_option("--tokenizer", make.tokenizer_dir, "Copy tokenizer.json, tokenizer_config.json (and NOTICE / LICENSE) from DIR");
   make_cmd->add_flag("--config-only", make.config_only, "Write config.json and generation_config.json only");
 
   // generate

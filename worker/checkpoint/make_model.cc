@@ -135,11 +135,17 @@ absl::StatusOr<ModelConfig> ResolveConfig(const MakeModelOptions& options) {
   return ModelConfig::Load(options.config_path);
 }
 
+// Copies tokenizer.json and tokenizer_config.json (both required) and the licence files that must travel with
+// them (NOTICE, LICENSE, USE_POLICY.md, when present).
 absl::Status CopyTokenizer(const std::string& from, const fs::path& to) {
-  for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "NOTICE", "LICENSE", "USE_POLICY.md"}) {
     const fs::path src = fs::path(from) / name;
+    const bool required = std::string_view(name).starts_with("tokenizer");
     std::error_code ec;
-    if (!fs::exists(src, ec)) return absl::NotFoundError(Cat(src.string(), ": tokenizer file not found"));
+    if (!fs::exists(src, ec)) {
+      if (!required) continue;
+      return absl::NotFoundError(Cat(src.string(), ": tokenizer file not found"));
+    }
     fs::copy_file(src, to / name, fs::copy_options::overwrite_existing, ec);
     if (ec) {
       return absl::ErrnoToStatus(ec.value(), Cat(src.string(), ": cannot copy to ", to.string()));
