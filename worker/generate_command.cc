@@ -137,7 +137,12 @@ absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std:
   const auto t_done = Clock::now();
 
   for (const Sequence& s : seqs) {
-    nlohmann::json line = {{"token_ids", std::vector<int32_t>(s.tokens.begin() + s.num_prompt_tokens, s.tokens.end())}};
+    std::vector<int32_t> generated(s.tokens.begin() + s.num_prompt_tokens, s.tokens.end());
+    nlohmann::json line = {{"token_ids", generated}};
+    if (options.detokenize) {
+      ASSIGN_OR_RETURN(std::string text, options.detokenize(generated));
+      line["text"] = text;
+    }
     out << line.dump() << "\n";
   }
   if (!options.logits_out.empty()) {

@@ -3,11 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/cpu/linear.h"
 
 namespace tessera {
@@ -24,9 +26,13 @@ struct GenerateOptions {
   // How prefill-sized GEMMs treat fp32 activations: kSplitBf16 is exact to ~3e-6 (the default), kBf16 rounds
   // them to bf16 (about twice as fast, errors ~1e-3).
   PrefillPrecision prefill_precision = PrefillPrecision::kSplitBf16;
+  // When set, each output line also carries "text": the generated ids turned into text by this function (the
+  // caller's tokenizer; the worker library has none).
+  std::function<absl::StatusOr<std::string>(const std::vector<int32_t>&)> detokenize;
 };
 
-// Runs the generation. Writes `{"token_ids": [...]}` per prompt to `out`, in order; generation of a prompt
+// Runs the generation. Writes `{"token_ids": [...]}` (plus "text" when options.detokenize is set) per prompt
+// to `out`, in order; generation of a prompt
 // stops after an eos id (config.json's and generation_config.json's) or max_tokens tokens. Errors: the
 // checkpoint's, INVALID_ARGUMENT for a bad option or a prompt id outside the vocabulary (naming the prompt).
 [[nodiscard]] absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std::ostream& err);
