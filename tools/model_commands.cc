@@ -1,0 +1,136 @@
+// make-model and generate. generate turns --prompt text and --chat messages into ids with the coordinator's
+// tokenizer and chat template, and hands the worker library a detokenizer for the output text.
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "coordinator/chat_template/model_chat_templates.h"
+#include "coordinator/tokenizer/tokenizer.h"
+#include "kernels/core/status_macros.h"
+#include "tools/commands.h"
+#include "worker/checkpoint/make_model.h"
+#include "worker/checkpoint/model_presets.h"
+#include "worker/generate_command.h"
+
+namespace tessera::tools {
+namespace {
+
+struct GenerateArgs {
+  GenerateOptions options;
+  std::vector<std::string> prompt_ids, prompts, chats;
+  std::string prefill_precision = "exact";
+  std::shared_ptr<Tokenizer> tokenizer;
+};
+
+// Messages of a --chat file (a JSON list of {"role", "content"}) rendered with the model's template and
+// encoded as apply_chat_template(tokenize=True) does (the template writes bos itself).
+absl::StatusOr<std::vector<int32_t>> ChatPromptIds(const std::string& path, ModelChatTemplates& templates,
+                                                   const Tokenizer& tokenizer) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::ordered_json messages = nlohmann::ordered_json::parse(text.str(), nullptr, false);
+  if (!messages.is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON list of messages"));
+  }
+  nlohmann::ordered_json request = {{"messages", messages}, {"add_generation_prompt", true}};
+  auto prompt = templates.Render(request);
+  if (!prompt.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", prompt.status().message()));
+  return tokenizer.Encode(*prompt, /*add_special_tokens=*/false);
+}
+
+// Fills args.options.prompts from --prompt-ids, --prompt and --chat, in that order.
+absl::Status CollectPrompts(GenerateArgs& args) {
+  RETURN_IF_ERROR(ParsePrefillPrecision(args.prefill_precision, args.options.prefill_precision));
+  for (const std::string& text : args.prompt_ids) {
+    std::vector<int32_t> ids;
+    RETURN_IF_ERROR(ParseTokenIds(text, ids));
+    args.options.prompts.push_back(std::move(ids));
+  }
+  if (args.prompts.empty() && args.chats.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::Load(args.options.model_dir));
+  args.tokenizer = std::move(tokenizer);
+  for (const std::string& text : args.prompts) {
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, args.tokenizer->Encode(text, /*add_special_tokens=*/true));
+    args.options.prompts.push_back(std::move(ids));
+  }
+  if (!args.chats.empty()) {
+    ASSIGN_OR_RETURN(ModelChatTemplates templates, ModelChatTemplates::Load(args.options.model_dir));
+    for (const std::string& path : args.chats) {
+      ASSIGN_OR_RETURN(std::vector<int32_t> ids, ChatPromptIds(path, templates, *args.tokenizer));
+      args.options.prompts.push_back(std::move(ids));
+    }
+  }
+  std::shared_ptr<Tokenizer> tokenizer_ref = args.tokenizer;
+  args.options.detokenize = [tokenizer_ref](const std::vector<int32_t>& ids) {
+    return tokenizer_ref->Decode(ids, /*skip_special_tokens=*/true);
+  };
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
+  auto make = std::make_shared<MakeModelOptions>();
+  std::string presets;
+  for (const std::string& p : PresetNames()) presets += (presets.empty() ? "" : ", ") + p;
+  CLI::App* make_cmd =
+      app.add_subcommand("make-model", "Write a random-weight Hugging Face Llama checkpoint");
+  auto* preset_opt = make_cmd->add_option("--preset", make->preset, "Model shape: " + presets);
+  auto* config_opt =
+      make_cmd->add_option("--config", make->config_path, "Use this config.json instead of a preset");
+  preset_opt->excludes(config_opt);
+  make_cmd->add_option("--out", make->out_dir, "Output directory")->required();
+  make_cmd->add_option("--seed", make->seed, "Random seed")->capture_default_str();
+  make_cmd->add_option("--tokenizer", make->tokenizer_dir,
+                       "Copy tokenizer.json, tokenizer_config.json (and NOTICE / LICENSE) from DIR");
+  make_cmd->add_flag("--config-only", make->config_only, "Write config.json and generation_config.json only");
+  commands.push_back({make_cmd, [make] {
+                        if (make->preset.empty() && make->config_path.empty()) {
+                          std::cerr << "tessera make-model: one of --preset or --config is required\n";
+                          return 2;
+                        }
+                        absl::Status s = MakeModel(*make);
+                        return s.ok() ? 0 : Fail("make-model", s);
+                      }});
+
+  auto gen = std::make_shared<GenerateArgs>();
+  CLI::App* gen_cmd =
+      app.add_subcommand("generate", "Generate from prompts run together as one batch, on the CPU");
+  gen_cmd->add_option("--model", gen->options.model_dir, "Hugging Face model directory")->required();
+  gen_cmd->add_option("--prompt-ids", gen->prompt_ids, "Comma-separated token ids; repeat for more prompts");
+  gen_cmd->add_option("--prompt", gen->prompts, "Prompt text (bos added); repeat for more prompts");
+  gen_cmd->add_option("--chat", gen->chats,
+                      "A JSON file holding a list of messages, rendered with the model's "
+                      "chat template; repeat for more prompts");
+  gen_cmd->add_option("--max-tokens", gen->options.max_tokens, "Tokens to generate per prompt")
+      ->capture_default_str();
+  gen_cmd->add_option("--temperature", gen->options.temperature, "0 = greedy")->capture_default_str();
+  gen_cmd->add_option("--seed", gen->options.seed, "Sampling seed")->capture_default_str();
+  gen_cmd->add_option("--threads", gen->options.threads, "CPU threads (0 = all cores)")
+      ->capture_default_str();
+  gen_cmd->add_option("--logits-out", gen->options.logits_out,
+                      "Write the first prompt's logits as float32 .npy");
+  gen_cmd->add_flag("--stats", gen->options.stats, "Print timings as one JSON line on stderr");
+  gen_cmd
+      ->add_option(
+          "--prefill-precision", gen->prefill_precision,
+          "exact: prefill GEMMs keep fp32 activations (bf16 hi+lo split); bf16: round them (~2x faster)")
+      ->capture_default_str();
+  commands.push_back(
+      {gen_cmd, [gen] {
+         if (gen->prompt_ids.empty() && gen->prompts.empty() && gen->chats.empty()) {
+           std::cerr << "tessera generate: give at least one --prompt-ids, --prompt or --chat\n";
+           return 2;
+         }
+         if (absl::Status s = CollectPrompts(*gen); !s.ok()) return Fail("generate", s);
+         absl::Status s = RunGenerate(gen->options, std::cout, std::cerr);
+         return s.ok() ? 0 : Fail("generate", s);
+       }});
+}
+
+}  // namespace tessera::tools
