@@ -14,7 +14,6 @@ namespace tessera {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using tokenizer_internal::Cat;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();

@@ -16,7 +16,6 @@
 namespace tessera {
 namespace {
 
-using tokenizer_internal::Cat;
 
 constexpr uint8_t kKnown = 1;
 constexpr uint8_t kSpecial = 2;

@@ -9,23 +9,9 @@
 #include <string>
 #include <string_view>
 
-#include "absl/strings/str_cat.h"
+#include "kernels/core/str_cat.h"
 
 namespace tessera::tokenizer_internal {
-
-// absl::StrCat that also takes std::string_view (Debian's Abseil has its own absl::string_view).
-template <typename T>
-decltype(auto) ToAlphaNum(const T& value) {
-  if constexpr (std::is_same_v<T, std::string_view>) {
-    return absl::string_view(value.data(), value.size());
-  } else {
-    return (value);
-  }
-}
-template <typename... Args>
-std::string Cat(const Args&... args) {
-  return absl::StrCat(ToAlphaNum(args)...);
-}
 
 // Length in bytes of the valid UTF-8 sequence starting at s[pos], or 0 when the bytes there are not a
 // complete, well-formed sequence (overlong forms, surrogates and code points above U+10FFFF are ill-formed).

@@ -6,11 +6,10 @@
 #include <sstream>
 
 #include "kernels/core/status_macros.h"
-#include "worker/checkpoint/str_cat.h"
+#include "kernels/core/str_cat.h"
 
 namespace tessera::json_internal {
 
-using checkpoint_internal::Cat;
 
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -15,11 +15,10 @@
 #include "worker/checkpoint/model_config.h"
 #include "worker/checkpoint/model_presets.h"
 #include "worker/checkpoint/safetensors_writer.h"
-#include "worker/checkpoint/str_cat.h"
+#include "kernels/core/str_cat.h"
 
 namespace tessera {
 
-using checkpoint_internal::Cat;
 namespace {
 
 namespace fs = std::filesystem;

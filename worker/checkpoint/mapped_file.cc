@@ -8,11 +8,10 @@
 #include <cerrno>
 #include <utility>
 
-#include "worker/checkpoint/str_cat.h"
+#include "kernels/core/str_cat.h"
 
 namespace tessera {
 
-using checkpoint_internal::Cat;
 
 absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -5,11 +5,10 @@
 
 #include "kernels/core/status_macros.h"
 #include "worker/checkpoint/json_fields.h"
-#include "worker/checkpoint/str_cat.h"
+#include "kernels/core/str_cat.h"
 
 namespace tessera {
 
-using checkpoint_internal::Cat;
 namespace {
 
 using json_internal::Json;

@@ -1,11 +1,10 @@
 #include "worker/checkpoint/model_presets.h"
 
 #include "absl/strings/str_join.h"
-#include "worker/checkpoint/str_cat.h"
+#include "kernels/core/str_cat.h"
 
 namespace tessera {
 
-using checkpoint_internal::Cat;
 namespace {
 
 // Fields shared by every Llama 3.x model: vocabulary, special tokens, RoPE base and 128K context.

@@ -7,11 +7,10 @@
 
 #include "absl/strings/str_join.h"
 #include "kernels/core/status_macros.h"
-#include "worker/checkpoint/str_cat.h"
+#include "kernels/core/str_cat.h"
 
 namespace tessera {
 
-using checkpoint_internal::Cat;
 namespace {
 
 using Json = nlohmann::json;

@@ -6,11 +6,10 @@
 #include <utility>
 
 #include "kernels/core/status_macros.h"
-#include "worker/checkpoint/str_cat.h"
+#include "kernels/core/str_cat.h"
 
 namespace tessera {
 
-using checkpoint_internal::Cat;
 namespace {
 
 uint64_t EntryBytes(const TensorHeaderEntry& e) {

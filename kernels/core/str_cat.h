@@ -1,4 +1,4 @@
-// Internal to worker/checkpoint: Cat(...) is absl::StrCat that also takes std::string_view. Debian builds
+// Cat(...) is absl::StrCat that also takes std::string_view. Debian builds
 // Abseil 20220623 with its own absl::string_view (ABSL_OPTION_USE_STD_STRING_VIEW 0), which std::string_view
 // does not convert to.
 #pragma once
@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace tessera::checkpoint_internal {
+namespace tessera {
 
 template <typename T>
 decltype(auto) ToAlphaNum(const T& value) {
@@ -25,4 +25,4 @@ std::string Cat(const Args&... args) {
   return absl::StrCat(ToAlphaNum(args)...);
 }
 
-}  // namespace tessera::checkpoint_internal
+}  // namespace tessera
