@@ -1,0 +1,26 @@
+// Creates the Backend for a device by name, so that callers (the worker, tools, benchmarks) need no CUDA
+// headers. The CUDA backend exists only in builds with TESSERA_CUDA; elsewhere asking for it is an error.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+
+namespace tessera {
+
+struct BackendOptions {
+  DeviceKind device = DeviceKind::kCpu;
+  int num_threads = 0;  // CPU: threads of the pool (0 = all cores)
+  int device_index = 0;  // CUDA: which GPU
+};
+
+// Errors: INVALID_ARGUMENT for bad options; UNAVAILABLE with one line saying why when the device is not usable
+// here ("built without CUDA", "no CUDA device: <the driver's message>").
+[[nodiscard]] absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+
+// "cpu" or "cuda". Errors: INVALID_ARGUMENT naming the value.
+[[nodiscard]] absl::StatusOr<DeviceKind> ParseDeviceKind(const std::string& name);
+
+}  // namespace tessera
