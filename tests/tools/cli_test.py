@@ -1,0 +1,119 @@
+"""The tessera executable end to end: subcommands, JSON output, exit codes and one-line errors.
+
+usage: .venv/bin/python tests/tools/cli_test.py --tessera build/tessera --workdir DIR
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import unittest
+
+from tokenizers import Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llama-3.1-tokenizer")
+ARGS = None
+
+
+def run(*argv, check=True):
+    result = subprocess.run([ARGS.tessera, *argv], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tessera {' '.join(argv)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class CliTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.model = os.path.join(ARGS.workdir, "tiny")
+        shutil.rmtree(ARGS.workdir, ignore_errors=True)
+        os.makedirs(ARGS.workdir)
+        run("make-model", "--preset", "tiny", "--out", cls.model, "--seed", "5", "--tokenizer", TOKENIZER_DIR)
+        cls.hf = Tokenizer.from_file(os.path.join(cls.model, "tokenizer.json"))
+
+    def test_make_model_copies_the_tokenizer_and_its_licence_notice(self):
+        for name in ("tokenizer.json", "tokenizer_config.json", "NOTICE", "config.json", "generation_config.json",
+                     "model.safetensors.index.json"):
+            self.assertTrue(os.path.exists(os.path.join(self.model, name)), name)
+
+    def test_generate_with_a_text_prompt_encodes_it_with_bos_and_decodes_the_output(self):
+        text = "The capital of France is"
+        out = json_lines(run("generate", "--model", self.model, "--prompt", text, "--max-tokens", "6").stdout)
+        self.assertEqual(len(out), 1)
+        self.assertEqual(len(out[0]["token_ids"]), 6)
+        self.assertEqual(out[0]["text"], self.hf.decode(out[0]["token_ids"], skip_special_tokens=True))
+        # The same prompt given as the ids HF produces (bos added) generates the same tokens.
+        ids = self.hf.encode(text, add_special_tokens=True).ids
+        by_ids = json_lines(run("generate", "--model", self.model, "--prompt-ids", ",".join(map(str, ids)),
+                                "--max-tokens", "6").stdout)
+        self.assertEqual(by_ids[0]["token_ids"], out[0]["token_ids"])
+        self.assertNotIn("text", by_ids[0])
+
+    def test_generate_with_a_chat_renders_the_template_and_batches_with_other_prompts(self):
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+        chat = os.path.join(ARGS.workdir, "chat.json")
+        with open(chat, "w") as f:
+            json.dump(messages, f)
+        jsonl = os.path.join(ARGS.workdir, "chat.jsonl")
+        with open(jsonl, "w") as f:
+            f.write(json.dumps({"messages": messages, "add_generation_prompt": True}) + "\n")
+        prompt = json_lines(run("chat-template", "--model", self.model, "--input-jsonl", jsonl).stdout)[0]["prompt"]
+        self.assertTrue(prompt.startswith("<|begin_of_text|>") and prompt.endswith("<|end_header_id|>\n\n"))
+        ids = self.hf.encode(prompt, add_special_tokens=False).ids
+        alone = json_lines(run("generate", "--model", self.model, "--prompt-ids", ",".join(map(str, ids)),
+                               "--max-tokens", "5").stdout)[0]
+        batched = json_lines(run("generate", "--model", self.model, "--prompt", "Hello", "--chat", chat,
+                                 "--max-tokens", "5").stdout)
+        self.assertEqual(len(batched), 2)
+        self.assertEqual(batched[1]["token_ids"], alone["token_ids"])
+
+    def test_tokenize_and_detokenize_agree_with_hugging_face(self):
+        text = "Tessera's tokenizer: 12345 tokens, émojis 👩‍💻 and <|eot_id|>."
+        ids = json_lines(run("tokenize", "--model", self.model, "--text", text, "--add-special-tokens").stdout)
+        self.assertEqual(ids, [{"ids": self.hf.encode(text, add_special_tokens=True).ids}])
+        decoded = json_lines(run("detokenize", "--model", self.model, "--ids",
+                                 ",".join(map(str, ids[0]["ids"]))).stdout)
+        self.assertEqual(decoded, [{"text": self.hf.decode(ids[0]["ids"], skip_special_tokens=False)}])
+
+    def test_errors_are_one_line_naming_the_culprit_with_exit_code_1(self):
+        cases = [
+            (("generate", "--model", self.model, "--prompt-ids", "1,999999"), "999999"),
+            (("generate", "--model", os.path.join(ARGS.workdir, "missing"), "--prompt-ids", "1"), "missing"),
+            (("generate", "--model", self.model, "--chat", os.path.join(ARGS.workdir, "nope.json")), "nope.json"),
+            (("generate", "--model", self.model, "--prompt-ids", "1,x"), "'x'"),
+            (("generate", "--model", self.model, "--prompt-ids", "1", "--prefill-precision", "fp8"), "fp8"),
+            (("detokenize", "--model", self.model, "--ids", "128256"), "128256"),
+            (("make-model", "--preset", "huge", "--out", os.path.join(ARGS.workdir, "x")), "huge"),
+        ]
+        for argv, culprit in cases:
+            with self.subTest(argv=argv):
+                result = run(*argv, check=False)
+                self.assertEqual(result.returncode, 1, result.stderr)
+                lines = result.stderr.strip().splitlines()
+                self.assertEqual(len(lines), 1, result.stderr)
+                self.assertTrue(lines[0].startswith(f"tessera {argv[0]}: "), lines[0])
+                self.assertIn(culprit, lines[0])
+
+    def test_bad_usage_exits_2_and_help_exits_0(self):
+        self.assertEqual(run(check=False).returncode, 2)
+        self.assertEqual(run("generate", "--model", self.model, check=False).returncode, 2)
+        self.assertEqual(run("tokenize", "--model", self.model, "--text", "a", "--file", "b", check=False).returncode, 2)
+        self.assertEqual(run("frobnicate", check=False).returncode, 2)
+        self.assertEqual(run("help").returncode, 0)
+        for command in ("make-model", "generate", "tokenize", "detokenize", "chat-template"):
+            result = run(command, "--help")
+            self.assertIn("--", result.stdout)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tessera", required=True)
+    parser.add_argument("--workdir", required=True)
+    ARGS, rest = parser.parse_known_args()
+    unittest.main(argv=[sys.argv[0], *rest], verbosity=2)
