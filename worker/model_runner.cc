@@ -12,13 +12,16 @@ int CeilDiv(int a, int b) { return (a + b - 1) / b; }
 
 }  // namespace
 
-ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, KvCache kv_cache, int num_blocks)
+ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, KvCache kv_cache,
+                         int num_blocks)
     : backend_(backend), model_(std::move(model)), kv_cache_(std::move(kv_cache)), allocator_(num_blocks) {}
 
-absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const Checkpoint& checkpoint, Backend& backend,
+absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const Checkpoint& checkpoint,
+                                                                 Backend& backend,
                                                                  const ModelRunnerOptions& options) {
   if (options.num_kv_blocks <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("num_kv_blocks=", options.num_kv_blocks, " must be positive"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_kv_blocks=", options.num_kv_blocks, " must be positive"));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LlamaModel::Load(checkpoint, backend, options.model));
   ASSIGN_OR_RETURN(KvCache kv_cache, KvCache::Allocate(backend, model->KvShape(options.num_kv_blocks)));
@@ -46,25 +49,27 @@ absl::Status ModelRunner::BuildBatch(const std::vector<Sequence*>& seqs) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has no new token to compute"));
     }
     if (len > config.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has ", len,
-                                                     " tokens, more than max_position_embeddings=",
-                                                     config.max_position_embeddings));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", s, " has ", len,
+                       " tokens, more than max_position_embeddings=", config.max_position_embeddings));
     }
     for (int p = seq.num_computed_tokens; p < len; ++p) {
       if (seq.tokens[p] < 0 || seq.tokens[p] >= config.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": token id ", seq.tokens[p], " at position ",
-                                                       p, " is outside the vocabulary [0, ", config.vocab_size, ")"));
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": token id ", seq.tokens[p],
+                                                       " at position ", p, " is outside the vocabulary [0, ",
+                                                       config.vocab_size, ")"));
       }
     }
     num_tokens += len - seq.num_computed_tokens;
   }
   if (num_tokens > limits.max_num_tokens || static_cast<int>(seqs.size()) > limits.max_num_seqs) {
-    return absl::InvalidArgumentError(absl::StrCat("step of ", num_tokens, " tokens in ", seqs.size(),
-                                                   " sequences exceeds max_num_tokens=", limits.max_num_tokens,
-                                                   " / max_num_seqs=", limits.max_num_seqs));
+    return absl::InvalidArgumentError(
+        absl::StrCat("step of ", num_tokens, " tokens in ", seqs.size(), " sequences exceeds max_num_tokens=",
+                     limits.max_num_tokens, " / max_num_seqs=", limits.max_num_seqs));
   }
   // Blocks first, all or nothing, so that a full cache leaves every sequence as it was.
-  std::vector<int> wanted(seqs.size());
+  std::vector<int>& wanted = blocks_wanted_;
+  wanted.assign(seqs.size(), 0);
   int total_wanted = 0;
   for (size_t s = 0; s < seqs.size(); ++s) {
     wanted[s] = CeilDiv(static_cast<int>(seqs[s]->tokens.size()), block_size) -
@@ -72,8 +77,8 @@ absl::Status ModelRunner::BuildBatch(const std::vector<Sequence*>& seqs) {
     total_wanted += std::max(0, wanted[s]);
   }
   if (total_wanted > allocator_.num_free()) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("KV cache is full: step needs ", total_wanted, " blocks, ", allocator_.num_free(), " free"));
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache is full: step needs ", total_wanted,
+                                                     " blocks, ", allocator_.num_free(), " free"));
   }
   for (size_t s = 0; s < seqs.size(); ++s) {
     if (wanted[s] > 0) RETURN_IF_ERROR(allocator_.Allocate(wanted[s], seqs[s]->block_table));
@@ -104,32 +109,36 @@ absl::Status ModelRunner::BuildBatch(const std::vector<Sequence*>& seqs) {
 }
 
 BatchMeta ModelRunner::UploadBatch() {
-  int32_t* base = static_cast<int32_t*>(device_meta_.data());
-  int32_t* cursor = base;
-  auto upload = [&](const std::vector<int32_t>& v) {
-    int32_t* dst = cursor;
-    backend_.CopyToDevice(dst, v.data(), static_cast<int64_t>(v.size()) * 4);
-    cursor += v.size();
-    return dst;
+  // Packs every array into one host buffer and copies it to the device in one transfer.
+  staging_.clear();
+  auto pack = [&](const std::vector<int32_t>& v) {
+    size_t offset = staging_.size();
+    staging_.insert(staging_.end(), v.begin(), v.end());
+    return offset;
   };
+  const size_t token_ids = pack(host_.token_ids), positions = pack(host_.positions),
+               slot_mapping = pack(host_.slot_mapping), query_start = pack(host_.query_start),
+               seq_lens = pack(host_.seq_lens), block_tables = pack(host_.block_tables),
+               logit_rows = pack(host_.logit_rows);
+  TESSERA_CHECK(static_cast<int64_t>(staging_.size()) * 4 <= device_meta_.bytes());
+  int32_t* base = static_cast<int32_t*>(device_meta_.data());
+  backend_.CopyToDevice(base, staging_.data(), static_cast<int64_t>(staging_.size()) * 4);
+
   BatchMeta meta;
   AttentionMeta& a = meta.attention;
-  int32_t* token_ids = upload(host_.token_ids);
-  a.positions = upload(host_.positions);
-  a.slot_mapping = upload(host_.slot_mapping);
-  a.query_start = upload(host_.query_start);
-  a.seq_lens = upload(host_.seq_lens);
-  a.block_tables = upload(host_.block_tables);
-  int32_t* logit_rows = upload(host_.logit_rows);
-  TESSERA_CHECK((cursor - base) * 4 <= device_meta_.bytes());
+  a.positions = base + positions;
+  a.slot_mapping = base + slot_mapping;
+  a.query_start = base + query_start;
+  a.seq_lens = base + seq_lens;
+  a.block_tables = base + block_tables;
   a.num_seqs = host_.num_seqs();
   a.num_tokens = host_.num_tokens();
   a.max_blocks_per_seq = host_.max_blocks_per_seq;
   a.block_size = kv_cache_.shape().block_size;
   a.max_query_len = host_.max_query_len;
   a.max_seq_len = host_.max_seq_len;
-  meta.token_ids = Tensor(token_ids, DType::kI32, {a.num_tokens});
-  meta.logit_rows = Tensor(logit_rows, DType::kI32, {a.num_seqs});
+  meta.token_ids = Tensor(base + token_ids, DType::kI32, {a.num_tokens});
+  meta.logit_rows = Tensor(base + logit_rows, DType::kI32, {a.num_seqs});
   return meta;
 }
 
@@ -148,9 +157,9 @@ void ModelRunner::SampleAndAppend(const Tensor& logits, const std::vector<Sequen
     row.step = seq->tokens.size() - seq->num_prompt_tokens;
     sampling_rows_.push_back(row);
   }
-  std::vector<int32_t> ids(seqs.size());
-  backend_.Sample(logits, sampling_rows_.data(), ids.data());
-  for (size_t s = 0; s < seqs.size(); ++s) seqs[s]->tokens.push_back(ids[s]);
+  sampled_.resize(seqs.size());
+  backend_.Sample(logits, sampling_rows_.data(), sampled_.data());
+  for (size_t s = 0; s < seqs.size(); ++s) seqs[s]->tokens.push_back(sampled_[s]);
 }
 
 void ModelRunner::Release(Sequence& seq) {

@@ -16,7 +16,7 @@ namespace tessera {
 
 // One sequence as the runner sees it. The runner fills block_table and num_computed_tokens.
 struct Sequence {
-  std::vector<int32_t> tokens;       // prompt followed by generated tokens
+  std::vector<int32_t> tokens;  // prompt followed by generated tokens
   int num_prompt_tokens = 0;
   int num_computed_tokens = 0;       // leading tokens whose keys and values are in the KV cache
   std::vector<int32_t> block_table;  // KV blocks holding tokens [16 * i, 16 * i + 16)
@@ -66,7 +66,11 @@ class ModelRunner {
   HostBatch host_;
   int max_blocks_per_seq_ = 0;
   DeviceBuffer device_meta_;  // int32 mirror of host_ (one allocation, sized for the options' maxima)
+  // Per-step scratch, kept to reuse its capacity.
+  std::vector<int32_t> staging_;  // host_ packed for one copy to device_meta_
+  std::vector<int> blocks_wanted_;
   std::vector<SamplingRow> sampling_rows_;
+  std::vector<int32_t> sampled_;
 };
 
 }  // namespace tessera
