@@ -10,6 +10,7 @@ packages=(
   libabsl-dev nlohmann-json3-dev libcli11-dev
   libdnnl-dev                         # oneDNN: bf16 GEMMs of the CPU backend
   libpcre2-dev                        # Unicode regex of the tokenizer's pre-tokenizer
+  libgloo-dev                         # CPU collectives between worker processes
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-venv
 )

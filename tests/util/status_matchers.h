@@ -16,12 +16,13 @@ const absl::Status& GetStatus(const absl::StatusOr<T>& s) {
   return s.status();
 }
 
-// Matches a Status or StatusOr whose code equals `code` and whose message matches `message_matcher`.
+// Matches a Status or StatusOr whose code equals (or matches) `code` and whose message matches
+// `message_matcher`.
 MATCHER_P2(StatusIs, code, message_matcher,
            "has status code " + ::testing::PrintToString(code) + " and a matching message") {
   const absl::Status& s = ::tessera::testing::GetStatus(arg);
   *result_listener << "status is " << s.ToString();
-  return s.code() == code &&
+  return ::testing::Matches(::testing::MatcherCast<absl::StatusCode>(code))(s.code()) &&
          ::testing::Matches(::testing::MatcherCast<std::string>(message_matcher))(std::string(s.message()));
 }
 

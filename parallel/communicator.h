@@ -1,0 +1,34 @@
+// Communicator: the collectives and point-to-point operations tensor and pipeline parallelism need, over one
+// group of ranks. Implementations: Gloo (CPU tensors, TCP) here, NCCL (CUDA tensors) with the CUDA backend.
+// Every operation is bounded by the timeout the communicator was made with and fails with a Status instead
+// of hanging: DEADLINE_EXCEEDED when a peer does not take part in time, UNAVAILABLE when a peer is gone.
+// After an error the communicator is broken: every later call fails too (the caller tears the group down).
+#pragma once
+
+#include "absl/status/status.h"
+#include "kernels/core/tensor.h"
+
+namespace tessera {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // data (same shape on every rank) becomes the elementwise sum over all ranks. F32 (Gloo); F32 or BF16
+  // (NCCL).
+  [[nodiscard]] virtual absl::Status AllReduceSum(Tensor& data) = 0;
+  // out = every rank's `in` (same element count on each) concatenated in rank order; out holds size() * in.
+  [[nodiscard]] virtual absl::Status AllGather(const Tensor& in, Tensor& out) = 0;
+  // data on every rank becomes root's data.
+  [[nodiscard]] virtual absl::Status Broadcast(Tensor& data, int root) = 0;
+  // Point to point; a Send must be matched by a Recv of the same byte size on `dst`, in the same order.
+  [[nodiscard]] virtual absl::Status Send(const Tensor& data, int dst) = 0;
+  [[nodiscard]] virtual absl::Status Recv(Tensor& data, int src) = 0;
+  // Returns once every rank has called it.
+  [[nodiscard]] virtual absl::Status Barrier() = 0;
+};
+
+}  // namespace tessera

@@ -1,0 +1,148 @@
+#include "parallel/gloo_communicator.h"
+
+#include <gloo/allgather.h>
+#include <gloo/allreduce.h>
+#include <gloo/barrier.h>
+#include <gloo/broadcast.h>
+#include <gloo/common/error.h>
+#include <gloo/math.h>
+#include <gloo/rendezvous/context.h>
+#include <gloo/rendezvous/file_store.h>
+#include <gloo/rendezvous/prefix_store.h>
+#include <gloo/transport/tcp/device.h>
+
+#include <cstring>
+#include <exception>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+
+namespace tessera {
+
+struct GlooCommunicator::Impl {
+  GlooOptions options;
+  std::unique_ptr<gloo::rendezvous::FileStore> file_store;
+  std::unique_ptr<gloo::rendezvous::PrefixStore> store;
+  std::shared_ptr<gloo::transport::Device> device;
+  std::shared_ptr<gloo::rendezvous::Context> context;
+  absl::Status broken;  // the first error; every later call returns it
+
+  // Runs a Gloo call, turning its exceptions into a Status that names the operation and this rank.
+  template <typename F>
+  absl::Status Guard(const char* op, F&& fn) {
+    if (!broken.ok()) return broken;
+    try {
+      fn();
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      std::string what = e.what();
+      const bool timed_out =
+          what.find("imed out") != std::string::npos || what.find("imeout") != std::string::npos;
+      std::string message = absl::StrCat("gloo ", op, " on rank ", options.rank, " of group '", options.group,
+                                         "' failed: ", what);
+      broken = timed_out ? absl::DeadlineExceededError(message) : absl::UnavailableError(message);
+      return broken;
+    }
+  }
+};
+
+GlooCommunicator::GlooCommunicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+GlooCommunicator::~GlooCommunicator() = default;
+
+absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(const GlooOptions& options) {
+  if (options.size < 1 || options.rank < 0 || options.rank >= options.size) {
+    return absl::InvalidArgumentError(absl::StrCat("gloo group '", options.group, "': rank=", options.rank,
+                                                   " is not in [0, size=", options.size, ")"));
+  }
+  if (options.store_dir.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gloo group '", options.group, "': no rendezvous store given"));
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  absl::Status status = impl->Guard("rendezvous", [&] {
+    std::filesystem::create_directories(options.store_dir);
+    impl->file_store = std::make_unique<gloo::rendezvous::FileStore>(options.store_dir);
+    impl->store = std::make_unique<gloo::rendezvous::PrefixStore>(options.group, *impl->file_store);
+    gloo::transport::tcp::attr attr;
+    attr.hostname = options.hostname;
+    impl->device = gloo::transport::tcp::CreateDevice(attr);
+    impl->context = std::make_shared<gloo::rendezvous::Context>(options.rank, options.size);
+    impl->context->setTimeout(options.timeout);
+    impl->context->connectFullMesh(*impl->store, impl->device);
+  });
+  if (!status.ok()) return status;
+  return std::unique_ptr<GlooCommunicator>(new GlooCommunicator(std::move(impl)));
+}
+
+int GlooCommunicator::rank() const { return impl_->options.rank; }
+int GlooCommunicator::size() const { return impl_->options.size; }
+
+absl::Status GlooCommunicator::AllReduceSum(Tensor& data) {
+  TESSERA_CHECK(data.dtype() == DType::kF32);
+  if (size() == 1) return absl::OkStatus();
+  return impl_->Guard("all-reduce", [&] {
+    gloo::AllreduceOptions opts(impl_->context);
+    opts.setOutput(data.data_as<float>(), static_cast<size_t>(data.numel()));
+    opts.setReduceFunction(
+        [](void* c, const void* a, const void* b, size_t n) { gloo::sum<float>(c, a, b, n); });
+    opts.setTimeout(impl_->options.timeout);
+    gloo::allreduce(opts);
+  });
+}
+
+absl::Status GlooCommunicator::AllGather(const Tensor& in, Tensor& out) {
+  TESSERA_CHECK(in.dtype() == out.dtype() && out.nbytes() == in.nbytes() * size());
+  if (size() == 1) {
+    std::memcpy(out.data(), in.data(), in.nbytes());
+    return absl::OkStatus();
+  }
+  return impl_->Guard("all-gather", [&] {
+    gloo::AllgatherOptions opts(impl_->context);
+    opts.setInput(static_cast<char*>(in.data()), static_cast<size_t>(in.nbytes()));
+    opts.setOutput(static_cast<char*>(out.data()), static_cast<size_t>(out.nbytes()));
+    opts.setTimeout(impl_->options.timeout);
+    gloo::allgather(opts);
+  });
+}
+
+absl::Status GlooCommunicator::Broadcast(Tensor& data, int root) {
+  TESSERA_CHECK(root >= 0 && root < size());
+  if (size() == 1) return absl::OkStatus();
+  return impl_->Guard("broadcast", [&] {
+    gloo::BroadcastOptions opts(impl_->context);
+    opts.setOutput(static_cast<char*>(data.data()), static_cast<size_t>(data.nbytes()));
+    opts.setRoot(root);
+    opts.setTimeout(impl_->options.timeout);
+    gloo::broadcast(opts);
+  });
+}
+
+absl::Status GlooCommunicator::Send(const Tensor& data, int dst) {
+  TESSERA_CHECK(dst >= 0 && dst < size() && dst != rank());
+  return impl_->Guard("send", [&] {
+    auto buffer = impl_->context->createUnboundBuffer(data.data(), static_cast<size_t>(data.nbytes()));
+    buffer->send(dst, /*slot=*/0);
+    if (!buffer->waitSend(nullptr, impl_->options.timeout)) throw gloo::IoException("send aborted");
+  });
+}
+
+absl::Status GlooCommunicator::Recv(Tensor& data, int src) {
+  TESSERA_CHECK(src >= 0 && src < size() && src != rank());
+  return impl_->Guard("recv", [&] {
+    auto buffer = impl_->context->createUnboundBuffer(data.data(), static_cast<size_t>(data.nbytes()));
+    buffer->recv(src, /*slot=*/0);
+    if (!buffer->waitRecv(nullptr, impl_->options.timeout)) throw gloo::IoException("recv aborted");
+  });
+}
+
+absl::Status GlooCommunicator::Barrier() {
+  if (size() == 1) return absl::OkStatus();
+  return impl_->Guard("barrier", [&] {
+    gloo::BarrierOptions opts(impl_->context);
+    opts.setTimeout(impl_->options.timeout);
+    gloo::barrier(opts);
+  });
+}
+
+}  // namespace tessera

@@ -1,0 +1,46 @@
+// GlooCommunicator: Communicator over Gloo's TCP transport for CPU tensors. Ranks of a group meet through a
+// key-value store (Gloo's rendezvous Store): a directory of files on one host for now; the coordinator's
+// gRPC store joins later through the same option.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "parallel/communicator.h"
+
+namespace tessera {
+
+struct GlooOptions {
+  std::string group;  // name of the group; keys in the store are prefixed with it
+  int rank = 0;
+  int size = 1;
+  std::string store_dir;  // rendezvous through files in this directory (shared by the group's ranks)
+  std::string hostname = "127.0.0.1";        // the address this rank listens on
+  std::chrono::milliseconds timeout{30000};  // for rendezvous and every operation
+};
+
+class GlooCommunicator final : public Communicator {
+ public:
+  // Connects the full mesh of the group. Errors: INVALID_ARGUMENT for bad options; DEADLINE_EXCEEDED when
+  // the other ranks do not arrive within the timeout; UNAVAILABLE for transport errors (with Gloo's message).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<GlooCommunicator>> Create(const GlooOptions& options);
+  ~GlooCommunicator() override;
+
+  int rank() const override;
+  int size() const override;
+  [[nodiscard]] absl::Status AllReduceSum(Tensor& data) override;
+  [[nodiscard]] absl::Status AllGather(const Tensor& in, Tensor& out) override;
+  [[nodiscard]] absl::Status Broadcast(Tensor& data, int root) override;
+  [[nodiscard]] absl::Status Send(const Tensor& data, int dst) override;
+  [[nodiscard]] absl::Status Recv(Tensor& data, int src) override;
+  [[nodiscard]] absl::Status Barrier() override;
+
+ private:
+  struct Impl;
+  explicit GlooCommunicator(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tessera
