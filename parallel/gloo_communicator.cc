@@ -16,12 +16,13 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "parallel/grpc_store.h"
 
 namespace tessera {
 
 struct GlooCommunicator::Impl {
   GlooOptions options;
-  std::unique_ptr<gloo::rendezvous::FileStore> file_store;
+  std::unique_ptr<gloo::rendezvous::Store> base_store;  // FileStore or GrpcStore
   std::unique_ptr<gloo::rendezvous::PrefixStore> store;
   std::shared_ptr<gloo::transport::Device> device;
   std::shared_ptr<gloo::rendezvous::Context> context;
@@ -54,16 +55,20 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(const
     return absl::InvalidArgumentError(absl::StrCat("gloo group '", options.group, "': rank=", options.rank,
                                                    " is not in [0, size=", options.size, ")"));
   }
-  if (options.store_dir.empty()) {
+  if (options.store_dir.empty() == options.store_address.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("gloo group '", options.group, "': no rendezvous store given"));
+        absl::StrCat("gloo group '", options.group, "': give exactly one rendezvous store (address or directory)"));
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   absl::Status status = impl->Guard("rendezvous", [&] {
-    std::filesystem::create_directories(options.store_dir);
-    impl->file_store = std::make_unique<gloo::rendezvous::FileStore>(options.store_dir);
-    impl->store = std::make_unique<gloo::rendezvous::PrefixStore>(options.group, *impl->file_store);
+    if (!options.store_address.empty()) {
+      impl->base_store = std::make_unique<GrpcStore>(options.store_address, options.timeout);
+    } else {
+      std::filesystem::create_directories(options.store_dir);
+      impl->base_store = std::make_unique<gloo::rendezvous::FileStore>(options.store_dir);
+    }
+    impl->store = std::make_unique<gloo::rendezvous::PrefixStore>(options.group, *impl->base_store);
     gloo::transport::tcp::attr attr;
     attr.hostname = options.hostname;
     impl->device = gloo::transport::tcp::CreateDevice(attr);

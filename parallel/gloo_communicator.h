@@ -1,6 +1,6 @@
 // GlooCommunicator: Communicator over Gloo's TCP transport for CPU tensors. Ranks of a group meet through a
-// key-value store (Gloo's rendezvous Store): a directory of files on one host for now; the coordinator's
-// gRPC store joins later through the same option.
+// key-value store (Gloo's rendezvous Store): the coordinator's Rendezvous gRPC service, or a directory of
+// files shared by the ranks of one host.
 #pragma once
 
 #include <chrono>
@@ -16,7 +16,8 @@ struct GlooOptions {
   std::string group;  // name of the group; keys in the store are prefixed with it
   int rank = 0;
   int size = 1;
-  std::string store_dir;  // rendezvous through files in this directory (shared by the group's ranks)
+  std::string store_address;  // rendezvous through the coordinator's Rendezvous service at HOST:PORT, or
+  std::string store_dir;      // through files in this directory (shared by the group's ranks)
   std::string hostname = "127.0.0.1";        // the address this rank listens on
   std::chrono::milliseconds timeout{30000};  // for rendezvous and every operation
 };

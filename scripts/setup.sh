@@ -11,6 +11,7 @@ packages=(
   libdnnl-dev                         # oneDNN: bf16 GEMMs of the CPU backend
   libpcre2-dev                        # Unicode regex of the tokenizer's pre-tokenizer
   libgloo-dev                         # CPU collectives between worker processes
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler  # control plane and public API
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-venv
 )

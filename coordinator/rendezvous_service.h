@@ -1,0 +1,37 @@
+// RendezvousService: the coordinator's in-memory key-value store over gRPC (tessera.control.v1.Rendezvous),
+// through which workers bootstrap their communicators. Thread-safe; Wait and Get block a server thread until
+// the keys exist, the call's deadline passes or Shutdown() is called.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "tessera/control/v1/rendezvous.grpc.pb.h"
+
+namespace tessera {
+
+class RendezvousService final : public control::v1::Rendezvous::Service {
+ public:
+  grpc::Status Set(grpc::ServerContext* context, const control::v1::SetRequest* request,
+                   control::v1::SetResponse* response) override;
+  grpc::Status Wait(grpc::ServerContext* context, const control::v1::WaitRequest* request,
+                    control::v1::WaitResponse* response) override;
+  grpc::Status Get(grpc::ServerContext* context, const control::v1::GetRequest* request,
+                   control::v1::GetResponse* response) override;
+
+  // Wakes every waiting call (they fail with UNAVAILABLE) and refuses new waits.
+  void Shutdown();
+  // Removes every key starting with `prefix` (a group torn down before it is formed again).
+  void EraseGroup(const std::string& prefix);
+
+ private:
+  // Blocks until every key exists; false (with *status set) on deadline, cancellation or shutdown.
+  bool AwaitKeys(grpc::ServerContext* context, const std::vector<std::string>& keys, grpc::Status* status);
+
+  absl::Mutex mu_;
+  std::map<std::string, std::string> values_ ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace tessera

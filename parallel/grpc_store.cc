@@ -1,0 +1,68 @@
+#include "parallel/grpc_store.h"
+
+#include <gloo/common/error.h>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace tessera {
+namespace {
+
+void SetDeadline(grpc::ClientContext& context, std::chrono::milliseconds timeout) {
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+}
+
+[[noreturn]] void Throw(const std::string& op, const std::string& what, const std::string& address,
+                        const grpc::Status& status) {
+  throw gloo::IoException(
+      absl::StrCat("rendezvous ", op, " of ", what, " at ", address, ": ",
+                   status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ? "timed out: " : "",
+                   status.error_message()));
+}
+
+}  // namespace
+
+GrpcStore::GrpcStore(const std::string& address, std::chrono::milliseconds timeout)
+    : address_(address),
+      timeout_(timeout),
+      stub_(control::v1::Rendezvous::NewStub(
+          grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))) {}
+
+void GrpcStore::set(const std::string& key, const std::vector<char>& data) {
+  grpc::ClientContext context;
+  SetDeadline(context, timeout_);
+  context.set_wait_for_ready(true);  // the coordinator may still be starting
+  control::v1::SetRequest request;
+  request.set_key(key);
+  request.set_value(std::string(data.begin(), data.end()));
+  control::v1::SetResponse response;
+  grpc::Status status = stub_->Set(&context, request, &response);
+  if (!status.ok()) Throw("set", key, address_, status);
+}
+
+std::vector<char> GrpcStore::get(const std::string& key) {
+  grpc::ClientContext context;
+  SetDeadline(context, timeout_);
+  context.set_wait_for_ready(true);
+  control::v1::GetRequest request;
+  request.set_key(key);
+  control::v1::GetResponse response;
+  grpc::Status status = stub_->Get(&context, request, &response);
+  if (!status.ok()) Throw("get", key, address_, status);
+  return std::vector<char>(response.value().begin(), response.value().end());
+}
+
+void GrpcStore::wait(const std::vector<std::string>& keys) { wait(keys, timeout_); }
+
+void GrpcStore::wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) {
+  grpc::ClientContext context;
+  SetDeadline(context, timeout);
+  context.set_wait_for_ready(true);
+  control::v1::WaitRequest request;
+  for (const std::string& key : keys) request.add_keys(key);
+  control::v1::WaitResponse response;
+  grpc::Status status = stub_->Wait(&context, request, &response);
+  if (!status.ok()) Throw("wait", absl::StrCat(keys.size(), " keys"), address_, status);
+}
+
+}  // namespace tessera
