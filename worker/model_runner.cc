@@ -89,7 +89,7 @@ absl::Status ModelRunner::BuildBatch(const std::vector<Sequence*>& seqs) {
     const Sequence& seq = *seqs[s];
     const int len = static_cast<int>(seq.tokens.size());
     for (int p = seq.num_computed_tokens; p < len; ++p) {
-      host_.token_ids.push_back(seq.tokens[p]);
+      host_.token_ids.push_back(model_->EmbeddingRow(seq.tokens[p]));
       host_.positions.push_back(p);
       host_.slot_mapping.push_back(seq.block_table[p / block_size] * block_size + p % block_size);
     }
@@ -145,7 +145,7 @@ BatchMeta ModelRunner::UploadBatch() {
 absl::StatusOr<Tensor> ModelRunner::Forward(const std::vector<Sequence*>& seqs) {
   RETURN_IF_ERROR(BuildBatch(seqs));
   BatchMeta meta = UploadBatch();
-  Tensor logits = model_->Forward(meta, kv_cache_);
+  ASSIGN_OR_RETURN(Tensor logits, model_->Forward(meta, kv_cache_));
   for (Sequence* seq : seqs) seq->num_computed_tokens = static_cast<int>(seq->tokens.size());
   return logits;
 }

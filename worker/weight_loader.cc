@@ -1,31 +1,72 @@
 #include "worker/weight_loader.h"
 
+#include <cstring>
 #include <string>
 
 #include "kernels/core/status_macros.h"
+#include "kernels/core/str_cat.h"
 
 namespace tessera {
+namespace {
+
+int64_t Cols(const TensorInfo& info) {
+  int64_t cols = 1;
+  for (size_t i = 1; i < info.shape.size(); ++i) cols *= info.shape[i];
+  return cols;
+}
+
+}  // namespace
 
 absl::StatusOr<Tensor> WeightLoader::Load(std::string_view name) {
   ASSIGN_OR_RETURN(TensorInfo info, checkpoint_.Info(name));
-  if (info.dtype == DType::kBF16 && backend_.device() == DeviceKind::kCpu) {
-    return checkpoint_.Map(name);
+  return LoadRows(name, 0, info.shape.empty() ? 1 : info.shape[0]);
+}
+
+absl::StatusOr<Tensor> WeightLoader::LoadRows(std::string_view name, int64_t begin, int64_t count,
+                                              int64_t extra_zero_rows) {
+  ASSIGN_OR_RETURN(TensorInfo info, checkpoint_.Info(name));
+  if (info.shape.size() > 2) {
+    return absl::InvalidArgumentError(Cat("tensor ", name, " has ", info.shape.size(), " dims, not 1 or 2"));
   }
-  int64_t rows = info.shape.empty() ? 1 : info.shape[0];
-  int64_t cols = 1;
-  for (size_t i = 1; i < info.shape.size(); ++i) cols *= info.shape[i];
-  int64_t bytes = rows * cols * DTypeSize(DType::kBF16);
+  if (info.dtype == DType::kBF16 && backend_.device() == DeviceKind::kCpu && extra_zero_rows == 0) {
+    return checkpoint_.MapRows(name, begin, count);
+  }
+  return Copy(name, Slice::kRows, begin, count, Cols(info), static_cast<int>(info.shape.size()),
+              extra_zero_rows);
+}
+
+absl::StatusOr<Tensor> WeightLoader::LoadColumns(std::string_view name, int64_t begin, int64_t count) {
+  ASSIGN_OR_RETURN(TensorInfo info, checkpoint_.Info(name));
+  if (info.shape.size() != 2) {
+    return absl::InvalidArgumentError(Cat("tensor ", name, " is not 2-D: cannot take columns"));
+  }
+  if (begin == 0 && count == info.shape[1]) return LoadRows(name, 0, info.shape[0]);
+  return Copy(name, Slice::kColumns, begin, info.shape[0], count, 2, 0);
+}
+
+absl::StatusOr<Tensor> WeightLoader::Copy(std::string_view name, Slice slice, int64_t begin, int64_t rows,
+                                          int64_t cols, int ndim, int64_t extra_zero_rows) {
+  const int64_t total_rows = rows + extra_zero_rows;
+  const int64_t bytes = total_rows * cols * DTypeSize(DType::kBF16);
   ASSIGN_OR_RETURN(DeviceBuffer device, backend_.Allocate(bytes));
-  Tensor dst = info.shape.size() == 1 ? device.View(DType::kBF16, {rows}) : device.View(DType::kBF16, {rows, cols});
-  if (backend_.device() == DeviceKind::kCpu) {
-    RETURN_IF_ERROR(checkpoint_.ReadRows(name, 0, rows, dst));
-  } else {
-    std::vector<uint16_t> host(static_cast<size_t>(rows * cols));
-    Tensor staging = info.shape.size() == 1 ? Tensor(host.data(), DType::kBF16, {rows})
-                                            : Tensor(host.data(), DType::kBF16, {rows, cols});
-    RETURN_IF_ERROR(checkpoint_.ReadRows(name, 0, rows, staging));
-    backend_.CopyToDevice(dst.data(), host.data(), bytes);
+  Tensor dst =
+      ndim == 1 ? device.View(DType::kBF16, {total_rows}) : device.View(DType::kBF16, {total_rows, cols});
+  // Read into host memory (the device buffer itself on the CPU), then copy to the device.
+  std::vector<uint16_t> host;
+  uint16_t* staging = static_cast<uint16_t*>(device.data());
+  if (backend_.device() != DeviceKind::kCpu) {
+    host.resize(static_cast<size_t>(total_rows * cols));
+    staging = host.data();
   }
+  Tensor slice_dst =
+      ndim == 1 ? Tensor(staging, DType::kBF16, {rows}) : Tensor(staging, DType::kBF16, {rows, cols});
+  if (slice == Slice::kRows) {
+    RETURN_IF_ERROR(checkpoint_.ReadRows(name, begin, rows, slice_dst));
+  } else {
+    RETURN_IF_ERROR(checkpoint_.ReadColumns(name, begin, cols, slice_dst));
+  }
+  std::memset(staging + rows * cols, 0, static_cast<size_t>(extra_zero_rows * cols) * 2);
+  if (backend_.device() != DeviceKind::kCpu) backend_.CopyToDevice(dst.data(), host.data(), bytes);
   bytes_copied_ += bytes;
   buffers_.push_back(std::move(device));
   return dst;

@@ -1,8 +1,10 @@
-// WeightLoader: brings checkpoint tensors onto a backend as BF16. On the CPU a BF16 tensor is used in place
-// from the read-only file mapping (no copy); anything else (another dtype, another device) is converted and
-// copied into memory the loader owns.
+// WeightLoader: brings checkpoint tensors, or a rank's slice of them, onto a backend as BF16. On the CPU a
+// BF16 tensor or row range is used in place from the read-only file mapping (no copy); anything else (a
+// column range, another dtype, another device) is converted and copied into memory the loader owns. Only the
+// bytes of the requested slice are read.
 #pragma once
 
+#include <cstdint>
 #include <string_view>
 #include <vector>
 
@@ -19,13 +21,24 @@ class WeightLoader {
   // The whole tensor `name` as BF16 on the backend. Errors: NOT_FOUND (naming the tensor), or the
   // checkpoint's read errors, or RESOURCE_EXHAUSTED from the backend.
   [[nodiscard]] absl::StatusOr<Tensor> Load(std::string_view name);
+  // Rows [begin, begin + count) of a 1-D or 2-D tensor; `extra_zero_rows` zero rows are appended (which
+  // forces a copy).
+  [[nodiscard]] absl::StatusOr<Tensor> LoadRows(std::string_view name, int64_t begin, int64_t count,
+                                                int64_t extra_zero_rows = 0);
+  // Columns [begin, begin + count) of a 2-D tensor (a copy unless they are all of its columns).
+  [[nodiscard]] absl::StatusOr<Tensor> LoadColumns(std::string_view name, int64_t begin, int64_t count);
 
   // Bytes copied into owned memory so far (0 when every weight was used in place).
   int64_t bytes_copied() const { return bytes_copied_; }
-  // Moves out the buffers holding copied weights; they must outlive every Tensor Load returned.
+  // Moves out the buffers holding copied weights; they must outlive every Tensor the loader returned.
   std::vector<DeviceBuffer> TakeBuffers() { return std::move(buffers_); }
 
  private:
+  enum class Slice { kRows, kColumns };
+  // Copies the slice into a new BF16 buffer of `rows` x `cols` (+ zero rows) on the backend.
+  [[nodiscard]] absl::StatusOr<Tensor> Copy(std::string_view name, Slice slice, int64_t begin, int64_t rows,
+                                            int64_t cols, int ndim, int64_t extra_zero_rows);
+
   const Checkpoint& checkpoint_;
   Backend& backend_;
   std::vector<DeviceBuffer> buffers_;

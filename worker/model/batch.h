@@ -13,7 +13,7 @@ namespace tessera {
 
 // What the host decides for a step; built by the runner, copied to the device once per step.
 struct HostBatch {
-  std::vector<int32_t> token_ids;     // [num_tokens]
+  std::vector<int32_t> token_ids;     // [num_tokens]: the embedding row of each new token (its id without TP)
   std::vector<int32_t> positions;     // [num_tokens]
   std::vector<int32_t> slot_mapping;  // [num_tokens]
   std::vector<int32_t> query_start;   // [num_seqs + 1]
@@ -32,7 +32,7 @@ struct HostBatch {
 // Device-side view of a HostBatch, valid until the next step.
 struct BatchMeta {
   AttentionMeta attention;
-  Tensor token_ids;   // I32 [num_tokens]
+  Tensor token_ids;   // I32 [num_tokens]: embedding rows (see HostBatch::token_ids)
   Tensor logit_rows;  // I32 [num_seqs]
   int num_tokens() const { return attention.num_tokens; }
   int num_seqs() const { return attention.num_seqs; }

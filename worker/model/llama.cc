@@ -13,16 +13,38 @@ namespace {
 // Rows [0, n) of a buffer allocated for more.
 Tensor Head(const Tensor& t, int64_t n) { return t.Rows(0, n); }
 
+// Rows [heads.begin * head_dim, heads.end * head_dim) of a projection: the heads' output rows.
+Range HeadRows(Range heads, int head_dim) { return {heads.begin * head_dim, heads.end * head_dim}; }
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const Checkpoint& checkpoint, Backend& backend,
                                                              const LlamaModelOptions& options) {
   if (options.max_num_tokens <= 0 || options.max_num_seqs <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("max_num_tokens=", options.max_num_tokens,
-                                                   " and max_num_seqs=", options.max_num_seqs, " must be positive"));
+                                                   " and max_num_seqs=", options.max_num_seqs,
+                                                   " must be positive"));
   }
   RETURN_IF_ERROR(checkpoint.ValidateForLlama());
-  std::unique_ptr<LlamaModel> model(new LlamaModel(checkpoint.config(), backend, options));
+  const ModelConfig& c = checkpoint.config();
+  const ShardedShape shape{.num_layers = c.num_hidden_layers,
+                           .num_heads = c.num_attention_heads,
+                           .num_kv_heads = c.num_key_value_heads,
+                           .intermediate_size = c.intermediate_size,
+                           .vocab_size = c.vocab_size};
+  ParallelConfig whole = *ParallelConfig::Create(shape, 1, 1);
+  const ParallelConfig& parallel = options.parallel != nullptr ? *options.parallel : whole;
+  if (parallel.pp_size() != 1) {
+    return absl::UnimplementedError(absl::StrCat("pipeline parallelism (pp=", parallel.pp_size(),
+                                                 ") is not supported by the model runner yet"));
+  }
+  if (parallel.tp_size() > 1 &&
+      (options.tp_group == nullptr || options.tp_group->size() != parallel.tp_size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tp=", parallel.tp_size(), " needs a TP group of that size"));
+  }
+  std::unique_ptr<LlamaModel> model(new LlamaModel(c, backend, options, parallel));
+  model->tp_rank_ = parallel.TpRank(options.rank);
   RETURN_IF_ERROR(model->LoadWeights(checkpoint));
   RETURN_IF_ERROR(model->AllocateActivations());
   return model;
@@ -39,33 +61,44 @@ absl::Status LlamaModel::LoadWeights(const Checkpoint& checkpoint) {
   }
   rope_.theta = static_cast<float>(c.rope_theta);
 
+  const int t = tp_rank_;
+  const Range q_heads = parallel_.QueryHeads(t), kv_heads = parallel_.KvHeads(t);
+  const Range mlp = parallel_.IntermediateShard(t), vocab = parallel_.VocabShard(t);
+  num_local_heads_ = static_cast<int>(q_heads.size());
+  num_local_kv_heads_ = static_cast<int>(kv_heads.size());
+  local_intermediate_ = mlp.size();
+  Communicator* group = parallel_.tp_size() > 1 ? options_.tp_group : nullptr;
+
   WeightLoader loader(checkpoint, backend_);
-  auto load = [&](const std::string& name, Tensor& dst) -> absl::Status {
+  auto whole = [&](const std::string& name, Tensor& dst) -> absl::Status {
     ASSIGN_OR_RETURN(dst, loader.Load(name));
-    weight_bytes_ += dst.nbytes();
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(load("model.embed_tokens.weight", embed_tokens));
+  RETURN_IF_ERROR(embed_tokens_.Load(loader, "model.embed_tokens.weight", vocab, c.vocab_size, group));
   layers_.resize(c.num_hidden_layers);
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     Layer& l = layers_[i];
     std::string p = absl::StrCat("model.layers.", i, ".");
-    RETURN_IF_ERROR(load(p + "input_layernorm.weight", l.input_norm));
-    RETURN_IF_ERROR(load(p + "self_attn.q_proj.weight", l.q_proj));
-    RETURN_IF_ERROR(load(p + "self_attn.k_proj.weight", l.k_proj));
-    RETURN_IF_ERROR(load(p + "self_attn.v_proj.weight", l.v_proj));
-    RETURN_IF_ERROR(load(p + "self_attn.o_proj.weight", l.o_proj));
-    RETURN_IF_ERROR(load(p + "post_attention_layernorm.weight", l.post_attn_norm));
-    RETURN_IF_ERROR(load(p + "mlp.gate_proj.weight", l.gate_proj));
-    RETURN_IF_ERROR(load(p + "mlp.up_proj.weight", l.up_proj));
-    RETURN_IF_ERROR(load(p + "mlp.down_proj.weight", l.down_proj));
+    RETURN_IF_ERROR(whole(p + "input_layernorm.weight", l.input_norm));
+    RETURN_IF_ERROR(l.q_proj.Load(loader, p + "self_attn.q_proj.weight", HeadRows(q_heads, c.head_dim)));
+    RETURN_IF_ERROR(l.k_proj.Load(loader, p + "self_attn.k_proj.weight", HeadRows(kv_heads, c.head_dim)));
+    RETURN_IF_ERROR(l.v_proj.Load(loader, p + "self_attn.v_proj.weight", HeadRows(kv_heads, c.head_dim)));
+    RETURN_IF_ERROR(
+        l.o_proj.Load(loader, p + "self_attn.o_proj.weight", HeadRows(q_heads, c.head_dim), group));
+    RETURN_IF_ERROR(whole(p + "post_attention_layernorm.weight", l.post_attn_norm));
+    RETURN_IF_ERROR(l.gate_proj.Load(loader, p + "mlp.gate_proj.weight", mlp));
+    RETURN_IF_ERROR(l.up_proj.Load(loader, p + "mlp.up_proj.weight", mlp));
+    RETURN_IF_ERROR(l.down_proj.Load(loader, p + "mlp.down_proj.weight", mlp, group));
   }
-  RETURN_IF_ERROR(load("model.norm.weight", final_norm));
+  RETURN_IF_ERROR(whole("model.norm.weight", final_norm_));
+  Tensor lm_head;
   if (c.tie_word_embeddings && !checkpoint.Has("lm_head.weight")) {
-    lm_head = embed_tokens;
+    lm_head = embed_tokens_.SliceRows();
   } else {
-    RETURN_IF_ERROR(load("lm_head.weight", lm_head));
+    ASSIGN_OR_RETURN(lm_head, loader.LoadRows("lm_head.weight", vocab.begin, vocab.size()));
   }
+  lm_head_.Init(lm_head, parallel_, t, group);
+  weight_bytes_ = checkpoint.bytes_accessed();
   for (DeviceBuffer& b : loader.TakeBuffers()) buffers_.push_back(std::move(b));
   return absl::OkStatus();
 }
@@ -73,8 +106,8 @@ absl::Status LlamaModel::LoadWeights(const Checkpoint& checkpoint) {
 absl::Status LlamaModel::AllocateActivations() {
   const ModelConfig& c = config_;
   const int64_t t = options_.max_num_tokens, s = options_.max_num_seqs;
-  const int64_t q_width = int64_t{c.num_attention_heads} * c.head_dim;
-  const int64_t kv_width = int64_t{c.num_key_value_heads} * c.head_dim;
+  const int64_t q_width = int64_t{num_local_heads_} * c.head_dim;
+  const int64_t kv_width = int64_t{num_local_kv_heads_} * c.head_dim;
   DType act = backend_.activation_dtype();
   auto alloc = [&](DType dtype, int64_t rows, int64_t cols, Tensor& dst) -> absl::Status {
     ASSIGN_OR_RETURN(DeviceBuffer buffer, backend_.Allocate(rows * cols * DTypeSize(dtype)));
@@ -88,10 +121,13 @@ absl::Status LlamaModel::AllocateActivations() {
   RETURN_IF_ERROR(alloc(act, t, kv_width, act_.k));
   RETURN_IF_ERROR(alloc(act, t, kv_width, act_.v));
   RETURN_IF_ERROR(alloc(act, t, q_width, act_.attn));
-  RETURN_IF_ERROR(alloc(act, t, c.intermediate_size, act_.gate));
-  RETURN_IF_ERROR(alloc(act, t, c.intermediate_size, act_.up));
+  RETURN_IF_ERROR(alloc(act, t, local_intermediate_, act_.gate));
+  RETURN_IF_ERROR(alloc(act, t, local_intermediate_, act_.up));
   RETURN_IF_ERROR(alloc(act, s, c.hidden_size, act_.last));
   RETURN_IF_ERROR(alloc(DType::kF32, s, c.vocab_size, act_.logits));
+  if (int64_t scratch = lm_head_.ScratchBytes(s); scratch > 0) {
+    RETURN_IF_ERROR(alloc(DType::kF32, 1, scratch / 4, act_.lm_head_scratch));
+  }
   return absl::OkStatus();
 }
 
@@ -99,44 +135,44 @@ KvCacheShape LlamaModel::KvShape(int num_blocks) const {
   KvCacheShape shape;
   shape.num_layers = config_.num_hidden_layers;
   shape.num_blocks = num_blocks;
-  shape.num_kv_heads = config_.num_key_value_heads;
+  shape.num_kv_heads = num_local_kv_heads_;
   shape.head_dim = config_.head_dim;
   return shape;
 }
 
-void LlamaModel::Attention(const BatchMeta& batch, const Layer& layer, int layer_index, KvCache& kv_cache,
-                           int num_tokens) {
-  const ModelConfig& c = config_;
+absl::Status LlamaModel::Attention(const BatchMeta& batch, const Layer& layer, int layer_index,
+                                   KvCache& kv_cache, int num_tokens) {
+  const int head_dim = config_.head_dim;
   Tensor x = Head(act_.hidden, num_tokens);
   Tensor q = Head(act_.q, num_tokens), k = Head(act_.k, num_tokens), v = Head(act_.v, num_tokens);
-  backend_.Linear(x, layer.q_proj, q);
-  backend_.Linear(x, layer.k_proj, k);
-  backend_.Linear(x, layer.v_proj, v);
-  backend_.Rope(batch.attention, rope_, c.head_dim, q, k);
+  layer.q_proj.Forward(backend_, x, q);
+  layer.k_proj.Forward(backend_, x, k);
+  layer.v_proj.Forward(backend_, x, v);
+  backend_.Rope(batch.attention, rope_, head_dim, q, k);
   backend_.WriteKvCache(batch.attention, k, v, kv_cache.key(layer_index), kv_cache.value(layer_index));
   Tensor attn = Head(act_.attn, num_tokens);
   backend_.PagedAttention(batch.attention, q, kv_cache.key(layer_index), kv_cache.value(layer_index),
-                          c.num_attention_heads, c.num_key_value_heads, c.head_dim,
-                          1.0f / std::sqrt(static_cast<float>(c.head_dim)), attn);
-  backend_.Linear(attn, layer.o_proj, x);
+                          num_local_heads_, num_local_kv_heads_, head_dim,
+                          1.0f / std::sqrt(static_cast<float>(head_dim)), attn);
+  return layer.o_proj.Forward(backend_, attn, x);
 }
 
-void LlamaModel::Mlp(const Layer& layer, int num_tokens) {
+absl::Status LlamaModel::Mlp(const Layer& layer, int num_tokens) {
   Tensor x = Head(act_.hidden, num_tokens);
   Tensor gate = Head(act_.gate, num_tokens), up = Head(act_.up, num_tokens);
-  backend_.Linear(x, layer.gate_proj, gate);
-  backend_.Linear(x, layer.up_proj, up);
+  layer.gate_proj.Forward(backend_, x, gate);
+  layer.up_proj.Forward(backend_, x, up);
   backend_.SiluMul(gate, up, gate);
-  backend_.Linear(gate, layer.down_proj, x);
+  return layer.down_proj.Forward(backend_, gate, x);
 }
 
-Tensor LlamaModel::Forward(const BatchMeta& batch, KvCache& kv_cache) {
+absl::StatusOr<Tensor> LlamaModel::Forward(const BatchMeta& batch, KvCache& kv_cache) {
   const int num_tokens = batch.num_tokens(), num_seqs = batch.num_seqs();
   TESSERA_CHECK(num_tokens <= options_.max_num_tokens && num_seqs <= options_.max_num_seqs);
   const float eps = static_cast<float>(config_.rms_norm_eps);
   Tensor hidden = Head(act_.hidden, num_tokens), residual = Head(act_.residual, num_tokens);
 
-  backend_.Embedding(batch.token_ids, embed_tokens, residual);  // residual = embeddings
+  RETURN_IF_ERROR(embed_tokens_.Forward(backend_, batch.token_ids, residual));  // residual = embeddings
   for (int i = 0; i < static_cast<int>(layers_.size()); ++i) {
     const Layer& layer = layers_[i];
     if (i == 0) {
@@ -144,16 +180,16 @@ Tensor LlamaModel::Forward(const BatchMeta& batch, KvCache& kv_cache) {
     } else {
       backend_.AddRmsNorm(hidden, residual, layer.input_norm, eps);  // residual += mlp out; hidden = norm
     }
-    Attention(batch, layer, i, kv_cache, num_tokens);
+    RETURN_IF_ERROR(Attention(batch, layer, i, kv_cache, num_tokens));
     backend_.AddRmsNorm(hidden, residual, layer.post_attn_norm, eps);  // residual += attn out; hidden = norm
-    Mlp(layer, num_tokens);
+    RETURN_IF_ERROR(Mlp(layer, num_tokens));
   }
   backend_.Add(hidden, residual, hidden);  // the last layer's residual connection
   Tensor last = Head(act_.last, num_seqs);
   backend_.GatherRows(hidden, batch.logit_rows, last);
-  backend_.RmsNorm(last, final_norm, eps, last);
+  backend_.RmsNorm(last, final_norm_, eps, last);
   Tensor logits = Head(act_.logits, num_seqs);
-  backend_.Linear(last, lm_head, logits);
+  RETURN_IF_ERROR(lm_head_.Forward(backend_, last, act_.lm_head_scratch.data(), logits));
   return logits;
 }
 

@@ -8,8 +8,11 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "parallel/communicator.h"
+#include "parallel/parallel_config.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/kv_cache.h"
+#include "worker/layers/parallel_linear.h"
 #include "worker/model/batch.h"
 
 namespace tessera {
@@ -17,21 +20,30 @@ namespace tessera {
 struct LlamaModelOptions {
   int max_num_tokens = 512;  // most new tokens in one step (activation buffers are sized for it)
   int max_num_seqs = 64;     // most sequences in one step
+  // Tensor parallelism: this rank's place and its TP group. Null parallel: the whole model on this rank.
+  // Pipeline stages other than one (pp > 1) are not supported by the model yet.
+  const ParallelConfig* parallel = nullptr;
+  int rank = 0;
+  Communicator* tp_group = nullptr;  // required when parallel->tp_size() > 1
 };
 
 class LlamaModel {
  public:
   // Loads every weight of `checkpoint` (validated against config.json first) and allocates the activation
-  // buffers once. `checkpoint` and `backend` must outlive the model. Errors: the checkpoint's (naming file and
-  // tensor), RESOURCE_EXHAUSTED from the backend.
+  // buffers once. `checkpoint` and `backend` must outlive the model. Errors: the checkpoint's (naming file
+  // and tensor), RESOURCE_EXHAUSTED from the backend.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(const Checkpoint& checkpoint,
                                                                         Backend& backend,
                                                                         const LlamaModelOptions& options);
 
   // Runs one step: writes the new tokens' keys and values into `kv_cache` and returns the logits
-  // [num_seqs, vocab_size] (F32, on the backend, valid until the next call) of each sequence's last new token.
-  // The batch must fit the options given to Load.
-  Tensor Forward(const BatchMeta& batch, KvCache& kv_cache);
+  // [num_seqs, vocab_size] (F32, on the backend, valid until the next call) of each sequence's last new
+  // token. The batch must fit the options given to Load; batch.token_ids holds embedding rows (EmbeddingRow).
+  // Errors: the TP group's (a peer failed or timed out).
+  [[nodiscard]] absl::StatusOr<Tensor> Forward(const BatchMeta& batch, KvCache& kv_cache);
+
+  // The row of this rank's embedding table that token `id` reads (the id itself without tensor parallelism).
+  int32_t EmbeddingRow(int32_t id) const { return embed_tokens_.LocalRow(id); }
 
   const ModelConfig& config() const { return config_; }
   const LlamaModelOptions& options() const { return options_; }
@@ -40,46 +52,56 @@ class LlamaModel {
   int64_t weight_bytes() const { return weight_bytes_; }
 
  private:
+  // Head counts and widths are this rank's (local): nq = num_heads / tp, nkv = its KV heads, I = intermediate
+  // / tp.
   struct Layer {
-    Tensor input_norm;     // [hidden]
-    Tensor q_proj;         // [num_heads * head_dim, hidden]
-    Tensor k_proj;         // [num_kv_heads * head_dim, hidden]
-    Tensor v_proj;         // [num_kv_heads * head_dim, hidden]
-    Tensor o_proj;         // [hidden, num_heads * head_dim]
-    Tensor post_attn_norm; // [hidden]
-    Tensor gate_proj;      // [intermediate, hidden]
-    Tensor up_proj;        // [intermediate, hidden]
-    Tensor down_proj;      // [hidden, intermediate]
+    Tensor input_norm;               // [hidden]
+    ColumnParallelLinear q_proj;     // [nq * head_dim, hidden]
+    ColumnParallelLinear k_proj;     // [nkv * head_dim, hidden]
+    ColumnParallelLinear v_proj;     // [nkv * head_dim, hidden]
+    RowParallelLinear o_proj;        // [hidden, nq * head_dim], all-reduced
+    Tensor post_attn_norm;           // [hidden]
+    ColumnParallelLinear gate_proj;  // [I, hidden]
+    ColumnParallelLinear up_proj;    // [I, hidden]
+    RowParallelLinear down_proj;     // [hidden, I], all-reduced
   };
   // Activation buffers, allocated once for options_.max_num_tokens rows (views are cut per step).
   struct Activations {
-    Tensor hidden;    // [max_tokens, hidden]
-    Tensor residual;  // [max_tokens, hidden]
-    Tensor q;         // [max_tokens, num_heads * head_dim]
-    Tensor k;         // [max_tokens, num_kv_heads * head_dim]
-    Tensor v;         // [max_tokens, num_kv_heads * head_dim]
-    Tensor attn;      // [max_tokens, num_heads * head_dim]
-    Tensor gate;      // [max_tokens, intermediate]
-    Tensor up;        // [max_tokens, intermediate]
-    Tensor last;      // [max_seqs, hidden]
-    Tensor logits;    // [max_seqs, vocab] F32
+    Tensor hidden;           // [max_tokens, hidden]
+    Tensor residual;         // [max_tokens, hidden]
+    Tensor q;                // [max_tokens, nq * head_dim]
+    Tensor k;                // [max_tokens, nkv * head_dim]
+    Tensor v;                // [max_tokens, nkv * head_dim]
+    Tensor attn;             // [max_tokens, nq * head_dim]
+    Tensor gate;             // [max_tokens, I]
+    Tensor up;               // [max_tokens, I]
+    Tensor last;             // [max_seqs, hidden]
+    Tensor logits;           // [max_seqs, vocab] F32
+    Tensor lm_head_scratch;  // the vocabulary-parallel lm_head's gather buffers (empty without TP)
   };
 
-  LlamaModel(const ModelConfig& config, Backend& backend, const LlamaModelOptions& options)
-      : config_(config), backend_(backend), options_(options) {}
+  LlamaModel(const ModelConfig& config, Backend& backend, const LlamaModelOptions& options,
+             const ParallelConfig& parallel)
+      : config_(config), backend_(backend), options_(options), parallel_(parallel) {}
   [[nodiscard]] absl::Status LoadWeights(const Checkpoint& checkpoint);
   [[nodiscard]] absl::Status AllocateActivations();
-  void Attention(const BatchMeta& batch, const Layer& layer, int layer_index, KvCache& kv_cache, int num_tokens);
-  void Mlp(const Layer& layer, int num_tokens);
+  [[nodiscard]] absl::Status Attention(const BatchMeta& batch, const Layer& layer, int layer_index,
+                                       KvCache& kv_cache, int num_tokens);
+  [[nodiscard]] absl::Status Mlp(const Layer& layer, int num_tokens);
 
   ModelConfig config_;
   Backend& backend_;
   LlamaModelOptions options_;
   RopeParams rope_;
-  Tensor embed_tokens;  // [vocab, hidden]
+  ParallelConfig parallel_;  // tp = pp = 1 when the options give none
+  int tp_rank_ = 0;
+  int num_local_heads_ = 0;
+  int num_local_kv_heads_ = 0;
+  int64_t local_intermediate_ = 0;
+  VocabParallelEmbedding embed_tokens_;  // [vocab slice (+ zero row), hidden]
   std::vector<Layer> layers_;
-  Tensor final_norm;    // [hidden]
-  Tensor lm_head;       // [vocab, hidden] (the embedding when tied)
+  Tensor final_norm_;       // [hidden]
+  ParallelLmHead lm_head_;  // [vocab slice, hidden] (the embedding's slice when tied)
   Activations act_;
   std::vector<DeviceBuffer> buffers_;  // copied weights and activation memory
   int64_t weight_bytes_ = 0;
