@@ -13,8 +13,12 @@ int CeilDiv(int a, int b) { return (a + b - 1) / b; }
 }  // namespace
 
 ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, KvCache kv_cache,
-                         int num_blocks)
-    : backend_(backend), model_(std::move(model)), kv_cache_(std::move(kv_cache)), allocator_(num_blocks) {}
+                         int num_blocks, Communicator* pp_group)
+    : backend_(backend),
+      model_(std::move(model)),
+      kv_cache_(std::move(kv_cache)),
+      allocator_(num_blocks),
+      pp_group_(pp_group) {}
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const Checkpoint& checkpoint,
                                                                  Backend& backend,
@@ -24,9 +28,13 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const Checkpoin
         absl::StrCat("num_kv_blocks=", options.num_kv_blocks, " must be positive"));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LlamaModel::Load(checkpoint, backend, options.model));
+  const int pp = model->parallel().pp_size();
+  if (pp > 1 && (options.pp_group == nullptr || options.pp_group->size() != pp)) {
+    return absl::InvalidArgumentError(absl::StrCat("pp=", pp, " needs a pipeline group of that size"));
+  }
   ASSIGN_OR_RETURN(KvCache kv_cache, KvCache::Allocate(backend, model->KvShape(options.num_kv_blocks)));
-  std::unique_ptr<ModelRunner> runner(
-      new ModelRunner(backend, std::move(model), std::move(kv_cache), options.num_kv_blocks));
+  std::unique_ptr<ModelRunner> runner(new ModelRunner(backend, std::move(model), std::move(kv_cache),
+                                                      options.num_kv_blocks, options.pp_group));
   const int block_size = runner->kv_cache_.shape().block_size;
   runner->max_blocks_per_seq_ =
       std::min(options.num_kv_blocks, CeilDiv(runner->config().max_position_embeddings, block_size));
@@ -145,9 +153,19 @@ BatchMeta ModelRunner::UploadBatch() {
 absl::StatusOr<Tensor> ModelRunner::Forward(const std::vector<Sequence*>& seqs) {
   RETURN_IF_ERROR(BuildBatch(seqs));
   BatchMeta meta = UploadBatch();
-  ASSIGN_OR_RETURN(Tensor logits, model_->Forward(meta, kv_cache_));
+  const int pp_rank = model_->parallel().PpRank(model_->rank());
+  if (!model_->is_first_stage()) {
+    Tensor input = model_->StageInput(meta.num_tokens());
+    RETURN_IF_ERROR(pp_group_->Recv(input, pp_rank - 1));
+  }
+  ASSIGN_OR_RETURN(Tensor out, model_->Forward(meta, kv_cache_));
+  if (!model_->is_last_stage()) {
+    backend_.Synchronize();
+    RETURN_IF_ERROR(pp_group_->Send(out, pp_rank + 1));
+    out = Tensor();
+  }
   for (Sequence* seq : seqs) seq->num_computed_tokens = static_cast<int>(seq->tokens.size());
-  return logits;
+  return out;
 }
 
 void ModelRunner::SampleAndAppend(const Tensor& logits, const std::vector<Sequence*>& seqs) {

@@ -26,6 +26,9 @@ struct Sequence {
 struct ModelRunnerOptions {
   LlamaModelOptions model;
   int num_kv_blocks = 0;  // KV cache size in 16-token blocks
+  // With pipeline parallelism: the group of this rank's pipeline (the ranks of every stage with its tp_rank;
+  // group rank = pp_rank). Hidden states move along it.
+  Communicator* pp_group = nullptr;
 };
 
 class ModelRunner {
@@ -37,8 +40,11 @@ class ModelRunner {
 
   // One forward step: for each sequence, its tokens [num_computed_tokens, tokens.size()) are computed
   // (a prompt, part of one, or one decode token; prefill and decode mix freely), KV blocks are allocated
-  // as needed and num_computed_tokens advances. Returns logits [seqs.size(), vocab] (F32 on the backend,
-  // valid until the next step) of each sequence's last token. Errors: INVALID_ARGUMENT (a sequence with no
+  // as needed and num_computed_tokens advances. Every stage of a pipeline runs the same steps: a stage other
+  // than the first first receives the previous stage's hidden states, one other than the last sends its own
+  // on. Returns, on the last stage, logits [seqs.size(), vocab] (F32 on the backend, valid until the next
+  // step) of each sequence's last token, and an empty tensor on other stages. Errors also include the
+  // communicators' (UNAVAILABLE / DEADLINE_EXCEEDED). Errors: INVALID_ARGUMENT (a sequence with no
   // new token, a token id outside the vocabulary, a context past max_position_embeddings, a step larger than
   // the options), RESOURCE_EXHAUSTED (KV cache full; nothing changed).
   [[nodiscard]] absl::StatusOr<Tensor> Forward(const std::vector<Sequence*>& seqs);
@@ -55,7 +61,8 @@ class ModelRunner {
   int num_free_blocks() const { return allocator_.num_free(); }
 
  private:
-  ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, KvCache kv_cache, int num_blocks);
+  ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, KvCache kv_cache, int num_blocks,
+              Communicator* pp_group);
   [[nodiscard]] absl::Status BuildBatch(const std::vector<Sequence*>& seqs);
   BatchMeta UploadBatch();
 
@@ -63,6 +70,7 @@ class ModelRunner {
   std::unique_ptr<LlamaModel> model_;
   KvCache kv_cache_;
   BlockAllocator allocator_;
+  Communicator* pp_group_;
   HostBatch host_;
   int max_blocks_per_seq_ = 0;
   DeviceBuffer device_meta_;  // int32 mirror of host_ (one allocation, sized for the options' maxima)

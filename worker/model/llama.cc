@@ -34,10 +34,6 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const Checkpoint& c
                            .vocab_size = c.vocab_size};
   ParallelConfig whole = *ParallelConfig::Create(shape, 1, 1);
   const ParallelConfig& parallel = options.parallel != nullptr ? *options.parallel : whole;
-  if (parallel.pp_size() != 1) {
-    return absl::UnimplementedError(absl::StrCat("pipeline parallelism (pp=", parallel.pp_size(),
-                                                 ") is not supported by the model runner yet"));
-  }
   if (parallel.tp_size() > 1 &&
       (options.tp_group == nullptr || options.tp_group->size() != parallel.tp_size())) {
     return absl::InvalidArgumentError(
@@ -45,6 +41,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const Checkpoint& c
   }
   std::unique_ptr<LlamaModel> model(new LlamaModel(c, backend, options, parallel));
   model->tp_rank_ = parallel.TpRank(options.rank);
+  model->pp_rank_ = parallel.PpRank(options.rank);
   RETURN_IF_ERROR(model->LoadWeights(checkpoint));
   RETURN_IF_ERROR(model->AllocateActivations());
   return model;
@@ -74,11 +71,16 @@ absl::Status LlamaModel::LoadWeights(const Checkpoint& checkpoint) {
     ASSIGN_OR_RETURN(dst, loader.Load(name));
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(embed_tokens_.Load(loader, "model.embed_tokens.weight", vocab, c.vocab_size, group));
-  layers_.resize(c.num_hidden_layers);
-  for (int i = 0; i < c.num_hidden_layers; ++i) {
-    Layer& l = layers_[i];
-    std::string p = absl::StrCat("model.layers.", i, ".");
+  const bool first = parallel_.IsFirstStage(pp_rank_), last = parallel_.IsLastStage(pp_rank_);
+  const bool tied = c.tie_word_embeddings && !checkpoint.Has("lm_head.weight");
+  if (first || (last && tied)) {
+    RETURN_IF_ERROR(embed_tokens_.Load(loader, "model.embed_tokens.weight", vocab, c.vocab_size, group));
+  }
+  const Range stage = parallel_.StageLayers(pp_rank_);
+  layers_.resize(stage.size());
+  for (int local = 0; local < static_cast<int>(stage.size()); ++local) {
+    Layer& l = layers_[local];
+    std::string p = absl::StrCat("model.layers.", stage.begin + local, ".");
     RETURN_IF_ERROR(whole(p + "input_layernorm.weight", l.input_norm));
     RETURN_IF_ERROR(l.q_proj.Load(loader, p + "self_attn.q_proj.weight", HeadRows(q_heads, c.head_dim)));
     RETURN_IF_ERROR(l.k_proj.Load(loader, p + "self_attn.k_proj.weight", HeadRows(kv_heads, c.head_dim)));
@@ -90,14 +92,16 @@ absl::Status LlamaModel::LoadWeights(const Checkpoint& checkpoint) {
     RETURN_IF_ERROR(l.up_proj.Load(loader, p + "mlp.up_proj.weight", mlp));
     RETURN_IF_ERROR(l.down_proj.Load(loader, p + "mlp.down_proj.weight", mlp, group));
   }
-  RETURN_IF_ERROR(whole("model.norm.weight", final_norm_));
-  Tensor lm_head;
-  if (c.tie_word_embeddings && !checkpoint.Has("lm_head.weight")) {
-    lm_head = embed_tokens_.SliceRows();
-  } else {
-    ASSIGN_OR_RETURN(lm_head, loader.LoadRows("lm_head.weight", vocab.begin, vocab.size()));
+  if (last) {
+    RETURN_IF_ERROR(whole("model.norm.weight", final_norm_));
+    Tensor lm_head;
+    if (tied) {
+      lm_head = embed_tokens_.SliceRows();
+    } else {
+      ASSIGN_OR_RETURN(lm_head, loader.LoadRows("lm_head.weight", vocab.begin, vocab.size()));
+    }
+    lm_head_.Init(lm_head, parallel_, t, group);
   }
-  lm_head_.Init(lm_head, parallel_, t, group);
   weight_bytes_ = checkpoint.bytes_accessed();
   for (DeviceBuffer& b : loader.TakeBuffers()) buffers_.push_back(std::move(b));
   return absl::OkStatus();
@@ -123,17 +127,19 @@ absl::Status LlamaModel::AllocateActivations() {
   RETURN_IF_ERROR(alloc(act, t, q_width, act_.attn));
   RETURN_IF_ERROR(alloc(act, t, local_intermediate_, act_.gate));
   RETURN_IF_ERROR(alloc(act, t, local_intermediate_, act_.up));
-  RETURN_IF_ERROR(alloc(act, s, c.hidden_size, act_.last));
-  RETURN_IF_ERROR(alloc(DType::kF32, s, c.vocab_size, act_.logits));
-  if (int64_t scratch = lm_head_.ScratchBytes(s); scratch > 0) {
-    RETURN_IF_ERROR(alloc(DType::kF32, 1, scratch / 4, act_.lm_head_scratch));
+  if (parallel_.IsLastStage(pp_rank_)) {
+    RETURN_IF_ERROR(alloc(act, s, c.hidden_size, act_.last));
+    RETURN_IF_ERROR(alloc(DType::kF32, s, c.vocab_size, act_.logits));
+    if (int64_t scratch = lm_head_.ScratchBytes(s); scratch > 0) {
+      RETURN_IF_ERROR(alloc(DType::kF32, 1, scratch / 4, act_.lm_head_scratch));
+    }
   }
   return absl::OkStatus();
 }
 
 KvCacheShape LlamaModel::KvShape(int num_blocks) const {
   KvCacheShape shape;
-  shape.num_layers = config_.num_hidden_layers;
+  shape.num_layers = static_cast<int>(layers_.size());
   shape.num_blocks = num_blocks;
   shape.num_kv_heads = num_local_kv_heads_;
   shape.head_dim = config_.head_dim;
@@ -172,7 +178,9 @@ absl::StatusOr<Tensor> LlamaModel::Forward(const BatchMeta& batch, KvCache& kv_c
   const float eps = static_cast<float>(config_.rms_norm_eps);
   Tensor hidden = Head(act_.hidden, num_tokens), residual = Head(act_.residual, num_tokens);
 
-  RETURN_IF_ERROR(embed_tokens_.Forward(backend_, batch.token_ids, residual));  // residual = embeddings
+  // residual = the stage's input: the embeddings on the first stage; what the runner received elsewhere.
+  if (parallel_.IsFirstStage(pp_rank_))
+    RETURN_IF_ERROR(embed_tokens_.Forward(backend_, batch.token_ids, residual));
   for (int i = 0; i < static_cast<int>(layers_.size()); ++i) {
     const Layer& layer = layers_[i];
     if (i == 0) {
@@ -184,7 +192,8 @@ absl::StatusOr<Tensor> LlamaModel::Forward(const BatchMeta& batch, KvCache& kv_c
     backend_.AddRmsNorm(hidden, residual, layer.post_attn_norm, eps);  // residual += attn out; hidden = norm
     RETURN_IF_ERROR(Mlp(layer, num_tokens));
   }
-  backend_.Add(hidden, residual, hidden);  // the last layer's residual connection
+  backend_.Add(hidden, residual, hidden);               // the stage's last residual connection
+  if (!parallel_.IsLastStage(pp_rank_)) return hidden;  // the next stage's input
   Tensor last = Head(act_.last, num_seqs);
   backend_.GatherRows(hidden, batch.logit_rows, last);
   backend_.RmsNorm(last, final_norm_, eps, last);

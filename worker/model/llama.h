@@ -20,8 +20,9 @@ namespace tessera {
 struct LlamaModelOptions {
   int max_num_tokens = 512;  // most new tokens in one step (activation buffers are sized for it)
   int max_num_seqs = 64;     // most sequences in one step
-  // Tensor parallelism: this rank's place and its TP group. Null parallel: the whole model on this rank.
-  // Pipeline stages other than one (pp > 1) are not supported by the model yet.
+  // This rank's place in tensor x pipeline parallelism and its TP group. Null parallel: the whole model here.
+  // A pipeline stage loads only its layers (the first also the embedding, the last the final norm and
+  // lm_head).
   const ParallelConfig* parallel = nullptr;
   int rank = 0;
   Communicator* tp_group = nullptr;  // required when parallel->tp_size() > 1
@@ -44,6 +45,12 @@ class LlamaModel {
 
   // The row of this rank's embedding table that token `id` reads (the id itself without tensor parallelism).
   int32_t EmbeddingRow(int32_t id) const { return embed_tokens_.LocalRow(id); }
+  // Where a stage other than the first expects its input hidden states, [num_tokens, hidden].
+  Tensor StageInput(int num_tokens) const { return act_.residual.Rows(0, num_tokens); }
+  bool is_first_stage() const { return parallel_.IsFirstStage(pp_rank_); }
+  bool is_last_stage() const { return parallel_.IsLastStage(pp_rank_); }
+  const ParallelConfig& parallel() const { return parallel_; }
+  int rank() const { return options_.rank; }
 
   const ModelConfig& config() const { return config_; }
   const LlamaModelOptions& options() const { return options_; }
@@ -95,13 +102,14 @@ class LlamaModel {
   RopeParams rope_;
   ParallelConfig parallel_;  // tp = pp = 1 when the options give none
   int tp_rank_ = 0;
+  int pp_rank_ = 0;
   int num_local_heads_ = 0;
   int num_local_kv_heads_ = 0;
   int64_t local_intermediate_ = 0;
   VocabParallelEmbedding embed_tokens_;  // [vocab slice (+ zero row), hidden]
-  std::vector<Layer> layers_;
-  Tensor final_norm_;       // [hidden]
-  ParallelLmHead lm_head_;  // [vocab slice, hidden] (the embedding's slice when tied)
+  std::vector<Layer> layers_;            // this stage's layers, in order
+  Tensor final_norm_;                    // [hidden]
+  ParallelLmHead lm_head_;               // [vocab slice, hidden] (the embedding's slice when tied)
   Activations act_;
   std::vector<DeviceBuffer> buffers_;  // copied weights and activation memory
   int64_t weight_bytes_ = 0;
