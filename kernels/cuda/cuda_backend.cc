@@ -1,0 +1,412 @@
+// CudaBackend implementation: shape checks (the same as the CPU backend's, with BF16 activations), workspace
+// management and the launches of cuBLASLt and of our kernels (cuda_kernels.h).
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/core/check.h"
+#include "kernels/core/status_macros.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/sampler.h"
+#include "kernels/cuda/cublaslt_matmul.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/cuda_resources.h"
+
+namespace tessera {
+namespace {
+
+bool SameShape(const Tensor& a, const Tensor& b) {
+  if (a.ndim() != b.ndim()) return false;
+  for (int i = 0; i < a.ndim(); ++i) {
+    if (a.dim(i) != b.dim(i)) return false;
+  }
+  return true;
+}
+
+bool SameRope(const RopeParams& a, const RopeParams& b) {
+  return a.theta == b.theta && a.llama3_scaling == b.llama3_scaling && a.factor == b.factor &&
+         a.low_freq_factor == b.low_freq_factor && a.high_freq_factor == b.high_freq_factor &&
+         a.original_max_position_embeddings == b.original_max_position_embeddings;
+}
+
+uint16_t* Bf16(const Tensor& t) {
+  TESSERA_CHECK(t.dtype() == DType::kBF16);
+  return t.data_as<uint16_t>();
+}
+
+// Aborts with a message when a launch failed (a broken device or a bug; never input).
+void CheckLaunch() { CUDA_CHECK(cudaGetLastError()); }
+
+}  // namespace
+
+struct CudaBackend::Impl {
+  int device = 0;
+  cudaDeviceProp props{};
+  CudaStream stream;
+  std::unique_ptr<CublasLtMatmul> matmul;
+  bool capturing = false;
+
+  struct InvFreqEntry {
+    RopeParams rope;
+    int head_dim;
+    DeviceBuffer table;  // F32 [head_dim / 2]
+  };
+  std::vector<InvFreqEntry> inv_freq;
+
+  DeviceBuffer attention_partial;  // the context split's partial results, grown on need
+
+  int sample_capacity = 0;  // rows
+  PinnedBuffer sample_params_host;
+  PinnedBuffer sample_ids_host;
+  DeviceBuffer sample_params;
+  DeviceBuffer sample_ids;
+
+  void Activate() const { CUDA_CHECK(cudaSetDevice(device)); }
+  // Grows `buffer` to at least `bytes` (never inside a capture).
+  void Reserve(DeviceBuffer& buffer, int64_t bytes, const char* what) {
+    if (buffer.bytes() >= bytes) return;
+    if (capturing) {
+      std::fprintf(stderr, "CudaBackend: %s must grow to %lld bytes inside a graph capture; warm up first\n",
+                   what, static_cast<long long>(bytes));
+      std::abort();
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream.get()));  // the old buffer may still be in use
+    buffer = DeviceBuffer();
+    auto fresh = CudaAllocate(bytes);
+    if (!fresh.ok()) CudaFatal(fresh.status());
+    buffer = std::move(fresh).value();
+  }
+};
+
+absl::StatusOr<int> CudaBackend::DeviceCount() {
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) {
+    cudaGetLastError();
+    return absl::UnavailableError(absl::StrCat("no CUDA device: ", cudaGetErrorString(error)));
+  }
+  if (count == 0) return absl::UnavailableError("no CUDA device: cudaGetDeviceCount found none");
+  return count;
+}
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOptions& options) {
+  ASSIGN_OR_RETURN(const int count, DeviceCount());
+  if (options.device_index < 0 || options.device_index >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device_index ", options.device_index, " is out of range: ", count, " CUDA device(s)"));
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->device = options.device_index;
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(impl->device));
+  RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&impl->props, impl->device));
+  if (impl->props.major < 8) {
+    return absl::UnavailableError(absl::StrCat("no CUDA device: ", impl->props.name,
+                                               " has compute capability ", impl->props.major, ".",
+                                               impl->props.minor, "; the CUDA backend needs 8.0 or newer"));
+  }
+  RETURN_IF_CUDA_ERROR(cuda::ConfigureAttention());
+  ASSIGN_OR_RETURN(impl->stream, CudaStream::Create());
+  ASSIGN_OR_RETURN(impl->matmul, CublasLtMatmul::Create(options.cublas_workspace_bytes));
+  return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
+}
+
+CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+CudaBackend::~CudaBackend() {
+  if (impl_) {
+    cudaSetDevice(impl_->device);
+    cudaStreamSynchronize(impl_->stream.get());
+  }
+}
+
+int CudaBackend::device_index() const { return impl_->device; }
+std::string CudaBackend::device_name() const { return impl_->props.name; }
+int CudaBackend::multiprocessor_count() const { return impl_->props.multiProcessorCount; }
+CUstream_st* CudaBackend::stream() const { return impl_->stream.get(); }
+
+absl::StatusOr<DeviceBuffer> CudaBackend::Allocate(int64_t bytes) {
+  if (bytes < 0) return absl::InvalidArgumentError(absl::StrCat("Allocate: negative size ", bytes));
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(impl_->device));
+  return CudaAllocate(bytes);
+}
+
+void CudaBackend::CopyToDevice(void* dst, const void* src, int64_t bytes) {
+  if (bytes <= 0) return;
+  impl_->Activate();
+  CUDA_CHECK(
+      cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyHostToDevice, impl_->stream.get()));
+}
+
+void CudaBackend::CopyToHost(void* dst, const void* src, int64_t bytes) {
+  impl_->Activate();
+  if (bytes > 0) {
+    CUDA_CHECK(
+        cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, impl_->stream.get()));
+  }
+  CUDA_CHECK(cudaStreamSynchronize(impl_->stream.get()));
+}
+
+void CudaBackend::Copy(const Tensor& src, Tensor& dst) {
+  TESSERA_CHECK(src.dtype() == dst.dtype() && src.numel() == dst.numel());
+  if (src.data() == dst.data() || src.nbytes() == 0) return;
+  impl_->Activate();
+  CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), static_cast<size_t>(src.nbytes()),
+                             cudaMemcpyDeviceToDevice, impl_->stream.get()));
+}
+
+void CudaBackend::Embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
+  TESSERA_CHECK(ids.dtype() == DType::kI32 && table.dtype() == DType::kBF16 && out.dtype() == DType::kBF16);
+  TESSERA_CHECK(table.ndim() == 2 && out.ndim() == 2 && out.dim(0) == ids.numel() &&
+                out.dim(1) == table.dim(1));
+  impl_->Activate();
+  cuda::LaunchCopyRows(table.data(), ids.data_as<int32_t>(), out.data(), nullptr, ids.numel(),
+                       table.dim(1) * 2, impl_->stream.get());
+  CheckLaunch();
+}
+
+void CudaBackend::GatherRows(const Tensor& src, const Tensor& rows, Tensor& out) {
+  TESSERA_CHECK(rows.dtype() == DType::kI32 && src.dtype() == out.dtype() && src.ndim() >= 1);
+  TESSERA_CHECK(out.ndim() == src.ndim() && out.dim(0) == rows.numel());
+  const int64_t row_bytes = src.dim(0) == 0 ? 0 : src.nbytes() / src.dim(0);
+  TESSERA_CHECK(out.nbytes() == rows.numel() * row_bytes);
+  impl_->Activate();
+  cuda::LaunchCopyRows(src.data(), rows.data_as<int32_t>(), out.data(), nullptr, rows.numel(), row_bytes,
+                       impl_->stream.get());
+  CheckLaunch();
+}
+
+void CudaBackend::Linear(const Tensor& x, const Tensor& w, Tensor& y) {
+  TESSERA_CHECK(x.dtype() == DType::kBF16 && w.dtype() == DType::kBF16 &&
+                (y.dtype() == DType::kBF16 || y.dtype() == DType::kF32));
+  TESSERA_CHECK(w.ndim() == 2 && x.ndim() >= 1 && y.ndim() >= 1);
+  const int64_t n = w.dim(0);
+  const int64_t k = w.dim(1);
+  TESSERA_CHECK(x.dim(-1) == k && y.dim(-1) == n);
+  const int64_t m = x.numel() / k;
+  TESSERA_CHECK(y.numel() == m * n);
+  if (m == 0) return;
+  impl_->Activate();
+  const absl::Status s =
+      impl_->matmul->Run(x.data(), w.data(), y.data(), y.dtype(), m, n, k, impl_->stream.get());
+  if (!s.ok()) CudaFatal(s);
+}
+
+void CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
+  TESSERA_CHECK(x.dtype() == DType::kBF16 && out.dtype() == DType::kBF16 && weight.dtype() == DType::kBF16);
+  const int64_t h = weight.numel();
+  TESSERA_CHECK(h > 0 && x.dim(-1) == h && out.numel() == x.numel());
+  impl_->Activate();
+  cuda::LaunchRmsNorm(Bf16(x), Bf16(weight), Bf16(out), x.numel() / h, h, eps, impl_->stream.get());
+  CheckLaunch();
+}
+
+void CudaBackend::AddRmsNorm(Tensor& hidden, Tensor& residual, const Tensor& weight, float eps) {
+  TESSERA_CHECK(hidden.dtype() == DType::kBF16 && residual.dtype() == DType::kBF16 &&
+                weight.dtype() == DType::kBF16);
+  const int64_t h = weight.numel();
+  TESSERA_CHECK(h > 0 && hidden.dim(-1) == h && residual.numel() == hidden.numel());
+  impl_->Activate();
+  cuda::LaunchAddRmsNorm(Bf16(hidden), Bf16(residual), Bf16(weight), hidden.numel() / h, h, eps,
+                         impl_->stream.get());
+  CheckLaunch();
+}
+
+void CudaBackend::Rope(const AttentionMeta& meta, const RopeParams& rope, int head_dim, Tensor& q,
+                       Tensor& k) {
+  TESSERA_CHECK(q.dtype() == DType::kBF16 && k.dtype() == DType::kBF16);
+  TESSERA_CHECK(head_dim > 0 && head_dim % 2 == 0);
+  const int64_t tokens = meta.num_tokens;
+  if (tokens == 0) return;
+  TESSERA_CHECK(q.numel() % (tokens * head_dim) == 0 && k.numel() % (tokens * head_dim) == 0);
+  const int nq = static_cast<int>(q.numel() / (tokens * head_dim));
+  const int nk = static_cast<int>(k.numel() / (tokens * head_dim));
+  impl_->Activate();
+  const float* inv_freq = nullptr;
+  for (const Impl::InvFreqEntry& e : impl_->inv_freq) {
+    if (e.head_dim == head_dim && SameRope(e.rope, rope))
+      inv_freq = static_cast<const float*>(e.table.data());
+  }
+  if (inv_freq == nullptr) {
+    TESSERA_CHECK(!impl_->capturing);  // the table is uploaded on first use: warm up before capturing
+    const std::vector<float> host = RopeInvFreq(rope, head_dim);
+    auto table = CudaAllocate(static_cast<int64_t>(host.size() * sizeof(float)));
+    if (!table.ok()) CudaFatal(table.status());
+    CUDA_CHECK(cudaMemcpy(table->data(), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+    inv_freq = static_cast<const float*>(table->data());
+    impl_->inv_freq.push_back({rope, head_dim, std::move(table).value()});
+  }
+  cuda::LaunchRope(meta.positions, inv_freq, tokens, head_dim, nq, nk, Bf16(q), Bf16(k), impl_->stream.get());
+  CheckLaunch();
+}
+
+void CudaBackend::WriteKvCache(const AttentionMeta& meta, const Tensor& k, const Tensor& v, Tensor& k_cache,
+                               Tensor& v_cache) {
+  TESSERA_CHECK(k.dtype() == DType::kBF16 && v.dtype() == DType::kBF16 && k_cache.dtype() == DType::kBF16 &&
+                v_cache.dtype() == DType::kBF16);
+  TESSERA_CHECK(k_cache.ndim() == 4 && SameShape(k_cache, v_cache) && SameShape(k, v));
+  const int64_t row = k_cache.dim(2) * k_cache.dim(3);  // nkv * head_dim
+  TESSERA_CHECK(k_cache.dim(1) == meta.block_size && k.numel() == meta.num_tokens * row);
+  impl_->Activate();
+  cuda::LaunchCopyRows(k.data(), nullptr, k_cache.data(), meta.slot_mapping, meta.num_tokens, row * 2,
+                       impl_->stream.get());
+  cuda::LaunchCopyRows(v.data(), nullptr, v_cache.data(), meta.slot_mapping, meta.num_tokens, row * 2,
+                       impl_->stream.get());
+  CheckLaunch();
+}
+
+void CudaBackend::PagedAttention(const AttentionMeta& meta, const Tensor& q, const Tensor& k_cache,
+                                 const Tensor& v_cache, int num_heads, int num_kv_heads, int head_dim,
+                                 float scale, Tensor& out) {
+  TESSERA_CHECK(q.dtype() == DType::kBF16 && out.dtype() == DType::kBF16 && k_cache.dtype() == DType::kBF16 &&
+                v_cache.dtype() == DType::kBF16);
+  TESSERA_CHECK(num_kv_heads > 0 && num_heads % num_kv_heads == 0 &&
+                num_heads / num_kv_heads <= cuda::kAttentionMaxGroup);
+  TESSERA_CHECK(head_dim > 0 && head_dim % 32 == 0 && head_dim <= cuda::kAttentionMaxHeadDim);
+  TESSERA_CHECK(k_cache.ndim() == 4 && SameShape(k_cache, v_cache) && k_cache.dim(1) == meta.block_size &&
+                k_cache.dim(2) == num_kv_heads && k_cache.dim(3) == head_dim);
+  const int64_t q_elems = static_cast<int64_t>(meta.num_tokens) * num_heads * head_dim;
+  TESSERA_CHECK(q.numel() == q_elems && out.numel() == q_elems);
+  if (meta.num_tokens == 0) return;
+  TESSERA_CHECK(meta.max_query_len >= 1 && meta.max_seq_len >= 1);
+  impl_->Activate();
+
+  cuda::AttentionLaunch a;
+  a.query_start = meta.query_start;
+  a.seq_lens = meta.seq_lens;
+  a.block_tables = meta.block_tables;
+  a.positions = meta.positions;
+  a.q = Bf16(q);
+  a.k_cache = Bf16(k_cache);
+  a.v_cache = Bf16(v_cache);
+  a.out = Bf16(out);
+  a.num_seqs = meta.num_seqs;
+  a.num_tokens = meta.num_tokens;
+  a.max_blocks_per_seq = meta.max_blocks_per_seq;
+  a.block_size = meta.block_size;
+  a.max_query_len = meta.max_query_len;
+  a.num_heads = num_heads;
+  a.num_kv_heads = num_kv_heads;
+  a.head_dim = head_dim;
+  a.scale = scale;
+
+  // Split the context when the blocks would not fill the GPU (decode with few sequences): parts of at least
+  // 128 keys, enough of them for ~2 blocks per multiprocessor, at most 64.
+  const int group = num_heads / num_kv_heads;
+  const int64_t tiles =
+      (meta.max_query_len + cuda::AttentionTokensPerTile(group) - 1) / cuda::AttentionTokensPerTile(group);
+  const int64_t blocks = static_cast<int64_t>(meta.num_seqs) * tiles * num_kv_heads;
+  const int64_t target = 2 * static_cast<int64_t>(impl_->props.multiProcessorCount);
+  int parts = 1;
+  if (blocks < target && meta.max_seq_len > 256) {
+    parts = static_cast<int>(
+        std::min<int64_t>({(meta.max_seq_len + 127) / 128, (target + blocks - 1) / blocks, 64}));
+  }
+  if (parts > 1) {
+    int part_size = (meta.max_seq_len + parts - 1) / parts;
+    part_size = (part_size + 31) / 32 * 32;
+    parts = (meta.max_seq_len + part_size - 1) / part_size;
+    a.num_parts = parts;
+    a.part_size = part_size;
+    const int64_t bytes = static_cast<int64_t>(parts) * meta.num_tokens * num_heads * (head_dim + 2) * 4;
+    impl_->Reserve(impl_->attention_partial, bytes, "the attention split workspace");
+    a.partial = static_cast<float*>(impl_->attention_partial.data());
+  }
+  cuda::LaunchPagedAttention(a, impl_->stream.get());
+  CheckLaunch();
+}
+
+void CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  TESSERA_CHECK(gate.numel() == up.numel() && out.numel() == gate.numel());
+  impl_->Activate();
+  cuda::LaunchSiluMul(Bf16(gate), Bf16(up), Bf16(out), gate.numel(), impl_->stream.get());
+  CheckLaunch();
+}
+
+void CudaBackend::Add(const Tensor& a, const Tensor& b, Tensor& out) {
+  TESSERA_CHECK(a.numel() == b.numel() && out.numel() == a.numel());
+  impl_->Activate();
+  cuda::LaunchAdd(Bf16(a), Bf16(b), Bf16(out), a.numel(), impl_->stream.get());
+  CheckLaunch();
+}
+
+void CudaBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) {
+  TESSERA_CHECK(logits.dtype() == DType::kF32 && logits.ndim() == 2);
+  TESSERA_CHECK(!impl_->capturing);
+  const int64_t num_rows = logits.dim(0);
+  const int64_t vocab = logits.dim(1);
+  if (num_rows == 0) return;
+  TESSERA_CHECK(vocab > 0 && vocab < (int64_t{1} << 31));
+  impl_->Activate();
+  Impl& im = *impl_;
+  if (num_rows > im.sample_capacity) {  // grows rarely: to the largest batch seen, rounded up
+    const int capacity = static_cast<int>(std::max<int64_t>(num_rows, 2 * int64_t{im.sample_capacity}));
+    CUDA_CHECK(cudaStreamSynchronize(im.stream.get()));
+    auto params_host = PinnedBuffer::Create(capacity * int64_t{sizeof(cuda::SampleParams)});
+    auto ids_host = PinnedBuffer::Create(capacity * int64_t{sizeof(int32_t)});
+    auto params = CudaAllocate(capacity * int64_t{sizeof(cuda::SampleParams)});
+    auto ids = CudaAllocate(capacity * int64_t{sizeof(int32_t)});
+    for (const absl::Status& s : {params_host.status(), ids_host.status(), params.status(), ids.status()}) {
+      if (!s.ok()) CudaFatal(s);
+    }
+    im.sample_params_host = std::move(params_host).value();
+    im.sample_ids_host = std::move(ids_host).value();
+    im.sample_params = std::move(params).value();
+    im.sample_ids = std::move(ids).value();
+    im.sample_capacity = capacity;
+  }
+  auto* params = static_cast<cuda::SampleParams*>(im.sample_params_host.data());
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const SamplingRow& row = rows[r];
+    params[r] = cuda::SampleParams{row.temperature, row.top_k, row.top_p, 0,
+                                   row.temperature > 0.0f ? SampleUniform(row.seed, row.step) : 0.0};
+  }
+  const size_t params_bytes = static_cast<size_t>(num_rows) * sizeof(cuda::SampleParams);
+  CUDA_CHECK(cudaMemcpyAsync(im.sample_params.data(), params, params_bytes, cudaMemcpyHostToDevice,
+                             im.stream.get()));
+  cuda::LaunchSample(logits.data_as<float>(), num_rows, vocab,
+                     static_cast<const cuda::SampleParams*>(im.sample_params.data()),
+                     static_cast<int32_t*>(im.sample_ids.data()), im.stream.get());
+  CheckLaunch();
+  CUDA_CHECK(cudaMemcpyAsync(im.sample_ids_host.data(), im.sample_ids.data(),
+                             static_cast<size_t>(num_rows) * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                             im.stream.get()));
+  CUDA_CHECK(cudaStreamSynchronize(im.stream.get()));
+  std::memcpy(out_ids, im.sample_ids_host.data(), static_cast<size_t>(num_rows) * sizeof(int32_t));
+}
+
+void CudaBackend::Synchronize() {
+  impl_->Activate();
+  CUDA_CHECK(cudaStreamSynchronize(impl_->stream.get()));
+}
+
+absl::Status CudaBackend::BeginCapture() {
+  if (impl_->capturing)
+    return absl::FailedPreconditionError("BeginCapture: a capture is already in progress");
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(impl_->device));
+  RETURN_IF_CUDA_ERROR(cudaStreamBeginCapture(impl_->stream.get(), cudaStreamCaptureModeThreadLocal));
+  impl_->capturing = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CudaGraph> CudaBackend::EndCapture() {
+  if (!impl_->capturing) return absl::FailedPreconditionError("EndCapture without BeginCapture");
+  impl_->capturing = false;
+  cudaGraph_t graph = nullptr;
+  RETURN_IF_CUDA_ERROR(cudaStreamEndCapture(impl_->stream.get(), &graph));
+  return CudaGraph::Instantiate(graph);
+}
+
+absl::Status CudaBackend::Replay(const CudaGraph& graph) {
+  TESSERA_CHECK(!impl_->capturing);
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(impl_->device));
+  return graph.Launch(impl_->stream.get());
+}
+
+}  // namespace tessera

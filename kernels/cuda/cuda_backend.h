@@ -1,0 +1,105 @@
+// CudaBackend: the Backend for one NVIDIA GPU. Activations are BF16 with fp32 math inside every kernel; GEMMs
+// run through cuBLASLt (bf16 in, fp32 accumulate, bf16 or fp32 out), everything else through our own kernels
+// (kernels/cuda/*.cu). All work is enqueued on one stream owned by the backend. This header includes no CUDA
+// header (pimpl), so worker/ and tools/ may include it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_graph.h"
+
+struct CUstream_st;
+
+namespace tessera {
+
+struct CudaBackendOptions {
+  int device_index = 0;                                // which GPU (cudaSetDevice)
+  int64_t cublas_workspace_bytes = int64_t{32} << 20;  // cuBLASLt workspace, allocated once
+};
+
+class CudaBackend final : public Backend {
+ public:
+  // Errors: UNAVAILABLE "no CUDA device: <the runtime's message>" (one line) when the machine has no usable
+  // GPU or driver; INVALID_ARGUMENT for a device_index out of range; RESOURCE_EXHAUSTED / INTERNAL when the
+  // stream, cuBLASLt or the workspace cannot be created.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const CudaBackendOptions& options);
+  // How many CUDA devices this process sees. Errors: UNAVAILABLE as Create.
+  [[nodiscard]] static absl::StatusOr<int> DeviceCount();
+  ~CudaBackend() override;
+
+  int device_index() const;
+  std::string device_name() const;  // e.g. "NVIDIA H200"
+  int multiprocessor_count() const;
+  CUstream_st* stream() const;  // the stream every method enqueues on (for benchmarks' events)
+
+  // Backend. Methods enqueue on stream() and return at once unless they say otherwise; one caller thread at a
+  // time; each makes device_index() current on the calling thread first. Broken device state (a failed
+  // launch) aborts with the CUDA error, like a CHECK.
+  DeviceKind device() const override { return DeviceKind::kCuda; }
+  DType activation_dtype() const override { return DType::kBF16; }
+  // cudaMalloc (256-byte aligned). Errors: RESOURCE_EXHAUSTED when the GPU is out of memory.
+  [[nodiscard]] absl::StatusOr<DeviceBuffer> Allocate(int64_t bytes) override;
+  // Asynchronous. `src` may be reused on return when it is pageable memory (the runtime stages it); pinned
+  // memory must stay unchanged until the next Synchronize.
+  void CopyToDevice(void* dst, const void* src, int64_t bytes) override;
+  // Synchronous: the data is in `dst` on return (earlier work on the stream is finished too).
+  void CopyToHost(void* dst, const void* src, int64_t bytes) override;
+  void Copy(const Tensor& src, Tensor& dst) override;
+  // out: BF16.
+  void Embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
+  // Rows are trusted to be in range (not checked on the device).
+  void GatherRows(const Tensor& src, const Tensor& rows, Tensor& out) override;
+  // x: BF16; y: BF16, or F32 for logits. The cuBLASLt algorithm is chosen once per (M, N, K, y dtype,
+  // alignment) and cached; a shape cuBLASLt cannot run aborts naming it.
+  void Linear(const Tensor& x, const Tensor& w, Tensor& y) override;
+  // BF16 in and out, fp32 math. AddRmsNorm stores the residual sum rounded to BF16 and normalizes that.
+  void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
+  void AddRmsNorm(Tensor& hidden, Tensor& residual, const Tensor& weight, float eps) override;
+  // inv_freq tables (kernels/cpu/rope.h's RopeInvFreq) are computed on the host and uploaded once per
+  // (rope, head_dim), on first use (so not first inside a graph capture).
+  void Rope(const AttentionMeta& meta, const RopeParams& rope, int head_dim, Tensor& q, Tensor& k) override;
+  // Slots < 0 are skipped; slots are trusted to be inside the cache.
+  void WriteKvCache(const AttentionMeta& meta, const Tensor& k, const Tensor& v, Tensor& k_cache,
+                    Tensor& v_cache) override;
+  // head_dim a multiple of 32 and <= 256; num_heads / num_kv_heads <= 16 (CHECKed). Decode steps with few
+  // sequences split long contexts across blocks; the split's workspace grows on first need (not inside a
+  // capture: warm up first).
+  void PagedAttention(const AttentionMeta& meta, const Tensor& q, const Tensor& k_cache,
+                      const Tensor& v_cache, int num_heads, int num_kv_heads, int head_dim, float scale,
+                      Tensor& out) override;
+  void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void Add(const Tensor& a, const Tensor& b, Tensor& out) override;
+  // Synchronous (waits for the stream). Same semantics and the same uniform draw as the CPU sampler (see
+  // kernels/cuda/sampler.cu for the one difference: fixed-point sums, so a draw within ~1e-12 of a boundary
+  // may differ); argmax is exactly the CPU's.
+  void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) override;
+  void Synchronize() override;
+
+  // CUDA graphs. BeginCapture starts capturing this backend's stream (thread-local mode); the Backend calls
+  // that follow are recorded, not run; EndCapture instantiates them as a graph. Replay enqueues it.
+  //
+  // A replay is valid only while everything baked into it stays the same: every device pointer the captured
+  // calls used (activations, weights, KV cache, and the metadata buffers the AttentionMeta points into), the
+  // shapes (num_tokens, num_seqs, max_blocks_per_seq = the block-table stride, block_size, max_query_len,
+  // head counts) and max_seq_len, which sizes the attention split: capture with the largest context the
+  // graph will serve (every replayed sequence's context must be <= it). The contents of the buffers may
+  // change between replays (token ids, positions, slot mapping, seq_lens, block tables, hidden states).
+  // Not capturable: Allocate, CopyToDevice from pageable memory, CopyToHost, Sample, Synchronize, and the
+  // first use of a Linear shape, RoPE table or attention split; run the same step once before capturing.
+  // Errors: FAILED_PRECONDITION when already (or not) capturing; INTERNAL from CUDA.
+  [[nodiscard]] absl::Status BeginCapture();
+  [[nodiscard]] absl::StatusOr<CudaGraph> EndCapture();
+  [[nodiscard]] absl::Status Replay(const CudaGraph& graph);
+
+ private:
+  struct Impl;
+  explicit CudaBackend(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tessera
