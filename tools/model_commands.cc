@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator/chat_template/model_chat_templates.h"
 #include "coordinator/tokenizer/tokenizer.h"
+#include "kernels/backend_factory.h"
 #include "kernels/core/status_macros.h"
 #include "tools/commands.h"
 #include "worker/checkpoint/make_model.h"
@@ -22,6 +23,7 @@ struct GenerateArgs {
   GenerateOptions options;
   std::vector<std::string> prompt_ids, prompts, chats;
   std::string prefill_precision = "exact";
+  std::string device = "cpu";
   std::shared_ptr<Tokenizer> tokenizer;
 };
 
@@ -46,6 +48,7 @@ absl::StatusOr<std::vector<int32_t>> ChatPromptIds(const std::string& path, Mode
 // Fills args.options.prompts from --prompt-ids, --prompt and --chat, in that order.
 absl::Status CollectPrompts(GenerateArgs& args) {
   RETURN_IF_ERROR(ParsePrefillPrecision(args.prefill_precision, args.options.prefill_precision));
+  ASSIGN_OR_RETURN(args.options.device, ParseDeviceKind(args.device));
   for (const std::string& text : args.prompt_ids) {
     std::vector<int32_t> ids;
     RETURN_IF_ERROR(ParseTokenIds(text, ids));
@@ -99,8 +102,7 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
                       }});
 
   auto gen = std::make_shared<GenerateArgs>();
-  CLI::App* gen_cmd =
-      app.add_subcommand("generate", "Generate from prompts run together as one batch, on the CPU");
+  CLI::App* gen_cmd = app.add_subcommand("generate", "Generate from prompts run together as one batch");
   gen_cmd->add_option("--model", gen->options.model_dir, "Hugging Face model directory")->required();
   gen_cmd->add_option("--prompt-ids", gen->prompt_ids, "Comma-separated token ids; repeat for more prompts");
   gen_cmd->add_option("--prompt", gen->prompts, "Prompt text (bos added); repeat for more prompts");
@@ -111,6 +113,7 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
       ->capture_default_str();
   gen_cmd->add_option("--temperature", gen->options.temperature, "0 = greedy")->capture_default_str();
   gen_cmd->add_option("--seed", gen->options.seed, "Sampling seed")->capture_default_str();
+  gen_cmd->add_option("--device", gen->device, "cpu or cuda")->capture_default_str();
   gen_cmd->add_option("--threads", gen->options.threads, "CPU threads (0 = all cores)")
       ->capture_default_str();
   gen_cmd->add_option("--logits-out", gen->options.logits_out,

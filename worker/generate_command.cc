@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "kernels/backend_factory.h"
 #include "kernels/core/npy.h"
 #include "kernels/core/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -19,7 +20,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 int64_t PeakRssBytes() {
   rusage usage{};
@@ -45,8 +48,8 @@ absl::Status ParseTokenIds(const std::string& text, std::vector<int32_t>& ids) {
   for (absl::string_view part : absl::StrSplit(text, ',')) {
     int32_t id;
     if (!absl::SimpleAtoi(part, &id) || id < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("token id '", part, "' in '", text,
-                                                     "' is not a non-negative integer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id '", part, "' in '", text, "' is not a non-negative integer"));
     }
     ids.push_back(id);
   }
@@ -54,7 +57,8 @@ absl::Status ParseTokenIds(const std::string& text, std::vector<int32_t>& ids) {
 }
 
 absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std::ostream& err) {
-  if (options.prompts.empty()) return absl::InvalidArgumentError("--prompt-ids: at least one prompt is required");
+  if (options.prompts.empty())
+    return absl::InvalidArgumentError("--prompt-ids: at least one prompt is required");
   if (options.max_tokens <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("--max-tokens=", options.max_tokens, " must be positive"));
   }
@@ -64,10 +68,17 @@ absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std:
   const auto t_start = Clock::now();
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::Open(options.model_dir));
   const ModelConfig& config = checkpoint.config();
-  CpuBackendOptions backend_options;
-  backend_options.num_threads = options.threads;
-  backend_options.linear.prefill_precision = options.prefill_precision;
-  ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> backend, CpuBackend::Create(backend_options));
+  std::unique_ptr<Backend> backend;
+  if (options.device == DeviceKind::kCpu) {
+    CpuBackendOptions backend_options;
+    backend_options.num_threads = options.threads;
+    backend_options.linear.prefill_precision = options.prefill_precision;
+    ASSIGN_OR_RETURN(backend, CpuBackend::Create(backend_options));
+  } else {
+    BackendOptions backend_options;
+    backend_options.device = options.device;
+    ASSIGN_OR_RETURN(backend, CreateBackend(backend_options));
+  }
 
   std::vector<int32_t> eos = config.eos_token_ids;
   for (int id : checkpoint.generation_config().eos_token_ids) eos.push_back(id);
@@ -78,15 +89,15 @@ absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std:
     if (p.empty()) return absl::InvalidArgumentError(absl::StrCat("prompt ", i, " is empty"));
     for (int32_t id : p) {
       if (id >= config.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("prompt ", i, ": token id ", id,
-                                                       " is outside the vocabulary [0, ", config.vocab_size, ")"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "prompt ", i, ": token id ", id, " is outside the vocabulary [0, ", config.vocab_size, ")"));
       }
     }
     int64_t context = static_cast<int64_t>(p.size()) + options.max_tokens;
     if (context > config.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt ", i, ": ", p.size(), " tokens + --max-tokens=",
-                                                     options.max_tokens, " exceed max_position_embeddings=",
-                                                     config.max_position_embeddings));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt ", i, ": ", p.size(), " tokens + --max-tokens=", options.max_tokens,
+                       " exceed max_position_embeddings=", config.max_position_embeddings));
     }
     total_prompt += static_cast<int>(p.size());
     num_blocks += static_cast<int>((context + 15) / 16);
@@ -96,7 +107,8 @@ absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std:
   runner_options.model.max_num_tokens = std::max(total_prompt, num_seqs);
   runner_options.model.max_num_seqs = num_seqs;
   runner_options.num_kv_blocks = num_blocks;
-  ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, ModelRunner::Create(checkpoint, *backend, runner_options));
+  ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner,
+                   ModelRunner::Create(checkpoint, *backend, runner_options));
   const auto t_loaded = Clock::now();
 
   std::vector<Sequence> seqs(num_seqs);

@@ -1,5 +1,5 @@
-// `tessera generate`: loads a checkpoint on the CPU backend and generates from token-id prompts run together
-// as one batch; prints one JSON line per prompt.
+// `tessera generate`: loads a checkpoint on a backend (the CPU, or a CUDA GPU) and generates from token-id
+// prompts run together as one batch; prints one JSON line per prompt.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/linear.h"
 
 namespace tessera {
@@ -20,9 +21,10 @@ struct GenerateOptions {
   int max_tokens = 16;
   float temperature = 0.0f;  // 0 = greedy
   uint64_t seed = 0;
-  int threads = 0;           // 0 = all cores
-  std::string logits_out;    // .npy of the first prompt's logits, [generated, vocab]
-  bool stats = false;        // one JSON line of timings on `err`
+  DeviceKind device = DeviceKind::kCpu;
+  int threads = 0;         // CPU threads, 0 = all cores
+  std::string logits_out;  // .npy of the first prompt's logits, [generated, vocab]
+  bool stats = false;      // one JSON line of timings on `err`
   // How prefill-sized GEMMs treat fp32 activations: kSplitBf16 is exact to ~3e-6 (the default), kBf16 rounds
   // them to bf16 (about twice as fast, errors ~1e-3).
   PrefillPrecision prefill_precision = PrefillPrecision::kSplitBf16;

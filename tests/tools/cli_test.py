@@ -89,6 +89,7 @@ class CliTest(unittest.TestCase):
             (("generate", "--model", self.model, "--prompt-ids", "1,x"), "'x'"),
             (("generate", "--model", self.model, "--prompt-ids", "1", "--prefill-precision", "fp8"), "fp8"),
             (("detokenize", "--model", self.model, "--ids", "128256"), "128256"),
+            (("generate", "--model", self.model, "--prompt-ids", "1", "--device", "tpu"), "tpu"),
             (("make-model", "--preset", "huge", "--out", os.path.join(ARGS.workdir, "x")), "huge"),
         ]
         for argv, culprit in cases:
