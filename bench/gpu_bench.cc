@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "bench/gpu_roofline.h"
 #include "kernels/backend_factory.h"
 #include "nlohmann/json.hpp"
@@ -27,12 +28,12 @@
 namespace tessera {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-[[noreturn]] void Die(const absl::Status& s) {
-  std::fprintf(stderr, "gpu_bench: %s\n", std::string(s.message()).c_str());
-  std::exit(1);
-}
+using bench::Clock;
+using bench::Die;
+using bench::Median;
+using bench::OrDie;
+using bench::RandomPrompt;
+using bench::Seconds;
 
 [[noreturn]] void Usage(const std::string& why) {
   std::fprintf(
@@ -41,31 +42,6 @@ using Clock = std::chrono::steady_clock;
       "[--prefill-tokens N] [--batches 1,8,64] [--device N])\n",
       why.c_str());
   std::exit(2);
-}
-
-template <typename T>
-T OrDie(absl::StatusOr<T> v) {
-  if (!v.ok()) Die(v.status());
-  return std::move(v).value();
-}
-
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-std::vector<int32_t> RandomPrompt(int n, int vocab, uint32_t seed) {
-  std::vector<int32_t> ids(n);
-  for (int i = 0; i < n; ++i) {
-    seed = seed * 1664525u + 1013904223u;
-    ids[i] = static_cast<int32_t>((seed >> 8) % static_cast<uint32_t>(vocab - 1000));
-  }
-  return ids;
 }
 
 struct Options {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "bench/roofline.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "worker/checkpoint/make_model.h"
@@ -18,31 +19,11 @@
 namespace tessera {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-[[noreturn]] void Die(const absl::Status& s) {
-  std::fprintf(stderr, "model_bench: %s\n", std::string(s.message()).c_str());
-  std::exit(1);
-}
-
-template <typename T>
-T OrDie(absl::StatusOr<T> v) {
-  if (!v.ok()) Die(v.status());
-  return std::move(v).value();
-}
-
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
-std::vector<int32_t> RandomPrompt(int n, int vocab, uint32_t seed) {
-  std::vector<int32_t> ids(n);
-  for (int i = 0; i < n; ++i) {
-    seed = seed * 1664525u + 1013904223u;
-    ids[i] = static_cast<int32_t>((seed >> 8) % static_cast<uint32_t>(vocab - 1000));
-  }
-  return ids;
-}
+using bench::Clock;
+using bench::Die;
+using bench::OrDie;
+using bench::RandomPrompt;
+using bench::Seconds;
 
 // Seconds per decode step for `batch` sequences with a 32-token context, best of `steps` steps.
 double DecodeStepSeconds(ModelRunner& runner, int batch, int steps) {
