@@ -10,10 +10,12 @@
 #include <gloo/rendezvous/file_store.h>
 #include <gloo/rendezvous/prefix_store.h>
 #include <gloo/transport/tcp/device.h>
+#include <signal.h>
 
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "parallel/grpc_store.h"
@@ -47,6 +49,21 @@ struct GlooCommunicator::Impl {
   }
 };
 
+namespace {
+
+// Gloo writes to its sockets without MSG_NOSIGNAL, so a peer that dies mid-collective would kill this process
+// with SIGPIPE instead of failing the call. Ignore SIGPIPE (when nobody installed a handler): the write then
+// fails with EPIPE, which Gloo reports as an exception and we as UNAVAILABLE.
+void IgnoreSigpipeOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction current {};
+    if (sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
+  });
+}
+
+}  // namespace
+
 GlooCommunicator::GlooCommunicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 GlooCommunicator::~GlooCommunicator() = default;
 
@@ -56,9 +73,10 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(const
                                                    " is not in [0, size=", options.size, ")"));
   }
   if (options.store_dir.empty() == options.store_address.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("gloo group '", options.group, "': give exactly one rendezvous store (address or directory)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "gloo group '", options.group, "': give exactly one rendezvous store (address or directory)"));
   }
+  IgnoreSigpipeOnce();
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   absl::Status status = impl->Guard("rendezvous", [&] {

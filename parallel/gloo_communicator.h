@@ -24,8 +24,10 @@ struct GlooOptions {
 
 class GlooCommunicator final : public Communicator {
  public:
-  // Connects the full mesh of the group. Errors: INVALID_ARGUMENT for bad options; DEADLINE_EXCEEDED when
-  // the other ranks do not arrive within the timeout; UNAVAILABLE for transport errors (with Gloo's message).
+  // Connects the full mesh of the group. The first call sets SIGPIPE to be ignored when it has no handler (so
+  // that a peer's death fails a call instead of killing this process). Errors: INVALID_ARGUMENT for bad
+  // options; DEADLINE_EXCEEDED when the other ranks do not arrive within the timeout; UNAVAILABLE for
+  // transport errors (with Gloo's message).
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<GlooCommunicator>> Create(const GlooOptions& options);
   ~GlooCommunicator() override;
 
