@@ -21,5 +21,8 @@ echo "{\"messages\": $(cat "$chat"), \"add_generation_prompt\": true}" | build/t
 echo "== generate: a text prompt, a chat and token ids in one batch, 24 greedy tokens each (stats on stderr)"
 build/tessera generate --model "$model" --max-tokens 24 --stats \
   --prompt "The capital of France is" --chat "$chat" --prompt-ids 128000,40,1093
+echo "== the same batch split over 4 processes: tensor parallel 2 x pipeline parallel 2 (identical tokens)"
+build/tessera generate --model "$model" --max-tokens 24 --tp 2 --pp 2 \
+  --prompt "The capital of France is" --chat "$chat" --prompt-ids 128000,40,1093
 echo "== generate: sampled at temperature 0.8, seed 42"
 build/tessera generate --model "$model" --max-tokens 12 --temperature 0.8 --seed 42 --prompt "Once upon a time"

@@ -113,6 +113,12 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
       ->capture_default_str();
   gen_cmd->add_option("--temperature", gen->options.temperature, "0 = greedy")->capture_default_str();
   gen_cmd->add_option("--seed", gen->options.seed, "Sampling seed")->capture_default_str();
+  gen_cmd->add_option("--tp", gen->options.tp, "Tensor-parallel ranks (local processes)")
+      ->capture_default_str();
+  gen_cmd->add_option("--pp", gen->options.pp, "Pipeline stages (local processes)")->capture_default_str();
+  gen_cmd
+      ->add_option("--pp-layers", gen->options.pp_layers, "Layers per stage, e.g. 10,11,11 (default: even)")
+      ->delimiter(',');
   gen_cmd->add_option("--device", gen->device, "cpu or cuda")->capture_default_str();
   gen_cmd->add_option("--threads", gen->options.threads, "CPU threads (0 = all cores)")
       ->capture_default_str();

@@ -73,6 +73,15 @@ class CliTest(unittest.TestCase):
         self.assertEqual(len(batched), 2)
         self.assertEqual(batched[1]["token_ids"], alone["token_ids"])
 
+    def test_generate_split_over_processes_gives_the_tokens_of_one_process(self):
+        args = ("generate", "--model", self.model, "--prompt", "Hello there", "--prompt-ids", "128000,40,1093",
+                "--max-tokens", "6")
+        one = json_lines(run(*args).stdout)
+        for tp, pp in ((2, 1), (1, 2), (2, 2)):
+            with self.subTest(tp=tp, pp=pp):
+                self.assertEqual(json_lines(run(*args, "--tp", str(tp), "--pp", str(pp)).stdout), one)
+        self.assertEqual(json_lines(run(*args, "--pp", "2", "--pp-layers", "1,3").stdout), one)
+
     def test_tokenize_and_detokenize_agree_with_hugging_face(self):
         text = "Tessera's tokenizer: 12345 tokens, émojis 👩‍💻 and <|eot_id|>."
         ids = json_lines(run("tokenize", "--model", self.model, "--text", text, "--add-special-tokens").stdout)
@@ -90,6 +99,10 @@ class CliTest(unittest.TestCase):
             (("generate", "--model", self.model, "--prompt-ids", "1", "--prefill-precision", "fp8"), "fp8"),
             (("detokenize", "--model", self.model, "--ids", "128256"), "128256"),
             (("generate", "--model", self.model, "--prompt-ids", "1", "--device", "tpu"), "tpu"),
+            (("generate", "--model", self.model, "--prompt-ids", "1", "--tp", "3"),
+             "num_attention_heads=4 is not divisible by tp=3"),
+            (("generate", "--model", self.model, "--prompt-ids", "1", "--pp", "2", "--pp-layers", "1,2"),
+             "sums to 3 but num_hidden_layers=4"),
             (("make-model", "--preset", "huge", "--out", os.path.join(ARGS.workdir, "x")), "huge"),
         ]
         for argv, culprit in cases:
