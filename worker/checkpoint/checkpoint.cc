@@ -6,8 +6,8 @@
 #include <utility>
 
 #include "kernels/core/status_macros.h"
-#include "worker/checkpoint/json_fields.h"
 #include "kernels/core/str_cat.h"
+#include "worker/checkpoint/json_fields.h"
 
 namespace tessera {
 
@@ -282,6 +282,7 @@ absl::Status Checkpoint::ReadRows(std::string_view name, int64_t row_begin, int6
   const int64_t es = DTypeSize(info.dtype);
   Convert(DataAt(loc) + row_begin * cols * es, info.dtype, static_cast<char*>(dst.data()), dst.dtype(),
           num_rows * cols);
+  MappedFile::ReleasePages(DataAt(loc) + row_begin * cols * es, num_rows * cols * es);  // copied out
   Count(num_rows * cols * es);
   return absl::OkStatus();
 }
@@ -303,6 +304,7 @@ absl::Status Checkpoint::ReadColumns(std::string_view name, int64_t col_begin, i
   for (int64_t r = 0; r < rows; ++r) {
     Convert(src + (r * cols + col_begin) * es, info.dtype, out + r * num_cols * ds, dst.dtype(), num_cols);
   }
+  MappedFile::ReleasePages(src, rows * cols * es);  // every row's page was touched; the slice is copied out
   Count(rows * num_cols * es);
   return absl::OkStatus();
 }

@@ -31,6 +31,11 @@ class MappedFile {
   std::string_view bytes() const { return std::string_view(data_, size_); }
   const std::string& path() const { return path_; }
 
+  // Tells the kernel this process no longer needs the whole pages inside [begin, begin + length) of the
+  // mapping (they leave its resident set; reading them again faults them back in from the page cache). For
+  // data that was copied out. A hint: errors are ignored.
+  static void ReleasePages(const char* begin, uint64_t length);
+
  private:
   void Reset();
 
