@@ -19,11 +19,13 @@ namespace tessera {
 // Paged-attention metadata for one step, vLLM's flattened layout. Pointers are on the backend's device
 // (host memory for the CPU backend); all int32.
 struct AttentionMeta {
-  const int32_t* query_start = nullptr;   // [num_seqs + 1]: sequence s owns new tokens [query_start[s], query_start[s+1])
+  const int32_t* query_start =
+      nullptr;  // [num_seqs + 1]: sequence s owns new tokens [query_start[s], query_start[s+1])
   const int32_t* seq_lens = nullptr;      // [num_seqs]: context length after this step (cached + new tokens)
   const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]: physical KV block ids
-  const int32_t* slot_mapping = nullptr;  // [num_tokens]: KV slot (block_id * block_size + offset) of each new token
-  const int32_t* positions = nullptr;     // [num_tokens]: position of each new token in its sequence
+  const int32_t* slot_mapping =
+      nullptr;  // [num_tokens]: KV slot (block_id * block_size + offset) of each new token
+  const int32_t* positions = nullptr;  // [num_tokens]: position of each new token in its sequence
   int num_seqs = 0;
   int num_tokens = 0;
   int max_blocks_per_seq = 0;
@@ -54,6 +56,20 @@ struct SamplingRow {
 
 enum class DeviceKind { kCpu, kCuda };
 
+// The GEMM sizes of Backend::Linear(x, w, y): y[m, n] = x[m, k] @ w[n, k]^T. CHECKs that the shapes agree
+// (x and y may have any leading dims); dtypes are each backend's to check.
+struct LinearDims {
+  int64_t m, n, k;
+};
+inline LinearDims CheckLinearShapes(const Tensor& x, const Tensor& w, const Tensor& y) {
+  TESSERA_CHECK(w.ndim() == 2 && x.ndim() >= 1 && y.ndim() >= 1);
+  const int64_t n = w.dim(0), k = w.dim(1);
+  TESSERA_CHECK(x.dim(-1) == k && y.dim(-1) == n);
+  const int64_t m = x.numel() / k;
+  TESSERA_CHECK(y.numel() == m * n);
+  return {m, n, k};
+}
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -83,7 +99,8 @@ class Backend {
   virtual void AddRmsNorm(Tensor& hidden, Tensor& residual, const Tensor& weight, float eps) = 0;
 
   // Rotates q [T, nq * head_dim] and k [T, nk * head_dim] in place by the positions in meta.
-  virtual void Rope(const AttentionMeta& meta, const RopeParams& rope, int head_dim, Tensor& q, Tensor& k) = 0;
+  virtual void Rope(const AttentionMeta& meta, const RopeParams& rope, int head_dim, Tensor& q,
+                    Tensor& k) = 0;
 
   // Writes k, v [T, nkv * head_dim] into the caches [num_blocks, block_size, nkv, head_dim] at meta's slots.
   virtual void WriteKvCache(const AttentionMeta& meta, const Tensor& k, const Tensor& v, Tensor& k_cache,
@@ -91,8 +108,8 @@ class Backend {
   // Causal grouped-query attention of q [T, nq * head_dim] over each sequence's cached context (which must
   // already hold this step's keys and values). out: [T, nq * head_dim]. nq must be a multiple of nkv.
   virtual void PagedAttention(const AttentionMeta& meta, const Tensor& q, const Tensor& k_cache,
-                              const Tensor& v_cache, int num_heads, int num_kv_heads, int head_dim, float scale,
-                              Tensor& out) = 0;
+                              const Tensor& v_cache, int num_heads, int num_kv_heads, int head_dim,
+                              float scale, Tensor& out) = 0;
 
   // out = silu(gate) * up, elementwise; all [T, I]; out may alias gate or up.
   virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;

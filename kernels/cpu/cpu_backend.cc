@@ -128,12 +128,7 @@ void CpuBackend::GatherRows(const Tensor& src, const Tensor& rows, Tensor& out) 
 
 void CpuBackend::Linear(const Tensor& x, const Tensor& w, Tensor& y) {
   TESSERA_CHECK(x.dtype() == DType::kF32 && w.dtype() == DType::kBF16 && y.dtype() == DType::kF32);
-  TESSERA_CHECK(w.ndim() == 2 && x.ndim() >= 1 && y.ndim() >= 1);
-  const int64_t n = w.dim(0);
-  const int64_t k = w.dim(1);
-  TESSERA_CHECK(x.dim(-1) == k && y.dim(-1) == n);
-  const int64_t m = x.numel() / k;
-  TESSERA_CHECK(y.numel() == m * n);
+  const auto [m, n, k] = CheckLinearShapes(x, w, y);
   if (m == 0) return;
   linear_->Forward(x.data_as<float>(), w.data_as<uint16_t>(), y.data_as<float>(), m, n, k);
 }

@@ -185,12 +185,7 @@ void CudaBackend::GatherRows(const Tensor& src, const Tensor& rows, Tensor& out)
 void CudaBackend::Linear(const Tensor& x, const Tensor& w, Tensor& y) {
   TESSERA_CHECK(x.dtype() == DType::kBF16 && w.dtype() == DType::kBF16 &&
                 (y.dtype() == DType::kBF16 || y.dtype() == DType::kF32));
-  TESSERA_CHECK(w.ndim() == 2 && x.ndim() >= 1 && y.ndim() >= 1);
-  const int64_t n = w.dim(0);
-  const int64_t k = w.dim(1);
-  TESSERA_CHECK(x.dim(-1) == k && y.dim(-1) == n);
-  const int64_t m = x.numel() / k;
-  TESSERA_CHECK(y.numel() == m * n);
+  const auto [m, n, k] = CheckLinearShapes(x, w, y);
   if (m == 0) return;
   impl_->Activate();
   const absl::Status s =
