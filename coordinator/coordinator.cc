@@ -1,0 +1,183 @@
+#include "coordinator/coordinator.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "coordinator/inference_service.h"
+#include "coordinator/rendezvous_service.h"
+#include "coordinator/tokenizer/tokenizer.h"
+#include "coordinator/worker_group.h"
+#include "kernels/core/status_macros.h"
+#include "kernels/core/str_cat.h"
+
+namespace tessera {
+namespace {
+
+constexpr char kServiceName[] = "tessera.v1.InferenceService";
+using control::v1::CoordinatorMessage;
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+}  // namespace
+
+Coordinator::Coordinator(const CoordinatorOptions& options, ParallelConfig parallel, std::ostream& log)
+    : options_(options), parallel_(std::move(parallel)), log_(log) {}
+
+Coordinator::~Coordinator() { Shutdown(std::chrono::milliseconds(2000)); }
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const CoordinatorOptions& options,
+                                                                std::unique_ptr<Tokenizer> tokenizer,
+                                                                std::ostream& log) {
+  ASSIGN_OR_RETURN(ParallelConfig parallel, ParallelConfig::Create(options.shape, options.model.tp_size,
+                                                                   options.model.pp_size, options.pp_layers));
+  std::unique_ptr<Coordinator> c(new Coordinator(options, std::move(parallel), log));
+  c->tokenizer_ = std::move(tokenizer);
+  Coordinator* self = c.get();
+  WorkerGroupOptions group;
+  group.world_size = c->parallel_.world_size();
+  group.output_rank = c->parallel_.output_rank();
+  group.heartbeat_interval = options.heartbeat_interval;
+  group.heartbeat_timeout = options.heartbeat_timeout;
+  c->workers_ = std::make_unique<WorkerGroup>(
+      group,
+      [self](const control::v1::StepResult& result) {
+        self->scheduler_->OnStepResult(result.step_id(), {result.tokens().begin(), result.tokens().end()},
+                                       result.worker_seconds());
+      },
+      [self](const absl::Status& status) { self->OnFailure(status); });
+  SchedulerOptions scheduler = options.scheduler;
+  scheduler.max_steps_in_flight = c->parallel_.pp_size() > 1 ? c->parallel_.pp_size() : 1;
+  c->scheduler_ = std::make_unique<Scheduler>(scheduler, *c->workers_);
+  c->rendezvous_ = std::make_unique<RendezvousService>();
+  c->inference_ = std::make_unique<InferenceService>(options.model, c->tokenizer_.get(), *c->scheduler_);
+  c->models_ = std::make_unique<ModelService>(options.model, *c->scheduler_);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &c->port_);
+  builder.RegisterService(c->workers_.get());
+  builder.RegisterService(c->rendezvous_.get());
+  builder.RegisterService(c->inference_.get());
+  builder.RegisterService(c->models_.get());
+  c->server_ = builder.BuildAndStart();
+  if (c->server_ == nullptr || c->port_ == 0) {
+    return absl::UnavailableError(Cat("cannot listen on ", options.listen_address, " (port in use?)"));
+  }
+  c->server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
+  return c;
+}
+
+absl::Status Coordinator::BringUp() {
+  const int world = parallel_.world_size();
+  const auto t0 = Clock::now();
+  log_ << "coordinator: waiting for " << world << " workers on port " << port_ << "\n";
+  RETURN_IF_ERROR(workers_->WaitForWorkers(options_.startup_timeout));
+  log_ << "coordinator: " << world << " workers joined in " << SecondsSince(t0) << " s ("
+       << parallel_.ToString() << ")\n";
+  const ServedModel& model = options_.model;
+  const SchedulerOptions& limits = options_.scheduler;
+  RETURN_IF_ERROR(workers_
+                      ->RunPhase(
+                          [&](int rank) {
+                            CoordinatorMessage m;
+                            auto* shard = m.mutable_assign_shard();
+                            shard->set_model_dir(model.dir);
+                            shard->set_rank(rank);
+                            shard->set_tp_size(parallel_.tp_size());
+                            shard->set_pp_size(parallel_.pp_size());
+                            for (int p = 0; p < parallel_.pp_size(); ++p) {
+                              shard->add_pp_layers(static_cast<int>(parallel_.StageLayers(p).size()));
+                            }
+                            shard->set_device(model.device);
+                            shard->set_num_threads(options_.threads_per_worker);
+                            shard->set_max_num_tokens(limits.max_num_batched_tokens);
+                            shard->set_max_num_seqs(limits.max_num_seqs);
+                            shard->set_prefill_precision(options_.prefill_precision);
+                            return m;
+                          },
+                          options_.startup_timeout)
+                      .status());
+  const std::string prefix = Cat("epoch", workers_->epoch());
+  RETURN_IF_ERROR(workers_
+                      ->RunPhase(
+                          [&](int) {
+                            CoordinatorMessage m;
+                            auto* comm = m.mutable_init_comm();
+                            comm->set_store_address(Cat(options_.advertise_host, ":", port_));
+                            comm->set_group_prefix(prefix);
+                            comm->set_timeout_ms(options_.comm_timeout.count());
+                            return m;
+                          },
+                          options_.startup_timeout)
+                      .status());
+  const auto t_load = Clock::now();
+  ASSIGN_OR_RETURN(std::vector<control::v1::Ack> loaded, workers_->RunPhase(
+                                                             [](int) {
+                                                               CoordinatorMessage m;
+                                                               m.mutable_load_weights();
+                                                               return m;
+                                                             },
+                                                             options_.startup_timeout));
+  for (int rank = 0; rank < world; ++rank) {
+    log_ << "coordinator: rank " << rank << " loaded its shard in " << loaded[rank].seconds() << " s ("
+         << loaded[rank].bytes_read() << " bytes read, peak RSS " << loaded[rank].peak_rss_bytes() << ")\n";
+  }
+  log_ << "coordinator: every shard loaded in " << SecondsSince(t_load) << " s\n";
+  ASSIGN_OR_RETURN(std::vector<control::v1::Ack> profiled,
+                   workers_->RunPhase(
+                       [&](int) {
+                         CoordinatorMessage m;
+                         m.mutable_profile_memory()->set_kv_cache_memory_bytes(options_.kv_cache_memory);
+                         return m;
+                       },
+                       options_.startup_timeout));
+  int num_blocks = profiled[0].max_kv_blocks();
+  for (const auto& ack : profiled) num_blocks = std::min(num_blocks, ack.max_kv_blocks());
+  if (num_blocks <= 0) {
+    return absl::ResourceExhaustedError(Cat("the KV cache budget holds no block of ",
+                                            profiled[0].kv_block_bytes(),
+                                            " bytes on some rank; raise --kv-cache-memory"));
+  }
+  RETURN_IF_ERROR(workers_
+                      ->RunPhase(
+                          [&](int) {
+                            CoordinatorMessage m;
+                            m.mutable_allocate_kv_cache()->set_num_blocks(num_blocks);
+                            return m;
+                          },
+                          options_.startup_timeout)
+                      .status());
+  scheduler_->Activate(num_blocks);
+  server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
+  log_ << "coordinator: serving " << model.id << " with " << num_blocks << " KV blocks per rank ("
+       << num_blocks * int64_t{16} << " tokens) after " << SecondsSince(t0) << " s\n";
+  return absl::OkStatus();
+}
+
+void Coordinator::OnFailure(const absl::Status& status) {
+  log_ << "coordinator: " << status.message() << "; not serving\n";
+  if (scheduler_ != nullptr) scheduler_->Fail(status);
+  if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
+}
+
+void Coordinator::Shutdown(std::chrono::milliseconds grace) {
+  {
+    std::lock_guard<std::mutex> lock(shutdown_mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
+  if (scheduler_ != nullptr) scheduler_->Fail(absl::UnavailableError("the server is shutting down"));
+  if (workers_ != nullptr) workers_->Shutdown(grace);
+  if (rendezvous_ != nullptr) rendezvous_->Shutdown();
+  if (server_ != nullptr)
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+}
+
+}  // namespace tessera

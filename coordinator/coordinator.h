@@ -1,0 +1,86 @@
+// Coordinator: one gRPC server (one port) carrying the public API (InferenceService, ModelService, health,
+// reflection), the control plane (Control) and the rendezvous store; the worker group and the scheduler
+// behind them; and the bring-up that takes T x P registered workers from nothing to serving.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/served_model.h"
+#include "parallel/parallel_config.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace tessera {
+
+class Tokenizer;
+class WorkerGroup;
+class RendezvousService;
+class InferenceService;
+class ModelService;
+
+struct CoordinatorOptions {
+  ServedModel model;
+  ShardedShape shape;                        // the model's dimensions that sharding depends on
+  std::vector<int> pp_layers;                // layers per stage; empty = even
+  std::string listen_address = "0.0.0.0:0";  // HOST:PORT; port 0 picks a free one
+  // How workers reach this server's rendezvous store (HOST; the port is the listening one).
+  std::string advertise_host = "127.0.0.1";
+  int64_t kv_cache_memory = 0;  // bytes per rank; 0 = each worker decides
+  int threads_per_worker = 0;   // 0 = each worker's share of its cores
+  std::string prefill_precision = "exact";
+  SchedulerOptions scheduler;  // num_kv_blocks and max_steps_in_flight are set by the coordinator
+  std::chrono::milliseconds heartbeat_interval{500};
+  std::chrono::milliseconds heartbeat_timeout{5000};
+  std::chrono::milliseconds comm_timeout{30000};      // rendezvous and every collective
+  std::chrono::milliseconds startup_timeout{600000};  // workers joining, loading
+};
+
+class Coordinator {
+ public:
+  // Validates the split (INVALID_ARGUMENT naming the numbers), starts the server (UNAVAILABLE naming the
+  // address when it cannot listen) and waits for nothing. `tokenizer` may be null (token-id prompts only).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Coordinator>> Start(
+      const CoordinatorOptions& options, std::unique_ptr<Tokenizer> tokenizer, std::ostream& log);
+  ~Coordinator();
+
+  int port() const { return port_; }
+  const ParallelConfig& parallel() const { return parallel_; }
+
+  // Waits for every worker, then runs assign shard, init comm, load weights, profile memory and allocate KV
+  // cache on all of them, and starts serving (health SERVING). Errors: the first failure, naming the rank;
+  // CANCELLED when Shutdown is called meanwhile.
+  [[nodiscard]] absl::Status BringUp();
+  // Stops everything: requests end with UNAVAILABLE, workers are told to shut down (up to `grace` for them to
+  // leave), the server stops. Idempotent; thread-safe.
+  void Shutdown(std::chrono::milliseconds grace);
+
+  Scheduler& scheduler() { return *scheduler_; }
+
+ private:
+  Coordinator(const CoordinatorOptions& options, ParallelConfig parallel, std::ostream& log);
+  void OnFailure(const absl::Status& status);
+
+  const CoordinatorOptions options_;
+  const ParallelConfig parallel_;
+  std::ostream& log_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<WorkerGroup> workers_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<RendezvousService> rendezvous_;
+  std::unique_ptr<InferenceService> inference_;
+  std::unique_ptr<ModelService> models_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::mutex shutdown_mu_;
+  bool shut_down_ = false;
+};
+
+}  // namespace tessera

@@ -1,0 +1,110 @@
+#include "coordinator/launcher.h"
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "kernels/core/str_cat.h"
+
+namespace tessera {
+namespace {
+
+// Runs in the forked child before exec: only async-signal-safe calls.
+[[noreturn]] void ExecWorker(pid_t parent, const std::vector<char*>& argv) {
+  setpgid(0, 0);
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() != parent) _exit(1);  // the parent died before prctl
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  signal(SIGPIPE, SIG_DFL);
+  execv(argv[0], argv.data());
+  _exit(127);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LocalWorkers>> LocalWorkers::Start(const std::string& executable,
+                                                                  const std::vector<std::string>& args,
+                                                                  int count, std::ostream& log) {
+  std::vector<pid_t> pids;
+  const pid_t self = getpid();
+  for (int rank = 0; rank < count; ++rank) {
+    std::vector<std::string> strings = {executable};
+    strings.insert(strings.end(), args.begin(), args.end());
+    strings.push_back("--rank");
+    strings.push_back(std::to_string(rank));
+    std::vector<char*> argv;
+    for (std::string& s : strings) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    const pid_t pid = fork();
+    if (pid == 0) ExecWorker(self, argv);
+    if (pid < 0) {
+      std::unique_ptr<LocalWorkers> started(new LocalWorkers(std::move(pids), log));
+      started->Stop(std::chrono::milliseconds(0));
+      return absl::InternalError(Cat("cannot start worker rank ", rank, " (", executable, ")"));
+    }
+    pids.push_back(pid);
+  }
+  return std::unique_ptr<LocalWorkers>(new LocalWorkers(std::move(pids), log));
+}
+
+LocalWorkers::~LocalWorkers() { Stop(std::chrono::milliseconds(2000)); }
+
+std::vector<pid_t> LocalWorkers::pids() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pids_;
+}
+
+bool LocalWorkers::ReapLocked() {
+  bool all_done = true;
+  for (size_t rank = 0; rank < pids_.size(); ++rank) {
+    if (pids_[rank] == 0) continue;
+    int status = 0;
+    const pid_t r = waitpid(pids_[rank], &status, WNOHANG);
+    if (r == 0) {
+      all_done = false;
+      continue;
+    }
+    if (r == pids_[rank]) {
+      if (WIFSIGNALED(status)) {
+        log_ << "serve: worker rank " << rank << " (pid " << pids_[rank] << ") was killed by signal "
+             << WTERMSIG(status) << "\n";
+      } else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+        log_ << "serve: worker rank " << rank << " (pid " << pids_[rank] << ") exited with status "
+             << WEXITSTATUS(status) << "\n";
+      }
+    }
+    pids_[rank] = 0;
+  }
+  return all_done;
+}
+
+void LocalWorkers::Stop(std::chrono::milliseconds grace) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto wait_for = [&](std::chrono::milliseconds limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (!ReapLocked()) {
+      if (std::chrono::steady_clock::now() >= end) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return true;
+  };
+  if (wait_for(grace)) return;
+  for (pid_t pid : pids_) {
+    if (pid != 0) kill(pid, SIGTERM);
+  }
+  if (wait_for(std::chrono::milliseconds(2000))) return;
+  for (pid_t pid : pids_) {
+    if (pid != 0) {
+      log_ << "serve: worker pid " << pid << " ignored SIGTERM; killing it\n";
+      kill(pid, SIGKILL);
+    }
+  }
+  wait_for(std::chrono::milliseconds(5000));
+}
+
+}  // namespace tessera

@@ -1,0 +1,43 @@
+// LocalWorkers: the worker processes `tessera serve` starts on its own node, one per rank, each a
+// `tessera worker` child in its own process group (so that a terminal's Ctrl-C reaches only the server, which
+// then stops them in order) that dies with its parent (PR_SET_PDEATHSIG). Stop() leaves no orphans.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <mutex>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace tessera {
+
+class LocalWorkers {
+ public:
+  // Starts `count` processes running `executable args... --rank r` (r = 0..count-1), with every signal
+  // unblocked. Errors: INTERNAL naming the executable when a process cannot be started (those already
+  // started are stopped).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<LocalWorkers>> Start(
+      const std::string& executable, const std::vector<std::string>& args, int count, std::ostream& log);
+  ~LocalWorkers();  // Stop(2 s)
+
+  // Waits up to `grace` for the processes to exit by themselves, then sends SIGTERM, waits 2 s more, then
+  // SIGKILL; reaps every one. Idempotent.
+  void Stop(std::chrono::milliseconds grace);
+  // The pids, by rank (0 once reaped).
+  std::vector<pid_t> pids() const;
+
+ private:
+  LocalWorkers(std::vector<pid_t> pids, std::ostream& log) : pids_(std::move(pids)), log_(log) {}
+  // Reaps the children that have exited, logging how; true when none is left.
+  bool ReapLocked();
+
+  mutable std::mutex mu_;
+  std::vector<pid_t> pids_;
+  std::ostream& log_;
+};
+
+}  // namespace tessera
