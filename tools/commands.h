@@ -18,6 +18,8 @@ struct Subcommand {
 
 // make-model, generate.
 void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands);
+// serve, coordinator, worker.
+void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands);
 // tokenize, detokenize, chat-template.
 void AddTextCommands(CLI::App& app, std::vector<Subcommand>& commands);
 

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "Help for every subcommand");
   std::vector<tessera::tools::Subcommand> commands;
   tessera::tools::AddModelCommands(app, commands);
+  tessera::tools::AddServeCommands(app, commands);
   tessera::tools::AddTextCommands(app, commands);
   CLI::App* help_cmd = app.add_subcommand("help", "Show this help");
 

@@ -1,0 +1,277 @@
+// serve, coordinator and worker: the processes of a serving deployment. serve runs a coordinator and T x P
+// local workers; coordinator and worker are the same two halves for several nodes. SIGINT / SIGTERM stop
+// everything, children included.
+#include <limits.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "coordinator/coordinator.h"
+#include "coordinator/launcher.h"
+#include "coordinator/tokenizer/tokenizer.h"
+#include "kernels/core/status_macros.h"
+#include "kernels/core/str_cat.h"
+#include "kernels/core/units.h"
+#include "tools/commands.h"
+#include "worker/checkpoint/model_config.h"
+#include "worker/worker_process.h"
+
+namespace tessera::tools {
+namespace {
+
+struct ServeArgs {
+  std::string model_dir;
+  std::string served_model_name;
+  int tp = 1;
+  int pp = 1;
+  std::vector<int> pp_layers;
+  std::string device = "cpu";
+  std::string host = "0.0.0.0";
+  int grpc_port = 50051;
+  std::string advertise_host;
+  std::string kv_cache_memory = "1GiB";
+  int threads_per_worker = 0;
+  int max_num_seqs = 64;
+  int max_num_batched_tokens = 2048;
+  int max_queued_requests = 1024;
+  std::string prefill_precision = "exact";
+  std::string heartbeat_interval = "500ms";
+  std::string heartbeat_timeout = "5s";
+  std::string comm_timeout = "30s";
+  std::string startup_timeout = "10m";
+};
+
+void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
+  cmd->add_option("--model", a.model_dir, "Hugging Face model directory")->required()->envname("TESSERA_MODEL");
+  cmd->add_option("--served-model-name", a.served_model_name, "Model id clients use (default: the directory name)")
+      ->envname("TESSERA_SERVED_MODEL_NAME");
+  cmd->add_option("--tp", a.tp, "Tensor-parallel ranks")->capture_default_str()->envname("TESSERA_TP");
+  cmd->add_option("--pp", a.pp, "Pipeline stages")->capture_default_str()->envname("TESSERA_PP");
+  cmd->add_option("--pp-layers", a.pp_layers, "Layers per stage, e.g. 10,11,11 (default: even)")
+      ->delimiter(',')
+      ->envname("TESSERA_PP_LAYERS");
+  cmd->add_option("--device", a.device, "cpu or cuda")->capture_default_str()->envname("TESSERA_DEVICE");
+  cmd->add_option("--host", a.host, "Address to listen on")->capture_default_str()->envname("TESSERA_HOST");
+  cmd->add_option("--grpc-port", a.grpc_port, "gRPC port (0 = pick a free one and print it)")
+      ->capture_default_str()
+      ->envname("TESSERA_GRPC_PORT");
+  cmd->add_option("--kv-cache-memory", a.kv_cache_memory, "KV cache per worker (e.g. 512MiB, 4GiB)")
+      ->capture_default_str()
+      ->envname("TESSERA_KV_CACHE_MEMORY");
+  cmd->add_option("--threads-per-worker", a.threads_per_worker, "CPU threads per worker (0 = cores / workers)")
+      ->capture_default_str()
+      ->envname("TESSERA_THREADS_PER_WORKER");
+  cmd->add_option("--max-num-seqs", a.max_num_seqs, "Sequences in the running batch")->capture_default_str();
+  cmd->add_option("--max-num-batched-tokens", a.max_num_batched_tokens,
+                  "Tokens in one step (longer prompts are prefilled in chunks)")
+      ->capture_default_str();
+  cmd->add_option("--max-queued-requests", a.max_queued_requests,
+                  "Requests waiting for admission; more are refused with RESOURCE_EXHAUSTED")
+      ->capture_default_str();
+  cmd->add_option("--prefill-precision", a.prefill_precision, "exact or bf16 (CPU prefill GEMMs)")
+      ->capture_default_str();
+  cmd->add_option("--heartbeat-interval", a.heartbeat_interval, "Between heartbeats")->capture_default_str();
+  cmd->add_option("--heartbeat-timeout", a.heartbeat_timeout, "Silence after which a worker counts as failed")
+      ->capture_default_str()
+      ->envname("TESSERA_HEARTBEAT_TIMEOUT");
+  cmd->add_option("--comm-timeout", a.comm_timeout, "Bound on rendezvous and every collective")
+      ->capture_default_str();
+  cmd->add_option("--startup-timeout", a.startup_timeout, "Bound on workers joining and loading")
+      ->capture_default_str();
+}
+
+absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
+  CoordinatorOptions o;
+  ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load(a.model_dir + "/config.json"));
+  ASSIGN_OR_RETURN(GenerationConfig generation, GenerationConfig::Load(a.model_dir + "/generation_config.json"));
+  ServedModel& m = o.model;
+  m.dir = std::filesystem::absolute(a.model_dir).lexically_normal().string();
+  if (!m.dir.empty() && m.dir.back() == '/') m.dir.pop_back();
+  m.id = a.served_model_name.empty() ? std::filesystem::path(m.dir).filename().string() : a.served_model_name;
+  m.vocab_size = config.vocab_size;
+  m.max_position_embeddings = config.max_position_embeddings;
+  m.num_layers = config.num_hidden_layers;
+  m.eos_token_ids.assign(config.eos_token_ids.begin(), config.eos_token_ids.end());
+  for (int id : generation.eos_token_ids) {
+    if (std::find(m.eos_token_ids.begin(), m.eos_token_ids.end(), id) == m.eos_token_ids.end()) {
+      m.eos_token_ids.push_back(id);
+    }
+  }
+  m.default_temperature = generation.temperature;
+  m.default_top_p = generation.top_p;
+  m.default_top_k = generation.top_k;
+  m.tp_size = a.tp;
+  m.pp_size = a.pp;
+  if (a.device != "cpu" && a.device != "cuda") {
+    return absl::InvalidArgumentError(Cat("--device '", a.device, "' is not cpu or cuda"));
+  }
+  m.device = a.device;
+  o.shape = {.num_layers = config.num_hidden_layers,
+             .num_heads = config.num_attention_heads,
+             .num_kv_heads = config.num_key_value_heads,
+             .intermediate_size = config.intermediate_size,
+             .vocab_size = config.vocab_size};
+  o.pp_layers = a.pp_layers;
+  if (a.grpc_port < 0 || a.grpc_port > 65535) {
+    return absl::InvalidArgumentError(Cat("--grpc-port=", a.grpc_port, " is not a port number"));
+  }
+  o.listen_address = Cat(a.host.find(':') != std::string::npos ? Cat("[", a.host, "]") : a.host, ":", a.grpc_port);
+  if (!a.advertise_host.empty()) o.advertise_host = a.advertise_host;
+  ASSIGN_OR_RETURN(o.kv_cache_memory, ParseByteSize(a.kv_cache_memory));
+  o.threads_per_worker = a.threads_per_worker;
+  if (a.prefill_precision != "exact" && a.prefill_precision != "bf16") {
+    return absl::InvalidArgumentError(Cat("--prefill-precision '", a.prefill_precision, "' is not exact or bf16"));
+  }
+  o.prefill_precision = a.prefill_precision;
+  if (a.max_num_seqs <= 0 || a.max_num_batched_tokens <= 0 || a.max_queued_requests < 0) {
+    return absl::InvalidArgumentError(Cat("--max-num-seqs=", a.max_num_seqs, ", --max-num-batched-tokens=",
+                                          a.max_num_batched_tokens, " must be positive"));
+  }
+  o.scheduler.max_num_seqs = a.max_num_seqs;
+  o.scheduler.max_num_batched_tokens = a.max_num_batched_tokens;
+  o.scheduler.max_queued_requests = a.max_queued_requests;
+  ASSIGN_OR_RETURN(o.heartbeat_interval, ParseDuration(a.heartbeat_interval));
+  ASSIGN_OR_RETURN(o.heartbeat_timeout, ParseDuration(a.heartbeat_timeout));
+  ASSIGN_OR_RETURN(o.comm_timeout, ParseDuration(a.comm_timeout));
+  ASSIGN_OR_RETURN(o.startup_timeout, ParseDuration(a.startup_timeout));
+  return o;
+}
+
+std::string SelfExecutable() {
+  char path[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+  return n > 0 ? std::string(path, n) : "tessera";
+}
+
+// Blocks SIGINT and SIGTERM in this thread and every thread started after it; a dedicated thread takes them
+// with sigwait and calls `on_signal` once. Destroying it releases that thread.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(std::function<void(int)> on_signal) {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+    thread_ = std::thread([this, on_signal] {
+      int sig = 0;
+      sigwait(&set_, &sig);
+      if (!released_) on_signal(sig);
+    });
+  }
+  ~SignalWatcher() {
+    released_ = true;
+    pthread_kill(thread_.native_handle(), SIGTERM);
+    thread_.join();
+  }
+
+ private:
+  sigset_t set_;
+  std::atomic<bool> released_{false};
+  std::thread thread_;
+};
+
+// Runs a coordinator until a signal; with `local_workers`, starts and stops T x P workers too.
+int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
+  absl::StatusOr<CoordinatorOptions> options = MakeCoordinatorOptions(args);
+  if (!options.ok()) return Fail(command, options.status());
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (std::filesystem::exists(args.model_dir + "/tokenizer.json")) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = Tokenizer::Load(args.model_dir);
+    if (!loaded.ok()) return Fail(command, loaded.status());
+    tokenizer = std::move(*loaded);
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  std::unique_ptr<Coordinator> coordinator;
+  SignalWatcher signals([&](int sig) {
+    std::cerr << "tessera " << command << ": " << (sig == SIGINT ? "SIGINT" : "SIGTERM") << ", shutting down\n";
+    std::lock_guard<std::mutex> lock(mu);
+    stop = true;
+    if (coordinator != nullptr) coordinator->Shutdown(std::chrono::milliseconds(3000));
+    cv.notify_all();
+  });
+  absl::StatusOr<std::unique_ptr<Coordinator>> started = Coordinator::Start(*options, std::move(tokenizer), std::cerr);
+  if (!started.ok()) return Fail(command, started.status());
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    coordinator = std::move(*started);
+  }
+  const int port = coordinator->port();
+  std::cout << nlohmann::json{{"event", "listening"}, {"grpc_port", port}}.dump() << std::endl;
+  std::unique_ptr<LocalWorkers> workers;
+  if (local_workers) {
+    std::vector<std::string> worker_args = {"worker", "--coordinator", Cat("127.0.0.1:", port), "--device",
+                                            args.device};
+    absl::StatusOr<std::unique_ptr<LocalWorkers>> spawned =
+        LocalWorkers::Start(SelfExecutable(), worker_args, coordinator->parallel().world_size(), std::cerr);
+    if (!spawned.ok()) return Fail(command, spawned.status());
+    workers = std::move(*spawned);
+  }
+  absl::Status up = coordinator->BringUp();
+  int exit_code = 0;
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    if (up.ok()) {
+      std::cout << nlohmann::json{{"event", "ready"},
+                                  {"grpc_port", port},
+                                  {"model", options->model.id},
+                                  {"tp", options->model.tp_size},
+                                  {"pp", options->model.pp_size}}
+                       .dump()
+                << std::endl;
+      cv.wait(lock, [&] { return stop; });
+    } else if (!stop) {
+      exit_code = Fail(command, up);
+    }
+  }
+  coordinator->Shutdown(std::chrono::milliseconds(3000));
+  if (workers != nullptr) workers->Stop(std::chrono::milliseconds(3000));
+  coordinator.reset();
+  return exit_code;
+}
+
+}  // namespace
+
+void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
+  auto serve = std::make_shared<ServeArgs>();
+  CLI::App* serve_cmd = app.add_subcommand("serve", "Serve a model on this node: a coordinator and T x P workers");
+  AddServeOptions(serve_cmd, *serve);
+  commands.push_back({serve_cmd, [serve] { return RunServing("serve", *serve, /*local_workers=*/true); }});
+
+  auto coord = std::make_shared<ServeArgs>();
+  CLI::App* coord_cmd =
+      app.add_subcommand("coordinator", "Serve a model with T x P workers that join from anywhere (tessera worker)");
+  AddServeOptions(coord_cmd, *coord);
+  coord_cmd
+      ->add_option("--advertise-host", coord->advertise_host,
+                   "How workers reach this host for the rendezvous store (default 127.0.0.1)")
+      ->envname("TESSERA_ADVERTISE_HOST");
+  commands.push_back({coord_cmd, [coord] { return RunServing("coordinator", *coord, /*local_workers=*/false); }});
+
+  auto worker = std::make_shared<WorkerOptions>();
+  auto rank = std::make_shared<int>(-1);
+  CLI::App* worker_cmd = app.add_subcommand("worker", "Join a coordinator as one rank");
+  worker_cmd->add_option("--coordinator", worker->coordinator_address, "HOST:PORT of the coordinator")
+      ->required()
+      ->envname("TESSERA_COORDINATOR");
+  worker_cmd->add_option("--rank", *rank, "This worker's rank (default: LWS_WORKER_INDEX, else registration order)");
+  worker_cmd->add_option("--device", worker->device, "cpu or cuda")->capture_default_str()->envname("TESSERA_DEVICE");
+  worker_cmd->add_option("--listen-host", worker->listen_host, "Address other ranks reach this one at")
+      ->capture_default_str()
+      ->envname("TESSERA_LISTEN_HOST");
+  commands.push_back({worker_cmd, [worker, rank] {
+                        absl::Status s = ResolveRequestedRank(*rank, *worker);
+                        if (s.ok()) s = RunWorker(*worker);
+                        return s.ok() ? 0 : Fail("worker", s);
+                      }});
+}
+
+}  // namespace tessera::tools
