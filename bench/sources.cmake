@@ -9,3 +9,7 @@ set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/roofline.cc PROPERTIES C
 add_executable(kernels_bench ${CMAKE_CURRENT_SOURCE_DIR}/kernels_bench.cc)
 target_link_libraries(kernels_bench PRIVATE tessera_roofline tessera_kernels benchmark::benchmark)
 tessera_warnings(kernels_bench)
+
+add_executable(ceilings ${CMAKE_CURRENT_SOURCE_DIR}/ceilings_main.cc)
+target_link_libraries(ceilings PRIVATE tessera_roofline)
+tessera_warnings(ceilings)
