@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   std::vector<tessera::tools::Subcommand> commands;
   tessera::tools::AddModelCommands(app, commands);
   tessera::tools::AddTextCommands(app, commands);
+  tessera::tools::AddCompleteCommand(app, commands);
   CLI::App* help_cmd = app.add_subcommand("help", "Show this help");
 
   try {
