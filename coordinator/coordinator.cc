@@ -54,7 +54,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const Coordinato
   scheduler.max_steps_in_flight = c->parallel_.pp_size() > 1 ? c->parallel_.pp_size() : 1;
   c->scheduler_ = std::make_unique<Scheduler>(scheduler, *c->workers_);
   c->rendezvous_ = std::make_unique<RendezvousService>();
-  c->inference_ = std::make_unique<InferenceService>(options.model, c->tokenizer_.get(), *c->scheduler_);
+  c->inference_ = std::make_unique<InferenceService>(options.model, c->tokenizer_, *c->scheduler_);
   c->models_ = std::make_unique<ModelService>(options.model, *c->scheduler_);
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -71,7 +71,7 @@ class Coordinator {
   const CoordinatorOptions options_;
   const ParallelConfig parallel_;
   std::ostream& log_;
-  std::unique_ptr<Tokenizer> tokenizer_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
   std::unique_ptr<WorkerGroup> workers_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<RendezvousService> rendezvous_;

@@ -27,8 +27,11 @@ if ((${#missing[@]})); then
 fi
 
 # Test tools live in .venv/: numpy (the reference Llama), tokenizers and jinja2 (the references for our
-# tokenizer and chat templates). Each entry is "pip-name:import-name".
-python_packages=(numpy:numpy tokenizers:tokenizers jinja2:jinja2)
+# tokenizer and chat templates), grpcio and its tools, health and reflection clients (the gRPC API tests).
+# Each entry is "pip-name:import-name".
+python_packages=(numpy:numpy tokenizers:tokenizers jinja2:jinja2 grpcio:grpc grpcio-tools:grpc_tools
+                 grpcio-health-checking:grpc_health.v1.health_pb2
+                 grpcio-reflection:grpc_reflection.v1alpha.reflection_pb2)
 if [ ! -x .venv/bin/python ]; then
   py=$(command -v python3)
   "$py" -m venv .venv

@@ -22,6 +22,8 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands);
 void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands);
 // tokenize, detokenize, chat-template.
 void AddTextCommands(CLI::App& app, std::vector<Subcommand>& commands);
+// complete: a client of a running server.
+void AddCompleteCommand(CLI::App& app, std::vector<Subcommand>& commands);
 
 // Prints "tessera COMMAND: message" on stderr and returns 1.
 int Fail(const std::string& command, const absl::Status& status);

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   tessera::tools::AddModelCommands(app, commands);
   tessera::tools::AddServeCommands(app, commands);
   tessera::tools::AddTextCommands(app, commands);
+  tessera::tools::AddCompleteCommand(app, commands);
   CLI::App* help_cmd = app.add_subcommand("help", "Show this help");
 
   try {

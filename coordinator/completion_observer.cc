@@ -1,0 +1,107 @@
+// CompletionObserver: engine-thread events into per-choice state; the RPC thread takes what is new.
+#include "coordinator/completion_observer.h"
+
+namespace tessera {
+
+CompletionObserver::CompletionObserver(std::shared_ptr<const Tokenizer> tokenizer, int n,
+                                       const std::vector<std::string>& stop_strings,
+                                       const std::vector<int32_t>& stop_token_ids)
+    : tokenizer_(std::move(tokenizer)) {
+  choices_.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    choices_.emplace_back(CompletionText(tokenizer_.get(), stop_strings, stop_token_ids));
+  }
+}
+
+bool CompletionObserver::OnToken(int index, int32_t token) {
+  if (index < 0 || index >= static_cast<int>(choices_.size())) return true;
+  Choice& choice = choices_[index];
+  // Only this thread uses `completion`. A token after a stop (one already in flight) is not part of the
+  // choice.
+  if (choice.completion.stopped()) return true;
+  {
+    absl::MutexLock lock(&mu_);
+    if (choice.ended) return true;
+  }
+  CompletionText::Delta delta = choice.completion.Add(token);  // outside the lock
+  absl::MutexLock lock(&mu_);
+  choice.token_ids.push_back(token);
+  choice.text += delta.text;
+  news_ = true;
+  return delta.stop;
+}
+
+void CompletionObserver::OnChoiceEnd(int index, FinishReason reason) {
+  if (index < 0 || index >= static_cast<int>(choices_.size())) return;
+  Choice& choice = choices_[index];
+  {
+    absl::MutexLock lock(&mu_);
+    if (choice.ended) return;
+  }
+  std::string rest = choice.completion.Finish();
+  absl::MutexLock lock(&mu_);
+  choice.text += rest;
+  choice.ended = true;
+  choice.finish_reason = reason;
+  news_ = true;
+}
+
+void CompletionObserver::OnDone(const absl::Status& status) {
+  absl::MutexLock lock(&mu_);
+  if (done_.has_value()) return;
+  done_ = status;
+  news_ = true;
+}
+
+CompletionObserver::Events CompletionObserver::Take(absl::Duration timeout) {
+  Events events;
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(&news_), timeout);
+  news_ = false;
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    Choice& choice = choices_[i];
+    const bool new_end = choice.ended && !choice.end_taken;
+    if (choice.tokens_taken == choice.token_ids.size() && choice.text_taken == choice.text.size() &&
+        !new_end) {
+      continue;
+    }
+    ChoiceEvents& out = events.choices.emplace_back();
+    out.index = static_cast<int>(i);
+    out.token_ids.assign(choice.token_ids.begin() + choice.tokens_taken, choice.token_ids.end());
+    out.text = choice.text.substr(choice.text_taken);
+    if (new_end) out.end = choice.finish_reason;
+    out.completion_tokens = static_cast<int>(choice.token_ids.size());
+    choice.tokens_taken = choice.token_ids.size();
+    choice.text_taken = choice.text.size();
+    choice.end_taken = choice.ended;
+  }
+  events.done = done_;
+  return events;
+}
+
+std::optional<absl::Status> CompletionObserver::WaitDone(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_.has_value(); };
+  mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
+  return done_;
+}
+
+std::vector<CompletionObserver::ChoiceResult> CompletionObserver::Results() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<ChoiceResult> results(choices_.size());
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    results[i].token_ids = choices_[i].token_ids;
+    results[i].text = choices_[i].text;
+    results[i].finish_reason = choices_[i].finish_reason;
+  }
+  return results;
+}
+
+int CompletionObserver::CompletionTokens() const {
+  absl::MutexLock lock(&mu_);
+  int total = 0;
+  for (const Choice& choice : choices_) total += static_cast<int>(choice.token_ids.size());
+  return total;
+}
+
+}  // namespace tessera

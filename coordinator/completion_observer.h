@@ -1,0 +1,84 @@
+// CompletionObserver: one completion call's GenerationObserver. On the engine thread it turns each choice's
+// tokens into text (CompletionText, which also answers OnToken's "stop now") and records the events under a
+// mutex; the RPC thread waits for them and takes what is new (streaming) or the whole result (unary).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "coordinator/completion_text.h"
+#include "coordinator/engine.h"
+
+namespace tessera {
+
+class CompletionObserver final : public GenerationObserver {
+ public:
+  // `n` choices, each with its own CompletionText over `tokenizer` (may be null: no text) and the stops. The
+  // observer keeps the tokenizer alive (the engine may hold it after the call is over).
+  CompletionObserver(std::shared_ptr<const Tokenizer> tokenizer, int n,
+                     const std::vector<std::string>& stop_strings,
+                     const std::vector<int32_t>& stop_token_ids);
+
+  // GenerationObserver, called on the engine thread. Calls for an out-of-range index or an ended or stopped
+  // choice are ignored (OnToken then answers true).
+  bool OnToken(int index, int32_t token) override;
+  void OnChoiceEnd(int index, FinishReason reason) override;
+  void OnDone(const absl::Status& status) override;
+
+  // What is new in one choice since the previous Take.
+  struct ChoiceEvents {
+    int index = 0;
+    std::vector<int32_t> token_ids;
+    std::string text;
+    std::optional<FinishReason> end;  // set once, when the choice ended
+    int completion_tokens = 0;        // the choice's tokens so far
+  };
+  struct Events {
+    std::vector<ChoiceEvents> choices;  // choices with news, by index
+    std::optional<absl::Status> done;   // OnDone's status, once it came (and in every later Take)
+  };
+  // Waits up to `timeout` for something new, then takes everything new (possibly nothing). For one reader.
+  Events Take(absl::Duration timeout);
+
+  // Waits up to `timeout` for OnDone; returns its status, or nullopt on timeout.
+  std::optional<absl::Status> WaitDone(absl::Duration timeout);
+
+  struct ChoiceResult {
+    std::vector<int32_t> token_ids;
+    std::string text;
+    FinishReason finish_reason = FinishReason::kLength;
+  };
+  // Every choice's tokens and text so far, by index (complete once OnDone came).
+  std::vector<ChoiceResult> Results() const;
+  // Tokens generated over every choice so far.
+  int CompletionTokens() const;
+
+ private:
+  // One choice: `completion` belongs to the engine thread, the rest is guarded by mu_.
+  struct Choice {
+    explicit Choice(CompletionText text) : completion(std::move(text)) {}
+    CompletionText completion;
+    std::vector<int32_t> token_ids;
+    std::string text;
+    bool ended = false;
+    FinishReason finish_reason = FinishReason::kLength;
+    // What Take has handed out.
+    size_t tokens_taken = 0;
+    size_t text_taken = 0;
+    bool end_taken = false;
+  };
+
+  const std::shared_ptr<const Tokenizer> tokenizer_;
+  mutable absl::Mutex mu_;
+  std::vector<Choice> choices_;             // fixed size
+  bool news_ ABSL_GUARDED_BY(mu_) = false;  // something changed since the last Take
+  std::optional<absl::Status> done_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace tessera

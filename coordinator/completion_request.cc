@@ -1,0 +1,155 @@
+// PrepareCompletion: validation and defaults of a CompleteRequest, in the order a client would fix them:
+// model, sampling fields, prompt, then lengths against the context.
+#include "coordinator/completion_request.h"
+
+#include <algorithm>
+#include <random>
+
+#include "kernels/core/status_macros.h"
+#include "kernels/core/str_cat.h"
+
+namespace tessera {
+namespace {
+
+absl::Status CheckSampling(const v1::CompleteRequest& request, const CompletionLimits& limits) {
+  if (request.has_max_tokens() && request.max_tokens() <= 0) {
+    return absl::InvalidArgumentError(Cat("max_tokens must be positive, got ", request.max_tokens()));
+  }
+  // The negated comparisons also reject NaN.
+  if (request.has_temperature() && !(request.temperature() >= 0.0f)) {
+    return absl::InvalidArgumentError(
+        Cat("temperature must be >= 0 (0 = greedy), got ", request.temperature()));
+  }
+  if (request.has_top_p() && !(request.top_p() > 0.0f && request.top_p() <= 1.0f)) {
+    return absl::InvalidArgumentError(Cat("top_p must be in (0, 1], got ", request.top_p()));
+  }
+  if (request.has_top_k() && request.top_k() < 0) {
+    return absl::InvalidArgumentError(Cat("top_k must be >= 0 (0 = off), got ", request.top_k()));
+  }
+  if (request.has_n() && (request.n() < 1 || request.n() > limits.max_n)) {
+    return absl::InvalidArgumentError(Cat("n must be in [1, ", limits.max_n, "], got ", request.n()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::CompleteRequest& request, const ServedModel& model,
+                                               const Tokenizer* tokenizer) {
+  switch (request.prompt_case()) {
+    case v1::CompleteRequest::kTokenIds: {
+      const auto& ids = request.token_ids().ids();
+      if (ids.empty()) return absl::InvalidArgumentError("prompt token_ids is empty");
+      std::vector<int32_t> prompt(ids.begin(), ids.end());
+      RETURN_IF_ERROR(CheckTokenIds(prompt, model.vocab_size, "prompt token_ids"));
+      return prompt;
+    }
+    case v1::CompleteRequest::kText: {
+      if (request.text().empty()) return absl::InvalidArgumentError("prompt text is empty");
+      if (tokenizer == nullptr) return MissingTokenizerError(model, "text prompts");
+      absl::StatusOr<std::vector<int32_t>> ids =
+          tokenizer->Encode(request.text(), /*add_special_tokens=*/true);
+      if (!ids.ok()) return absl::Status(ids.status().code(), Cat("prompt text: ", ids.status().message()));
+      if (ids->empty()) return absl::InvalidArgumentError("prompt text encodes to no tokens");
+      return ids;
+    }
+    case v1::CompleteRequest::PROMPT_NOT_SET:
+      break;
+  }
+  return absl::InvalidArgumentError("prompt is missing: set prompt text or token_ids");
+}
+
+}  // namespace
+
+absl::Status CheckModelName(const std::string& name, const ServedModel& model, const std::string& field) {
+  if (name.empty() || name == model.id) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      Cat(field, " \"", name, "\" is not served here; this server serves \"", model.id, "\""));
+}
+
+absl::Status CheckTokenIds(const std::vector<int32_t>& ids, int vocab_size, const std::string& field) {
+  constexpr int kNamed = 8;
+  std::string bad;
+  int count = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] >= 0 && ids[i] < vocab_size) continue;
+    if (count++ < kNamed) bad += Cat(bad.empty() ? "" : ", ", field, "[", i, "] = ", ids[i]);
+  }
+  if (count == 0) return absl::OkStatus();
+  if (count > kNamed) bad += Cat(" and ", count - kNamed, " more");
+  return absl::InvalidArgumentError(
+      Cat(bad, count == 1 ? " is" : " are", " outside the vocabulary [0, ", vocab_size, ")"));
+}
+
+absl::Status MissingTokenizerError(const ServedModel& model, const std::string& what) {
+  return absl::FailedPreconditionError(
+      Cat(what, " need the model's tokenizer.json, which ", model.dir, " does not have"));
+}
+
+absl::StatusOr<PreparedCompletion> PrepareCompletion(const v1::CompleteRequest& request,
+                                                     const ServedModel& model, const Tokenizer* tokenizer,
+                                                     const CompletionLimits& limits) {
+  RETURN_IF_ERROR(CheckModelName(request.model(), model, "model"));
+  RETURN_IF_ERROR(CheckSampling(request, limits));
+  std::vector<int32_t> stop_ids(request.stop_token_ids().begin(), request.stop_token_ids().end());
+  RETURN_IF_ERROR(CheckTokenIds(stop_ids, model.vocab_size, "stop_token_ids"));
+
+  PreparedCompletion prepared;
+  for (const std::string& stop : request.stop()) {
+    if (!stop.empty()) prepared.stop_strings.push_back(stop);
+  }
+  if (!prepared.stop_strings.empty() && tokenizer == nullptr)
+    return MissingTokenizerError(model, "stop strings");
+
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(request, model, tokenizer));
+  const int prompt_len = static_cast<int>(prompt.size());
+  const int context = model.max_position_embeddings;
+  if (prompt_len >= context) {
+    return absl::InvalidArgumentError(Cat("prompt has ", prompt_len,
+                                          " tokens but the model's context length is ", context,
+                                          ": no room left to generate"));
+  }
+  const int max_tokens = request.has_max_tokens() ? request.max_tokens() : context - prompt_len;
+  if (static_cast<int64_t>(prompt_len) + max_tokens > context) {
+    return absl::InvalidArgumentError(Cat("prompt (", prompt_len, " tokens) + max_tokens (", max_tokens,
+                                          ") = ", static_cast<int64_t>(prompt_len) + max_tokens,
+                                          " exceeds the model's context length of ", context));
+  }
+
+  prepared.echo = request.echo();
+  if (prepared.echo) {
+    if (request.prompt_case() == v1::CompleteRequest::kText) {
+      prepared.prompt_text = request.text();
+    } else if (tokenizer != nullptr) {
+      absl::StatusOr<std::string> text = tokenizer->Decode(prompt, /*skip_special_tokens=*/false);
+      if (text.ok())
+        prepared.prompt_text = *std::move(text);  // ids beyond the tokenizer's vocabulary: no text
+    }
+  }
+
+  GenerationRequest& out = prepared.request;
+  out.id = request.request_id();
+  out.prompt = std::move(prompt);
+  out.max_tokens = max_tokens;
+  out.n = request.has_n() ? request.n() : 1;
+  SamplingParams& sampling = out.sampling;
+  sampling.temperature =
+      request.has_temperature() ? request.temperature() : model.default_temperature.value_or(0);
+  sampling.top_p = request.has_top_p() ? request.top_p() : model.default_top_p.value_or(1);
+  sampling.top_k = request.has_top_k() ? request.top_k() : model.default_top_k.value_or(0);
+  if (request.has_seed()) {
+    sampling.seed = request.seed();
+  } else {
+    std::random_device device;
+    sampling.seed = (static_cast<uint64_t>(device()) << 32) | device();
+  }
+  out.stop_token_ids = std::move(stop_ids);
+  if (!request.ignore_eos()) {
+    for (int32_t eos : model.eos_token_ids) {
+      if (std::find(out.stop_token_ids.begin(), out.stop_token_ids.end(), eos) == out.stop_token_ids.end()) {
+        out.stop_token_ids.push_back(eos);
+      }
+    }
+  }
+  return prepared;
+}
+
+}  // namespace tessera

@@ -1,0 +1,57 @@
+// PrepareCompletion: a public CompleteRequest checked against the served model and turned into the Engine's
+// GenerationRequest (prompt tokenized, unset sampling fields defaulted, eos ids added to the stop ids), plus
+// what the API layer keeps for the text side (stop strings, echo).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "coordinator/engine.h"
+#include "coordinator/served_model.h"
+#include "coordinator/tokenizer/tokenizer.h"
+#include "tessera/v1/inference.pb.h"
+
+namespace tessera {
+
+struct CompletionLimits {
+  int max_n = 16;  // choices per request
+};
+
+struct PreparedCompletion {
+  GenerationRequest request;  // request.id is the client's request_id (empty: the caller makes one)
+  std::vector<std::string> stop_strings;
+  bool echo = false;
+  std::string
+      prompt_text;  // with echo: the text prompt as given, or the prompt ids decoded (special tokens kept)
+};
+
+// Checks `request` and prepares it. Errors (each message names the field and, for ranges, the numbers):
+// INVALID_ARGUMENT for a `model` this server does not serve, a missing or empty prompt, prompt or stop token
+// ids outside [0, vocab_size), max_tokens <= 0, temperature < 0, top_p outside (0, 1], top_k < 0, n outside
+// [1, limits.max_n], a prompt as long as the context or longer, prompt + max_tokens over the context, and
+// text that is not valid UTF-8; FAILED_PRECONDITION for a text prompt or stop strings when `tokenizer` is
+// null (the model directory has no tokenizer.json). Unset max_tokens is the rest of the context; unset
+// temperature / top_p / top_k take the model's generation_config.json defaults, else greedy; unset seed is
+// random; eos ids join the stop ids unless ignore_eos. Thread-safe.
+[[nodiscard]] absl::StatusOr<PreparedCompletion> PrepareCompletion(const v1::CompleteRequest& request,
+                                                                   const ServedModel& model,
+                                                                   const Tokenizer* tokenizer,
+                                                                   const CompletionLimits& limits);
+
+// OK when `name` is empty or the served model's id; else INVALID_ARGUMENT naming `field`, the name and the
+// served model.
+[[nodiscard]] absl::Status CheckModelName(const std::string& name, const ServedModel& model,
+                                          const std::string& field);
+
+// OK when every id is in [0, vocab_size); else INVALID_ARGUMENT naming `field`, the bad indices and ids (the
+// first few) and the range.
+[[nodiscard]] absl::Status CheckTokenIds(const std::vector<int32_t>& ids, int vocab_size,
+                                         const std::string& field);
+
+// FAILED_PRECONDITION for `what` (e.g. "text prompts") when the model directory has no tokenizer.json.
+[[nodiscard]] absl::Status MissingTokenizerError(const ServedModel& model, const std::string& what);
+
+}  // namespace tessera

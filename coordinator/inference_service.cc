@@ -1,0 +1,232 @@
+// InferenceService and ModelService: requests in, engine events out as API messages.
+#include "coordinator/inference_service.h"
+
+#include <chrono>
+#include <random>
+
+#include "absl/strings/str_format.h"
+#include "kernels/core/status_macros.h"
+#include "kernels/core/str_cat.h"
+
+namespace tessera {
+namespace {
+
+v1::FinishReason ToProto(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+std::string RandomPrefix() {
+  std::random_device device;
+  return absl::StrFormat("cmpl-%08x%08x", device(), device());
+}
+
+void FillUsage(int prompt_tokens, int completion_tokens, v1::Usage& usage) {
+  usage.set_prompt_tokens(prompt_tokens);
+  usage.set_completion_tokens(completion_tokens);
+  usage.set_total_tokens(prompt_tokens + completion_tokens);
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  // absl::StatusCode and grpc::StatusCode share the canonical code numbers.
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+InferenceService::InferenceService(ServedModel model, std::shared_ptr<const Tokenizer> tokenizer,
+                                   Engine& engine, InferenceServiceOptions options)
+    : model_(std::move(model)),
+      tokenizer_(std::move(tokenizer)),
+      engine_(engine),
+      options_(options),
+      id_prefix_(RandomPrefix()) {}
+
+std::string InferenceService::NewRequestId() { return Cat(id_prefix_, "-", next_id_.fetch_add(1)); }
+
+absl::Status InferenceService::Start(const v1::CompleteRequest& request, PreparedCompletion& prepared,
+                                     std::shared_ptr<CompletionObserver>& observer) {
+  ASSIGN_OR_RETURN(prepared, PrepareCompletion(request, model_, tokenizer_.get(), options_.limits));
+  GenerationRequest& generation = prepared.request;
+  if (generation.id.empty()) generation.id = NewRequestId();
+  observer = std::make_shared<CompletionObserver>(tokenizer_, generation.n, prepared.stop_strings,
+                                                  generation.stop_token_ids);
+  GenerationRequest submitted = generation;  // the prepared one keeps its fields for the answer
+  return engine_.Submit(std::move(submitted), observer);
+}
+
+grpc::Status InferenceService::Abandon(const grpc::ServerContext& context, const std::string& request_id) {
+  (void)engine_.Cancel(request_id);  // NOT_FOUND: it ended meanwhile
+  if (context.deadline() <= std::chrono::system_clock::now()) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                        Cat("request ", request_id, " ran past its deadline"));
+  }
+  return grpc::Status(grpc::StatusCode::CANCELLED,
+                      Cat("request ", request_id, " was cancelled by the client"));
+}
+
+grpc::Status InferenceService::Complete(grpc::ServerContext* context, const v1::CompleteRequest* request,
+                                        v1::CompleteResponse* response) {
+  PreparedCompletion prepared;
+  std::shared_ptr<CompletionObserver> observer;
+  if (absl::Status s = Start(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
+  const std::string& id = prepared.request.id;
+
+  std::optional<absl::Status> done;
+  while (!(done = observer->WaitDone(options_.cancel_poll_interval))) {
+    if (context->IsCancelled()) return Abandon(*context, id);
+  }
+  if (!done->ok()) return ToGrpcStatus(*done);
+
+  response->set_request_id(id);
+  response->set_model(model_.id);
+  const std::vector<CompletionObserver::ChoiceResult> results = observer->Results();
+  for (size_t i = 0; i < results.size(); ++i) {
+    v1::Choice* choice = response->add_choices();
+    choice->set_index(static_cast<int>(i));
+    choice->set_text(prepared.echo ? prepared.prompt_text + results[i].text : results[i].text);
+    choice->mutable_token_ids()->Add(results[i].token_ids.begin(), results[i].token_ids.end());
+    choice->set_finish_reason(ToProto(results[i].finish_reason));
+    if (prepared.echo) {
+      choice->mutable_prompt_token_ids()->Add(prepared.request.prompt.begin(), prepared.request.prompt.end());
+    }
+  }
+  FillUsage(static_cast<int>(prepared.request.prompt.size()), observer->CompletionTokens(),
+            *response->mutable_usage());
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::CompleteStream(grpc::ServerContext* context,
+                                              const v1::CompleteRequest* request,
+                                              grpc::ServerWriter<v1::CompleteStreamResponse>* writer) {
+  PreparedCompletion prepared;
+  std::shared_ptr<CompletionObserver> observer;
+  if (absl::Status s = Start(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
+  const std::string& id = prepared.request.id;
+  const int prompt_tokens = static_cast<int>(prepared.request.prompt.size());
+
+  // Messages gathered per wake-up go out together: all but the last with a buffer hint.
+  std::vector<v1::CompleteStreamResponse> batch;
+  const auto flush = [&]() {
+    bool ok = true;
+    for (size_t i = 0; i < batch.size() && ok; ++i) {
+      grpc::WriteOptions options;
+      if (i + 1 < batch.size()) options.set_buffer_hint();
+      ok = writer->Write(batch[i], options);
+    }
+    batch.clear();
+    return ok;
+  };
+
+  v1::StreamHeader* header = batch.emplace_back().mutable_header();
+  header->set_request_id(id);
+  header->set_model(model_.id);
+  header->set_prompt_tokens(prompt_tokens);
+  header->set_num_choices(prepared.request.n);
+  if (prepared.echo && !prepared.prompt_text.empty()) {
+    for (int i = 0; i < prepared.request.n; ++i) {
+      v1::TokenDelta* delta = batch.emplace_back().mutable_delta();
+      delta->set_index(i);
+      delta->set_text(prepared.prompt_text);
+    }
+  }
+  if (!flush()) return Abandon(*context, id);
+
+  while (true) {
+    if (context->IsCancelled()) return Abandon(*context, id);
+    CompletionObserver::Events events = observer->Take(options_.cancel_poll_interval);
+    for (CompletionObserver::ChoiceEvents& choice : events.choices) {
+      if (!choice.token_ids.empty() || !choice.text.empty()) {
+        v1::TokenDelta* delta = batch.emplace_back().mutable_delta();
+        delta->set_index(choice.index);
+        delta->mutable_token_ids()->Add(choice.token_ids.begin(), choice.token_ids.end());
+        delta->set_text(std::move(choice.text));
+      }
+      if (choice.end.has_value()) {
+        v1::ChoiceEnd* end = batch.emplace_back().mutable_end();
+        end->set_index(choice.index);
+        end->set_finish_reason(ToProto(*choice.end));
+        end->set_completion_tokens(choice.completion_tokens);
+      }
+    }
+    if (events.done.has_value() && events.done->ok()) {
+      FillUsage(prompt_tokens, observer->CompletionTokens(),
+                *batch.emplace_back().mutable_trailer()->mutable_usage());
+    }
+    if (!flush()) return Abandon(*context, id);
+    if (events.done.has_value()) return ToGrpcStatus(*events.done);
+  }
+}
+
+grpc::Status InferenceService::Cancel(grpc::ServerContext*, const v1::CancelRequest* request,
+                                      v1::CancelResponse*) {
+  if (request->request_id().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id is empty");
+  }
+  return ToGrpcStatus(engine_.Cancel(request->request_id()));
+}
+
+grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
+                                        v1::TokenizeResponse* response) {
+  if (absl::Status s = CheckModelName(request->model(), model_, "model"); !s.ok()) return ToGrpcStatus(s);
+  if (tokenizer_ == nullptr) return ToGrpcStatus(MissingTokenizerError(model_, "Tokenize"));
+  absl::StatusOr<std::vector<int32_t>> ids =
+      tokenizer_->Encode(request->text(), request->add_special_tokens());
+  if (!ids.ok())
+    return ToGrpcStatus(absl::Status(ids.status().code(), Cat("text: ", ids.status().message())));
+  response->mutable_token_ids()->Add(ids->begin(), ids->end());
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::Detokenize(grpc::ServerContext*, const v1::DetokenizeRequest* request,
+                                          v1::DetokenizeResponse* response) {
+  if (absl::Status s = CheckModelName(request->model(), model_, "model"); !s.ok()) return ToGrpcStatus(s);
+  if (tokenizer_ == nullptr) return ToGrpcStatus(MissingTokenizerError(model_, "Detokenize"));
+  const std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
+  if (absl::Status s = CheckTokenIds(ids, tokenizer_->vocab_size(), "token_ids"); !s.ok())
+    return ToGrpcStatus(s);
+  absl::StatusOr<std::string> text = tokenizer_->Decode(ids, request->skip_special_tokens());
+  if (!text.ok()) return ToGrpcStatus(text.status());
+  response->set_text(*std::move(text));
+  return grpc::Status::OK;
+}
+
+void ModelService::Describe(v1::Model& out) const {
+  out.set_id(model_.id);
+  out.set_max_context_length(model_.max_position_embeddings);
+  out.set_vocab_size(model_.vocab_size);
+  out.set_tp_size(model_.tp_size);
+  out.set_pp_size(model_.pp_size);
+  out.set_num_layers(model_.num_layers);
+  out.set_device(model_.device);
+  out.set_ready(engine_.ready());
+}
+
+grpc::Status ModelService::ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                                      v1::ListModelsResponse* response) {
+  Describe(*response->add_models());
+  return grpc::Status::OK;
+}
+
+grpc::Status ModelService::GetModel(grpc::ServerContext*, const v1::GetModelRequest* request,
+                                    v1::Model* response) {
+  if (request->id().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "id is empty (ListModels lists the served models)");
+  }
+  if (request->id() != model_.id) {
+    return grpc::Status(
+        grpc::StatusCode::NOT_FOUND,
+        Cat("model \"", request->id(), "\" is not served here; this server serves \"", model_.id, "\""));
+  }
+  Describe(*response);
+  return grpc::Status::OK;
+}
+
+}  // namespace tessera

@@ -1,0 +1,98 @@
+// The public gRPC API (tessera.v1): InferenceService (completions, cancel, tokenize) and ModelService, over
+// an Engine. The services check and prepare requests, run the text side of generation (detokenization, stop
+// strings) on the engine's events, and answer in the API's messages and status codes.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "coordinator/completion_observer.h"
+#include "coordinator/completion_request.h"
+#include "coordinator/engine.h"
+#include "coordinator/served_model.h"
+#include "coordinator/tokenizer/tokenizer.h"
+#include "tessera/v1/inference.grpc.pb.h"
+#include "tessera/v1/model.grpc.pb.h"
+
+namespace tessera {
+
+// The gRPC status of an absl::Status: the same code and message. The one conversion every service uses.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+struct InferenceServiceOptions {
+  CompletionLimits limits;  // max n
+  // How often a waiting call checks whether its client cancelled or its deadline passed.
+  absl::Duration cancel_poll_interval = absl::Milliseconds(5);
+};
+
+// Thread-safe (gRPC's sync server calls it from many threads). The engine must outlive the service.
+class InferenceService final : public v1::InferenceService::Service {
+ public:
+  // `tokenizer` is null when the model directory has no tokenizer.json: text prompts, stop strings, Tokenize
+  // and Detokenize then fail with FAILED_PRECONDITION naming the file; token id prompts still work (with no
+  // text in the answers).
+  InferenceService(ServedModel model, std::shared_ptr<const Tokenizer> tokenizer, Engine& engine,
+                   InferenceServiceOptions options = {});
+
+  // Errors: PrepareCompletion's (INVALID_ARGUMENT naming the field, FAILED_PRECONDITION); Engine::Submit's
+  // (RESOURCE_EXHAUSTED, UNAVAILABLE, ALREADY_EXISTS for a running request_id, ...); a failed generation's
+  // (UNAVAILABLE for a failed worker, CANCELLED after Cancel). When the client cancels or its deadline passes
+  // the request is cancelled in the engine (its KV blocks freed) and the call ends.
+  grpc::Status Complete(grpc::ServerContext* context, const v1::CompleteRequest* request,
+                        v1::CompleteResponse* response) override;
+  // As Complete, streamed: one StreamHeader, TokenDeltas as tokens arrive (with echo, a first delta per
+  // choice holds the prompt text), one ChoiceEnd per choice after its last delta, one StreamTrailer with
+  // usage. An error after the header ends the stream with that status.
+  grpc::Status CompleteStream(grpc::ServerContext* context, const v1::CompleteRequest* request,
+                              grpc::ServerWriter<v1::CompleteStreamResponse>* writer) override;
+  // Engine::Cancel: NOT_FOUND when no such request is queued or running; INVALID_ARGUMENT for an empty id.
+  grpc::Status Cancel(grpc::ServerContext* context, const v1::CancelRequest* request,
+                      v1::CancelResponse* response) override;
+  // Errors: INVALID_ARGUMENT for another model or text that is not valid UTF-8; FAILED_PRECONDITION without a
+  // tokenizer.
+  grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
+                        v1::TokenizeResponse* response) override;
+  // Errors: INVALID_ARGUMENT for another model or ids outside the tokenizer's vocabulary (naming them);
+  // FAILED_PRECONDITION without a tokenizer.
+  grpc::Status Detokenize(grpc::ServerContext* context, const v1::DetokenizeRequest* request,
+                          v1::DetokenizeResponse* response) override;
+
+ private:
+  // Prepares `request` (making a request id when it has none) and submits it with a new observer.
+  absl::Status Start(const v1::CompleteRequest& request, PreparedCompletion& prepared,
+                     std::shared_ptr<CompletionObserver>& observer);
+  // The client cancelled or its deadline passed: cancels the request in the engine; returns the call's end.
+  grpc::Status Abandon(const grpc::ServerContext& context, const std::string& request_id);
+  // A request id no other call of this service has made.
+  std::string NewRequestId();
+
+  const ServedModel model_;
+  const std::shared_ptr<const Tokenizer> tokenizer_;
+  Engine& engine_;
+  const InferenceServiceOptions options_;
+  const std::string id_prefix_;  // random per service: ids differ across restarts
+  std::atomic<uint64_t> next_id_{0};
+};
+
+// ListModels / GetModel for the served model; `ready` is engine.ready(). The engine must outlive the service.
+class ModelService final : public v1::ModelService::Service {
+ public:
+  ModelService(ServedModel model, const Engine& engine) : model_(std::move(model)), engine_(engine) {}
+
+  grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest* request,
+                          v1::ListModelsResponse* response) override;
+  // NOT_FOUND for a model this server does not serve; INVALID_ARGUMENT for an empty id.
+  grpc::Status GetModel(grpc::ServerContext* context, const v1::GetModelRequest* request,
+                        v1::Model* response) override;
+
+ private:
+  void Describe(v1::Model& out) const;
+
+  const ServedModel model_;
+  const Engine& engine_;
+};
+
+}  // namespace tessera

@@ -1,0 +1,318 @@
+"""The public gRPC API of `tessera serve`, end to end through grpcio: Complete and CompleteStream, Cancel,
+deadlines, bad arguments, health, reflection, Tokenize / Detokenize against Hugging Face `tokenizers`, and the
+model list. It starts a real server on a tiny random-weight model (tp=1, pp=1) on a port the OS picks.
+
+Python stubs are generated from proto/ with grpc_tools.protoc into a temporary directory.
+
+usage: .venv/bin/python tests/api/grpc_api_test.py --tessera build/tessera --workdir DIR
+"""
+import argparse
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tokenizers import Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llama-3.1-tokenizer")
+READY_TIMEOUT_S = 120
+ARGS = None
+pb = None  # the generated modules, set by GenerateStubs
+
+
+def GenerateStubs(out_dir):
+    """Generates tessera/v1/*_pb2(_grpc).py from proto/ and imports them."""
+    from grpc_tools import protoc
+    import grpc_tools
+
+    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    protos = ["tessera/v1/inference.proto", "tessera/v1/model.proto"]
+    rc = protoc.main(["grpc_tools.protoc", f"-I{os.path.join(ROOT, 'proto')}", f"-I{well_known}",
+                      f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", *protos])
+    if rc != 0:
+        raise RuntimeError(f"grpc_tools.protoc failed ({rc}) on {protos}")
+    sys.path.insert(0, out_dir)
+    from tessera.v1 import inference_pb2, inference_pb2_grpc, model_pb2, model_pb2_grpc
+
+    class Modules:
+        pass
+
+    modules = Modules()
+    modules.inference, modules.inference_grpc = inference_pb2, inference_pb2_grpc
+    modules.model, modules.model_grpc = model_pb2, model_pb2_grpc
+    return modules
+
+
+class Server:
+    """`tessera serve` as a child process; its stdout is read until the ready event (and drained after)."""
+
+    def __init__(self, model_dir, log_path):
+        self.log = open(log_path, "w")
+        argv = [ARGS.tessera, "serve", "--model", model_dir, "--tp", "1", "--pp", "1", "--grpc-port", "0"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.lines = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.ready = self._await_ready()
+        self.address = f"127.0.0.1:{self.ready['grpc_port']}"
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _await_ready(self):
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                self.stop()
+                raise AssertionError(f"tessera serve exited with {self.proc.returncode} before it was ready; "
+                                     f"stderr: {self.stderr_tail()}")
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == "ready" and "grpc_port" in event:
+                return event
+        self.stop()
+        raise AssertionError(f"tessera serve printed no ready event within {READY_TIMEOUT_S} s; "
+                             f"stderr: {self.stderr_tail()}")
+
+    def stderr_tail(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log.name, errors="replace") as f:
+            return f.read()[-2000:]
+
+    def stop(self):
+        """SIGTERM, then SIGKILL after 10 s. Returns whether it exited on SIGTERM in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+            clean = True
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            clean = False
+        self.reader.join(timeout=5)  # the pipe is at its end once the process is gone
+        if not self.reader.is_alive():
+            self.proc.stdout.close()
+        self.log.close()
+        return clean
+
+
+def RunTessera(*argv):
+    result = subprocess.run([ARGS.tessera, *argv], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise AssertionError(f"tessera {' '.join(argv)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+class GrpcApiTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        global pb
+        shutil.rmtree(ARGS.workdir, ignore_errors=True)
+        os.makedirs(ARGS.workdir)
+        cls.stubs_dir = tempfile.mkdtemp(prefix="tessera-stubs-")
+        pb = GenerateStubs(cls.stubs_dir)
+        cls.model_dir = os.path.join(ARGS.workdir, "tiny")
+        RunTessera("make-model", "--preset", "tiny", "--tokenizer", TOKENIZER_DIR, "--out", cls.model_dir,
+                   "--seed", "3")
+        cls.hf = Tokenizer.from_file(os.path.join(cls.model_dir, "tokenizer.json"))
+        cls.server = Server(cls.model_dir, os.path.join(ARGS.workdir, "serve.stderr"))
+        try:
+            cls.channel = grpc.insecure_channel(cls.server.address)
+            grpc.channel_ready_future(cls.channel).result(timeout=30)
+        except BaseException:
+            cls.tearDownClass()  # unittest skips it when setUpClass fails: never leave the server running
+            raise
+        cls.inference = pb.inference_grpc.InferenceServiceStub(cls.channel)
+        cls.models = pb.model_grpc.ModelServiceStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        if hasattr(cls, "channel"):
+            cls.channel.close()
+        clean = cls.server.stop() if hasattr(cls, "server") else True
+        shutil.rmtree(cls.stubs_dir, ignore_errors=True)
+        if not clean:
+            raise AssertionError("tessera serve did not exit within 10 s of SIGTERM (killed)")
+
+    def Request(self, **fields):
+        fields.setdefault("text", "The capital of France is")
+        fields.setdefault("max_tokens", 8)
+        fields.setdefault("temperature", 0.0)
+        if "token_ids" in fields:
+            fields.pop("text")
+            fields["token_ids"] = pb.inference.TokenIds(ids=fields["token_ids"])
+        return pb.inference.CompleteRequest(**fields)
+
+    def Stream(self, request, timeout=60):
+        return list(self.inference.CompleteStream(request, timeout=timeout))
+
+    def assertRpcError(self, call, code, *parts):
+        with self.assertRaises(grpc.RpcError) as caught:
+            call()
+        self.assertEqual(caught.exception.code(), code, caught.exception.details())
+        for part in parts:
+            self.assertIn(part, caught.exception.details())
+        return caught.exception
+
+    def test_complete_answers_the_decoded_tokens_and_usage(self):
+        prompt = "The capital of France is"
+        response = self.inference.Complete(self.Request(text=prompt), timeout=60)
+        self.assertTrue(response.request_id)
+        self.assertEqual(response.model, os.path.basename(self.model_dir))
+        self.assertEqual(len(response.choices), 1)
+        choice = response.choices[0]
+        self.assertGreater(len(choice.token_ids), 0)
+        self.assertLessEqual(len(choice.token_ids), 8)
+        self.assertIn(choice.finish_reason, (pb.inference.FINISH_REASON_LENGTH, pb.inference.FINISH_REASON_STOP))
+        self.assertEqual(choice.text, self.hf.decode(list(choice.token_ids), skip_special_tokens=True))
+        prompt_tokens = len(self.hf.encode(prompt, add_special_tokens=True).ids)
+        self.assertEqual(response.usage.prompt_tokens, prompt_tokens)
+        self.assertEqual(response.usage.completion_tokens, len(choice.token_ids))
+        self.assertEqual(response.usage.total_tokens, prompt_tokens + len(choice.token_ids))
+        # Greedy is deterministic, and a prompt given as ids gives the same tokens.
+        ids = self.hf.encode(prompt, add_special_tokens=True).ids
+        again = self.inference.Complete(self.Request(token_ids=ids), timeout=60)
+        self.assertEqual(list(again.choices[0].token_ids), list(choice.token_ids))
+
+    def test_stream_is_header_deltas_ends_trailer_and_matches_unary(self):
+        request = self.Request(max_tokens=12, ignore_eos=True)
+        unary = self.inference.Complete(request, timeout=60).choices[0]
+        events = self.Stream(request)
+        kinds = [e.WhichOneof("event") for e in events]
+        self.assertEqual(kinds[0], "header")
+        self.assertEqual(kinds[-1], "trailer")
+        self.assertEqual(kinds[-2], "end")
+        self.assertEqual(kinds.count("header"), 1)
+        self.assertEqual(kinds.count("end"), 1)
+        self.assertEqual(set(kinds[1:-2]), {"delta"})
+        header = events[0].header
+        self.assertTrue(header.request_id)
+        self.assertEqual(header.num_choices, 1)
+        self.assertEqual(header.prompt_tokens, len(self.hf.encode("The capital of France is").ids))
+        deltas = [e.delta for e in events if e.HasField("delta")]
+        self.assertEqual("".join(d.text for d in deltas), unary.text)
+        self.assertEqual([t for d in deltas for t in d.token_ids], list(unary.token_ids))
+        self.assertEqual(events[-2].end.finish_reason, pb.inference.FINISH_REASON_LENGTH)
+        self.assertEqual(events[-2].end.completion_tokens, 12)
+        self.assertEqual(events[-1].trailer.usage.completion_tokens, 12)
+
+    def test_n_choices_come_with_their_indices(self):
+        response = self.inference.Complete(self.Request(n=2, temperature=1.0, seed=7, max_tokens=4), timeout=60)
+        self.assertEqual([c.index for c in response.choices], [0, 1])
+        ends = [e.end.index for e in self.Stream(self.Request(n=2, temperature=1.0, seed=7, max_tokens=4))
+                if e.HasField("end")]
+        self.assertEqual(sorted(ends), [0, 1])
+
+    def test_cancel_ends_a_running_stream(self):
+        request = self.Request(request_id="py-cancel", max_tokens=20000, ignore_eos=True)
+        stream = self.inference.CompleteStream(request, timeout=120)
+        self.assertEqual(next(stream).WhichOneof("event"), "header")
+        self.assertEqual(next(stream).WhichOneof("event"), "delta")
+        self.inference.Cancel(pb.inference.CancelRequest(request_id="py-cancel"), timeout=10)
+        self.assertRpcError(lambda: list(stream), grpc.StatusCode.CANCELLED)
+        self.assertRpcError(lambda: self.inference.Cancel(pb.inference.CancelRequest(request_id="py-cancel")),
+                            grpc.StatusCode.NOT_FOUND)
+
+    def test_a_deadline_ends_the_call_and_the_server_stops_the_request(self):
+        request = self.Request(request_id="py-deadline", max_tokens=20000, ignore_eos=True)
+        self.assertRpcError(lambda: self.inference.Complete(request, timeout=0.5), grpc.StatusCode.DEADLINE_EXCEEDED)
+        time.sleep(1)
+        self.assertRpcError(lambda: self.inference.Cancel(pb.inference.CancelRequest(request_id="py-deadline")),
+                            grpc.StatusCode.NOT_FOUND)
+        # The server still serves.
+        self.assertEqual(len(self.inference.Complete(self.Request(max_tokens=2), timeout=60).choices), 1)
+
+    def test_bad_arguments_are_invalid_argument_naming_the_field(self):
+        cases = [
+            (dict(model="no-such-model"), ["model", "no-such-model"]),
+            (dict(text=""), ["prompt text"]),
+            (dict(token_ids=[128000, 128256]), ["prompt token_ids[1] = 128256"]),
+            (dict(max_tokens=0), ["max_tokens"]),
+            (dict(temperature=-1.0), ["temperature"]),
+            (dict(top_p=1.5), ["top_p"]),
+            (dict(top_k=-1), ["top_k"]),
+            (dict(n=17), ["n must be in [1, 16]"]),
+            (dict(max_tokens=200000), ["max_tokens (200000)", "131072"]),
+        ]
+        for fields, parts in cases:
+            with self.subTest(fields=fields):
+                request = self.Request(**fields)
+                self.assertRpcError(lambda: self.inference.Complete(request, timeout=30),
+                                    grpc.StatusCode.INVALID_ARGUMENT, *parts)
+                self.assertRpcError(lambda: self.Stream(request, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, *parts)
+        no_prompt = pb.inference.CompleteRequest(max_tokens=4)
+        self.assertRpcError(lambda: self.inference.Complete(no_prompt, timeout=30), grpc.StatusCode.INVALID_ARGUMENT,
+                            "prompt")
+
+    def test_health_reports_serving(self):
+        health = health_pb2_grpc.HealthStub(self.channel)
+        for service in ("", "tessera.v1.InferenceService"):
+            with self.subTest(service=service):
+                answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                self.assertEqual(answer.status, health_pb2.HealthCheckResponse.SERVING)
+
+    def test_reflection_lists_the_services(self):
+        reflection = reflection_pb2_grpc.ServerReflectionStub(self.channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        answers = list(reflection.ServerReflectionInfo(iter([request]), timeout=10))
+        names = {s.name for a in answers for s in a.list_services_response.service}
+        self.assertIn("tessera.v1.InferenceService", names)
+        self.assertIn("tessera.v1.ModelService", names)
+
+    def test_tokenize_and_detokenize_match_hugging_face(self):
+        for text in ["Hello world!", "héllo 東京 😀 <|eot_id|> tabs\tand\nlines", "  leading spaces", "x" * 300]:
+            for special in (False, True):
+                with self.subTest(text=text[:20], add_special_tokens=special):
+                    got = self.inference.Tokenize(pb.inference.TokenizeRequest(text=text, add_special_tokens=special),
+                                                  timeout=10)
+                    expected = self.hf.encode(text, add_special_tokens=special).ids
+                    self.assertEqual(list(got.token_ids), expected)
+                    for skip in (False, True):
+                        back = self.inference.Detokenize(
+                            pb.inference.DetokenizeRequest(token_ids=expected, skip_special_tokens=skip), timeout=10)
+                        self.assertEqual(back.text, self.hf.decode(expected, skip_special_tokens=skip))
+        self.assertRpcError(
+            lambda: self.inference.Detokenize(pb.inference.DetokenizeRequest(token_ids=[1, 999999]), timeout=10),
+            grpc.StatusCode.INVALID_ARGUMENT, "token_ids[1] = 999999")
+
+    def test_models_lists_the_served_model(self):
+        models = self.models.ListModels(pb.model.ListModelsRequest(), timeout=10).models
+        self.assertEqual(len(models), 1)
+        model = models[0]
+        self.assertEqual(model.id, os.path.basename(self.model_dir))
+        self.assertEqual(model.max_context_length, 131072)
+        self.assertEqual(model.vocab_size, 128256)
+        self.assertEqual((model.tp_size, model.pp_size, model.num_layers), (1, 1, 4))
+        self.assertTrue(model.ready)
+        self.assertEqual(self.models.GetModel(pb.model.GetModelRequest(id=model.id), timeout=10).id, model.id)
+        self.assertRpcError(lambda: self.models.GetModel(pb.model.GetModelRequest(id="no-such-model"), timeout=10),
+                            grpc.StatusCode.NOT_FOUND, "no-such-model")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tessera", required=True, help="the tessera executable")
+    parser.add_argument("--workdir", required=True, help="scratch directory (emptied first)")
+    ARGS, rest = parser.parse_known_args()
+    unittest.main(argv=[sys.argv[0], *rest], verbosity=2)

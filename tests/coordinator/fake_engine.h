@@ -1,0 +1,166 @@
+// FakeEngine: a scripted Engine for the API layer's tests. Each submitted request plays its script on its own
+// thread, calling the observer as the real engine does (tokens step by step over every choice, a choice ends
+// at a stop id, a "stop now" answer, max_tokens or the end of its script, then OnDone), and honours Cancel.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "coordinator/engine.h"
+#include "kernels/core/str_cat.h"
+
+namespace tessera::testing {
+
+struct ScriptedChoice {
+  std::vector<int32_t> tokens;
+  FinishReason end = FinishReason::kLength;  // when the script runs out
+};
+
+struct EngineScript {
+  std::vector<ScriptedChoice> choices = {{}};  // choice i plays choices[i % size]
+  absl::Status submit_status;                  // not OK: Submit fails with it
+  int fail_after_steps = -1;                   // >= 0: OnDone(fail_status) after that many steps
+  absl::Status fail_status = absl::UnavailableError("worker 1 failed");
+  bool hang = false;  // after the scripted tokens, wait for Cancel instead of ending the choices
+  std::chrono::milliseconds step_delay{1};
+};
+
+// A script that plays `choices` to the end.
+inline EngineScript ScriptOf(std::vector<ScriptedChoice> choices) {
+  EngineScript script;
+  script.choices = std::move(choices);
+  return script;
+}
+
+class FakeEngine final : public Engine {
+ public:
+  ~FakeEngine() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      shutting_down_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+
+  void SetScript(EngineScript script) {
+    std::lock_guard<std::mutex> lock(mu_);
+    script_ = std::move(script);
+  }
+  void set_ready(bool ready) { ready_ = ready; }
+
+  absl::Status Submit(GenerationRequest request, std::shared_ptr<GenerationObserver> observer) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    requests_.push_back(request);
+    if (!script_.submit_status.ok()) return script_.submit_status;
+    if (running_.contains(request.id))
+      return absl::AlreadyExistsError(Cat("request ", request.id, " is running"));
+    running_[request.id] = false;
+    threads_.emplace_back([this, request = std::move(request), observer, script = script_] {
+      Play(request, *observer, script);
+    });
+    return absl::OkStatus();
+  }
+
+  absl::Status Cancel(const std::string& request_id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancels_.push_back(request_id);
+    auto it = running_.find(request_id);
+    if (it == running_.end()) return absl::NotFoundError(Cat("no request ", request_id));
+    it->second = true;
+    cv_.notify_all();
+    return absl::OkStatus();
+  }
+
+  bool ready() const override { return ready_; }
+
+  std::vector<GenerationRequest> requests() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return requests_;
+  }
+  // Whether Cancel(request_id) was called within `timeout`.
+  bool WaitForCancel(const std::string& request_id, std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] {
+      return std::find(cancels_.begin(), cancels_.end(), request_id) != cancels_.end();
+    });
+  }
+  // Whether the request has stopped running (OnDone sent) within `timeout`.
+  bool WaitForDone(const std::string& request_id, std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return !running_.contains(request_id); });
+  }
+  // Whether `request_id` is queued or running.
+  bool Running(const std::string& request_id) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return running_.contains(request_id);
+  }
+
+ private:
+  void Finish(const std::string& id, GenerationObserver& observer, const absl::Status& status) {
+    observer.OnDone(status);
+    std::lock_guard<std::mutex> lock(mu_);
+    running_.erase(id);
+    cv_.notify_all();
+  }
+
+  bool Cancelled(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return running_[id] || shutting_down_;
+  }
+
+  void Play(const GenerationRequest& request, GenerationObserver& observer, const EngineScript& script) {
+    std::vector<bool> ended(request.n, false);
+    for (int step = 0;; ++step) {
+      if (Cancelled(request.id)) return Finish(request.id, observer, absl::CancelledError("cancelled"));
+      if (step == script.fail_after_steps) return Finish(request.id, observer, script.fail_status);
+      bool emitted = false;
+      for (int i = 0; i < request.n; ++i) {
+        if (ended[i]) continue;
+        const ScriptedChoice& choice = script.choices[i % script.choices.size()];
+        if (step >= static_cast<int>(choice.tokens.size())) {
+          if (script.hang) continue;
+          observer.OnChoiceEnd(i, choice.end);
+          ended[i] = true;
+          continue;
+        }
+        emitted = true;
+        const int32_t token = choice.tokens[step];
+        const bool stop_id = std::find(request.stop_token_ids.begin(), request.stop_token_ids.end(), token) !=
+                             request.stop_token_ids.end();
+        const bool stop_now = observer.OnToken(i, token);
+        if (stop_id || stop_now || step + 1 == request.max_tokens) {
+          observer.OnChoiceEnd(i, stop_id || stop_now ? FinishReason::kStop : FinishReason::kLength);
+          ended[i] = true;
+        }
+      }
+      if (std::all_of(ended.begin(), ended.end(), [](bool e) { return e; })) {
+        return Finish(request.id, observer, absl::OkStatus());
+      }
+      if (!emitted) {  // hanging: nothing more until Cancel
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return running_[request.id] || shutting_down_; });
+        continue;
+      }
+      std::this_thread::sleep_for(script.step_delay);
+    }
+  }
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  EngineScript script_;
+  std::vector<GenerationRequest> requests_;
+  std::vector<std::string> cancels_;
+  std::map<std::string, bool> running_;  // id -> cancelled
+  std::vector<std::thread> threads_;
+  bool shutting_down_ = false;
+  std::atomic<bool> ready_{true};
+};
+
+}  // namespace tessera::testing
