@@ -140,9 +140,23 @@ struct DecodeResult {
   int context_start = 0;
 };
 
+// Gives each sequence the KV blocks its tokens need (the coordinator's block manager does this in serving).
+void Cover(BlockAllocator& blocks, const std::vector<Sequence*>& seqs) {
+  for (Sequence* seq : seqs) {
+    if (absl::Status s = blocks.Cover(static_cast<int64_t>(seq->tokens.size()), seq->block_table); !s.ok())
+      Die(s);
+  }
+}
+
+void Release(BlockAllocator& blocks, Sequence& seq) {
+  blocks.Free(seq.block_table);
+  seq.block_table.clear();
+}
+
 // Median seconds of one decode step (Forward + greedy SampleAndAppend, which waits for the device) for
 // `batch` sequences whose prompts of `context` tokens are first prefilled in groups that fit max_num_tokens.
-DecodeResult TimeDecode(ModelRunner& runner, int batch, int context, int max_tokens, int warmup, int steps) {
+DecodeResult TimeDecode(ModelRunner& runner, BlockAllocator& blocks, int batch, int context, int max_tokens,
+                        int warmup, int steps) {
   std::vector<Sequence> seqs(batch);
   std::vector<Sequence*> all;
   for (int i = 0; i < batch; ++i) {
@@ -153,18 +167,20 @@ DecodeResult TimeDecode(ModelRunner& runner, int batch, int context, int max_tok
   const int group = std::max(1, max_tokens / context);
   for (int first = 0; first < batch; first += group) {
     std::vector<Sequence*> part(all.begin() + first, all.begin() + std::min(batch, first + group));
+    Cover(blocks, part);
     Tensor logits = OrDie(runner.Forward(part));
     runner.SampleAndAppend(logits, part);
   }
   std::vector<double> times;
   for (int s = 0; s < warmup + steps; ++s) {
     auto t0 = Clock::now();
+    Cover(blocks, all);
     Tensor logits = OrDie(runner.Forward(all));
     runner.SampleAndAppend(logits, all);
     runner.backend().Synchronize();
     if (s >= warmup) times.push_back(Seconds(t0, Clock::now()));
   }
-  for (Sequence& s : seqs) runner.Release(s);
+  for (Sequence& s : seqs) Release(blocks, s);
   DecodeResult r;
   r.batch = batch;
   r.median_s = Median(times);
@@ -174,17 +190,18 @@ DecodeResult TimeDecode(ModelRunner& runner, int batch, int context, int max_tok
 }
 
 // Median seconds of one prefill of a `tokens`-token prompt (one warm-up first).
-double TimePrefill(ModelRunner& runner, int tokens, int repeats) {
+double TimePrefill(ModelRunner& runner, BlockAllocator& blocks, int tokens, int repeats) {
   std::vector<double> times;
   for (int r = 0; r < repeats + 1; ++r) {
     Sequence seq;
     seq.tokens = RandomPrompt(tokens, runner.config().vocab_size, 99 + r);
     seq.num_prompt_tokens = tokens;
+    Cover(blocks, {&seq});
     auto t0 = Clock::now();
     OrDie(runner.Forward({&seq}));
     runner.backend().Synchronize();
     if (r > 0) times.push_back(Seconds(t0, Clock::now()));
-    runner.Release(seq);
+    Release(blocks, seq);
   }
   return Median(times);
 }
@@ -222,9 +239,11 @@ int Main(int argc, char** argv) {
   options.model.max_num_tokens = std::max(o.prefill_tokens, o.context);
   options.model.max_num_seqs = max_batch;
   const int blocks_per_seq = (o.context + 1 + warmup + o.steps + 15) / 16 + 1;
-  options.num_kv_blocks = max_batch * blocks_per_seq + (o.prefill_tokens + 15) / 16 + 8;
+  const int num_blocks = max_batch * blocks_per_seq + (o.prefill_tokens + 15) / 16 + 8;
   auto t_load = Clock::now();
   std::unique_ptr<ModelRunner> runner = OrDie(ModelRunner::Create(checkpoint, *backend, options));
+  if (absl::Status s = runner->AllocateKvCache(num_blocks); !s.ok()) Die(s);
+  BlockAllocator blocks(num_blocks);
   backend->Synchronize();
   const double load_seconds = Seconds(t_load, Clock::now());
 
@@ -264,7 +283,8 @@ int Main(int argc, char** argv) {
 
   std::vector<DecodeResult> decodes;
   for (int batch : o.batches) {
-    decodes.push_back(TimeDecode(*runner, batch, o.context, options.model.max_num_tokens, warmup, o.steps));
+    decodes.push_back(
+        TimeDecode(*runner, blocks, batch, o.context, options.model.max_num_tokens, warmup, o.steps));
     const DecodeResult& d = decodes.back();
     std::fprintf(stderr, "gpu_bench: decode batch %d: %.3f ms/step (median of %d), min %.3f ms\n", batch,
                  d.median_s * 1e3, o.steps, d.min_s * 1e3);
@@ -286,7 +306,7 @@ int Main(int argc, char** argv) {
   // square).
   const double prefill_flops = 2.0 * t * counts.layer_matmul_params + 2.0 * c.hidden_size * c.vocab_size +
                                2.0 * c.num_hidden_layers * q * double(t) * double(t);
-  const double prefill_s = TimePrefill(*runner, o.prefill_tokens, 3);
+  const double prefill_s = TimePrefill(*runner, blocks, o.prefill_tokens, 3);
   const double prefill_tflops = prefill_flops / prefill_s / 1e12;
   out["prefill"] = {{"tokens", o.prefill_tokens},
                     {"ms", prefill_s * 1e3},

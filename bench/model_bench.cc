@@ -25,8 +25,21 @@ using bench::OrDie;
 using bench::RandomPrompt;
 using bench::Seconds;
 
+// Gives each sequence the KV blocks its tokens need (the coordinator's block manager does this in serving).
+void Cover(BlockAllocator& blocks, const std::vector<Sequence*>& seqs) {
+  for (Sequence* seq : seqs) {
+    if (absl::Status s = blocks.Cover(static_cast<int64_t>(seq->tokens.size()), seq->block_table); !s.ok())
+      Die(s);
+  }
+}
+
+void Release(BlockAllocator& blocks, Sequence& seq) {
+  blocks.Free(seq.block_table);
+  seq.block_table.clear();
+}
+
 // Seconds per decode step for `batch` sequences with a 32-token context, best of `steps` steps.
-double DecodeStepSeconds(ModelRunner& runner, int batch, int steps) {
+double DecodeStepSeconds(ModelRunner& runner, BlockAllocator& blocks, int batch, int steps) {
   std::vector<Sequence> seqs(batch);
   std::vector<Sequence*> ptrs;
   for (int i = 0; i < batch; ++i) {
@@ -34,30 +47,33 @@ double DecodeStepSeconds(ModelRunner& runner, int batch, int steps) {
     seqs[i].num_prompt_tokens = 32;
     ptrs.push_back(&seqs[i]);
   }
+  Cover(blocks, ptrs);
   Tensor logits = OrDie(runner.Forward(ptrs));
   runner.SampleAndAppend(logits, ptrs);
   double best = 1e30;
   for (int s = 0; s < steps; ++s) {
     auto t0 = Clock::now();
+    Cover(blocks, ptrs);
     logits = OrDie(runner.Forward(ptrs));
     runner.SampleAndAppend(logits, ptrs);
     best = std::min(best, Seconds(t0, Clock::now()));
   }
-  for (Sequence& s : seqs) runner.Release(s);
+  for (Sequence& s : seqs) Release(blocks, s);
   return best;
 }
 
-double PrefillSeconds(ModelRunner& runner, int tokens, int repeats) {
+double PrefillSeconds(ModelRunner& runner, BlockAllocator& blocks, int tokens, int repeats) {
   double best = 1e30;
   for (int r = 0; r < repeats; ++r) {
     Sequence seq;
     seq.tokens = RandomPrompt(tokens, runner.config().vocab_size, 99 + r);
     seq.num_prompt_tokens = tokens;
+    Cover(blocks, {&seq});
     auto t0 = Clock::now();
     OrDie(runner.Forward({&seq}));
     runner.backend().Synchronize();
     best = std::min(best, Seconds(t0, Clock::now()));
-    runner.Release(seq);
+    Release(blocks, seq);
   }
   return best;
 }
@@ -97,8 +113,10 @@ int Main(int argc, char** argv) {
   ModelRunnerOptions options;
   options.model.max_num_tokens = 32 * 32;  // the batch-32 prefill of 32-token contexts
   options.model.max_num_seqs = 32;
-  options.num_kv_blocks = 32 * 4 + 64;
+  const int num_blocks = 32 * 4 + 64;
   auto runner = OrDie(ModelRunner::Create(checkpoint, *backend, options));
+  if (absl::Status s = runner->AllocateKvCache(num_blocks); !s.ok()) Die(s);
+  BlockAllocator blocks(num_blocks);
 
   // Bytes one decode step streams: every weight matrix once (the embedding lookup reads a few rows only,
   // but a tied lm_head reads the whole table).
@@ -115,7 +133,7 @@ int Main(int argc, char** argv) {
   std::printf("%-14s %10s %12s %12s %14s\n", "case", "ms/step", "tokens/s", "GB/s", "% of ceiling");
   std::printf("(decode: weight GB/s vs read bandwidth; prefill: GFLOP/s vs the bf16 GEMM peak)\n");
   for (int batch : {1, 8, 32}) {
-    double s = DecodeStepSeconds(*runner, batch, steps);
+    double s = DecodeStepSeconds(*runner, blocks, batch, steps);
     double gbps = step_bytes / s / 1e9;
     std::printf("decode b=%-5d %10.1f %12.1f %12.1f %13.0f%%\n", batch, s * 1e3, batch / s, gbps,
                 100 * gbps / bandwidth);
@@ -124,20 +142,21 @@ int Main(int argc, char** argv) {
   // Linear layers (lm_head only for the last token) plus causal attention (QK^T and PV over half the square).
   const double flops = 2.0 * prefill * (matmul_params - int64_t{c.vocab_size} * h) + 2.0 * h * c.vocab_size +
                        2.0 * c.num_hidden_layers * q * prefill * prefill;
-  auto report_prefill = [&](const char* name, ModelRunner& r) {
-    double s = PrefillSeconds(r, prefill, 2);
+  auto report_prefill = [&](const char* name, ModelRunner& r, BlockAllocator& b) {
+    double s = PrefillSeconds(r, b, prefill, 2);
     std::printf("%-14s %10.1f %12.1f %12s %13.0f%%   (%.1f GFLOP/s)\n", name, s * 1e3, prefill / s, "-",
                 100 * flops / s / 1e9 / gemm_peak, flops / s / 1e9);
   };
-  report_prefill("prefill 512", *runner);
+  report_prefill("prefill 512", *runner, blocks);
   // The same prefill with activations rounded to bf16 for the GEMMs (--prefill-precision bf16).
   CpuBackendOptions bf16_options;
   bf16_options.num_threads = threads;
   bf16_options.linear.prefill_precision = PrefillPrecision::kBf16;
   auto bf16_backend = OrDie(CpuBackend::Create(bf16_options));
-  options.num_kv_blocks = 64;
   auto bf16_runner = OrDie(ModelRunner::Create(checkpoint, *bf16_backend, options));
-  report_prefill("prefill bf16", *bf16_runner);
+  if (absl::Status s = bf16_runner->AllocateKvCache(64); !s.ok()) Die(s);
+  BlockAllocator bf16_blocks(64);
+  report_prefill("prefill bf16", *bf16_runner, bf16_blocks);
   return 0;
 }
 

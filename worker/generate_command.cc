@@ -87,7 +87,9 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> JoinGroup(const std::string& s
 }
 
 // Runs the whole generation on one rank: with tensor / pipeline parallelism every rank runs the same steps,
-// the output rank samples and broadcasts the tokens to the others (the coordinator's part in serving).
+// the output rank samples and broadcasts the tokens to the others, and every rank takes KV blocks from its
+// own BlockAllocator in the same order, so all agree on the block tables (both the coordinator's part in
+// serving).
 absl::StatusOr<RankRun> GenerateOnRank(const GenerateOptions& options, const ParallelConfig& parallel,
                                        int rank, const std::string& store) {
   const auto t_start = Clock::now();
@@ -148,14 +150,16 @@ absl::StatusOr<RankRun> GenerateOnRank(const GenerateOptions& options, const Par
   runner_options.model.rank = rank;
   runner_options.model.tp_group = tp_group.get();
   runner_options.pp_group = pp_group.get();
-  runner_options.num_kv_blocks = num_blocks;
   ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner,
                    ModelRunner::Create(checkpoint, *backend, runner_options));
+  RETURN_IF_ERROR(runner->AllocateKvCache(num_blocks));
+  BlockAllocator blocks(num_blocks);  // every rank allocates the same ids in the same order
   const auto t_loaded = Clock::now();
   run.load_s = Seconds(t_start, t_loaded);
 
   run.seqs.resize(num_seqs);
   for (int i = 0; i < num_seqs; ++i) {
+    run.seqs[i].id = static_cast<uint64_t>(i);
     run.seqs[i].tokens = options.prompts[i];
     run.seqs[i].num_prompt_tokens = static_cast<int>(options.prompts[i].size());
     run.seqs[i].sampling.temperature = options.temperature;
@@ -176,6 +180,9 @@ absl::StatusOr<RankRun> GenerateOnRank(const GenerateOptions& options, const Par
       if (!finished(s)) active.push_back(&s);
     }
     if (active.empty()) break;
+    for (Sequence* s : active) {
+      RETURN_IF_ERROR(blocks.Cover(static_cast<int64_t>(s->tokens.size()), s->block_table));
+    }
     ASSIGN_OR_RETURN(Tensor logits, runner->Forward(active));
     sampled.assign(active.size(), 0);
     if (output_rank) {

@@ -8,9 +8,9 @@ namespace tessera {
 absl::StatusOr<KvCache> KvCache::Allocate(Backend& backend, const KvCacheShape& shape) {
   if (shape.num_layers <= 0 || shape.num_blocks <= 0 || shape.block_size <= 0 || shape.num_kv_heads <= 0 ||
       shape.head_dim <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache shape must be positive: layers=", shape.num_layers,
-                                                   " blocks=", shape.num_blocks, " kv_heads=", shape.num_kv_heads,
-                                                   " head_dim=", shape.head_dim));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache shape must be positive: layers=", shape.num_layers, " blocks=", shape.num_blocks,
+        " kv_heads=", shape.num_kv_heads, " head_dim=", shape.head_dim));
   }
   KvCache cache;
   cache.shape_ = shape;
@@ -46,6 +46,14 @@ absl::Status BlockAllocator::Allocate(int count, std::vector<int32_t>& blocks) {
   return absl::OkStatus();
 }
 
-void BlockAllocator::Free(const std::vector<int32_t>& blocks) { free_.insert(free_.end(), blocks.begin(), blocks.end()); }
+absl::Status BlockAllocator::Cover(int64_t num_tokens, std::vector<int32_t>& block_table) {
+  const int64_t wanted =
+      (num_tokens + kKvBlockSize - 1) / kKvBlockSize - static_cast<int64_t>(block_table.size());
+  return wanted > 0 ? Allocate(static_cast<int>(wanted), block_table) : absl::OkStatus();
+}
+
+void BlockAllocator::Free(const std::vector<int32_t>& blocks) {
+  free_.insert(free_.end(), blocks.begin(), blocks.end());
+}
 
 }  // namespace tessera

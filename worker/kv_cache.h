@@ -1,5 +1,6 @@
 // Paged KV cache storage of one rank: per layer a key and a value pool of fixed-size blocks, allocated once,
-// and BlockAllocator, the free list of block ids (moves to the coordinator's block manager later).
+// and BlockAllocator, a free list of block ids for callers that play the coordinator's part themselves
+// (`tessera generate`, tests, benchmarks); in serving the coordinator's block manager owns allocation.
 #pragma once
 
 #include <cstdint>
@@ -10,10 +11,13 @@
 
 namespace tessera {
 
+// Tokens per KV block.
+inline constexpr int kKvBlockSize = 16;
+
 struct KvCacheShape {
   int num_layers = 0;
   int num_blocks = 0;
-  int block_size = 16;
+  int block_size = kKvBlockSize;
   int num_kv_heads = 0;  // local to this rank
   int head_dim = 0;
 
@@ -46,6 +50,9 @@ class BlockAllocator {
   explicit BlockAllocator(int num_blocks);
   // Takes `count` free blocks, appending their ids to `blocks`. Errors: RESOURCE_EXHAUSTED (nothing taken).
   [[nodiscard]] absl::Status Allocate(int count, std::vector<int32_t>& blocks);
+  // Appends blocks to `block_table` until it covers `num_tokens` tokens (kKvBlockSize per block). Errors:
+  // RESOURCE_EXHAUSTED (nothing taken).
+  [[nodiscard]] absl::Status Cover(int64_t num_tokens, std::vector<int32_t>& block_table);
   void Free(const std::vector<int32_t>& blocks);
   int num_free() const { return static_cast<int>(free_.size()); }
 

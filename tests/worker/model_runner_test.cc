@@ -3,13 +3,12 @@
 #include "worker/model_runner.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <string>
-
-#include <unistd.h>
 
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/util/status_matchers.h"
@@ -47,10 +46,19 @@ class ModelRunnerTest : public ::testing::Test {
     ModelRunnerOptions options;
     options.model.max_num_tokens = max_tokens;
     options.model.max_num_seqs = 8;
-    options.num_kv_blocks = num_blocks;
     auto runner = ModelRunner::Create(*checkpoint_, *backend_, options);
     EXPECT_TRUE(runner.ok()) << runner.status();
+    EXPECT_OK((*runner)->AllocateKvCache(num_blocks));
+    allocator_ = std::make_unique<BlockAllocator>(num_blocks);
     return std::move(runner).value();
+  }
+
+  // Gives each sequence the blocks its tokens need (the coordinator's block manager in serving), then steps.
+  absl::StatusOr<Tensor> Forward(ModelRunner& runner, const std::vector<Sequence*>& seqs) {
+    for (Sequence* seq : seqs) {
+      RETURN_IF_ERROR(allocator_->Cover(static_cast<int64_t>(seq->tokens.size()), seq->block_table));
+    }
+    return runner.Forward(seqs);
   }
 
   static Sequence Prompt(std::vector<int32_t> ids) {
@@ -65,7 +73,7 @@ class ModelRunnerTest : public ::testing::Test {
     auto runner = MakeRunner(16);
     Sequence seq = Prompt(prompt);
     for (int i = 0; i < steps; ++i) {
-      auto logits = runner->Forward({&seq});
+      auto logits = Forward(*runner, {&seq});
       EXPECT_TRUE(logits.ok()) << logits.status();
       runner->SampleAndAppend(*logits, {&seq});
     }
@@ -73,12 +81,14 @@ class ModelRunnerTest : public ::testing::Test {
   }
 
   static std::string* dir_;
+  std::unique_ptr<BlockAllocator> allocator_;  // of the last runner made
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<CpuBackend> backend_;
 };
 std::string* ModelRunnerTest::dir_ = nullptr;
 
-const std::vector<int32_t> kPromptA = {128000, 9906, 11, 1917, 0, 77, 3000, 12, 5, 9, 100, 101, 102, 103, 104, 105, 106, 2};
+const std::vector<int32_t> kPromptA = {128000, 9906, 11,  1917, 0,   77,  3000, 12,  5,
+                                       9,      100,  101, 102,  103, 104, 105,  106, 2};
 const std::vector<int32_t> kPromptB = {128000, 40, 1093, 264, 8};
 
 TEST_F(ModelRunnerTest, StepsMixingPrefillAndDecodeMatchSequencesRunAlone) {
@@ -88,11 +98,11 @@ TEST_F(ModelRunnerTest, StepsMixingPrefillAndDecodeMatchSequencesRunAlone) {
   auto runner = MakeRunner(16);
   Sequence a = Prompt(kPromptA), b = Prompt(kPromptB);
   for (int i = 0; i < 4; ++i) {  // a alone: prefill then decode
-    ASSERT_OK_AND_ASSIGN(Tensor logits, runner->Forward({&a}));
+    ASSERT_OK_AND_ASSIGN(Tensor logits, Forward(*runner, {&a}));
     runner->SampleAndAppend(logits, {&a});
   }
   for (int i = 0; i < 6; ++i) {  // b's prefill joins a's decode in one step, then both decode
-    ASSERT_OK_AND_ASSIGN(Tensor logits, runner->Forward({&b, &a}));
+    ASSERT_OK_AND_ASSIGN(Tensor logits, Forward(*runner, {&b, &a}));
     runner->SampleAndAppend(logits, {&b, &a});
   }
   EXPECT_EQ(std::vector<int32_t>(a.tokens.begin() + a.num_prompt_tokens, a.tokens.end()), alone_a);
@@ -102,14 +112,15 @@ TEST_F(ModelRunnerTest, StepsMixingPrefillAndDecodeMatchSequencesRunAlone) {
 TEST_F(ModelRunnerTest, ChunkedPrefillGivesTheSameLogitsAsOneStep) {
   auto whole_runner = MakeRunner(16);
   Sequence whole = Prompt(kPromptA);
-  ASSERT_OK_AND_ASSIGN(Tensor whole_logits, whole_runner->Forward({&whole}));
-  std::vector<float> expected(whole_logits.data_as<float>(), whole_logits.data_as<float>() + whole_logits.numel());
+  ASSERT_OK_AND_ASSIGN(Tensor whole_logits, Forward(*whole_runner, {&whole}));
+  std::vector<float> expected(whole_logits.data_as<float>(),
+                              whole_logits.data_as<float>() + whole_logits.numel());
 
   auto runner = MakeRunner(16);
   Sequence chunked = Prompt({kPromptA.begin(), kPromptA.begin() + 7});
-  ASSERT_OK(runner->Forward({&chunked}).status());
+  ASSERT_OK(Forward(*runner, {&chunked}).status());
   chunked.tokens.assign(kPromptA.begin(), kPromptA.end());  // the rest of the prompt, 11 more tokens
-  ASSERT_OK_AND_ASSIGN(Tensor logits, runner->Forward({&chunked}));
+  ASSERT_OK_AND_ASSIGN(Tensor logits, Forward(*runner, {&chunked}));
   ASSERT_EQ(logits.numel(), static_cast<int64_t>(expected.size()));
   float max_ref = 0, max_diff = 0;
   for (size_t i = 0; i < expected.size(); ++i) {
@@ -120,41 +131,102 @@ TEST_F(ModelRunnerTest, ChunkedPrefillGivesTheSameLogitsAsOneStep) {
   EXPECT_LE(max_diff, 1e-2f * max_ref);
 }
 
-TEST_F(ModelRunnerTest, RejectsTokenOutsideTheVocabularyWithoutTakingBlocks) {
+TEST_F(ModelRunnerTest, RejectsTokenOutsideTheVocabularyNamingTheSequence) {
   auto runner = MakeRunner(4);
   Sequence seq = Prompt({1, 2, 128256});
+  seq.id = 42;
+  seq.block_table = {0};
   EXPECT_THAT(runner->Forward({&seq}).status(),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("token id 128256")));
-  EXPECT_EQ(runner->num_free_blocks(), 4);
-  EXPECT_TRUE(seq.block_table.empty());
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("sequence 42 (row 0 of the step): token id 128256")));
+  EXPECT_EQ(seq.num_computed_tokens, 0);
 }
 
-TEST_F(ModelRunnerTest, ReportsAFullKvCacheAndLeavesSequencesAsTheyWere) {
-  auto runner = MakeRunner(2);
-  Sequence a = Prompt(std::vector<int32_t>(20, 5));  // 2 blocks
-  Sequence b = Prompt({1, 2, 3});                    // 1 more block: too many
-  EXPECT_THAT(runner->Forward({&a, &b}).status(),
-              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("3 blocks")));
-  EXPECT_EQ(runner->num_free_blocks(), 2);
+TEST_F(ModelRunnerTest, RejectsAShortBlockTableAndLeavesSequencesAsTheyWere) {
+  auto runner = MakeRunner(4);
+  Sequence a = Prompt(std::vector<int32_t>(20, 5)), b = Prompt({1, 2, 3});
+  a.id = 7;
+  b.id = 9;
+  a.block_table = {0, 1};
+  b.block_table = {};  // 1 needed
+  EXPECT_THAT(
+      runner->Forward({&a, &b}).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("sequence 9 (row 1 of the step) has 3 tokens but a block table of 0 blocks")));
   EXPECT_EQ(a.num_computed_tokens, 0);
+  a.block_table = {0};  // 20 tokens need 2
+  EXPECT_THAT(runner->Forward({&a}).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("sequence 7 (row 0 of the step) has 20 tokens")));
+  a.block_table = {0, 1, 2};  // a table may run ahead of the tokens
   ASSERT_OK(runner->Forward({&a}).status());
-  EXPECT_EQ(runner->num_free_blocks(), 0);
-  runner->Release(a);
-  EXPECT_EQ(runner->num_free_blocks(), 2);
+  EXPECT_EQ(a.num_computed_tokens, 20);
+}
+
+TEST_F(ModelRunnerTest, RejectsBlockIdsOutsideTheCache) {
+  auto runner = MakeRunner(4);
+  for (int32_t bad : {4, -1}) {
+    Sequence seq = Prompt(std::vector<int32_t>(20, 5));
+    seq.id = 3;
+    seq.block_table = {0, bad};
+    EXPECT_THAT(runner->Forward({&seq}).status(),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr(absl::StrCat("sequence 3 (row 0 of the step): block id ", bad,
+                                                " at index 1 of its block table is outside [0, 4)"))));
+  }
+}
+
+TEST_F(ModelRunnerTest, NeedsTheKvCacheBeforeAStepAndAllocatesItOnce) {
+  ModelRunnerOptions options;
+  options.model.max_num_tokens = 16;
+  options.model.max_num_seqs = 2;
+  ASSERT_OK_AND_ASSIGN(auto runner, ModelRunner::Create(*checkpoint_, *backend_, options));
+  EXPECT_EQ(runner->num_kv_blocks(), 0);
+  const ModelConfig& c = checkpoint_->config();
+  // Keys and values of every layer, 16 tokens, fp32 on the CPU.
+  EXPECT_EQ(runner->KvBlockBytes(),
+            int64_t{2} * c.num_hidden_layers * 16 * c.num_key_value_heads * c.head_dim * 4);
+  Sequence seq = Prompt({1, 2, 3});
+  seq.block_table = {0};
+  EXPECT_THAT(runner->Forward({&seq}).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("KV cache")));
+  EXPECT_THAT(runner->AllocateKvCache(0),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("num_blocks=0")));
+  ASSERT_OK(runner->AllocateKvCache(2));
+  EXPECT_EQ(runner->num_kv_blocks(), 2);
+  EXPECT_THAT(runner->AllocateKvCache(2),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("already allocated")));
+  ASSERT_OK(runner->Forward({&seq}).status());
+}
+
+TEST_F(ModelRunnerTest, SampleLeavesSequencesUnchanged) {
+  auto runner = MakeRunner(8);
+  Sequence a = Prompt(kPromptA), b = Prompt(kPromptB);
+  ASSERT_OK_AND_ASSIGN(Tensor logits, Forward(*runner, {&a, &b}));
+  std::vector<int32_t> tokens;
+  runner->Sample(logits, {&a, &b}, tokens);
+  EXPECT_EQ(tokens.size(), 2u);
+  EXPECT_EQ(a.tokens, kPromptA);
+  std::vector<int32_t> second;
+  runner->Sample(logits.Rows(1, 1), {&b}, second);  // rows of the logits sample the same
+  EXPECT_EQ(second, std::vector<int32_t>{tokens[1]});
+  runner->SampleAndAppend(logits, {&a, &b});
+  EXPECT_EQ(a.tokens.back(), tokens[0]);
+  EXPECT_EQ(b.tokens.back(), tokens[1]);
 }
 
 TEST_F(ModelRunnerTest, RejectsAStepLargerThanItsBuffers) {
   auto runner = MakeRunner(8, /*max_tokens=*/8);
   Sequence seq = Prompt(std::vector<int32_t>(9, 1));
-  EXPECT_THAT(runner->Forward({&seq}).status(),
+  EXPECT_THAT(Forward(*runner, {&seq}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_num_tokens=8")));
 }
 
 TEST_F(ModelRunnerTest, RejectsASequenceWithNothingNew) {
   auto runner = MakeRunner(4);
   Sequence seq = Prompt({1, 2});
-  ASSERT_OK(runner->Forward({&seq}).status());
-  EXPECT_THAT(runner->Forward({&seq}).status(),
+  ASSERT_OK(Forward(*runner, {&seq}).status());
+  EXPECT_THAT(Forward(*runner, {&seq}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no new token")));
 }
 
@@ -167,7 +239,7 @@ TEST_F(ModelRunnerTest, SampledTokensDependOnSeedAndStepNotOnTheBatch) {
     for (int i = 0; i < 6; ++i) {
       std::vector<Sequence*> batch = {&seq};
       if (with_other) batch.insert(batch.begin(), &other);
-      auto logits = runner->Forward(batch);
+      auto logits = Forward(*runner, batch);
       EXPECT_TRUE(logits.ok());
       runner->SampleAndAppend(*logits, batch);
     }

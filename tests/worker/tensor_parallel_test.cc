@@ -87,8 +87,9 @@ absl::StatusOr<RankResult> RunRank(const std::string& model, const Split& split,
   options.model.rank = rank;
   options.model.tp_group = tp_group.get();
   options.pp_group = pp_group.get();
-  options.num_kv_blocks = 16;
   ASSIGN_OR_RETURN(auto runner, ModelRunner::Create(checkpoint, *backend, options));
+  RETURN_IF_ERROR(runner->AllocateKvCache(16));
+  BlockAllocator blocks(16);  // every rank takes the same ids in the same order
   std::vector<Sequence> seqs(kPrompts.size());
   std::vector<Sequence*> batch;
   for (size_t i = 0; i < kPrompts.size(); ++i) {
@@ -99,6 +100,9 @@ absl::StatusOr<RankResult> RunRank(const std::string& model, const Split& split,
   RankResult result;
   std::vector<int32_t> sampled(batch.size());
   for (int step = 0; step < kSteps; ++step) {
+    for (Sequence* seq : batch) {
+      RETURN_IF_ERROR(blocks.Cover(static_cast<int64_t>(seq->tokens.size()), seq->block_table));
+    }
     ASSIGN_OR_RETURN(Tensor logits, runner->Forward(batch));
     if (step == 0 && !logits.empty()) {
       result.first_logits.assign(logits.data_as<float>(), logits.data_as<float>() + c.vocab_size);

@@ -56,9 +56,10 @@ class CudaModelTest : public ::testing::Test {
     ModelRunnerOptions runner;
     runner.model.max_num_tokens = 64;
     runner.model.max_num_seqs = 8;
-    runner.num_kv_blocks = 64;
     ASSERT_OK_AND_ASSIGN(p.cpu_runner, ModelRunner::Create(*p.checkpoint, *p.cpu, runner));
     ASSERT_OK_AND_ASSIGN(p.gpu_runner, ModelRunner::Create(*p.checkpoint, *p.gpu, runner));
+    ASSERT_OK(p.cpu_runner->AllocateKvCache(64));
+    ASSERT_OK(p.gpu_runner->AllocateKvCache(64));
   }
 
   static Sequence Prompt(const std::vector<int32_t>& ids) {
@@ -68,9 +69,19 @@ class CudaModelTest : public ::testing::Test {
     return s;
   }
 
-  // One step on both runners; returns both logits on the host and checks the tolerance.
+  // One step on both runners; returns both logits on the host and checks the tolerance. Each sequence gets
+  // the blocks its tokens need (the CPU's and GPU's copies of a sequence have separate caches, same ids).
   void Step(Pair& p, std::vector<Sequence*> cpu_seqs, std::vector<Sequence*> gpu_seqs,
             std::vector<float>& cpu_logits, std::vector<float>& gpu_logits, const std::string& what) {
+    for (std::vector<Sequence*>* seqs : {&cpu_seqs, &gpu_seqs}) {
+      int next = 0;  // sequence i owns blocks [32 i, 32 i + 32): enough for these tests' contexts
+      for (Sequence* seq : *seqs) {
+        while (seq->block_table.size() * 16 < seq->tokens.size()) {
+          seq->block_table.push_back(next * 32 + static_cast<int32_t>(seq->block_table.size()));
+        }
+        ++next;
+      }
+    }
     ASSERT_OK_AND_ASSIGN(Tensor lc, p.cpu_runner->Forward(cpu_seqs));
     ASSERT_OK_AND_ASSIGN(Tensor lg, p.gpu_runner->Forward(gpu_seqs));
     p.gpu_logits_ = lg;

@@ -1,0 +1,57 @@
+// The worker process's transport (`tessera worker --coordinator HOST:PORT`): registers with the coordinator
+// (retrying until it answers), holds the Session stream, feeds each coordinator message to a WorkerShard in
+// order and writes its replies, and sends heartbeats.
+#pragma once
+
+#include <chrono>
+#include <ostream>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+
+namespace tessera {
+
+struct WorkerOptions {
+  std::string coordinator;  // HOST:PORT of the coordinator's Control service
+  int requested_rank = -1;  // -1: any free rank (see RequestedRankFromFlagOrEnv)
+  DeviceKind device = DeviceKind::kCpu;
+  std::string listen_host = "127.0.0.1";  // the address this worker's Gloo connections listen on
+  // How long to keep trying to register while the coordinator is unreachable (UNAVAILABLE).
+  std::chrono::milliseconds connect_timeout{300000};
+  std::ostream* log =
+      nullptr;  // one line per event (registered, each setup phase, lost coordinator) when set
+  // Whether the process may end itself with _exit(1) when the coordinator is lost and the current message
+  // (e.g. a step stuck in a collective whose peer is gone) has not finished within another heartbeat timeout.
+  // Tests that run RunWorker in-process turn it off.
+  bool exit_when_stuck = true;
+};
+
+// Runs one worker until the coordinator says shutdown (OK) or is lost. Behaviour:
+// - Register, retrying with exponential backoff (100 ms doubling to 2 s) while the coordinator is
+// UNAVAILABLE,
+//   for at most connect_timeout; then UNAVAILABLE naming the address. Any other Register error
+//   (ALREADY_EXISTS, OUT_OF_RANGE, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ...) is returned at once with its
+//   code.
+// - Open the Session stream with `open` (hostname, pid); a reader thread queues coordinator messages, this
+//   thread handles them in order (WorkerShard) and writes the replies, a heartbeat thread sends a Heartbeat
+//   every heartbeat_interval_ms (RegisterResponse; 1000 when 0).
+// - Shutdown: closes the stream (WritesDone, then waits at most 2 s for the coordinator to end it before
+//   cancelling) and returns OK.
+// - The stream ending, a failed write, or nothing heard from the coordinator (messages or heartbeats) for
+//   heartbeat_timeout_ms (RegisterResponse; 10 intervals when 0): returns UNAVAILABLE "lost the coordinator
+//   at ADDR (...)" as soon as the message being handled is done. If that message is still running another
+//   heartbeat_timeout later (stuck in a collective with a dead peer), and exit_when_stuck is set, the
+//   watchdog logs one line and calls _exit(1), so that a worker never outlives its coordinator.
+// Installs no signal handlers. Thread-safe to call from one thread at a time.
+[[nodiscard]] absl::Status RunWorker(const WorkerOptions& options);
+
+// The rank to request: `flag_rank` when >= 0 (the --rank flag), else the LeaderWorkerSet index in
+// `lws_worker_index` (the LWS_WORKER_INDEX variable; null or empty = unset), else -1 (any). Errors:
+// INVALID_ARGUMENT naming LWS_WORKER_INDEX and its value when it is not a non-negative integer.
+[[nodiscard]] absl::StatusOr<int> RequestedRankFromFlagOrEnv(int flag_rank, const char* lws_worker_index);
+// The same with the process's LWS_WORKER_INDEX.
+[[nodiscard]] absl::StatusOr<int> RequestedRankFromFlagOrEnv(int flag_rank);
+
+}  // namespace tessera

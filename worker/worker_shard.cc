@@ -1,0 +1,424 @@
+#include "worker/worker_shard.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/backend_factory.h"
+#include "kernels/core/status_macros.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "parallel/gloo_communicator.h"
+#include "worker/generate_command.h"
+
+namespace tessera {
+namespace {
+
+namespace cv1 = control::v1;
+using Clock = WorkerShard::Clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+int64_t PeakRssBytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
+}
+
+// The same error with `prefix` in front of its message.
+absl::Status Prefixed(const absl::Status& status, const std::string& prefix) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
+}
+
+const char* PhaseName(int phase) {
+  static const char* const kNames[] = {"registered", "shard assigned", "groups joined", "weights loaded",
+                                       "KV cache allocated"};
+  return kNames[phase];
+}
+
+}  // namespace
+
+WorkerShard::WorkerShard(const WorkerShardOptions& options) : options_(options) {}
+
+WorkerShard::~WorkerShard() = default;
+
+void WorkerShard::Log(const std::string& line) const {
+  if (options_.log) options_.log(absl::StrCat("worker rank ", options_.rank, ": ", line));
+}
+
+absl::StatusOr<int64_t> WorkerShard::DefaultKvCacheBudget(int world_size) {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  int64_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024 / 4 / std::max(1, world_size);
+  }
+  return absl::UnavailableError(
+      "cannot read MemAvailable from /proc/meminfo for the default KV cache budget");
+}
+
+std::vector<cv1::WorkerMessage> WorkerShard::Handle(const cv1::CoordinatorMessage& message,
+                                                    Clock::time_point received) {
+  std::vector<cv1::WorkerMessage> replies;
+  auto reply = [&]() -> cv1::WorkerMessage& {
+    cv1::WorkerMessage& m = replies.emplace_back();
+    m.set_epoch(options_.epoch);
+    m.set_rank(options_.rank);
+    return m;
+  };
+  auto error = [&](const absl::Status& status, uint64_t step_id) {
+    cv1::WorkerError* e = reply().mutable_error();
+    e->set_code(static_cast<int32_t>(status.code()));
+    e->set_message(absl::StrCat("rank ", options_.rank, ": ", status.message()));
+    e->set_step_id(step_id);
+  };
+  if (message.epoch() != options_.epoch) {
+    error(absl::FailedPreconditionError(
+              absl::StrCat("stale epoch ", message.epoch(), " (worker is in epoch ", options_.epoch, ")")),
+          0);
+    return replies;
+  }
+  const Clock::time_point start = Clock::now();
+  cv1::Ack ack;
+  absl::Status status;
+  switch (message.body_case()) {
+    case cv1::CoordinatorMessage::kAssignShard:
+      status = AssignShard(message.assign_shard());
+      break;
+    case cv1::CoordinatorMessage::kInitComm:
+      status = InitComm(message.init_comm());
+      break;
+    case cv1::CoordinatorMessage::kLoadWeights:
+      status = LoadWeights(ack);
+      break;
+    case cv1::CoordinatorMessage::kProfileMemory:
+      status = ProfileMemory(message.profile_memory(), ack);
+      break;
+    case cv1::CoordinatorMessage::kAllocateKvCache:
+      status = AllocateKvCache(message.allocate_kv_cache());
+      break;
+    case cv1::CoordinatorMessage::kStep: {
+      uint64_t step_id = 0;
+      cv1::StepResult result;
+      bool has_result = false;
+      status = Step(message.step(), received, step_id, result, has_result);
+      if (!status.ok()) {
+        error(status, step_id);
+      } else if (has_result) {
+        *reply().mutable_step_result() = std::move(result);
+      }
+      return replies;
+    }
+    case cv1::CoordinatorMessage::kReset:
+      seqs_.clear();
+      break;
+    case cv1::CoordinatorMessage::kDrain:
+      break;  // steps are handled in order: every earlier one is done
+    case cv1::CoordinatorMessage::kShutdown:
+      done_ = true;
+      return replies;
+    case cv1::CoordinatorMessage::kHeartbeat:
+      return replies;
+    case cv1::CoordinatorMessage::BODY_NOT_SET:
+      status = absl::UnimplementedError("a coordinator message with no body this worker knows");
+      break;
+  }
+  if (!status.ok()) {
+    error(status, 0);
+    return replies;
+  }
+  ack.set_message(static_cast<int32_t>(message.body_case()));
+  ack.set_seconds(Seconds(start, Clock::now()));
+  *reply().mutable_ack() = std::move(ack);
+  return replies;
+}
+
+namespace {
+
+absl::Status OutOfOrder(const std::string& what, int phase) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      what, " out of order: this worker is at \"", PhaseName(phase),
+      "\" (setup runs assign_shard, init_comm, load_weights, then profile_memory and allocate_kv_cache)"));
+}
+
+}  // namespace
+
+absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
+  if (phase_ != Phase::kNew) return OutOfOrder("assign_shard", static_cast<int>(phase_));
+  const int world = options_.world_size;
+  if (assign.rank() != options_.rank) {
+    return absl::InvalidArgumentError(absl::StrCat("assign_shard is for rank ", assign.rank()));
+  }
+  if (assign.tp_size() <= 0 || assign.pp_size() <= 0 || assign.tp_size() * assign.pp_size() != world) {
+    return absl::InvalidArgumentError(absl::StrCat("assign_shard: tp_size=", assign.tp_size(),
+                                                   " x pp_size=", assign.pp_size(),
+                                                   " does not make the group's ", world, " ranks"));
+  }
+  if (assign.max_num_tokens() <= 0 || assign.max_num_seqs() <= 0 || assign.num_threads() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "assign_shard: max_num_tokens=", assign.max_num_tokens(), " and max_num_seqs=", assign.max_num_seqs(),
+        " must be positive, num_threads=", assign.num_threads(), " not negative"));
+  }
+  DeviceKind device = options_.device;
+  if (!assign.device().empty()) {
+    absl::StatusOr<DeviceKind> parsed = ParseDeviceKind(assign.device());
+    if (!parsed.ok()) return Prefixed(parsed.status(), "assign_shard: ");
+    device = *parsed;
+  }
+  if (device != DeviceKind::kCpu && world > 1) {
+    return absl::UnimplementedError("assign_shard: tp/pp across workers needs the CPU device (no NCCL yet)");
+  }
+  PrefillPrecision precision = PrefillPrecision::kSplitBf16;
+  if (!assign.prefill_precision().empty()) {
+    RETURN_IF_ERROR(Prefixed(ParsePrefillPrecision(assign.prefill_precision(), precision), "assign_shard: "));
+  }
+  absl::StatusOr<Checkpoint> checkpoint = Checkpoint::Open(assign.model_dir());
+  if (!checkpoint.ok()) return Prefixed(checkpoint.status(), "assign_shard: ");
+  const ModelConfig& c = checkpoint->config();
+  std::vector<int> pp_layers(assign.pp_layers().begin(), assign.pp_layers().end());
+  absl::StatusOr<ParallelConfig> parallel =
+      ParallelConfig::Create({.num_layers = c.num_hidden_layers,
+                              .num_heads = c.num_attention_heads,
+                              .num_kv_heads = c.num_key_value_heads,
+                              .intermediate_size = c.intermediate_size,
+                              .vocab_size = c.vocab_size},
+                             assign.tp_size(), assign.pp_size(), pp_layers);
+  if (!parallel.ok()) {
+    return Prefixed(parallel.status(), absl::StrCat("assign_shard: ", assign.model_dir(), ": "));
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> backend;
+  int threads = 0;
+  if (device == DeviceKind::kCpu) {
+    CpuBackendOptions cpu;
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads = assign.num_threads() > 0 ? assign.num_threads() : std::max(1, cores / world);
+    cpu.num_threads = threads;
+    cpu.linear.prefill_precision = precision;
+    absl::StatusOr<std::unique_ptr<CpuBackend>> created = CpuBackend::Create(cpu);
+    if (created.ok()) {
+      backend = std::unique_ptr<Backend>(std::move(created).value());
+    } else {
+      backend = created.status();
+    }
+  } else {
+    BackendOptions options;
+    options.device = device;
+    backend = CreateBackend(options);
+  }
+  if (!backend.ok()) return Prefixed(backend.status(), "assign_shard: ");
+
+  assign_ = assign;
+  checkpoint_ = std::make_unique<Checkpoint>(std::move(checkpoint).value());
+  parallel_ = std::make_unique<ParallelConfig>(std::move(parallel).value());
+  backend_ = std::move(backend).value();
+  phase_ = Phase::kAssigned;
+  Log(absl::StrCat("assigned tp_rank ", parallel_->TpRank(options_.rank), " pp_rank ",
+                   parallel_->PpRank(options_.rank), " of ", parallel_->ToString(), " of ",
+                   assign.model_dir(), " on ",
+                   device == DeviceKind::kCpu ? absl::StrCat("cpu (", threads, " threads)") : "cuda"));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerShard::InitComm(const cv1::InitComm& init) {
+  if (phase_ != Phase::kAssigned) return OutOfOrder("init_comm", static_cast<int>(phase_));
+  const ParallelConfig& p = *parallel_;
+  const int rank = options_.rank, tp_rank = p.TpRank(rank), pp_rank = p.PpRank(rank);
+  if (p.world_size() > 1 && init.store_address().empty()) {
+    return absl::InvalidArgumentError("init_comm: store_address is empty");
+  }
+  if (init.timeout_ms() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("init_comm: timeout_ms=", init.timeout_ms(), " is negative"));
+  }
+  auto join = [&](const std::string& group, int group_rank,
+                  int size) -> absl::StatusOr<std::unique_ptr<Communicator>> {
+    GlooOptions gloo;
+    gloo.group = absl::StrCat(init.group_prefix(), "/", group);
+    gloo.rank = group_rank;
+    gloo.size = size;
+    gloo.store_address = init.store_address();
+    gloo.hostname = options_.listen_host;
+    if (init.timeout_ms() > 0) gloo.timeout = std::chrono::milliseconds(init.timeout_ms());
+    absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm = GlooCommunicator::Create(gloo);
+    if (!comm.ok()) {
+      return Prefixed(comm.status(),
+                      absl::StrCat("init_comm: group ", gloo.group, " via ", gloo.store_address, ": "));
+    }
+    return std::unique_ptr<Communicator>(std::move(comm).value());
+  };
+  // Every rank joins its TP group first, then its pipeline: no rank waits on a group another has not reached.
+  if (p.tp_size() > 1) {
+    ASSIGN_OR_RETURN(tp_group_, join(absl::StrCat("tp", pp_rank), tp_rank, p.tp_size()));
+  }
+  if (p.pp_size() > 1) {
+    ASSIGN_OR_RETURN(pp_group_, join(absl::StrCat("pp", tp_rank), pp_rank, p.pp_size()));
+  }
+  phase_ = Phase::kConnected;
+  if (p.world_size() > 1) Log(absl::StrCat("joined its groups through ", init.store_address()));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerShard::LoadWeights(cv1::Ack& ack) {
+  if (phase_ != Phase::kConnected) return OutOfOrder("load_weights", static_cast<int>(phase_));
+  const Clock::time_point start = Clock::now();
+  ModelRunnerOptions options;
+  options.model.max_num_tokens = assign_.max_num_tokens();
+  options.model.max_num_seqs = assign_.max_num_seqs();
+  options.model.parallel = parallel_.get();
+  options.model.rank = options_.rank;
+  options.model.tp_group = tp_group_.get();
+  options.pp_group = pp_group_.get();
+  absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Create(*checkpoint_, *backend_, options);
+  if (!runner.ok()) return Prefixed(runner.status(), "load_weights: ");
+  runner_ = std::move(runner).value();
+  phase_ = Phase::kLoaded;
+  const double seconds = Seconds(start, Clock::now());
+  ack.set_bytes_read(checkpoint_->bytes_accessed());
+  ack.set_peak_rss_bytes(PeakRssBytes());
+  Log(absl::StrFormat("loaded weights in %.2f s (%d bytes)", seconds, checkpoint_->bytes_accessed()));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerShard::ProfileMemory(const cv1::ProfileMemory& profile, cv1::Ack& ack) {
+  if (phase_ < Phase::kLoaded) return OutOfOrder("profile_memory", static_cast<int>(phase_));
+  if (profile.kv_cache_memory_bytes() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "profile_memory: kv_cache_memory_bytes=", profile.kv_cache_memory_bytes(), " is negative"));
+  }
+  int64_t budget = profile.kv_cache_memory_bytes();
+  if (budget == 0) {
+    ASSIGN_OR_RETURN(budget, DefaultKvCacheBudget(options_.world_size));
+  }
+  const int64_t block = runner_->KvBlockBytes();
+  const int64_t blocks = std::min<int64_t>(budget / block, std::numeric_limits<int32_t>::max());
+  if (blocks == 0) {
+    return absl::ResourceExhaustedError(absl::StrCat("profile_memory: a KV cache budget of ", budget,
+                                                     " bytes holds no block of ", block, " bytes"));
+  }
+  ack.set_kv_block_bytes(block);
+  ack.set_max_kv_blocks(static_cast<int32_t>(blocks));
+  Log(absl::StrCat("KV blocks of ", block, " bytes; a budget of ", budget, " bytes holds ", blocks));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerShard::AllocateKvCache(const cv1::AllocateKvCache& allocate) {
+  if (phase_ != Phase::kLoaded) return OutOfOrder("allocate_kv_cache", static_cast<int>(phase_));
+  RETURN_IF_ERROR(Prefixed(runner_->AllocateKvCache(allocate.num_blocks()), "allocate_kv_cache: "));
+  phase_ = Phase::kReady;
+  Log(absl::StrCat("allocated ", allocate.num_blocks(), " KV blocks (",
+                   int64_t{allocate.num_blocks()} * runner_->KvBlockBytes(), " bytes)"));
+  return absl::OkStatus();
+}
+
+void WorkerShard::UndoStep() {
+  for (const Appended& a : appended_) {
+    a.seq->tokens.resize(a.num_tokens);
+    a.seq->block_table.resize(a.num_blocks);
+  }
+  for (uint64_t id : added_) seqs_.erase(id);
+  for (auto& [id, entry] : removed_) seqs_.emplace(id, std::move(entry));
+}
+
+absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point received, uint64_t& step_id,
+                               cv1::StepResult& result, bool& has_result) {
+  cv1::Step step;
+  if (!step.ParseFromString(bytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step: ", bytes.size(), " bytes are not a serialized Step"));
+  }
+  step_id = step.step_id();
+  if (phase_ != Phase::kReady) {
+    return OutOfOrder(absl::StrCat("step ", step_id, " (before allocate_kv_cache)"),
+                      static_cast<int>(phase_));
+  }
+  const std::string where = absl::StrCat("step ", step_id, ": ");
+  removed_.clear();
+  added_.clear();
+  appended_.clear();
+  batch_.clear();
+  const uint64_t mark = ++step_counter_;
+  // Applies the delta in the proto's order; on any error undoes it, so the batch is as before the step.
+  auto fail = [&](absl::Status status) {
+    UndoStep();
+    return Prefixed(status, where);
+  };
+  for (uint64_t id : step.finished()) {
+    auto it = seqs_.find(id);
+    if (it == seqs_.end())
+      return fail(absl::InvalidArgumentError(absl::StrCat("finished sequence ", id, " is unknown")));
+    removed_.emplace_back(id, std::move(it->second));
+    seqs_.erase(it);
+  }
+  for (const cv1::NewSequence& n : step.new_sequences()) {
+    const cv1::SamplingParams& sp = n.sampling();
+    if (n.num_prompt_tokens() < 0 || sp.temperature() < 0 || sp.top_k() < 0 || sp.top_p() < 0 ||
+        sp.top_p() > 1) {
+      return fail(absl::InvalidArgumentError(
+          absl::StrCat("new sequence ", n.seq_id(), ": num_prompt_tokens=", n.num_prompt_tokens(),
+                       ", temperature=", sp.temperature(), ", top_k=", sp.top_k(), ", top_p=", sp.top_p(),
+                       " (want num_prompt_tokens, temperature, top_k >= 0 and top_p in [0, 1])")));
+    }
+    auto [it, inserted] = seqs_.try_emplace(n.seq_id());
+    if (!inserted) {
+      return fail(absl::InvalidArgumentError(absl::StrCat("new sequence ", n.seq_id(), " already exists")));
+    }
+    added_.push_back(n.seq_id());
+    Sequence& seq = it->second.seq;
+    seq.id = n.seq_id();
+    seq.num_prompt_tokens = n.num_prompt_tokens();
+    seq.sampling.temperature = sp.temperature();
+    seq.sampling.top_k = sp.top_k();
+    seq.sampling.top_p = sp.top_p() > 0 ? sp.top_p() : 1.0f;  // proto3's unset 0 means off, like 1
+    seq.sampling.seed = sp.seed();
+  }
+  for (const cv1::ScheduledSequence& s : step.scheduled()) {
+    auto it = seqs_.find(s.seq_id());
+    if (it == seqs_.end()) {
+      return fail(absl::InvalidArgumentError(absl::StrCat("scheduled sequence ", s.seq_id(), " is unknown")));
+    }
+    if (it->second.scheduled_mark == mark) {
+      return fail(absl::InvalidArgumentError(absl::StrCat("sequence ", s.seq_id(), " is scheduled twice")));
+    }
+    it->second.scheduled_mark = mark;
+    Sequence& seq = it->second.seq;
+    appended_.push_back({&seq, seq.tokens.size(), seq.block_table.size()});
+    seq.tokens.insert(seq.tokens.end(), s.tokens().begin(), s.tokens().end());
+    seq.block_table.insert(seq.block_table.end(), s.new_block_ids().begin(), s.new_block_ids().end());
+    batch_.push_back(&seq);
+  }
+  const bool output_rank = options_.rank == parallel_->output_rank();
+  has_result = output_rank;
+  result.set_step_id(step_id);
+  if (batch_.empty()) return absl::OkStatus();
+  absl::StatusOr<Tensor> logits = runner_->Forward(batch_);
+  if (!logits.ok()) return fail(logits.status());
+  if (output_rank) {
+    // Sample runs of consecutive sampled rows (chunked prompts' rows are skipped), keeping step order.
+    const int n = step.scheduled_size();
+    for (int begin = 0; begin < n;) {
+      if (!step.scheduled(begin).sample()) {
+        ++begin;
+        continue;
+      }
+      int end = begin;
+      sample_run_.clear();
+      while (end < n && step.scheduled(end).sample()) sample_run_.push_back(batch_[end++]);
+      runner_->Sample(logits->Rows(begin, end - begin), sample_run_, sampled_);
+      result.mutable_tokens()->Add(sampled_.begin(), sampled_.end());
+      begin = end;
+    }
+    result.set_worker_seconds(Seconds(received, Clock::now()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tessera

@@ -1,0 +1,139 @@
+// WorkerShard: the worker's side of the control plane (proto/tessera/control/v1/control.proto) without the
+// transport. It takes one CoordinatorMessage at a time (setup, steps, reset, ...) and returns the
+// WorkerMessages to send back (acks, step results, errors); worker_process.h carries them over the Session
+// stream.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "parallel/communicator.h"
+#include "parallel/parallel_config.h"
+#include "tessera/control/v1/control.pb.h"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/model_runner.h"
+
+namespace tessera {
+
+struct WorkerShardOptions {
+  // From RegisterResponse.
+  int rank = 0;
+  int world_size = 1;
+  uint64_t epoch = 0;
+  // The device the worker registered with; assign_shard's device, when set, wins.
+  DeviceKind device = DeviceKind::kCpu;
+  std::string listen_host = "127.0.0.1";  // the address this rank's Gloo connections listen on
+  // Receives one line (no newline) per setup phase, e.g. "worker rank 0: loaded weights in 1.2 s (B bytes)".
+  std::function<void(const std::string&)> log;
+};
+
+// Handles the messages of one worker's session, in order. Not thread-safe: one caller at a time.
+//
+// - Any message of another epoch: FAILED_PRECONDITION "stale epoch E (worker is in epoch F)"; otherwise
+//   ignored.
+// - Setup, each answered by an Ack (message = the body's field number, seconds = time taken), in the proto's
+//   order (a message out of order is FAILED_PRECONDITION): assign_shard (opens the checkpoint, checks the
+//   split against config.json and tp x pp against the group, creates the backend: CPU threads = num_threads,
+//   or cores / world_size when 0), init_comm (joins the Gloo groups "<prefix>/tp<pp_rank>" when tp > 1 and
+//   "<prefix>/pp<tp_rank>" when pp > 1 through the Rendezvous store; nothing to join in a group of one),
+//   load_weights (Ack: bytes_read, peak_rss_bytes), profile_memory (Ack: kv_block_bytes, max_kv_blocks; may
+//   repeat), allocate_kv_cache.
+// - step: parsed from its bytes, applied in the proto's order (finished, new_sequences, then each scheduled
+//   sequence's tokens and new_block_ids appended), then one ModelRunner::Forward over the scheduled sequences
+//   in step order. The output rank answers with a StepResult (a token per sequence with sample = true, in
+//   step order; empty when none); other ranks answer nothing. A sequence's tokens come only from the steps
+//   (the output rank does not append what it sampled: the coordinator sends it back). A failed step leaves
+//   the sequences as they were. SamplingParams.top_p = 0 (proto3's unset) means off, like 1.
+// - reset: forgets every sequence. drain: Ack (steps run in order, so every earlier one is done; later steps
+//   are still taken). shutdown: done() turns true, no reply. heartbeat: no reply.
+// Errors are WorkerErrors with the absl code; the message starts with "rank R: " and names the culprit (the
+// message kind, file, tensor, sequence id, ...); a failed step's error carries its step_id.
+class WorkerShard {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  explicit WorkerShard(const WorkerShardOptions& options);
+  ~WorkerShard();
+  WorkerShard(const WorkerShard&) = delete;
+  WorkerShard& operator=(const WorkerShard&) = delete;
+
+  // Handles `message`, received at `received` (a StepResult's worker_seconds count from then), and returns
+  // the replies to send, in order (often none).
+  std::vector<control::v1::WorkerMessage> Handle(const control::v1::CoordinatorMessage& message,
+                                                 Clock::time_point received);
+  std::vector<control::v1::WorkerMessage> Handle(const control::v1::CoordinatorMessage& message) {
+    return Handle(message, Clock::now());
+  }
+
+  // True once a shutdown message was handled: the transport closes the session.
+  bool done() const { return done_; }
+  int rank() const { return options_.rank; }
+  uint64_t epoch() const { return options_.epoch; }
+  // The sequences this worker keeps (for tests).
+  int num_sequences() const { return static_cast<int>(seqs_.size()); }
+
+  // The KV cache budget of one rank when the coordinator leaves it to the worker (kv_cache_memory_bytes = 0):
+  // a quarter of the host's MemAvailable (/proc/meminfo) split evenly over `world_size` ranks (the worker
+  // cannot know how many share its host, so it assumes all do). The same rule is used for CUDA devices for
+  // now (the Backend interface has no free-memory query yet). Errors: UNAVAILABLE when /proc/meminfo cannot
+  // be read.
+  [[nodiscard]] static absl::StatusOr<int64_t> DefaultKvCacheBudget(int world_size);
+
+ private:
+  enum class Phase { kNew, kAssigned, kConnected, kLoaded, kReady };
+
+  // Each fills the figures of its Ack (Handle sends it with the time taken), or fails (Handle prefixes the
+  // rank).
+  [[nodiscard]] absl::Status AssignShard(const control::v1::AssignShard& assign);
+  [[nodiscard]] absl::Status InitComm(const control::v1::InitComm& init);
+  [[nodiscard]] absl::Status LoadWeights(control::v1::Ack& ack);
+  [[nodiscard]] absl::Status ProfileMemory(const control::v1::ProfileMemory& profile, control::v1::Ack& ack);
+  [[nodiscard]] absl::Status AllocateKvCache(const control::v1::AllocateKvCache& allocate);
+  // Runs a step; on the output rank fills `result`. Sets `step_id` as soon as it is known.
+  [[nodiscard]] absl::Status Step(const std::string& bytes, Clock::time_point received, uint64_t& step_id,
+                                  control::v1::StepResult& result, bool& has_result);
+  void Log(const std::string& line) const;
+
+  struct Entry {
+    Sequence seq;
+    uint64_t scheduled_mark = 0;  // the step_counter_ of the last step that scheduled it
+  };
+  // What a step changed, so that a failed step can be undone.
+  struct Appended {
+    Sequence* seq;
+    size_t num_tokens;  // sizes before the step
+    size_t num_blocks;
+  };
+  void UndoStep();
+
+  WorkerShardOptions options_;
+  Phase phase_ = Phase::kNew;
+  bool done_ = false;
+  control::v1::AssignShard assign_;
+  std::unique_ptr<ParallelConfig> parallel_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Communicator> tp_group_;  // when tp > 1: this stage's TP ranks
+  std::unique_ptr<Communicator> pp_group_;  // when pp > 1: this TP rank's pipeline
+  std::unique_ptr<ModelRunner> runner_;
+  std::unordered_map<uint64_t, Entry> seqs_;  // the batch every rank keeps, by seq_id
+  uint64_t step_counter_ = 0;
+  // Per-step scratch, kept to reuse its capacity.
+  std::vector<std::pair<uint64_t, Entry>> removed_;
+  std::vector<uint64_t> added_;
+  std::vector<Appended> appended_;
+  std::vector<Sequence*> batch_;
+  std::vector<Sequence*> sample_run_;
+  std::vector<int32_t> sampled_;
+};
+
+}  // namespace tessera
