@@ -43,8 +43,8 @@ port=$(grep -o '"grpc_port":[0-9]*' "$events" | head -1 | cut -d: -f2)
 echo "== complete --stream: the same text prompt, streamed through the gRPC client"
 build/tessera complete --server "127.0.0.1:$port" --prompt "The capital of France is" --max-tokens 24 --stream
 echo
-echo "== complete --json: token ids (identical to generate's above), sampled with a seed"
-build/tessera complete --server "127.0.0.1:$port" --prompt-ids 128000,40,1093 --max-tokens 24 --json
+echo "== complete --json: greedy from token ids (the same tokens as generate above), then sampled with a seed"
+build/tessera complete --server "127.0.0.1:$port" --prompt-ids 128000,40,1093 --max-tokens 24 --temperature 0 --json
 build/tessera complete --server "127.0.0.1:$port" --prompt "Once upon a time" --max-tokens 12 --temperature 0.8 \
   --seed 42 --json
 echo "== SIGTERM: the server stops its workers and exits"

@@ -16,6 +16,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/launcher.h"
 #include "coordinator/tokenizer/tokenizer.h"
+#include "kernels/backend_factory.h"
 #include "kernels/core/status_macros.h"
 #include "kernels/core/str_cat.h"
 #include "kernels/core/units.h"
@@ -49,8 +50,11 @@ struct ServeArgs {
 };
 
 void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
-  cmd->add_option("--model", a.model_dir, "Hugging Face model directory")->required()->envname("TESSERA_MODEL");
-  cmd->add_option("--served-model-name", a.served_model_name, "Model id clients use (default: the directory name)")
+  cmd->add_option("--model", a.model_dir, "Hugging Face model directory")
+      ->required()
+      ->envname("TESSERA_MODEL");
+  cmd->add_option("--served-model-name", a.served_model_name,
+                  "Model id clients use (default: the directory name)")
       ->envname("TESSERA_SERVED_MODEL_NAME");
   cmd->add_option("--tp", a.tp, "Tensor-parallel ranks")->capture_default_str()->envname("TESSERA_TP");
   cmd->add_option("--pp", a.pp, "Pipeline stages")->capture_default_str()->envname("TESSERA_PP");
@@ -65,7 +69,8 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
   cmd->add_option("--kv-cache-memory", a.kv_cache_memory, "KV cache per worker (e.g. 512MiB, 4GiB)")
       ->capture_default_str()
       ->envname("TESSERA_KV_CACHE_MEMORY");
-  cmd->add_option("--threads-per-worker", a.threads_per_worker, "CPU threads per worker (0 = cores / workers)")
+  cmd->add_option("--threads-per-worker", a.threads_per_worker,
+                  "CPU threads per worker (0 = cores / workers)")
       ->capture_default_str()
       ->envname("TESSERA_THREADS_PER_WORKER");
   cmd->add_option("--max-num-seqs", a.max_num_seqs, "Sequences in the running batch")->capture_default_str();
@@ -90,7 +95,8 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
 absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   CoordinatorOptions o;
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load(a.model_dir + "/config.json"));
-  ASSIGN_OR_RETURN(GenerationConfig generation, GenerationConfig::Load(a.model_dir + "/generation_config.json"));
+  ASSIGN_OR_RETURN(GenerationConfig generation,
+                   GenerationConfig::Load(a.model_dir + "/generation_config.json"));
   ServedModel& m = o.model;
   m.dir = std::filesystem::absolute(a.model_dir).lexically_normal().string();
   if (!m.dir.empty() && m.dir.back() == '/') m.dir.pop_back();
@@ -122,12 +128,14 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   if (a.grpc_port < 0 || a.grpc_port > 65535) {
     return absl::InvalidArgumentError(Cat("--grpc-port=", a.grpc_port, " is not a port number"));
   }
-  o.listen_address = Cat(a.host.find(':') != std::string::npos ? Cat("[", a.host, "]") : a.host, ":", a.grpc_port);
+  o.listen_address =
+      Cat(a.host.find(':') != std::string::npos ? Cat("[", a.host, "]") : a.host, ":", a.grpc_port);
   if (!a.advertise_host.empty()) o.advertise_host = a.advertise_host;
   ASSIGN_OR_RETURN(o.kv_cache_memory, ParseByteSize(a.kv_cache_memory));
   o.threads_per_worker = a.threads_per_worker;
   if (a.prefill_precision != "exact" && a.prefill_precision != "bf16") {
-    return absl::InvalidArgumentError(Cat("--prefill-precision '", a.prefill_precision, "' is not exact or bf16"));
+    return absl::InvalidArgumentError(
+        Cat("--prefill-precision '", a.prefill_precision, "' is not exact or bf16"));
   }
   o.prefill_precision = a.prefill_precision;
   if (a.max_num_seqs <= 0 || a.max_num_batched_tokens <= 0 || a.max_queued_requests < 0) {
@@ -192,13 +200,15 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
   bool stop = false;
   std::unique_ptr<Coordinator> coordinator;
   SignalWatcher signals([&](int sig) {
-    std::cerr << "tessera " << command << ": " << (sig == SIGINT ? "SIGINT" : "SIGTERM") << ", shutting down\n";
+    std::cerr << "tessera " << command << ": " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
+              << ", shutting down\n";
     std::lock_guard<std::mutex> lock(mu);
     stop = true;
     if (coordinator != nullptr) coordinator->Shutdown(std::chrono::milliseconds(3000));
     cv.notify_all();
   });
-  absl::StatusOr<std::unique_ptr<Coordinator>> started = Coordinator::Start(*options, std::move(tokenizer), std::cerr);
+  absl::StatusOr<std::unique_ptr<Coordinator>> started =
+      Coordinator::Start(*options, std::move(tokenizer), std::cerr);
   if (!started.ok()) return Fail(command, started.status());
   {
     std::lock_guard<std::mutex> lock(mu);
@@ -234,7 +244,22 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
   }
   coordinator->Shutdown(std::chrono::milliseconds(3000));
   if (workers != nullptr) workers->Stop(std::chrono::milliseconds(3000));
-  coordinator.reset();
+  const Scheduler::Stats stats = coordinator->scheduler().stats();
+  if (stats.steps >
+      0) {  // the control plane's cost: step round trip minus the output rank's time in the step
+    std::cout << nlohmann::json{{"event", "stats"},
+                                {"steps", stats.steps},
+                                {"step_ms", 1e3 * stats.step_seconds / stats.steps},
+                                {"worker_ms", 1e3 * stats.worker_seconds / stats.steps},
+                                {"control_plane_ms",
+                                 1e3 * (stats.step_seconds - stats.worker_seconds) / stats.steps}}
+                     .dump()
+              << std::endl;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    coordinator.reset();
+  }
   return exit_code;
 }
 
@@ -242,34 +267,46 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
 
 void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
   auto serve = std::make_shared<ServeArgs>();
-  CLI::App* serve_cmd = app.add_subcommand("serve", "Serve a model on this node: a coordinator and T x P workers");
+  CLI::App* serve_cmd =
+      app.add_subcommand("serve", "Serve a model on this node: a coordinator and T x P workers");
   AddServeOptions(serve_cmd, *serve);
   commands.push_back({serve_cmd, [serve] { return RunServing("serve", *serve, /*local_workers=*/true); }});
 
   auto coord = std::make_shared<ServeArgs>();
-  CLI::App* coord_cmd =
-      app.add_subcommand("coordinator", "Serve a model with T x P workers that join from anywhere (tessera worker)");
+  CLI::App* coord_cmd = app.add_subcommand(
+      "coordinator", "Serve a model with T x P workers that join from anywhere (tessera worker)");
   AddServeOptions(coord_cmd, *coord);
   coord_cmd
       ->add_option("--advertise-host", coord->advertise_host,
                    "How workers reach this host for the rendezvous store (default 127.0.0.1)")
       ->envname("TESSERA_ADVERTISE_HOST");
-  commands.push_back({coord_cmd, [coord] { return RunServing("coordinator", *coord, /*local_workers=*/false); }});
+  commands.push_back(
+      {coord_cmd, [coord] { return RunServing("coordinator", *coord, /*local_workers=*/false); }});
 
   auto worker = std::make_shared<WorkerOptions>();
   auto rank = std::make_shared<int>(-1);
+  auto device = std::make_shared<std::string>("cpu");
   CLI::App* worker_cmd = app.add_subcommand("worker", "Join a coordinator as one rank");
-  worker_cmd->add_option("--coordinator", worker->coordinator_address, "HOST:PORT of the coordinator")
+  worker_cmd->add_option("--coordinator", worker->coordinator, "HOST:PORT of the coordinator")
       ->required()
       ->envname("TESSERA_COORDINATOR");
-  worker_cmd->add_option("--rank", *rank, "This worker's rank (default: LWS_WORKER_INDEX, else registration order)");
-  worker_cmd->add_option("--device", worker->device, "cpu or cuda")->capture_default_str()->envname("TESSERA_DEVICE");
+  worker_cmd->add_option("--rank", *rank,
+                         "This worker's rank (default: LWS_WORKER_INDEX, else registration order)");
+  worker_cmd->add_option("--device", *device, "cpu or cuda")
+      ->capture_default_str()
+      ->envname("TESSERA_DEVICE");
   worker_cmd->add_option("--listen-host", worker->listen_host, "Address other ranks reach this one at")
       ->capture_default_str()
       ->envname("TESSERA_LISTEN_HOST");
-  commands.push_back({worker_cmd, [worker, rank] {
-                        absl::Status s = ResolveRequestedRank(*rank, *worker);
-                        if (s.ok()) s = RunWorker(*worker);
+  commands.push_back({worker_cmd, [worker, rank, device] {
+                        absl::StatusOr<int> requested = RequestedRankFromFlagOrEnv(*rank);
+                        if (!requested.ok()) return Fail("worker", requested.status());
+                        worker->requested_rank = *requested;
+                        absl::StatusOr<DeviceKind> kind = ParseDeviceKind(*device);
+                        if (!kind.ok()) return Fail("worker", kind.status());
+                        worker->device = *kind;
+                        worker->log = &std::cerr;
+                        absl::Status s = RunWorker(*worker);
                         return s.ok() ? 0 : Fail("worker", s);
                       }});
 }

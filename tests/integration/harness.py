@@ -102,6 +102,14 @@ class Process:
                 raise RuntimeError("%s did not stop within %s s" % (self.args[1], timeout))
         return self.proc.returncode
 
+    def __del__(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
 
 def pid_alive(pid):
     try:
@@ -120,9 +128,11 @@ class Server(Process):
     """`tessera serve` on a free port; ready once every shard is loaded."""
 
     def __init__(self, tessera, model, tp=1, pp=1, extra=(), env=None):
+        extra = list(extra)
+        if "--kv-cache-memory" not in extra:
+            extra += ["--kv-cache-memory", "64MiB"]
         super().__init__([tessera, "serve", "--model", model, "--tp", str(tp), "--pp", str(pp),
-                          "--grpc-port", "0", "--host", "127.0.0.1", "--kv-cache-memory", "64MiB"] +
-                         list(extra), env=env)
+                          "--grpc-port", "0", "--host", "127.0.0.1"] + extra, env=env)
         self.worker_pids = []
         self.port = None
 

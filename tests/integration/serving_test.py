@@ -197,7 +197,8 @@ class LifecycleTest(ServerTestCase):
         server = harness.Server(ARGS.tessera, self.tiny, 1, 1, ["--kv-cache-memory", "1MiB"]).start()
         try:
             pb, stub = inference_stub(server.address)
-            whole_cache = dict(token_ids=pb.TokenIds(ids=TINY_PROMPTS[0]), max_tokens=512 - 4, ignore_eos=True)
+            whole_cache = dict(token_ids=pb.TokenIds(ids=TINY_PROMPTS[0]), max_tokens=512 - 4, ignore_eos=True,
+                               temperature=0.0)
             first = None
             for cancel_by_id in (False, True):
                 call = stub.CompleteStream(pb.CompleteRequest(request_id="big%d" % cancel_by_id, **whole_cache),
