@@ -41,7 +41,7 @@ for _ in $(seq 600); do grep -q '"event":"ready"' "$events" && break; sleep 0.1;
 grep '"event":"ready"' "$events"
 port=$(grep -o '"grpc_port":[0-9]*' "$events" | head -1 | cut -d: -f2)
 echo "== complete --stream: the same text prompt, streamed through the gRPC client"
-build/tessera complete --server "127.0.0.1:$port" --prompt "The capital of France is" --max-tokens 24 --stream
+build/tessera complete --server "127.0.0.1:$port" --prompt "The capital of France is" --max-tokens 24 --temperature 0 --stream
 echo
 echo "== complete --json: greedy from token ids (the same tokens as generate above), then sampled with a seed"
 build/tessera complete --server "127.0.0.1:$port" --prompt-ids 128000,40,1093 --max-tokens 24 --temperature 0 --json
