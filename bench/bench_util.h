@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/kv_cache.h"
+#include "worker/model_runner.h"
 
 namespace tessera::bench {
 
@@ -48,6 +50,20 @@ inline std::vector<int32_t> RandomPrompt(int n, int vocab, uint32_t seed) {
     ids[i] = static_cast<int32_t>((seed >> 8) % static_cast<uint32_t>(vocab - 1000));
   }
   return ids;
+}
+
+// Gives each sequence the KV blocks its tokens need (the coordinator's block manager does this in serving).
+inline void Cover(BlockAllocator& blocks, const std::vector<Sequence*>& seqs) {
+  for (Sequence* seq : seqs) {
+    if (absl::Status s = blocks.Cover(static_cast<int64_t>(seq->tokens.size()), seq->block_table); !s.ok()) {
+      Die(s);
+    }
+  }
+}
+
+inline void Release(BlockAllocator& blocks, Sequence& seq) {
+  blocks.Free(seq.block_table);
+  seq.block_table.clear();
 }
 
 }  // namespace tessera::bench

@@ -1,8 +1,8 @@
-// ceilings: prints this machine's ceilings as one JSON line, for benchmarks written in Python (serve_bench.py)
-// to set their figures against. usage: ceilings [--threads N] [--gemm]
+// ceilings: prints this machine's ceilings as one JSON line, for benchmarks written in Python
+// (serve_bench.py) to set their figures against. usage: ceilings [--threads N] [--gemm]
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 
 #include "bench/roofline.h"

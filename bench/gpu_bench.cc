@@ -29,10 +29,12 @@ namespace tessera {
 namespace {
 
 using bench::Clock;
+using bench::Cover;
 using bench::Die;
 using bench::Median;
 using bench::OrDie;
 using bench::RandomPrompt;
+using bench::Release;
 using bench::Seconds;
 
 [[noreturn]] void Usage(const std::string& why) {
@@ -139,19 +141,6 @@ struct DecodeResult {
   double min_s = 0;
   int context_start = 0;
 };
-
-// Gives each sequence the KV blocks its tokens need (the coordinator's block manager does this in serving).
-void Cover(BlockAllocator& blocks, const std::vector<Sequence*>& seqs) {
-  for (Sequence* seq : seqs) {
-    if (absl::Status s = blocks.Cover(static_cast<int64_t>(seq->tokens.size()), seq->block_table); !s.ok())
-      Die(s);
-  }
-}
-
-void Release(BlockAllocator& blocks, Sequence& seq) {
-  blocks.Free(seq.block_table);
-  seq.block_table.clear();
-}
 
 // Median seconds of one decode step (Forward + greedy SampleAndAppend, which waits for the device) for
 // `batch` sequences whose prompts of `context` tokens are first prefilled in groups that fit max_num_tokens.

@@ -20,23 +20,12 @@ namespace tessera {
 namespace {
 
 using bench::Clock;
+using bench::Cover;
 using bench::Die;
 using bench::OrDie;
 using bench::RandomPrompt;
+using bench::Release;
 using bench::Seconds;
-
-// Gives each sequence the KV blocks its tokens need (the coordinator's block manager does this in serving).
-void Cover(BlockAllocator& blocks, const std::vector<Sequence*>& seqs) {
-  for (Sequence* seq : seqs) {
-    if (absl::Status s = blocks.Cover(static_cast<int64_t>(seq->tokens.size()), seq->block_table); !s.ok())
-      Die(s);
-  }
-}
-
-void Release(BlockAllocator& blocks, Sequence& seq) {
-  blocks.Free(seq.block_table);
-  seq.block_table.clear();
-}
 
 // Seconds per decode step for `batch` sequences with a 32-token context, best of `steps` steps.
 double DecodeStepSeconds(ModelRunner& runner, BlockAllocator& blocks, int batch, int steps) {

@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "kernels/backend_factory.h"
 #include "kernels/core/npy.h"
+#include "kernels/core/resource_usage.h"
 #include "kernels/core/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/gloo_communicator.h"
@@ -30,12 +31,6 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
-}
-
-int64_t PeakRssBytes() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/backend_factory.h"
+#include "kernels/core/resource_usage.h"
 #include "kernels/core/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/gloo_communicator.h"
@@ -24,12 +25,6 @@ using Clock = WorkerShard::Clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
-}
-
-int64_t PeakRssBytes() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
 }
 
 // The same error with `prefix` in front of its message.

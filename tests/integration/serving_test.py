@@ -8,6 +8,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -231,6 +232,36 @@ class LifecycleTest(ServerTestCase):
         self.assertLess(time.time() - start, 10)
         for pid in server.worker_pids:
             self.assertFalse(harness.pid_alive(pid))
+
+
+class MemoryTest(ServerTestCase):
+    """Each rank reads only its slices: its peak resident set stays within 1.2x its shard plus its KV cache."""
+
+    def test_each_worker_holds_its_shard_and_kv_cache_and_little_else(self):
+        small = os.path.join(ARGS.workdir, "small")
+        if not os.path.exists(os.path.join(small, "config.json")):
+            tessera("make-model", "--preset", "small", "--out", small, timeout=600)
+        kv = 64 << 20
+        server = harness.Server(ARGS.tessera, small, 2, 1, ["--kv-cache-memory", "64MiB"]).start(timeout=600)
+        try:
+            self.assertEqual(len(complete_ids(server.address, [128000, 9906, 11], max_tokens=3)), 3)
+            shard = {}
+            for line in server.stderr:
+                m = re.search(r"rank (\d+) loaded its shard in \S+ s \((\d+) bytes read", line)
+                if m:
+                    shard[int(m.group(1))] = int(m.group(2))
+            self.assertEqual(sorted(shard), [0, 1])
+            for pid in server.worker_pids:
+                with open("/proc/%d/cmdline" % pid) as f:
+                    argv = f.read().split("\0")
+                rank = int(argv[argv.index("--rank") + 1])
+                with open("/proc/%d/status" % pid) as f:
+                    peak = int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+                print("rank %d: peak RSS %.3f GB, shard %.3f GB, KV %.3f GB" % (rank, peak / 1e9, shard[rank] / 1e9,
+                                                                             kv / 1e9), file=sys.stderr)
+                self.assertLessEqual(peak, 1.2 * shard[rank] + kv, "rank %d" % rank)
+        finally:
+            self.stop_cleanly(server)
 
 
 if __name__ == "__main__":
