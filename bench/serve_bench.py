@@ -91,6 +91,7 @@ def main():
                           "step_ms": round(stats.get("step_ms", 0), 3),
                           "output_rank_ms": round(stats.get("worker_ms", 0), 3),
                           "control_plane_ms": round(stats.get("control_plane_ms", 0), 3),
+                          "of_which_sending_ms": round(stats.get("send_ms", 0), 3),
                           "client_inter_token_ms": round(itl, 3)}))
 
     if args.skip_small:

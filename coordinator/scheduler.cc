@@ -16,18 +16,13 @@ double Now() {
 }  // namespace
 
 Scheduler::Scheduler(const SchedulerOptions& options, StepSink& sink)
-    : options_(options), sink_(sink), blocks_(options.num_kv_blocks, options.block_size) {
-  thread_ = std::thread([this] { Loop(); });
-}
+    : options_(options), sink_(sink), blocks_(options.num_kv_blocks, options.block_size) {}
 
 Scheduler::~Scheduler() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
-    FailLocked(absl::UnavailableError("the server is shutting down"));
-  }
-  cv_.notify_all();
-  thread_.join();
+  std::unique_lock<std::mutex> lock(mu_);
+  stopping_ = true;
+  FailLocked(absl::UnavailableError("the server is shutting down"));
+  cv_.wait(lock, [&] { return !pumping_; });
 }
 
 bool Scheduler::ready() const {
@@ -36,13 +31,11 @@ bool Scheduler::ready() const {
 }
 
 void Scheduler::Activate(int num_kv_blocks) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    options_.num_kv_blocks = num_kv_blocks;
-    blocks_ = BlockManager(num_kv_blocks, options_.block_size);
-    ready_ = failure_.ok();
-  }
-  cv_.notify_all();
+  std::unique_lock<std::mutex> lock(mu_);
+  options_.num_kv_blocks = num_kv_blocks;
+  blocks_ = BlockManager(num_kv_blocks, options_.block_size);
+  ready_ = failure_.ok();
+  Pump(lock);
 }
 
 Scheduler::Stats Scheduler::stats() const {
@@ -85,8 +78,7 @@ absl::Status Scheduler::Submit(GenerationRequest request, std::shared_ptr<Genera
   owned->observer = std::move(observer);
   by_id_[owned->params.id] = owned.get();
   waiting_.push_back(std::move(owned));
-  lock.unlock();
-  cv_.notify_all();
+  Pump(lock);
   return absl::OkStatus();
 }
 
@@ -108,14 +100,13 @@ absl::Status Scheduler::Cancel(const std::string& request_id) {
       }
     }
   }
-  lock.unlock();
-  cv_.notify_all();
+  Pump(lock);
   return absl::OkStatus();
 }
 
 void Scheduler::OnStepResult(uint64_t step_id, const std::vector<int32_t>& tokens, double worker_seconds) {
+  std::unique_lock<std::mutex> lock(mu_);
   {
-    std::lock_guard<std::mutex> lock(mu_);
     auto it = in_flight_.find(step_id);
     if (it == in_flight_.end()) {
       if (failure_.ok())
@@ -153,15 +144,12 @@ void Scheduler::OnStepResult(uint64_t step_id, const std::vector<int32_t>& token
       if (seq->done && seq->reserved > 0) RetireSeqLocked(*seq);
     }
   }
-  cv_.notify_all();
+  Pump(lock);
 }
 
 void Scheduler::Fail(const absl::Status& status) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    FailLocked(status);
-  }
-  cv_.notify_all();
+  std::lock_guard<std::mutex> lock(mu_);
+  FailLocked(status);
 }
 
 void Scheduler::FailLocked(const absl::Status& status) {
@@ -288,22 +276,28 @@ bool Scheduler::FormStepLocked(std::string& serialized) {
   return true;
 }
 
-void Scheduler::Loop() {
-  std::unique_lock<std::mutex> lock(mu_);
+void Scheduler::Pump(std::unique_lock<std::mutex>& lock) {
+  if (pumping_) {
+    repump_ = true;
+    return;
+  }
+  pumping_ = true;
   std::string serialized;
-  while (!stopping_) {
+  do {
+    repump_ = false;
     AdmitLocked();
-    bool sent = false;
     while (static_cast<int>(in_flight_.size()) < options_.max_steps_in_flight && FormStepLocked(serialized)) {
       lock.unlock();
+      const double start = Now();
       absl::Status status = sink_.SendStep(serialized);
+      const double sent = Now() - start;
       lock.lock();
+      stats_.send_seconds += sent;
       if (!status.ok()) FailLocked(status);
-      sent = true;
     }
-    if (sent) continue;  // admitting or forming may have become possible meanwhile
-    cv_.wait(lock);
-  }
+  } while (repump_);
+  pumping_ = false;
+  cv_.notify_all();
 }
 
 }  // namespace tessera

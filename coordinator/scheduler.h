@@ -3,7 +3,10 @@
 // step boundaries. Each step is a delta against the workers' batches (finished, new and scheduled sequences,
 // prompt chunks within max_num_batched_tokens, sampled tokens fed back, new block ids), serialized once and
 // handed to a StepSink. With pipeline parallelism up to max_steps_in_flight micro-batches (disjoint sets of
-// sequences) are in flight so that stages overlap. All work happens on the scheduler's own thread.
+// sequences) are in flight so that stages overlap. There is no scheduler thread: whichever call changes the
+// state (Submit, Cancel, OnStepResult, Activate) forms and sends the steps that became possible, one caller
+// at a time, so that every worker receives the steps in the same order and a decode step is sent from the
+// thread that delivered the previous result, without a thread hop.
 #pragma once
 
 #include <condition_variable>
@@ -13,7 +16,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -22,7 +24,8 @@
 
 namespace tessera {
 
-// Where steps go (the worker group). SendStep is called on the scheduler thread, without its lock held.
+// Where steps go (the worker group). SendStep is called by one thread at a time, without the scheduler's
+// lock.
 class StepSink {
  public:
   virtual ~StepSink() = default;
@@ -42,10 +45,10 @@ struct SchedulerOptions {
 
 class Scheduler final : public Engine {
  public:
-  // Starts the scheduler thread. `sink` must outlive the scheduler. The scheduler is not ready (Submit fails
-  // with UNAVAILABLE) until Activate.
+  // `sink` must outlive the scheduler. The scheduler is not ready (Submit fails with UNAVAILABLE) until
+  // Activate.
   Scheduler(const SchedulerOptions& options, StepSink& sink);
-  ~Scheduler() override;  // fails what is left with UNAVAILABLE and joins the thread
+  ~Scheduler() override;  // fails what is left with UNAVAILABLE
 
   [[nodiscard]] absl::Status Submit(GenerationRequest request,
                                     std::shared_ptr<GenerationObserver> observer) override;
@@ -66,6 +69,7 @@ class Scheduler final : public Engine {
     int64_t steps = 0;
     double step_seconds = 0;
     double worker_seconds = 0;
+    double send_seconds = 0;  // of step_seconds: writing the steps to the workers
   };
   Stats stats() const;
   int num_free_blocks() const;
@@ -96,7 +100,9 @@ class Scheduler final : public Engine {
     double sent_at = 0;
   };
 
-  void Loop();
+  // Admits what fits and sends every step that can be formed; returns with `lock` held. If another thread is
+  // already sending, leaves the work to it.
+  void Pump(std::unique_lock<std::mutex>& lock);
   void AdmitLocked();
   // Builds the next step from sequences not in flight; false when there is nothing to run.
   bool FormStepLocked(std::string& serialized);
@@ -122,7 +128,8 @@ class Scheduler final : public Engine {
   uint64_t next_step_id_ = 1;
   int num_running_seqs_ = 0;
   Stats stats_;
-  std::thread thread_;
+  bool pumping_ = false;  // a thread is in Pump
+  bool repump_ = false;   // state changed while it was sending
 };
 
 }  // namespace tessera

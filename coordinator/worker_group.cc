@@ -117,10 +117,11 @@ grpc::Status WorkerGroup::Session(grpc::ServerContext*,
                           Cat(DescribeLocked(rank), " already has a session"));
     }
     w.connected = true;
-    w.stream = stream;
+    w.closing = false;
     w.last_seen = Clock::now();
     cv_.notify_all();
   }
+  std::thread writer([this, rank, stream] { WriterLoop(rank, stream); });
   while (stream->Read(&message)) {
     if (message.epoch() != epoch_) continue;  // a stale message from an earlier life of this rank
     {
@@ -139,30 +140,44 @@ grpc::Status WorkerGroup::Session(grpc::ServerContext*,
       on_result_(message.step_result());
     }
   }
-  std::lock_guard<std::mutex> write_lock(*workers_[rank].write_mu);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    workers_[rank].closing = true;
+    workers_[rank].outbox_cv->notify_all();
+  }
+  writer.join();
   std::lock_guard<std::mutex> lock(mu_);
   Worker& w = workers_[rank];
   w.connected = false;
-  w.stream = nullptr;
+  w.outbox.clear();
   FailLocked(
       absl::UnavailableError(Cat("worker ", DescribeLocked(rank), " closed its session (it exited?)")));
   cv_.notify_all();
   return grpc::Status::OK;
 }
 
-bool WorkerGroup::Write(int rank, const CoordinatorMessage& message) {
-  std::mutex* write_mu;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    write_mu = workers_[rank].write_mu.get();
+bool WorkerGroup::Enqueue(int rank, std::shared_ptr<const CoordinatorMessage> message) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Worker& w = workers_[rank];
+  if (!w.connected || w.closing) return false;
+  w.outbox.push_back(std::move(message));
+  w.outbox_cv->notify_one();
+  return true;
+}
+
+void WorkerGroup::WriterLoop(int rank, grpc::ServerReaderWriter<CoordinatorMessage, WorkerMessage>* stream) {
+  std::unique_lock<std::mutex> lock(mu_);
+  Worker& w = workers_[rank];
+  while (true) {
+    w.outbox_cv->wait(lock, [&] { return !w.outbox.empty() || w.closing; });
+    if (w.closing) return;
+    std::shared_ptr<const CoordinatorMessage> message = std::move(w.outbox.front());
+    w.outbox.pop_front();
+    lock.unlock();
+    const bool written = stream->Write(*message);
+    lock.lock();
+    if (!written) return;  // the stream is gone; its reader notices and reports it
   }
-  std::lock_guard<std::mutex> write_lock(*write_mu);
-  grpc::ServerReaderWriter<CoordinatorMessage, WorkerMessage>* stream;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stream = workers_[rank].stream;
-  }
-  return stream != nullptr && stream->Write(message);
 }
 
 absl::Status WorkerGroup::WaitForWorkers(std::chrono::milliseconds timeout) {

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -65,14 +66,24 @@ class WorkerGroup final : public control::v1::Control::Service, public StepSink 
     bool connected = false;  // its Session is open
     std::string hostname;
     int pid = 0;
-    grpc::ServerReaderWriter<control::v1::CoordinatorMessage, control::v1::WorkerMessage>* stream = nullptr;
-    std::unique_ptr<std::mutex> write_mu = std::make_unique<std::mutex>();
+    bool closing = false;  // its session is ending: the writer stops
+    // Messages for the worker's writer thread, which writes them in order while the session lasts (so that a
+    // step reaches every worker at once instead of one blocking write after another).
+    std::deque<std::shared_ptr<const control::v1::CoordinatorMessage>> outbox;
+    std::unique_ptr<std::condition_variable> outbox_cv = std::make_unique<std::condition_variable>();
     std::chrono::steady_clock::time_point last_seen;
     bool acked = false;
     control::v1::Ack ack;
   };
 
-  bool Write(int rank, const control::v1::CoordinatorMessage& message);
+  // Queues a message for the worker's writer; false when the worker has no open session.
+  bool Enqueue(int rank, std::shared_ptr<const control::v1::CoordinatorMessage> message);
+  bool Write(int rank, const control::v1::CoordinatorMessage& message) {
+    return Enqueue(rank, std::make_shared<const control::v1::CoordinatorMessage>(message));
+  }
+  void WriterLoop(
+      int rank,
+      grpc::ServerReaderWriter<control::v1::CoordinatorMessage, control::v1::WorkerMessage>* stream);
   void FailLocked(const absl::Status& status);
   void HeartbeatLoop();
   std::string DescribeLocked(int rank) const;

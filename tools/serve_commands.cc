@@ -251,6 +251,7 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
                                 {"steps", stats.steps},
                                 {"step_ms", 1e3 * stats.step_seconds / stats.steps},
                                 {"worker_ms", 1e3 * stats.worker_seconds / stats.steps},
+                                {"send_ms", 1e3 * stats.send_seconds / stats.steps},
                                 {"control_plane_ms",
                                  1e3 * (stats.step_seconds - stats.worker_seconds) / stats.steps}}
                      .dump()
