@@ -157,11 +157,15 @@ grpc::Status WorkerGroup::Session(grpc::ServerContext*,
 }
 
 bool WorkerGroup::Enqueue(int rank, std::shared_ptr<const CoordinatorMessage> message) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Worker& w = workers_[rank];
-  if (!w.connected || w.closing) return false;
-  w.outbox.push_back(std::move(message));
-  w.outbox_cv->notify_one();
+  std::condition_variable* wake;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Worker& w = workers_[rank];
+    if (!w.connected || w.closing) return false;
+    w.outbox.push_back(std::move(message));
+    wake = w.outbox_cv.get();
+  }
+  wake->notify_one();  // after unlocking, so that the writer does not wake into a held mutex
   return true;
 }
 
@@ -233,13 +237,22 @@ absl::StatusOr<std::vector<control::v1::Ack>> WorkerGroup::RunPhase(
 }
 
 absl::Status WorkerGroup::SendStep(const std::string& step) {
-  CoordinatorMessage message;
-  message.set_epoch(epoch_);
-  message.set_step(step);
-  for (int rank = 0; rank < options_.world_size; ++rank) {
-    if (!Write(rank, message))
-      return absl::UnavailableError(Cat("cannot send a step to worker ", Describe(rank)));
+  auto message = std::make_shared<CoordinatorMessage>();
+  message->set_epoch(epoch_);
+  message->set_step(step);
+  std::vector<std::condition_variable*> wake;
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // one critical section for all workers
+    for (int rank = 0; rank < options_.world_size; ++rank) {
+      Worker& w = workers_[rank];
+      if (!w.connected || w.closing) {
+        return absl::UnavailableError(Cat("cannot send a step to worker ", DescribeLocked(rank)));
+      }
+      w.outbox.push_back(message);
+      wake.push_back(w.outbox_cv.get());
+    }
   }
+  for (std::condition_variable* cv : wake) cv->notify_one();
   return absl::OkStatus();
 }
 

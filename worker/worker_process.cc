@@ -99,7 +99,9 @@ absl::StatusOr<cv1::RegisterResponse> Register(cv1::Control::Stub& stub, const W
 // State shared by the session's threads (the reader, the heartbeat sender, the watchdog and the caller's).
 struct SessionState {
   std::mutex mu;
-  std::condition_variable cv;
+  std::condition_variable cv;        // the helper threads wait on it (stopping, closing, ended)
+  std::condition_variable queue_cv;  // the handling thread waits on it (a message, lost, ended): a step wakes
+                                     // that one thread, not the heartbeat and watchdog threads too
   std::deque<std::pair<cv1::CoordinatorMessage, Clock::time_point>> queue;  // with the time received
   Clock::time_point last_heard;
   bool ended = false;       // the reader saw the stream end
@@ -117,6 +119,7 @@ struct SessionState {
       lost_at = Clock::now();
     }
     cv.notify_all();
+    queue_cv.notify_all();
   }
 };
 
@@ -201,13 +204,14 @@ absl::Status RunWorker(const WorkerOptions& options) {
       state.last_heard = Clock::now();
       if (m.body_case() != cv1::CoordinatorMessage::kHeartbeat) {
         state.queue.emplace_back(std::move(m), state.last_heard);
-        state.cv.notify_all();
+        state.queue_cv.notify_one();
       }
       m.Clear();
     }
     std::lock_guard<std::mutex> lock(state.mu);
     state.ended = true;
     state.cv.notify_all();
+    state.queue_cv.notify_all();
   });
   std::thread heartbeat([&] {
     std::unique_lock<std::mutex> lock(state.mu);
@@ -246,7 +250,7 @@ absl::Status RunWorker(const WorkerOptions& options) {
   bool shutdown = false;
   for (;;) {
     std::unique_lock<std::mutex> lock(state.mu);
-    state.cv.wait(lock, [&] { return !state.queue.empty() || state.lost || state.ended; });
+    state.queue_cv.wait(lock, [&] { return !state.queue.empty() || state.lost || state.ended; });
     if (state.lost || state.ended) {
       // A coordinator that said shutdown and closed the stream at once still gets a clean exit.
       for (const auto& queued : state.queue) {
