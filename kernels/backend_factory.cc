@@ -40,6 +40,15 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
   return absl::InvalidArgumentError("unknown device kind");
 }
 
+absl::StatusOr<int> CountDevices(DeviceKind device) {
+  if (device == DeviceKind::kCpu) return 1;
+#if TESSERA_HAVE_CUDA
+  return CudaBackend::DeviceCount();
+#else
+  return absl::UnavailableError("this build has no CUDA backend (configure with -DTESSERA_CUDA=ON)");
+#endif
+}
+
 absl::StatusOr<DeviceKind> ParseDeviceKind(const std::string& name) {
   if (name == "cpu") return DeviceKind::kCpu;
   if (name == "cuda") return DeviceKind::kCuda;

@@ -12,13 +12,17 @@ namespace tessera {
 
 struct BackendOptions {
   DeviceKind device = DeviceKind::kCpu;
-  int num_threads = 0;  // CPU: threads of the pool (0 = all cores)
+  int num_threads = 0;   // CPU: threads of the pool (0 = all cores)
   int device_index = 0;  // CUDA: which GPU
 };
 
-// Errors: INVALID_ARGUMENT for bad options; UNAVAILABLE with one line saying why when the device is not usable
-// here ("built without CUDA", "no CUDA device: <the driver's message>").
+// Errors: INVALID_ARGUMENT for bad options; UNAVAILABLE with one line saying why when the device is not
+// usable here ("built without CUDA", "no CUDA device: <the driver's message>").
 [[nodiscard]] absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+
+// How many devices of this kind the process sees (the CPU counts as one). Errors: UNAVAILABLE as
+// CreateBackend.
+[[nodiscard]] absl::StatusOr<int> CountDevices(DeviceKind device);
 
 // "cpu" or "cuda". Errors: INVALID_ARGUMENT naming the value.
 [[nodiscard]] absl::StatusOr<DeviceKind> ParseDeviceKind(const std::string& name);

@@ -296,6 +296,9 @@ void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
   worker_cmd->add_option("--device", *device, "cpu or cuda")
       ->capture_default_str()
       ->envname("TESSERA_DEVICE");
+  worker_cmd
+      ->add_option("--gpu", worker->device_index, "CUDA: the GPU to use (default: rank modulo the GPUs)")
+      ->envname("TESSERA_GPU");
   worker_cmd->add_option("--listen-host", worker->listen_host, "Address other ranks reach this one at")
       ->capture_default_str()
       ->envname("TESSERA_LISTEN_HOST");

@@ -167,6 +167,7 @@ absl::Status RunWorker(const WorkerOptions& options) {
   shard_options.epoch = reg.epoch();
   shard_options.device = options.device;
   shard_options.listen_host = options.listen_host;
+  shard_options.device_index = options.device_index;
   shard_options.log = [&log](const std::string& line) { log.Line(line); };
   WorkerShard shard(shard_options);
 

@@ -17,6 +17,7 @@ struct WorkerOptions {
   std::string coordinator;  // HOST:PORT of the coordinator's Control service
   int requested_rank = -1;  // -1: any free rank (see RequestedRankFromFlagOrEnv)
   DeviceKind device = DeviceKind::kCpu;
+  int device_index = -1;                  // CUDA: the GPU; -1 = the rank modulo the GPUs this process sees
   std::string listen_host = "127.0.0.1";  // the address this worker's Gloo connections listen on
   // How long to keep trying to register while the coordinator is unreachable (UNAVAILABLE).
   std::chrono::milliseconds connect_timeout{300000};

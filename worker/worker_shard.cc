@@ -14,7 +14,7 @@
 #include "kernels/core/resource_usage.h"
 #include "kernels/core/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "parallel/gloo_communicator.h"
+#include "parallel/communicator_factory.h"
 #include "worker/generate_command.h"
 
 namespace tessera {
@@ -169,8 +169,11 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
     if (!parsed.ok()) return Prefixed(parsed.status(), "assign_shard: ");
     device = *parsed;
   }
-  if (device != DeviceKind::kCpu && world > 1) {
-    return absl::UnimplementedError("assign_shard: tp/pp across workers needs the CPU device (no NCCL yet)");
+  int device_index = 0;
+  if (device == DeviceKind::kCuda) {
+    absl::StatusOr<int> gpus = CountDevices(device);
+    if (!gpus.ok()) return Prefixed(gpus.status(), "assign_shard: ");
+    device_index = options_.device_index >= 0 ? options_.device_index : options_.rank % *gpus;
   }
   PrefillPrecision precision = PrefillPrecision::kSplitBf16;
   if (!assign.prefill_precision().empty()) {
@@ -207,6 +210,7 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
   } else {
     BackendOptions options;
     options.device = device;
+    options.device_index = device_index;
     backend = CreateBackend(options);
   }
   if (!backend.ok()) return Prefixed(backend.status(), "assign_shard: ");
@@ -215,11 +219,14 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
   checkpoint_ = std::make_unique<Checkpoint>(std::move(checkpoint).value());
   parallel_ = std::make_unique<ParallelConfig>(std::move(parallel).value());
   backend_ = std::move(backend).value();
+  device_ = device;
+  device_index_ = device_index;
   phase_ = Phase::kAssigned;
   Log(absl::StrCat("assigned tp_rank ", parallel_->TpRank(options_.rank), " pp_rank ",
                    parallel_->PpRank(options_.rank), " of ", parallel_->ToString(), " of ",
                    assign.model_dir(), " on ",
-                   device == DeviceKind::kCpu ? absl::StrCat("cpu (", threads, " threads)") : "cuda"));
+                   device == DeviceKind::kCpu ? absl::StrCat("cpu (", threads, " threads)")
+                                              : absl::StrCat("cuda:", device_index)));
   return absl::OkStatus();
 }
 
@@ -236,19 +243,23 @@ absl::Status WorkerShard::InitComm(const cv1::InitComm& init) {
   }
   auto join = [&](const std::string& group, int group_rank,
                   int size) -> absl::StatusOr<std::unique_ptr<Communicator>> {
-    GlooOptions gloo;
-    gloo.group = absl::StrCat(init.group_prefix(), "/", group);
-    gloo.rank = group_rank;
-    gloo.size = size;
-    gloo.store_address = init.store_address();
-    gloo.hostname = options_.listen_host;
-    if (init.timeout_ms() > 0) gloo.timeout = std::chrono::milliseconds(init.timeout_ms());
-    absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm = GlooCommunicator::Create(gloo);
+    GroupOptions group_options;
+    group_options.group = absl::StrCat(init.group_prefix(), "/", group);
+    group_options.rank = group_rank;
+    group_options.size = size;
+    group_options.store_address = init.store_address();
+    group_options.hostname = options_.listen_host;
+    group_options.device_index = device_index_;
+    if (init.timeout_ms() > 0) group_options.timeout = std::chrono::milliseconds(init.timeout_ms());
+    // CPU tensors move over Gloo (TCP), CUDA tensors over NCCL.
+    const CommunicatorKind kind =
+        device_ == DeviceKind::kCuda ? CommunicatorKind::kNccl : CommunicatorKind::kGloo;
+    absl::StatusOr<std::unique_ptr<Communicator>> comm = JoinGroup(kind, group_options);
     if (!comm.ok()) {
-      return Prefixed(comm.status(),
-                      absl::StrCat("init_comm: group ", gloo.group, " via ", gloo.store_address, ": "));
+      return Prefixed(comm.status(), absl::StrCat("init_comm: group ", group_options.group, " via ",
+                                                  group_options.store_address, ": "));
     }
-    return std::unique_ptr<Communicator>(std::move(comm).value());
+    return comm;
   };
   // Every rank joins its TP group first, then its pipeline: no rank waits on a group another has not reached.
   if (p.tp_size() > 1) {

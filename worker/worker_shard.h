@@ -31,6 +31,9 @@ struct WorkerShardOptions {
   uint64_t epoch = 0;
   // The device the worker registered with; assign_shard's device, when set, wins.
   DeviceKind device = DeviceKind::kCpu;
+  // CUDA: the GPU this worker uses; -1 = its rank modulo the GPUs the process sees (one rank per GPU, the
+  // layout of a node whose workers are ranks 0..N-1 of N GPUs; set CUDA_VISIBLE_DEVICES or this otherwise).
+  int device_index = -1;
   std::string listen_host = "127.0.0.1";  // the address this rank's Gloo connections listen on
   // Receives one line (no newline) per setup phase, e.g. "worker rank 0: loaded weights in 1.2 s (B bytes)".
   std::function<void(const std::string&)> log;
@@ -122,6 +125,8 @@ class WorkerShard {
   std::unique_ptr<ParallelConfig> parallel_;
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<Backend> backend_;
+  DeviceKind device_ = DeviceKind::kCpu;    // assign_shard's choice
+  int device_index_ = 0;                    // CUDA: the GPU
   std::unique_ptr<Communicator> tp_group_;  // when tp > 1: this stage's TP ranks
   std::unique_ptr<Communicator> pp_group_;  // when pp > 1: this TP rank's pipeline
   std::unique_ptr<ModelRunner> runner_;

@@ -1,6 +1,7 @@
 // WorkerShard on malformed input: every bad message (stale epoch, setup out of order or naming a bad model,
 // split or option, malformed or inconsistent steps) is answered by a WorkerError with the right code whose
 // message names the rank and the culprit, and a failed step leaves the batch as it was.
+#include "kernels/backend_factory.h"
 #include "tests/worker/worker_shard_fixture.h"
 
 namespace tessera::worker_shard_test {
@@ -56,6 +57,16 @@ TEST_F(WorkerShardTest, SetupErrorsNameTheRankAndTheCulprit) {
   cv1::CoordinatorMessage empty = Message();
   error = ErrorOf(shard->Handle(empty));
   EXPECT_EQ(error.code(), static_cast<int>(absl::StatusCode::kUnimplemented));
+}
+
+TEST_F(WorkerShardTest, ACudaShardWhereThereIsNoGpuFailsWithUnavailable) {
+  if (CountDevices(DeviceKind::kCuda).ok()) GTEST_SKIP() << "a GPU is present";
+  auto shard = MakeShard(0, 2);
+  cv1::CoordinatorMessage assign = Assign(0, 2, 1);
+  assign.mutable_assign_shard()->set_device("cuda");
+  cv1::WorkerError error = ErrorOf(shard->Handle(assign));
+  EXPECT_EQ(error.code(), static_cast<int>(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(error.message(), StartsWith("rank 0: assign_shard: "));
 }
 
 TEST_F(WorkerShardTest, AStepBeforeTheKvCacheIsFailedPrecondition) {
