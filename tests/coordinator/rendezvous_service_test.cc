@@ -14,6 +14,8 @@
 #include <chrono>
 #include <thread>
 
+#include "tests/util/test_env.h"
+
 extern char** environ;
 
 namespace tessera {
@@ -28,18 +30,7 @@ using control::v1::SetResponse;
 using control::v1::WaitRequest;
 using control::v1::WaitResponse;
 
-// A free loopback port (bound then released: a server started soon after can take it).
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
+int FreePort() { return ::tessera::testing::FreeLoopbackPort(); }
 
 class Server {
  public:

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "tests/util/status_matchers.h"
+#include "tests/util/test_env.h"
 
 namespace tessera {
 namespace {
@@ -26,13 +27,7 @@ using ::testing::AnyOf;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
-std::string FreshStoreDir() {
-  static std::atomic<int> counter{0};
-  auto dir = std::filesystem::path(::testing::TempDir()) /
-             ("gloo_store_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-  std::filesystem::remove_all(dir);
-  return dir.string();
-}
+std::string FreshStoreDir() { return ::tessera::testing::FreshTempDir("gloo_store"); }
 
 GlooOptions Options(const std::string& store, int rank, int size, std::chrono::milliseconds timeout = 10s) {
   GlooOptions o;

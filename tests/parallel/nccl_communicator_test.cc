@@ -21,6 +21,7 @@
 #include "kernels/cuda/cuda_resources.h"
 #include "tests/kernels/kernel_test_util.h"
 #include "tests/util/status_matchers.h"
+#include "tests/util/test_env.h"
 
 namespace tessera {
 namespace {
@@ -31,13 +32,7 @@ using ::testing::AnyOf;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
-std::string FreshStoreDir() {
-  static std::atomic<int> counter{0};
-  auto dir = std::filesystem::path(::testing::TempDir()) /
-             ("nccl_store_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-  std::filesystem::remove_all(dir);
-  return dir.string();
-}
+std::string FreshStoreDir() { return ::tessera::testing::FreshTempDir("nccl_store"); }
 
 NcclOptions Options(const std::string& store, int rank, int size, std::chrono::milliseconds timeout = 30s) {
   NcclOptions o;

@@ -21,6 +21,7 @@
 
 #include "tessera/control/v1/control.grpc.pb.h"
 #include "tests/util/status_matchers.h"
+#include "tests/util/test_env.h"
 #include "worker/checkpoint/make_model.h"
 
 namespace tessera {
@@ -33,18 +34,7 @@ using ::testing::HasSubstr;
 
 constexpr uint64_t kEpoch = 3;
 
-// A free loopback port (bound then released: a server started soon after can take it).
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
+int FreePort() { return ::tessera::testing::FreeLoopbackPort(); }
 
 // The coordinator's side of Control, scripted by the test.
 class FakeControl final : public cv1::Control::Service {
