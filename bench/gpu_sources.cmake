@@ -12,6 +12,6 @@ if(TARGET tessera_worker AND TESSERA_HAVE_CUDA)
     $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Wno-unused-parameter --Werror=all-warnings>)
 
   add_executable(gpu_bench ${CMAKE_CURRENT_LIST_DIR}/gpu_bench.cc)
-  target_link_libraries(gpu_bench PRIVATE tessera_gpu_roofline tessera_worker nlohmann_json::nlohmann_json)
+  target_link_libraries(gpu_bench PRIVATE tessera_gpu_roofline tessera_worker tessera_cuda nlohmann_json::nlohmann_json)
   tessera_warnings(gpu_bench)
 endif()

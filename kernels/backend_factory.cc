@@ -2,15 +2,72 @@
 // TESSERA_HAVE_CUDA (kernels/cuda); elsewhere asking for it is UNAVAILABLE with the configure flag to use.
 #include "kernels/backend_factory.h"
 
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+#include <mutex>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 #if TESSERA_HAVE_CUDA
-#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_plugin.h"
 #endif
 
 namespace tessera {
+
+#if TESSERA_HAVE_CUDA
+namespace {
+
+struct CudaPlugin {
+  CreateCudaBackendFn create = nullptr;
+  CudaDeviceCountFn count = nullptr;
+};
+
+// Where libtessera_cuda.so is: $TESSERA_CUDA_PLUGIN, else next to this executable, else where the build wrote
+// it.
+std::string PluginPath() {
+  if (const char* env = std::getenv("TESSERA_CUDA_PLUGIN"); env != nullptr && *env != 0) return env;
+  char exe[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n > 0) {
+    std::string dir(exe, n);
+    dir.resize(dir.rfind('/') + 1);
+    const std::string beside = dir + "libtessera_cuda.so";
+    if (access(beside.c_str(), R_OK) == 0) return beside;
+  }
+  return TESSERA_CUDA_PLUGIN;
+}
+
+// Loads the plugin once (dlopen; never unloaded). Errors: UNAVAILABLE naming the file and dlerror's reason.
+absl::StatusOr<CudaPlugin> LoadCudaPlugin() {
+  static std::once_flag once;
+  static absl::StatusOr<CudaPlugin> plugin = absl::UnknownError("unset");
+  std::call_once(once, [] {
+    const std::string path = PluginPath();
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) {
+      plugin = absl::UnavailableError(absl::StrCat("cannot load the CUDA backend ", path, ": ", dlerror()));
+      return;
+    }
+    CudaPlugin p;
+    p.create = reinterpret_cast<CreateCudaBackendFn>(dlsym(handle, "TesseraCreateCudaBackend"));
+    p.count = reinterpret_cast<CudaDeviceCountFn>(dlsym(handle, "TesseraCudaDeviceCount"));
+    if (p.create == nullptr || p.count == nullptr) {
+      plugin = absl::UnavailableError(
+          absl::StrCat(path, " is not the CUDA backend plugin (missing entry points)"));
+      return;
+    }
+    plugin = p;
+  });
+  return plugin;
+}
+
+}  // namespace
+#endif
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options) {
   switch (options.device) {
@@ -27,11 +84,12 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
         return absl::InvalidArgumentError(
             absl::StrCat("device_index must be >= 0, got ", options.device_index));
       }
-      CudaBackendOptions cuda;
-      cuda.device_index = options.device_index;
-      auto backend = CudaBackend::Create(cuda);
-      if (!backend.ok()) return backend.status();
-      return std::unique_ptr<Backend>(std::move(backend).value());
+      absl::StatusOr<CudaPlugin> plugin = LoadCudaPlugin();
+      if (!plugin.ok()) return plugin.status();
+      absl::Status error;
+      std::unique_ptr<Backend> backend(plugin->create(options.device_index, &error));
+      if (backend == nullptr) return error;
+      return backend;
 #else
       return absl::UnavailableError("this build has no CUDA backend (configure with -DTESSERA_CUDA=ON)");
 #endif
@@ -43,7 +101,12 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
 absl::StatusOr<int> CountDevices(DeviceKind device) {
   if (device == DeviceKind::kCpu) return 1;
 #if TESSERA_HAVE_CUDA
-  return CudaBackend::DeviceCount();
+  absl::StatusOr<CudaPlugin> plugin = LoadCudaPlugin();
+  if (!plugin.ok()) return plugin.status();
+  absl::Status error;
+  const int count = plugin->count(&error);
+  if (!error.ok()) return error;
+  return count;
 #else
   return absl::UnavailableError("this build has no CUDA backend (configure with -DTESSERA_CUDA=ON)");
 #endif

@@ -284,3 +284,15 @@ absl::Status NcclCommunicator::Barrier() {
 }
 
 }  // namespace tessera
+
+// The plugin's entry point (libtessera_nccl.so), found with dlsym by JoinGroup (communicator_factory.cc).
+extern "C" tessera::Communicator* TesseraCreateNcclCommunicator(const tessera::NcclOptions* options,
+                                                                absl::Status* error) {
+  absl::StatusOr<std::unique_ptr<tessera::NcclCommunicator>> comm =
+      tessera::NcclCommunicator::Create(*options);
+  if (!comm.ok()) {
+    *error = comm.status();
+    return nullptr;
+  }
+  return comm->release();
+}
