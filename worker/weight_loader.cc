@@ -1,5 +1,9 @@
 #include "worker/weight_loader.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -15,13 +19,21 @@ int64_t Cols(const TensorInfo& info) {
   return cols;
 }
 
-// Reads one byte of every page of an in-place (memory-mapped) tensor, so that its pages are resident once the
-// model is loaded instead of being faulted in by the first request.
+// Pages an in-place (memory-mapped) tensor in now, so that the model is resident once loaded instead of being
+// faulted in by the first request: one madvise(MADV_POPULATE_READ) over its pages (Linux 5.14+), else a read
+// of one byte per page.
 void Prefault(const Tensor& t) {
+  if (t.nbytes() == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data()) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(t.data()) + static_cast<uintptr_t>(t.nbytes());
+#ifdef MADV_POPULATE_READ
+  if (madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0) return;
+#endif
   const volatile char* bytes = static_cast<const char*>(t.data());
   char sink = 0;
-  for (int64_t i = 0; i < t.nbytes(); i += 4096) sink ^= bytes[i];
-  if (t.nbytes() > 0) sink ^= bytes[t.nbytes() - 1];
+  for (int64_t i = 0; i < t.nbytes(); i += static_cast<int64_t>(page)) sink ^= bytes[i];
+  sink ^= bytes[t.nbytes() - 1];
   static_cast<void>(sink);
 }
 
