@@ -99,6 +99,8 @@ absl::Status Coordinator::BringUp() {
                             shard->set_max_num_tokens(limits.max_num_batched_tokens);
                             shard->set_max_num_seqs(limits.max_num_seqs);
                             shard->set_prefill_precision(options_.prefill_precision);
+                            shard->set_communicator(options_.communicator);
+                            shard->set_single_node(options_.single_node);
                             return m;
                           },
                           options_.startup_timeout)

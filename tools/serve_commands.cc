@@ -43,6 +43,7 @@ struct ServeArgs {
   int max_num_batched_tokens = 2048;
   int max_queued_requests = 1024;
   std::string prefill_precision = "exact";
+  std::string communicator = "auto";
   std::string heartbeat_interval = "500ms";
   std::string heartbeat_timeout = "5s";
   std::string comm_timeout = "30s";
@@ -81,6 +82,11 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
                   "Requests waiting for admission; more are refused with RESOURCE_EXHAUSTED")
       ->capture_default_str();
   cmd->add_option("--prefill-precision", a.prefill_precision, "exact or bf16 (CPU prefill GEMMs)")
+      ->capture_default_str();
+  cmd->add_option(
+         "--communicator", a.communicator,
+         "CUDA tensors between ranks: nccl, gloo (staged through host memory; ranks sharing a GPU) or "
+         "auto (nccl, or gloo when one node has fewer GPUs than ranks)")
       ->capture_default_str();
   cmd->add_option("--heartbeat-interval", a.heartbeat_interval, "Between heartbeats")->capture_default_str();
   cmd->add_option("--heartbeat-timeout", a.heartbeat_timeout, "Silence after which a worker counts as failed")
@@ -138,6 +144,10 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
         Cat("--prefill-precision '", a.prefill_precision, "' is not exact or bf16"));
   }
   o.prefill_precision = a.prefill_precision;
+  if (a.communicator != "auto" && a.communicator != "nccl" && a.communicator != "gloo") {
+    return absl::InvalidArgumentError(Cat("--communicator '", a.communicator, "' is not auto, nccl or gloo"));
+  }
+  o.communicator = a.communicator == "auto" ? "" : a.communicator;
   if (a.max_num_seqs <= 0 || a.max_num_batched_tokens <= 0 || a.max_queued_requests < 0) {
     return absl::InvalidArgumentError(Cat("--max-num-seqs=", a.max_num_seqs, ", --max-num-batched-tokens=",
                                           a.max_num_batched_tokens, " must be positive"));
@@ -189,6 +199,7 @@ class SignalWatcher {
 int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
   absl::StatusOr<CoordinatorOptions> options = MakeCoordinatorOptions(args);
   if (!options.ok()) return Fail(command, options.status());
+  options->single_node = local_workers;
   std::unique_ptr<Tokenizer> tokenizer;
   if (std::filesystem::exists(args.model_dir + "/tokenizer.json")) {
     absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = Tokenizer::Load(args.model_dir);

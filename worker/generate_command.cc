@@ -22,6 +22,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/gloo_communicator.h"
 #include "parallel/parallel_config.h"
+#include "parallel/staged_communicator.h"
 #include "worker/model_runner.h"
 
 namespace tessera {
@@ -91,17 +92,6 @@ absl::StatusOr<RankRun> GenerateOnRank(const GenerateOptions& options, const Par
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::Open(options.model_dir));
   const ModelConfig& config = checkpoint.config();
   const int world = parallel.world_size();
-  std::unique_ptr<GlooCommunicator> tp_group, pp_group, world_group;
-  if (world > 1) {
-    const int tp_rank = parallel.TpRank(rank), pp_rank = parallel.PpRank(rank);
-    if (parallel.tp_size() > 1) {
-      ASSIGN_OR_RETURN(tp_group, JoinGroup(store, absl::StrCat("tp", pp_rank), tp_rank, parallel.tp_size()));
-    }
-    if (parallel.pp_size() > 1) {
-      ASSIGN_OR_RETURN(pp_group, JoinGroup(store, absl::StrCat("pp", tp_rank), pp_rank, parallel.pp_size()));
-    }
-    ASSIGN_OR_RETURN(world_group, JoinGroup(store, "world", rank, world));
-  }
   std::unique_ptr<Backend> backend;
   if (options.device == DeviceKind::kCpu) {
     CpuBackendOptions backend_options;
@@ -112,7 +102,31 @@ absl::StatusOr<RankRun> GenerateOnRank(const GenerateOptions& options, const Par
   } else {
     BackendOptions backend_options;
     backend_options.device = options.device;
+    ASSIGN_OR_RETURN(const int gpus, CountDevices(options.device));
+    backend_options.device_index = rank % gpus;
     ASSIGN_OR_RETURN(backend, CreateBackend(backend_options));
+  }
+  // The TP and pipeline groups move the backend's tensors: directly on the CPU, staged through host memory on
+  // a GPU (local ranks may share one GPU, which NCCL refuses). The world group moves host ids.
+  auto device_group = [&](std::unique_ptr<GlooCommunicator> host) -> std::unique_ptr<Communicator> {
+    if (options.device == DeviceKind::kCpu) return host;
+    return std::make_unique<StagedCommunicator>(std::move(host), *backend);
+  };
+  std::unique_ptr<Communicator> tp_group, pp_group;
+  std::unique_ptr<GlooCommunicator> world_group;
+  if (world > 1) {
+    const int tp_rank = parallel.TpRank(rank), pp_rank = parallel.PpRank(rank);
+    if (parallel.tp_size() > 1) {
+      ASSIGN_OR_RETURN(auto group,
+                       JoinGroup(store, absl::StrCat("tp", pp_rank), tp_rank, parallel.tp_size()));
+      tp_group = device_group(std::move(group));
+    }
+    if (parallel.pp_size() > 1) {
+      ASSIGN_OR_RETURN(auto group,
+                       JoinGroup(store, absl::StrCat("pp", tp_rank), pp_rank, parallel.pp_size()));
+      pp_group = device_group(std::move(group));
+    }
+    ASSIGN_OR_RETURN(world_group, JoinGroup(store, "world", rank, world));
   }
 
   std::vector<int32_t> eos = config.eos_token_ids;
@@ -243,10 +257,6 @@ absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std:
                                            .intermediate_size = config.intermediate_size,
                                            .vocab_size = config.vocab_size},
                                           options.tp, options.pp, options.pp_layers));
-  if (parallel.world_size() > 1 && options.device != DeviceKind::kCpu) {
-    return absl::UnimplementedError(
-        "--tp/--pp across processes needs the CPU backend (no NCCL communicator yet)");
-  }
   // This process is the output rank; the other ranks are its children, meeting through files in `store`.
   const int self = parallel.output_rank();
   std::string store;

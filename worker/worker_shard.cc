@@ -15,6 +15,7 @@
 #include "kernels/core/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/communicator_factory.h"
+#include "parallel/staged_communicator.h"
 #include "worker/generate_command.h"
 
 namespace tessera {
@@ -170,10 +171,19 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
     device = *parsed;
   }
   int device_index = 0;
+  bool use_nccl = false;
   if (device == DeviceKind::kCuda) {
     absl::StatusOr<int> gpus = CountDevices(device);
     if (!gpus.ok()) return Prefixed(gpus.status(), "assign_shard: ");
     device_index = options_.device_index >= 0 ? options_.device_index : options_.rank % *gpus;
+    if (assign.communicator() == "nccl") {
+      use_nccl = true;
+    } else if (assign.communicator().empty()) {
+      use_nccl = !(assign.single_node() && *gpus < world);
+    } else if (assign.communicator() != "gloo") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("assign_shard: communicator '", assign.communicator(), "' is not nccl or gloo"));
+    }
   }
   PrefillPrecision precision = PrefillPrecision::kSplitBf16;
   if (!assign.prefill_precision().empty()) {
@@ -221,6 +231,7 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
   backend_ = std::move(backend).value();
   device_ = device;
   device_index_ = device_index;
+  use_nccl_ = use_nccl;
   phase_ = Phase::kAssigned;
   Log(absl::StrCat("assigned tp_rank ", parallel_->TpRank(options_.rank), " pp_rank ",
                    parallel_->PpRank(options_.rank), " of ", parallel_->ToString(), " of ",
@@ -251,14 +262,18 @@ absl::Status WorkerShard::InitComm(const cv1::InitComm& init) {
     group_options.hostname = options_.listen_host;
     group_options.device_index = device_index_;
     if (init.timeout_ms() > 0) group_options.timeout = std::chrono::milliseconds(init.timeout_ms());
-    // CPU tensors move over Gloo (TCP), CUDA tensors over NCCL.
+    // CPU tensors move over Gloo (TCP); CUDA tensors over NCCL, or over Gloo staged through host memory when
+    // ranks share a GPU (NCCL refuses that).
+    const bool staged = device_ == DeviceKind::kCuda && !use_nccl_;
     const CommunicatorKind kind =
-        device_ == DeviceKind::kCuda ? CommunicatorKind::kNccl : CommunicatorKind::kGloo;
+        device_ == DeviceKind::kCuda && use_nccl_ ? CommunicatorKind::kNccl : CommunicatorKind::kGloo;
     absl::StatusOr<std::unique_ptr<Communicator>> comm = JoinGroup(kind, group_options);
     if (!comm.ok()) {
       return Prefixed(comm.status(), absl::StrCat("init_comm: group ", group_options.group, " via ",
                                                   group_options.store_address, ": "));
     }
+    if (staged)
+      return std::unique_ptr<Communicator>(new StagedCommunicator(std::move(comm).value(), *backend_));
     return comm;
   };
   // Every rank joins its TP group first, then its pipeline: no rank waits on a group another has not reached.

@@ -127,6 +127,7 @@ class WorkerShard {
   std::unique_ptr<Backend> backend_;
   DeviceKind device_ = DeviceKind::kCpu;    // assign_shard's choice
   int device_index_ = 0;                    // CUDA: the GPU
+  bool use_nccl_ = false;                   // CUDA: NCCL between ranks, else Gloo staged through the host
   std::unique_ptr<Communicator> tp_group_;  // when tp > 1: this stage's TP ranks
   std::unique_ptr<Communicator> pp_group_;  // when pp > 1: this TP rank's pipeline
   std::unique_ptr<ModelRunner> runner_;
