@@ -253,9 +253,9 @@ bool Scheduler::FormStepLocked(std::string& serialized) {
       entry->set_seq_id(seq.id);
       entry->mutable_tokens()->Add(seq.tokens.begin() + seq.num_sent,
                                    seq.tokens.begin() + seq.num_sent + chunk);
-      std::vector<int32_t> new_ids;
-      blocks_.Grow(seq.num_sent + chunk, seq.blocks, new_ids);
-      entry->mutable_new_block_ids()->Add(new_ids.begin(), new_ids.end());
+      new_ids_.clear();
+      blocks_.Grow(seq.num_sent + chunk, seq.blocks, new_ids_);
+      entry->mutable_new_block_ids()->Add(new_ids_.begin(), new_ids_.end());
       seq.num_sent += chunk;
       budget -= chunk;
       const bool sample = seq.num_sent == static_cast<int>(seq.tokens.size());

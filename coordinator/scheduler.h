@@ -124,6 +124,7 @@ class Scheduler final : public Engine {
   std::unordered_map<std::string, Request*> by_id_;
   std::vector<uint64_t> forget_;  // sequences the workers must drop in the next step
   std::map<uint64_t, InFlight> in_flight_;
+  std::vector<int32_t> new_ids_;  // per-step scratch: block ids handed out to one sequence
   uint64_t next_seq_id_ = 1;
   uint64_t next_step_id_ = 1;
   int num_running_seqs_ = 0;

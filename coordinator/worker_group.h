@@ -96,7 +96,6 @@ class WorkerGroup final : public control::v1::Control::Service, public StepSink 
   std::condition_variable cv_;
   std::vector<Worker> workers_;
   absl::Status failure_;
-  absl::Status phase_error_;
   bool shutting_down_ = false;
   bool stop_heartbeats_ = false;
   std::thread heartbeat_thread_;

@@ -2,16 +2,10 @@
 // TESSERA_HAVE_CUDA (kernels/cuda); elsewhere asking for it is UNAVAILABLE with the configure flag to use.
 #include "kernels/backend_factory.h"
 
-#include <dlfcn.h>
-#include <unistd.h>
-
-#include <climits>
-#include <cstdlib>
-#include <mutex>
-#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/core/plugin.h"
 #include "kernels/cpu/cpu_backend.h"
 #if TESSERA_HAVE_CUDA
 #include "kernels/cuda/cuda_plugin.h"
@@ -27,43 +21,17 @@ struct CudaPlugin {
   CudaDeviceCountFn count = nullptr;
 };
 
-// Where libtessera_cuda.so is: $TESSERA_CUDA_PLUGIN, else next to this executable, else where the build wrote
-// it.
-std::string PluginPath() {
-  if (const char* env = std::getenv("TESSERA_CUDA_PLUGIN"); env != nullptr && *env != 0) return env;
-  char exe[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  if (n > 0) {
-    std::string dir(exe, n);
-    dir.resize(dir.rfind('/') + 1);
-    const std::string beside = dir + "libtessera_cuda.so";
-    if (access(beside.c_str(), R_OK) == 0) return beside;
-  }
-  return TESSERA_CUDA_PLUGIN;
-}
-
-// Loads the plugin once (dlopen; never unloaded). Errors: UNAVAILABLE naming the file and dlerror's reason.
+// libtessera_cuda.so's entry points ($TESSERA_CUDA_PLUGIN, else next to this executable, else the build's).
 absl::StatusOr<CudaPlugin> LoadCudaPlugin() {
-  static std::once_flag once;
-  static absl::StatusOr<CudaPlugin> plugin = absl::UnknownError("unset");
-  std::call_once(once, [] {
-    const std::string path = PluginPath();
-    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (handle == nullptr) {
-      plugin = absl::UnavailableError(absl::StrCat("cannot load the CUDA backend ", path, ": ", dlerror()));
-      return;
-    }
-    CudaPlugin p;
-    p.create = reinterpret_cast<CreateCudaBackendFn>(dlsym(handle, "TesseraCreateCudaBackend"));
-    p.count = reinterpret_cast<CudaDeviceCountFn>(dlsym(handle, "TesseraCudaDeviceCount"));
-    if (p.create == nullptr || p.count == nullptr) {
-      plugin = absl::UnavailableError(
-          absl::StrCat(path, " is not the CUDA backend plugin (missing entry points)"));
-      return;
-    }
-    plugin = p;
-  });
-  return plugin;
+  absl::StatusOr<void*> handle = LoadPlugin("TESSERA_CUDA_PLUGIN", "libtessera_cuda.so", TESSERA_CUDA_PLUGIN);
+  if (!handle.ok())
+    return absl::UnavailableError(absl::StrCat("the CUDA backend: ", handle.status().message()));
+  absl::StatusOr<void*> create = PluginSymbol(*handle, "TesseraCreateCudaBackend");
+  absl::StatusOr<void*> count = PluginSymbol(*handle, "TesseraCudaDeviceCount");
+  if (!create.ok()) return create.status();
+  if (!count.ok()) return count.status();
+  return CudaPlugin{reinterpret_cast<CreateCudaBackendFn>(*create),
+                    reinterpret_cast<CudaDeviceCountFn>(*count)};
 }
 
 }  // namespace

@@ -1,13 +1,7 @@
 #include "parallel/communicator_factory.h"
 
-#include <dlfcn.h>
-#include <unistd.h>
-
-#include <climits>
-#include <cstdlib>
-#include <mutex>
-
 #include "absl/strings/str_cat.h"
+#include "kernels/core/plugin.h"
 #include "parallel/gloo_communicator.h"
 #include "parallel/nccl_communicator.h"
 
@@ -18,38 +12,15 @@ namespace {
 
 using CreateNcclFn = Communicator* (*)(const NcclOptions*, absl::Status*);
 
-// libtessera_nccl.so: $TESSERA_NCCL_PLUGIN, else next to this executable, else where the build wrote it.
-// Loaded once; errors: UNAVAILABLE naming the file and dlerror's reason.
+// libtessera_nccl.so's entry point ($TESSERA_NCCL_PLUGIN, else next to this executable, else the build's).
 absl::StatusOr<CreateNcclFn> LoadNcclPlugin() {
-  static std::once_flag once;
-  static absl::StatusOr<CreateNcclFn> create = absl::UnknownError("unset");
-  std::call_once(once, [] {
-    std::string path = TESSERA_NCCL_PLUGIN;
-    if (const char* env = std::getenv("TESSERA_NCCL_PLUGIN"); env != nullptr && *env != 0) {
-      path = env;
-    } else {
-      char exe[PATH_MAX];
-      const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-      if (n > 0) {
-        std::string beside(exe, n);
-        beside = beside.substr(0, beside.rfind('/') + 1) + "libtessera_nccl.so";
-        if (access(beside.c_str(), R_OK) == 0) path = beside;
-      }
-    }
-    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (handle == nullptr) {
-      create =
-          absl::UnavailableError(absl::StrCat("cannot load the NCCL communicator ", path, ": ", dlerror()));
-      return;
-    }
-    auto fn = reinterpret_cast<CreateNcclFn>(dlsym(handle, "TesseraCreateNcclCommunicator"));
-    if (fn == nullptr) {
-      create = absl::UnavailableError(absl::StrCat(path, " is not the NCCL plugin (no entry point)"));
-      return;
-    }
-    create = fn;
-  });
-  return create;
+  absl::StatusOr<void*> handle = LoadPlugin("TESSERA_NCCL_PLUGIN", "libtessera_nccl.so", TESSERA_NCCL_PLUGIN);
+  if (!handle.ok()) {
+    return absl::UnavailableError(absl::StrCat("the NCCL communicator: ", handle.status().message()));
+  }
+  absl::StatusOr<void*> create = PluginSymbol(*handle, "TesseraCreateNcclCommunicator");
+  if (!create.ok()) return create.status();
+  return reinterpret_cast<CreateNcclFn>(*create);
 }
 
 }  // namespace

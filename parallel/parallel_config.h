@@ -61,6 +61,10 @@ class ParallelConfig {
   // Vocabulary rows of the embedding and lm_head: ceil(vocab / tp) each, the last rank taking what is left.
   Range VocabShard(int tp_rank) const;
 
+  // The GPU a rank uses on a node that shows `num_devices` GPUs to it: one per rank in rank order, wrapping
+  // around (ranks 0..N-1 of a node with N GPUs each get their own; more ranks than GPUs share them).
+  static int DeviceOfRank(int rank, int num_devices) { return rank % num_devices; }
+
   // "tp=2 pp=2 layers=[0,8)[8,16)".
   std::string ToString() const;
 

@@ -1,7 +1,6 @@
 // serve, coordinator and worker: the processes of a serving deployment. serve runs a coordinator and T x P
 // local workers; coordinator and worker are the same two halves for several nodes. SIGINT / SIGTERM stop
 // everything, children included.
-#include <limits.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -17,11 +16,13 @@
 #include "coordinator/launcher.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "kernels/backend_factory.h"
+#include "kernels/core/plugin.h"
 #include "kernels/core/status_macros.h"
 #include "kernels/core/str_cat.h"
 #include "kernels/core/units.h"
 #include "tools/commands.h"
 #include "worker/checkpoint/model_config.h"
+#include "worker/generate_command.h"
 #include "worker/worker_process.h"
 
 namespace tessera::tools {
@@ -121,9 +122,7 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   m.default_top_k = generation.top_k;
   m.tp_size = a.tp;
   m.pp_size = a.pp;
-  if (a.device != "cpu" && a.device != "cuda") {
-    return absl::InvalidArgumentError(Cat("--device '", a.device, "' is not cpu or cuda"));
-  }
+  RETURN_IF_ERROR(ParseDeviceKind(a.device).status());
   m.device = a.device;
   o.shape = {.num_layers = config.num_hidden_layers,
              .num_heads = config.num_attention_heads,
@@ -160,12 +159,6 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   ASSIGN_OR_RETURN(o.comm_timeout, ParseDuration(a.comm_timeout));
   ASSIGN_OR_RETURN(o.startup_timeout, ParseDuration(a.startup_timeout));
   return o;
-}
-
-std::string SelfExecutable() {
-  char path[PATH_MAX];
-  const ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
-  return n > 0 ? std::string(path, n) : "tessera";
 }
 
 // Blocks SIGINT and SIGTERM in this thread and every thread started after it; a dedicated thread takes them
@@ -232,7 +225,7 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
     std::vector<std::string> worker_args = {"worker", "--coordinator", Cat("127.0.0.1:", port), "--device",
                                             args.device};
     absl::StatusOr<std::unique_ptr<LocalWorkers>> spawned =
-        LocalWorkers::Start(SelfExecutable(), worker_args, coordinator->parallel().world_size(), std::cerr);
+        LocalWorkers::Start(ExecutablePath(), worker_args, coordinator->parallel().world_size(), std::cerr);
     if (!spawned.ok()) return Fail(command, spawned.status());
     workers = std::move(*spawned);
   }

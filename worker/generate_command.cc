@@ -103,7 +103,7 @@ absl::StatusOr<RankRun> GenerateOnRank(const GenerateOptions& options, const Par
     BackendOptions backend_options;
     backend_options.device = options.device;
     ASSIGN_OR_RETURN(const int gpus, CountDevices(options.device));
-    backend_options.device_index = rank % gpus;
+    backend_options.device_index = ParallelConfig::DeviceOfRank(rank, gpus);
     ASSIGN_OR_RETURN(backend, CreateBackend(backend_options));
   }
   // The TP and pipeline groups move the backend's tensors: directly on the CPU, staged through host memory on

@@ -175,7 +175,8 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
   if (device == DeviceKind::kCuda) {
     absl::StatusOr<int> gpus = CountDevices(device);
     if (!gpus.ok()) return Prefixed(gpus.status(), "assign_shard: ");
-    device_index = options_.device_index >= 0 ? options_.device_index : options_.rank % *gpus;
+    device_index = options_.device_index >= 0 ? options_.device_index
+                                              : ParallelConfig::DeviceOfRank(options_.rank, *gpus);
     if (assign.communicator() == "nccl") {
       use_nccl = true;
     } else if (assign.communicator().empty()) {
