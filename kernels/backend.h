@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/statusor.h"
 #include "kernels/core/tensor.h"
@@ -56,6 +57,13 @@ struct SamplingRow {
 
 enum class DeviceKind { kCpu, kCuda };
 
+// A step's Backend calls recorded by Backend::BeginCapture / EndCapture (a CUDA graph on the GPU, the list of
+// calls on the CPU) for Backend::Replay. Each backend replays only its own graphs.
+class StepGraph {
+ public:
+  virtual ~StepGraph() = default;
+};
+
 // The GEMM sizes of Backend::Linear(x, w, y): y[m, n] = x[m, k] @ w[n, k]^T. CHECKs that the shapes agree
 // (x and y may have any leading dims); dtypes are each backend's to check.
 struct LinearDims {
@@ -82,6 +90,15 @@ class Backend {
   [[nodiscard]] virtual absl::StatusOr<DeviceBuffer> Allocate(int64_t bytes) = 0;
   virtual void CopyToDevice(void* dst, const void* src, int64_t bytes) = 0;
   virtual void CopyToHost(void* dst, const void* src, int64_t bytes) = 0;
+  // Copies `rows` rows of `row_bytes` bytes from host memory (rows src_pitch bytes apart) to device memory
+  // (rows dst_pitch bytes apart); like CopyToDevice otherwise.
+  virtual void CopyRowsToDevice(void* dst, int64_t dst_pitch, const void* src, int64_t src_pitch,
+                                int64_t row_bytes, int64_t rows) {
+    for (int64_t r = 0; r < rows; ++r) {
+      CopyToDevice(static_cast<char*>(dst) + r * dst_pitch, static_cast<const char*>(src) + r * src_pitch,
+                   row_bytes);
+    }
+  }
   // dst = src (same shape and dtype).
   virtual void Copy(const Tensor& src, Tensor& dst) = 0;
 
@@ -121,6 +138,27 @@ class Backend {
 
   // Waits for every queued operation.
   virtual void Synchronize() = 0;
+
+  // Step graphs. After BeginCapture, the calls this thread makes are recorded instead of run, until EndCapture
+  // returns them as a graph; Replay runs them again. A replay repeats every call with the same arguments: the
+  // same pointers (activations, weights, KV cache, the buffers an AttentionMeta points into) and the same
+  // shapes and AttentionMeta scalars, reading whatever those buffers hold at replay time.
+  // Not capturable (a CHECK failure, or on CUDA an aborted capture): Allocate, CopyToDevice, CopyToHost,
+  // Sample, Synchronize. A backend may also need a call's first run before it can capture it (the CUDA
+  // backend's cuBLASLt algorithm choice, RoPE tables and attention workspace): run a step eagerly first.
+  // Errors: UNIMPLEMENTED where the backend has no graphs; FAILED_PRECONDITION when already (or not)
+  // capturing; the device's (INTERNAL).
+  [[nodiscard]] virtual absl::Status BeginCapture() {
+    return absl::UnimplementedError("this backend cannot capture step graphs");
+  }
+  [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<StepGraph>> EndCapture() {
+    return absl::UnimplementedError("this backend cannot capture step graphs");
+  }
+  // `graph` must come from this backend's EndCapture.
+  [[nodiscard]] virtual absl::Status Replay(const StepGraph& graph) {
+    (void)graph;
+    return absl::UnimplementedError("this backend cannot replay step graphs");
+  }
 };
 
 }  // namespace tessera

@@ -11,20 +11,61 @@ namespace {
 
 int CeilDiv(int a, int b) { return (a + b - 1) / b; }
 
+// The graph layout's arrays of `rows` (the largest captured batch) int32s each, in this order, then the block
+// tables [rows, max_blocks_per_seq] from a 64-byte boundary.
+enum GraphArray { kTokenIds, kPositions, kSlots, kQueryStart, kSeqLens, kLogitRows };
+int64_t GraphArrayOffset(GraphArray array, int64_t rows) {
+  return array * rows + (array > kQueryStart ? 1 : 0);  // query_start has rows + 1 entries
+}
+int64_t GraphTablesOffset(int64_t rows) { return (GraphArrayOffset(kLogitRows, rows) + rows + 15) / 16 * 16; }
+
+// 1, 2, 4, then multiples of 8, up to and including `max_batch`.
+std::vector<int> GraphBatchSizes(int max_batch) {
+  std::vector<int> sizes;
+  for (int b : {1, 2, 4}) {
+    if (b <= max_batch) sizes.push_back(b);
+  }
+  for (int b = 8; b <= max_batch; b += 8) sizes.push_back(b);
+  if (max_batch > 0 && sizes.back() != max_batch) sizes.push_back(max_batch);
+  return sizes;
+}
+
 }  // namespace
 
-ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, Communicator* pp_group)
-    : backend_(backend), model_(std::move(model)), pp_group_(pp_group) {}
+ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model,
+                         std::unique_ptr<SegmentingGroup> tp_group, Communicator* pp_group,
+                         std::vector<int> graph_sizes)
+    : backend_(backend),
+      tp_group_(std::move(tp_group)),
+      model_(std::move(model)),
+      pp_group_(pp_group),
+      graph_sizes_(std::move(graph_sizes)) {}
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const Checkpoint& checkpoint,
                                                                  Backend& backend,
                                                                  const ModelRunnerOptions& options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LlamaModel::Load(checkpoint, backend, options.model));
+  // The model sees its TP group through a SegmentingGroup, which synchronizes before each collective and
+  // cuts graph captures there.
+  LlamaModelOptions model_options = options.model;
+  std::unique_ptr<SegmentingGroup> tp_group;
+  if (options.model.tp_group != nullptr) {
+    tp_group = std::make_unique<SegmentingGroup>(backend, *options.model.tp_group);
+    model_options.tp_group = tp_group.get();
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LlamaModel::Load(checkpoint, backend, model_options));
   const int pp = model->parallel().pp_size();
   if (pp > 1 && (options.pp_group == nullptr || options.pp_group->size() != pp)) {
     return absl::InvalidArgumentError(absl::StrCat("pp=", pp, " needs a pipeline group of that size"));
   }
-  return std::unique_ptr<ModelRunner>(new ModelRunner(backend, std::move(model), options.pp_group));
+  if (options.graph_max_batch < -1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("graph_max_batch=", options.graph_max_batch, " must be -1 (the default), 0 or positive"));
+  }
+  int max_batch = options.graph_max_batch;
+  if (max_batch == -1) max_batch = backend.device() == DeviceKind::kCuda ? 256 : 0;
+  max_batch = std::min({max_batch, model_options.max_num_seqs, model_options.max_num_tokens});
+  return std::unique_ptr<ModelRunner>(new ModelRunner(backend, std::move(model), std::move(tp_group),
+                                                      options.pp_group, GraphBatchSizes(max_batch)));
 }
 
 int64_t ModelRunner::KvBlockBytes() const {
@@ -42,8 +83,11 @@ absl::Status ModelRunner::AllocateKvCache(int num_blocks) {
   const int max_blocks_per_seq =
       std::min(num_blocks, CeilDiv(config().max_position_embeddings, kKvBlockSize));
   const int64_t t = model_->options().max_num_tokens, s = model_->options().max_num_seqs;
-  const int64_t ints = 3 * t + (s + 1) + s + s * max_blocks_per_seq + s;
-  ASSIGN_OR_RETURN(DeviceBuffer device_meta, backend_.Allocate(ints * 4));
+  const int64_t eager_ints = 3 * t + (s + 1) + s + s * max_blocks_per_seq + s;
+  const int64_t graph_offset = (eager_ints + 15) / 16 * 16;
+  const int64_t graph_rows = graph_sizes_.empty() ? 0 : graph_sizes_.back();
+  const int64_t graph_ints = graph_rows == 0 ? 0 : GraphTablesOffset(graph_rows) + graph_rows * max_blocks_per_seq;
+  ASSIGN_OR_RETURN(DeviceBuffer device_meta, backend_.Allocate((graph_offset + graph_ints) * 4));
   absl::StatusOr<KvCache> kv_cache = KvCache::Allocate(backend_, model_->KvShape(num_blocks));
   if (!kv_cache.ok()) {
     return absl::Status(kv_cache.status().code(),
@@ -52,7 +96,30 @@ absl::Status ModelRunner::AllocateKvCache(int num_blocks) {
   }
   kv_cache_ = std::move(kv_cache).value();
   device_meta_ = std::move(device_meta);
+  graph_meta_offset_ = graph_offset;
   max_blocks_per_seq_ = max_blocks_per_seq;
+  return absl::OkStatus();
+}
+
+absl::Status ModelRunner::CaptureGraphs() {
+  if (graph_sizes_.empty()) return absl::OkStatus();
+  if (!kv_cache_) return absl::FailedPreconditionError("CaptureGraphs before the KV cache is allocated");
+  if (!graphs_.empty()) return absl::FailedPreconditionError("the step graphs are already captured");
+  std::vector<CapturedStep> graphs;
+  for (int batch : graph_sizes_) {
+    const BatchMeta meta = UploadGraphBatch(batch, /*padding_only=*/true);
+    auto forward = [&] { return model_->Forward(meta, *kv_cache_); };
+    RETURN_IF_ERROR(forward().status());  // the warm-up: first uses happen outside the capture
+    backend_.Synchronize();
+    absl::StatusOr<CapturedStep> step = tp_group_ ? tp_group_->Capture(forward)
+                                                  : SegmentingGroup::CaptureWithoutGroup(backend_, forward);
+    if (!step.ok()) {
+      return absl::Status(step.status().code(),
+                          absl::StrCat("capturing the decode step of ", batch, " sequences: ", step.status().message()));
+    }
+    graphs.push_back(std::move(step).value());
+  }
+  graphs_ = std::move(graphs);
   return absl::OkStatus();
 }
 
@@ -168,15 +235,75 @@ BatchMeta ModelRunner::UploadBatch() {
   return meta;
 }
 
+BatchMeta ModelRunner::UploadGraphBatch(int batch, bool padding_only) {
+  const int64_t rows = graph_sizes_.back();
+  const int n = padding_only ? 0 : host_.num_seqs();
+  TESSERA_CHECK(n <= batch && batch <= rows);
+  // The head: every array, real rows then padding rows (embedding row 0 at position 0, no KV slot, one new
+  // token, no context: attention gives zeros and nothing is written to the cache).
+  staging_.assign(GraphArrayOffset(kLogitRows, rows) + rows, 0);
+  auto array = [&](GraphArray a) { return staging_.data() + GraphArrayOffset(a, rows); };
+  for (int i = 0; i < batch; ++i) {
+    const bool real = i < n;
+    array(kTokenIds)[i] = real ? host_.token_ids[i] : 0;
+    array(kPositions)[i] = real ? host_.positions[i] : 0;
+    array(kSlots)[i] = real ? host_.slot_mapping[i] : -1;
+    array(kQueryStart)[i + 1] = i + 1;
+    array(kSeqLens)[i] = real ? host_.seq_lens[i] : 0;
+    array(kLogitRows)[i] = i;
+  }
+  int32_t* base = static_cast<int32_t*>(device_meta_.data()) + graph_meta_offset_;
+  backend_.CopyToDevice(base, staging_.data(), static_cast<int64_t>(staging_.size()) * 4);
+  // The block tables: each real row's used blocks into its row of the fixed stride; padding rows are never read.
+  int32_t* tables = base + GraphTablesOffset(rows);
+  if (n > 0) {
+    const int64_t width = int64_t{host_.max_blocks_per_seq} * 4;
+    backend_.CopyRowsToDevice(tables, int64_t{max_blocks_per_seq_} * 4, host_.block_tables.data(), width, width, n);
+  }
+
+  BatchMeta meta;
+  AttentionMeta& a = meta.attention;
+  a.positions = base + GraphArrayOffset(kPositions, rows);
+  a.slot_mapping = base + GraphArrayOffset(kSlots, rows);
+  a.query_start = base + GraphArrayOffset(kQueryStart, rows);
+  a.seq_lens = base + GraphArrayOffset(kSeqLens, rows);
+  a.block_tables = tables;
+  a.num_seqs = batch;
+  a.num_tokens = batch;
+  a.max_blocks_per_seq = max_blocks_per_seq_;
+  a.block_size = kv_cache_->shape().block_size;
+  a.max_query_len = 1;
+  a.max_seq_len = max_blocks_per_seq_ * a.block_size;  // the longest context a sequence can have
+  meta.token_ids = Tensor(base + GraphArrayOffset(kTokenIds, rows), DType::kI32, {batch});
+  meta.logit_rows = Tensor(base + GraphArrayOffset(kLogitRows, rows), DType::kI32, {batch});
+  return meta;
+}
+
 absl::StatusOr<Tensor> ModelRunner::Forward(const std::vector<Sequence*>& seqs) {
   RETURN_IF_ERROR(BuildBatch(seqs));
-  BatchMeta meta = UploadBatch();
+  const int n = host_.num_seqs();
+  // A decode step that a captured graph holds: the smallest one.
+  const CapturedStep* graph = nullptr;
+  int graph_batch = 0;
+  if (!graphs_.empty() && host_.max_query_len == 1 && n <= graph_sizes_.back()) {
+    const size_t i = std::lower_bound(graph_sizes_.begin(), graph_sizes_.end(), n) - graph_sizes_.begin();
+    graph = &graphs_[i];
+    graph_batch = graph_sizes_[i];
+  }
+  const BatchMeta meta = graph ? UploadGraphBatch(graph_batch, /*padding_only=*/false) : UploadBatch();
   const int pp_rank = model_->parallel().PpRank(model_->rank());
   if (!model_->is_first_stage()) {
-    Tensor input = model_->StageInput(meta.num_tokens());
+    Tensor input = model_->StageInput(host_.num_tokens());
     RETURN_IF_ERROR(pp_group_->Recv(input, pp_rank - 1));
   }
-  ASSIGN_OR_RETURN(Tensor out, model_->Forward(meta, *kv_cache_));
+  Tensor out;
+  if (graph != nullptr) {
+    RETURN_IF_ERROR(graph->Replay(backend_));
+    out = graph->output().Rows(0, n);
+    ++graph_steps_;
+  } else {
+    ASSIGN_OR_RETURN(out, model_->Forward(meta, *kv_cache_));
+  }
   if (!model_->is_last_stage()) {
     backend_.Synchronize();
     RETURN_IF_ERROR(pp_group_->Send(out, pp_rank + 1));

@@ -14,6 +14,7 @@
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/kv_cache.h"
 #include "worker/model/batch.h"
+#include "worker/model/captured_step.h"
 #include "worker/model/llama.h"
 
 namespace tessera {
@@ -34,6 +35,11 @@ struct ModelRunnerOptions {
   // With pipeline parallelism: the group of this rank's pipeline (the ranks of every stage with its tp_rank;
   // group rank = pp_rank). Hidden states move along it.
   Communicator* pp_group = nullptr;
+  // Decode steps (one new token per sequence) of up to this many sequences replay step graphs captured by
+  // CaptureGraphs, padded to the next captured batch size (1, 2, 4, then multiples of 8, and this number).
+  // 0: every step runs eagerly. -1: the device's default, min(256, max_num_seqs) on CUDA (CUDA graphs) and 0
+  // on the CPU (where graphs are a call list that saves nothing; tests use them to cover the graph path).
+  int graph_max_batch = -1;
 };
 
 class ModelRunner {
@@ -54,11 +60,24 @@ class ModelRunner {
   // 0 before AllocateKvCache.
   int num_kv_blocks() const { return kv_cache_ ? kv_cache_->shape().num_blocks : 0; }
 
+  // Captures the decode-step graphs, one per batch size (after AllocateKvCache; nothing to do when graphs are
+  // off). Each is warmed up with one eager step of padding rows (no KV cache slot is written) whose
+  // collectives run for real, so every rank of a TP group must call this at the same time; pipeline stages
+  // capture independently. Errors: FAILED_PRECONDITION before AllocateKvCache or when already captured; the
+  // backend's (UNIMPLEMENTED where it has no graphs) and the TP group's. On error no graph is kept.
+  [[nodiscard]] absl::Status CaptureGraphs();
+  // The batch sizes CaptureGraphs captures (empty: graphs are off).
+  const std::vector<int>& graph_batch_sizes() const { return graph_sizes_; }
+  int num_graphs() const { return static_cast<int>(graphs_.size()); }
+  // Forward steps that replayed a graph so far.
+  int64_t graph_steps() const { return graph_steps_; }
+
   // One forward step: for each sequence, its tokens [num_computed_tokens, tokens.size()) are computed
   // (a prompt, part of one, or one decode token; prefill and decode mix freely) into the KV blocks of its
   // block_table, which must cover every token (ceil(tokens / 16) blocks at least), and num_computed_tokens
   // advances. Every stage of a pipeline runs the same steps: a stage other than the first first receives the
-  // previous stage's hidden states, one other than the last sends its own on. Returns, on the last stage,
+  // previous stage's hidden states, one other than the last sends its own on. A decode step of at most
+  // graph_batch_sizes().back() sequences replays the smallest captured graph that holds it. Returns, on the last stage,
   // logits [seqs.size(), vocab] (F32 on the backend, valid until the next step) of each sequence's last
   // token, and an empty tensor on other stages. Errors (naming the sequence; nothing changed):
   // FAILED_PRECONDITION before AllocateKvCache; INVALID_ARGUMENT for a sequence with no new token, a token id
@@ -79,19 +98,30 @@ class ModelRunner {
   Backend& backend() { return backend_; }
 
  private:
-  ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, Communicator* pp_group);
+  ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, std::unique_ptr<SegmentingGroup> tp_group,
+              Communicator* pp_group, std::vector<int> graph_sizes);
   [[nodiscard]] absl::Status BuildBatch(const std::vector<Sequence*>& seqs);
   BatchMeta UploadBatch();
+  // The graph layout of device_meta_ for `batch` rows (the first host_.num_seqs() of them this step's, the rest
+  // padding), uploaded. With `padding_only`, every row is padding (for warm-up and capture).
+  BatchMeta UploadGraphBatch(int batch, bool padding_only);
 
   Backend& backend_;
+  std::unique_ptr<SegmentingGroup> tp_group_;  // the model's TP group (null without TP); owned here
   std::unique_ptr<LlamaModel> model_;
   std::optional<KvCache> kv_cache_;  // set by AllocateKvCache
   Communicator* pp_group_;
   HostBatch host_;
   int max_blocks_per_seq_ = 0;  // the most blocks a sequence can use: min(num_kv_blocks, max positions / 16)
-  DeviceBuffer device_meta_;    // int32 mirror of host_ (one allocation, sized for the options' maxima)
+  // int32 mirror of host_ (one allocation, sized for the options' maxima). Eager steps pack the arrays one
+  // after another; graph steps use a fixed layout (the pointers baked into the graphs), after the eager part.
+  DeviceBuffer device_meta_;
+  int64_t graph_meta_offset_ = 0;  // in int32s
+  std::vector<int> graph_sizes_;   // ascending
+  std::vector<CapturedStep> graphs_;  // graphs_[i] serves graph_sizes_[i] rows
+  int64_t graph_steps_ = 0;
   // Per-step scratch, kept to reuse its capacity.
-  std::vector<int32_t> staging_;  // host_ packed for one copy to device_meta_
+  std::vector<int32_t> staging_;  // host_ packed for one copy to device_meta_ (or the graph layout's head)
   std::vector<SamplingRow> sampling_rows_;
   std::vector<int32_t> sampled_;
 };

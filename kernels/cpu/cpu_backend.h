@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -55,11 +56,21 @@ class CpuBackend final : public Backend {
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void Add(const Tensor& a, const Tensor& b, Tensor& out) override;
   void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) override;
-  void Synchronize() override {}
+  void Synchronize() override;
+
+  // Step graphs on the CPU: the captured calls are kept as a list and replayed one after another. They save
+  // nothing here; they exist so that the model runner's graph path (padding, fixed metadata layout, collectives
+  // between graph segments) runs, and is tested, on machines without a GPU. The capturable calls are the
+  // compute ones (Copy through Add); the rest CHECK that no capture is in progress.
+  [[nodiscard]] absl::Status BeginCapture() override;
+  [[nodiscard]] absl::StatusOr<std::unique_ptr<StepGraph>> EndCapture() override;
+  [[nodiscard]] absl::Status Replay(const StepGraph& graph) override;
 
  private:
   CpuBackend(std::unique_ptr<ThreadPool> pool, std::unique_ptr<CpuLinear> linear);
   const std::vector<float>& InvFreq(const RopeParams& rope, int head_dim);
+  // While capturing: appends `call` to the capture and returns true; otherwise returns false (run it now).
+  bool Record(std::function<void()> call);
 
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<CpuLinear> linear_;
@@ -70,6 +81,7 @@ class CpuBackend final : public Backend {
   };
   std::vector<InvFreqEntry> inv_freq_cache_;
   std::vector<SampleScratch> sample_scratch_;  // one per pool thread; grows to the vocabulary once
+  std::unique_ptr<std::vector<std::function<void()>>> capture_;  // the calls recorded so far, while capturing
 };
 
 }  // namespace tessera

@@ -67,8 +67,12 @@ __global__ void __launch_bounds__(kThreads)
   int max_pos = 0;
   for (int r = 0; r < kRows; ++r) max_pos = max(max_pos, row_pos[r]);
   const int context = min(p.seq_lens[seq], max_pos + 1);
-  const int key_begin = p.num_parts > 1 ? part * p.part_size : 0;
-  const int key_end = p.num_parts > 1 ? min(context, key_begin + p.part_size) : context;
+  // Each block splits its own context into num_parts equal parts (a multiple of 32 keys each), so that a step
+  // captured in a graph for the longest context keeps every part busy for short ones; parts past the context
+  // are empty (m = -inf, skipped when combining).
+  const int part_size = ((context + p.num_parts - 1) / p.num_parts + kKeys - 1) / kKeys * kKeys;
+  const int key_begin = p.num_parts > 1 ? part * part_size : 0;
+  const int key_end = p.num_parts > 1 ? min(context, key_begin + part_size) : context;
   const int* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
   const int units_per_key = hd / 8;  // 16-byte units
 

@@ -138,13 +138,25 @@ absl::StatusOr<DeviceBuffer> CudaBackend::Allocate(int64_t bytes) {
 }
 
 void CudaBackend::CopyToDevice(void* dst, const void* src, int64_t bytes) {
+  TESSERA_CHECK(!impl_->capturing);  // a pageable source cannot be captured
   if (bytes <= 0) return;
   impl_->Activate();
   CUDA_CHECK(
       cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyHostToDevice, impl_->stream.get()));
 }
 
+void CudaBackend::CopyRowsToDevice(void* dst, int64_t dst_pitch, const void* src, int64_t src_pitch,
+                                   int64_t row_bytes, int64_t rows) {
+  TESSERA_CHECK(!impl_->capturing);
+  if (row_bytes <= 0 || rows <= 0) return;
+  impl_->Activate();
+  CUDA_CHECK(cudaMemcpy2DAsync(dst, static_cast<size_t>(dst_pitch), src, static_cast<size_t>(src_pitch),
+                               static_cast<size_t>(row_bytes), static_cast<size_t>(rows), cudaMemcpyHostToDevice,
+                               impl_->stream.get()));
+}
+
 void CudaBackend::CopyToHost(void* dst, const void* src, int64_t bytes) {
+  TESSERA_CHECK(!impl_->capturing);
   impl_->Activate();
   if (bytes > 0) {
     CUDA_CHECK(
@@ -291,8 +303,9 @@ void CudaBackend::PagedAttention(const AttentionMeta& meta, const Tensor& q, con
   a.head_dim = head_dim;
   a.scale = scale;
 
-  // Split the context when the blocks would not fill the GPU (decode with few sequences): parts of at least
-  // 128 keys, enough of them for ~2 blocks per multiprocessor, at most 64.
+  // Split the context when the blocks would not fill the GPU (decode with few sequences): enough parts for ~2
+  // blocks per multiprocessor, at most 64, and few enough that the longest context's parts hold >= 128 keys.
+  // Each row splits its own context into that many parts, so shorter rows get shorter parts.
   const int group = num_heads / num_kv_heads;
   const int64_t tiles =
       (meta.max_query_len + cuda::AttentionTokensPerTile(group) - 1) / cuda::AttentionTokensPerTile(group);
@@ -304,11 +317,7 @@ void CudaBackend::PagedAttention(const AttentionMeta& meta, const Tensor& q, con
         std::min<int64_t>({(meta.max_seq_len + 127) / 128, (target + blocks - 1) / blocks, 64}));
   }
   if (parts > 1) {
-    int part_size = (meta.max_seq_len + parts - 1) / parts;
-    part_size = (part_size + 31) / 32 * 32;
-    parts = (meta.max_seq_len + part_size - 1) / part_size;
     a.num_parts = parts;
-    a.part_size = part_size;
     const int64_t bytes = static_cast<int64_t>(parts) * meta.num_tokens * num_heads * (head_dim + 2) * 4;
     impl_->Reserve(impl_->attention_partial, bytes, "the attention split workspace");
     a.partial = static_cast<float*>(impl_->attention_partial.data());
@@ -377,6 +386,7 @@ void CudaBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t*
 }
 
 void CudaBackend::Synchronize() {
+  TESSERA_CHECK(!impl_->capturing);  // would end the capture with an error
   impl_->Activate();
   CUDA_CHECK(cudaStreamSynchronize(impl_->stream.get()));
 }
@@ -390,18 +400,23 @@ absl::Status CudaBackend::BeginCapture() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<CudaGraph> CudaBackend::EndCapture() {
+absl::StatusOr<std::unique_ptr<StepGraph>> CudaBackend::EndCapture() {
   if (!impl_->capturing) return absl::FailedPreconditionError("EndCapture without BeginCapture");
   impl_->capturing = false;
   cudaGraph_t graph = nullptr;
   RETURN_IF_CUDA_ERROR(cudaStreamEndCapture(impl_->stream.get(), &graph));
-  return CudaGraph::Instantiate(graph);
+  ASSIGN_OR_RETURN(CudaGraph instantiated, CudaGraph::Instantiate(graph));
+  return std::unique_ptr<StepGraph>(new CudaGraph(std::move(instantiated)));
 }
 
-absl::Status CudaBackend::Replay(const CudaGraph& graph) {
-  TESSERA_CHECK(!impl_->capturing);
+absl::Status CudaBackend::Replay(const StepGraph& graph) {
+  if (impl_->capturing) return absl::FailedPreconditionError("Replay during a capture");
+  const auto* cuda_graph = dynamic_cast<const CudaGraph*>(&graph);
+  if (cuda_graph == nullptr) {
+    return absl::InvalidArgumentError("Replay: the graph was not captured by a CudaBackend");
+  }
   RETURN_IF_CUDA_ERROR(cudaSetDevice(impl_->device));
-  return graph.Launch(impl_->stream.get());
+  return cuda_graph->Launch(impl_->stream.get());
 }
 
 }  // namespace tessera

@@ -80,21 +80,18 @@ class CudaBackend final : public Backend {
   void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) override;
   void Synchronize() override;
 
-  // CUDA graphs. BeginCapture starts capturing this backend's stream (thread-local mode); the Backend calls
-  // that follow are recorded, not run; EndCapture instantiates them as a graph. Replay enqueues it.
-  //
-  // A replay is valid only while everything baked into it stays the same: every device pointer the captured
-  // calls used (activations, weights, KV cache, and the metadata buffers the AttentionMeta points into), the
-  // shapes (num_tokens, num_seqs, max_blocks_per_seq = the block-table stride, block_size, max_query_len,
-  // head counts) and max_seq_len, which sizes the attention split: capture with the largest context the
-  // graph will serve (every replayed sequence's context must be <= it). The contents of the buffers may
-  // change between replays (token ids, positions, slot mapping, seq_lens, block tables, hidden states).
-  // Not capturable: Allocate, CopyToDevice from pageable memory, CopyToHost, Sample, Synchronize, and the
-  // first use of a Linear shape, RoPE table or attention split; run the same step once before capturing.
-  // Errors: FAILED_PRECONDITION when already (or not) capturing; INTERNAL from CUDA.
-  [[nodiscard]] absl::Status BeginCapture();
-  [[nodiscard]] absl::StatusOr<CudaGraph> EndCapture();
-  [[nodiscard]] absl::Status Replay(const CudaGraph& graph);
+  // The rows go in one cudaMemcpy2DAsync.
+  void CopyRowsToDevice(void* dst, int64_t dst_pitch, const void* src, int64_t src_pitch, int64_t row_bytes,
+                        int64_t rows) override;
+
+  // Step graphs are CUDA graphs (Backend's contract). BeginCapture starts capturing this backend's stream
+  // (thread-local mode); EndCapture returns a CudaGraph; Replay enqueues it on the stream and returns at once.
+  // Beyond Backend's list, max_seq_len is baked in too: it sizes the attention split, so capture with the
+  // largest context the graph will serve (every replayed sequence's context must be <= it); and the first
+  // use of a Linear shape, RoPE table or attention split size must come before the capture.
+  [[nodiscard]] absl::Status BeginCapture() override;
+  [[nodiscard]] absl::StatusOr<std::unique_ptr<StepGraph>> EndCapture() override;
+  [[nodiscard]] absl::Status Replay(const StepGraph& graph) override;
 
  private:
   struct Impl;

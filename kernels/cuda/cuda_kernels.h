@@ -47,8 +47,7 @@ struct AttentionLaunch {
   int num_kv_heads = 0;
   int head_dim = 0;
   float scale = 1.0f;
-  int num_parts = 1;  // the context split into parts of part_size keys (flash-decoding), combined after
-  int part_size = 0;  // multiple of 32 when num_parts > 1
+  int num_parts = 1;  // each row's context split into this many equal parts (flash-decoding), combined after
 };
 inline constexpr int kAttentionMaxHeadDim = 256;  // head_dim must be a multiple of 32 and at most this
 inline constexpr int kAttentionMaxGroup = 16;     // num_heads / num_kv_heads at most this

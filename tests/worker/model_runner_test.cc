@@ -42,13 +42,15 @@ class ModelRunnerTest : public ::testing::Test {
     ASSERT_OK_AND_ASSIGN(backend_, CpuBackend::Create({.num_threads = 2, .linear = {}}));
   }
 
-  std::unique_ptr<ModelRunner> MakeRunner(int num_blocks, int max_tokens = 64) {
+  std::unique_ptr<ModelRunner> MakeRunner(int num_blocks, int max_tokens = 64, int graph_max_batch = 0) {
     ModelRunnerOptions options;
     options.model.max_num_tokens = max_tokens;
     options.model.max_num_seqs = 8;
+    options.graph_max_batch = graph_max_batch;
     auto runner = ModelRunner::Create(*checkpoint_, *backend_, options);
     EXPECT_TRUE(runner.ok()) << runner.status();
     EXPECT_OK((*runner)->AllocateKvCache(num_blocks));
+    EXPECT_OK((*runner)->CaptureGraphs());
     allocator_ = std::make_unique<BlockAllocator>(num_blocks);
     return std::move(runner).value();
   }
@@ -246,6 +248,92 @@ TEST_F(ModelRunnerTest, SampledTokensDependOnSeedAndStepNotOnTheBatch) {
     return seq.tokens;
   };
   EXPECT_EQ(run(false), run(true));
+}
+
+// Decode steps through captured graphs (the CPU's call lists: the same kernels, replayed) give the logits of
+// eager steps, for batches that fill a captured size, pad one (3 in 4, 5 in 8) and shrink as sequences finish;
+// the padding rows write nothing into the KV cache (block 0 belongs to a real sequence here).
+TEST_F(ModelRunnerTest, DecodeStepsThroughGraphsGiveTheEagerLogits) {
+  auto eager = MakeRunner(32, 64, 0);
+  auto eager_blocks = std::move(allocator_);
+  auto graphed = MakeRunner(32, 64, 8);
+  EXPECT_EQ(graphed->graph_batch_sizes(), (std::vector<int>{1, 2, 4, 8}));
+  EXPECT_EQ(graphed->num_graphs(), 4);
+  EXPECT_EQ(eager->num_graphs(), 0);
+
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 5; ++i) prompts.push_back({128000, 100 + i, 7 * i + 3, 15 + i, 9});
+  prompts[1] = kPromptA;  // 18 tokens: its decode crosses into a second block
+  std::vector<Sequence> e(prompts.size()), g(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) e[i] = g[i] = Prompt(prompts[i]);
+  auto rows = [](std::vector<Sequence>& v, size_t n) {
+    std::vector<Sequence*> r;
+    for (size_t i = 0; i < n; ++i) r.push_back(&v[i]);
+    return r;
+  };
+  // Batches of 5, 4, 3, 1 sequences: the first step is the prompts (eager in both), then decode steps.
+  int64_t graph_steps = 0;
+  for (size_t n : {5u, 5u, 5u, 4u, 4u, 3u, 3u, 1u, 1u}) {
+    SCOPED_TRACE(absl::StrCat(n, " sequences, graph step ", graph_steps));
+    std::vector<Sequence*> eb = rows(e, n), gb = rows(g, n);
+    std::swap(allocator_, eager_blocks);
+    ASSERT_OK_AND_ASSIGN(Tensor want, Forward(*eager, eb));
+    std::swap(allocator_, eager_blocks);
+    const bool decode = g[0].num_computed_tokens > 0;
+    ASSERT_OK_AND_ASSIGN(Tensor got, Forward(*graphed, gb));
+    if (decode) ++graph_steps;
+    EXPECT_EQ(graphed->graph_steps(), graph_steps);
+    ASSERT_EQ(got.numel(), want.numel());
+    float max_ref = 0, max_diff = 0;
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      max_ref = std::max(max_ref, std::fabs(want.data_as<float>()[i]));
+      max_diff = std::max(max_diff, std::fabs(got.data_as<float>()[i] - want.data_as<float>()[i]));
+    }
+    // The same kernels on the same rows; only the GEMV/oneDNN choice may differ with the padded row count.
+    EXPECT_LE(max_diff, 1e-3f * max_ref);
+    eager->SampleAndAppend(want, eb);
+    graphed->SampleAndAppend(got, gb);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(g[i].tokens, e[i].tokens) << "sequence " << i;
+  }
+  EXPECT_EQ(graph_steps, 8);
+}
+
+TEST_F(ModelRunnerTest, StepsThatNoGraphHoldsRunEagerly) {
+  auto runner = MakeRunner(32, 64, 2);
+  EXPECT_EQ(runner->graph_batch_sizes(), (std::vector<int>{1, 2}));
+  Sequence a = Prompt(kPromptB), b = Prompt(kPromptB), c = Prompt(kPromptB);
+  ASSERT_OK(Forward(*runner, {&a, &b, &c}).status());  // prompts
+  for (Sequence* s : {&a, &b, &c}) s->tokens.push_back(5);
+  ASSERT_OK(Forward(*runner, {&a, &b, &c}).status());  // 3 decode rows: more than the largest graph
+  EXPECT_EQ(runner->graph_steps(), 0);
+  a.tokens.push_back(6);
+  b.tokens.insert(b.tokens.end(), {6, 7});  // two new tokens: not a decode step
+  ASSERT_OK(Forward(*runner, {&a, &b}).status());
+  EXPECT_EQ(runner->graph_steps(), 0);
+  a.tokens.push_back(8);
+  ASSERT_OK(Forward(*runner, {&a}).status());
+  EXPECT_EQ(runner->graph_steps(), 1);
+}
+
+TEST_F(ModelRunnerTest, GraphOptionsAndCaptureOrderAreChecked) {
+  ModelRunnerOptions options;
+  options.model.max_num_tokens = 16;
+  options.model.max_num_seqs = 6;
+  options.graph_max_batch = -2;
+  EXPECT_THAT(ModelRunner::Create(*checkpoint_, *backend_, options).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("graph_max_batch=-2")));
+  options.graph_max_batch = -1;  // the CPU's default: off
+  ASSERT_OK_AND_ASSIGN(auto runner, ModelRunner::Create(*checkpoint_, *backend_, options));
+  EXPECT_TRUE(runner->graph_batch_sizes().empty());
+  options.graph_max_batch = 100;  // capped by max_num_seqs
+  ASSERT_OK_AND_ASSIGN(runner, ModelRunner::Create(*checkpoint_, *backend_, options));
+  EXPECT_EQ(runner->graph_batch_sizes(), (std::vector<int>{1, 2, 4, 6}));
+  EXPECT_THAT(runner->CaptureGraphs(), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("KV cache")));
+  ASSERT_OK(runner->AllocateKvCache(4));
+  ASSERT_OK(runner->CaptureGraphs());
+  EXPECT_EQ(runner->num_graphs(), 4);
+  EXPECT_THAT(runner->CaptureGraphs(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("already captured")));
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/gloo_communicator.h"
 #include "tests/util/status_matchers.h"
@@ -40,9 +41,11 @@ struct RankResult {
 struct Split {
   int tp = 1, pp = 1;
   std::vector<int> pp_layers;  // empty: even
+  bool graphs = false;         // decode steps replay captured step graphs (the CPU's call lists)
   std::string ToString() const {
     std::string s = "tp=" + std::to_string(tp) + " pp=" + std::to_string(pp);
     if (!pp_layers.empty()) s += " pp_layers=" + std::to_string(pp_layers[0]) + ",...";
+    if (graphs) s += " graphs";
     return s;
   }
 };
@@ -87,8 +90,10 @@ absl::StatusOr<RankResult> RunRank(const std::string& model, const Split& split,
   options.model.rank = rank;
   options.model.tp_group = tp_group.get();
   options.pp_group = pp_group.get();
+  options.graph_max_batch = split.graphs ? 4 : 0;
   ASSIGN_OR_RETURN(auto runner, ModelRunner::Create(checkpoint, *backend, options));
   RETURN_IF_ERROR(runner->AllocateKvCache(16));
+  RETURN_IF_ERROR(runner->CaptureGraphs());
   BlockAllocator blocks(16);  // every rank takes the same ids in the same order
   std::vector<Sequence> seqs(kPrompts.size());
   std::vector<Sequence*> batch;
@@ -118,6 +123,9 @@ absl::StatusOr<RankResult> RunRank(const std::string& model, const Split& split,
         for (size_t i = 0; i < batch.size(); ++i) batch[i]->tokens.push_back(sampled[i]);
       }
     }
+  }
+  if (split.graphs && runner->graph_steps() != kSteps - 1) {  // every step after the prompts
+    return absl::InternalError(absl::StrCat("rank ", rank, " replayed ", runner->graph_steps(), " graphs"));
   }
   for (const Sequence& s : seqs)
     result.tokens.emplace_back(s.tokens.begin() + s.num_prompt_tokens, s.tokens.end());
@@ -233,7 +241,8 @@ TEST_P(TensorParallelTest, SplitsGiveTheTokensAndLogitsOfOneRankAndReadOnlyTheir
   for (float v : whole[0].first_logits) max_ref = std::max(max_ref, std::fabs(v));
 
   const bool tiny = GetParam() == "tiny";  // 4 layers, 4 heads; awkward: 3 layers, 6 heads
-  std::vector<Split> splits = {{2, 1, {}}, {1, 2, {}}, {2, 2, {}}, {1, 3, {}}};
+  std::vector<Split> splits = {{2, 1, {}}, {1, 2, {}}, {2, 2, {}}, {1, 3, {}},
+                                {1, 1, {}, true}, {2, 2, {}, true}};
   if (tiny) {
     splits.push_back({4, 1, {}});
     splits.push_back({1, 2, {1, 3}});

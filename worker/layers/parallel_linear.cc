@@ -19,7 +19,6 @@ absl::Status RowParallelLinear::Load(WeightLoader& loader, const std::string& na
 absl::Status RowParallelLinear::Forward(Backend& backend, const Tensor& x, Tensor& y) const {
   backend.Linear(x, weight_, y);
   if (group_ == nullptr || group_->size() == 1) return absl::OkStatus();
-  backend.Synchronize();
   return group_->AllReduceSum(y);
 }
 
@@ -35,7 +34,6 @@ absl::Status VocabParallelEmbedding::Load(WeightLoader& loader, const std::strin
 absl::Status VocabParallelEmbedding::Forward(Backend& backend, const Tensor& local_rows, Tensor& out) const {
   backend.Embedding(local_rows, table_, out);
   if (!split_ || group_ == nullptr || group_->size() == 1) return absl::OkStatus();
-  backend.Synchronize();
   return group_->AllReduceSum(out);
 }
 
@@ -84,7 +82,6 @@ absl::Status ParallelLmHead::Forward(Backend& backend, const Tensor& x, void* sc
   }
   const int tp = static_cast<int>(slices_.size());
   Tensor gathered(base + s * per_rank_, DType::kF32, {tp * s * per_rank_});
-  backend.Synchronize();
   Tensor flat_local = local.Reshape({s * per_rank_});
   RETURN_IF_ERROR(group_->AllGather(flat_local, gathered));
   for (int r = 0; r < tp; ++r) {

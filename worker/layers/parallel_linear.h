@@ -1,6 +1,8 @@
 // Tensor-parallel building blocks (Megatron layout): a column-parallel linear holds a slice of the output
 // rows, a row-parallel linear a slice of the input columns and ends in an all-reduce over the TP group; the
 // vocabulary-parallel embedding and lm_head hold a slice of the vocabulary. Each layer loads only its slice.
+// The layers hand device tensors that the backend may still be writing to their group: the group must wait
+// for the backend first (the model runner's SegmentingGroup does).
 #pragma once
 
 #include <cstdint>

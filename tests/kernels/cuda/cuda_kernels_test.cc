@@ -329,11 +329,11 @@ TEST_F(CudaKernelsTest, ACapturedGraphReplaysWithNewInputs) {
   gpu_->Synchronize();
   ASSERT_OK(gpu_->BeginCapture());
   step();
-  ASSERT_OK_AND_ASSIGN(CudaGraph graph, gpu_->EndCapture());
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<StepGraph> graph, gpu_->EndCapture());
   for (int i = 0; i < 2; ++i) {
     a = RandomBf16(rng_, rows * h);
     gpu_->CopyToDevice(a_d.data(), a.data(), a_d.nbytes());
-    ASSERT_OK(gpu_->Replay(graph));
+    ASSERT_OK(gpu_->Replay(*graph));
     std::vector<float> got = Download(out);
     step();
     EXPECT_EQ(got, Download(out)) << "replay " << i;
