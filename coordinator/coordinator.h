@@ -36,6 +36,7 @@ struct CoordinatorOptions {
   int64_t kv_cache_memory = 0;  // bytes per rank; 0 = each worker decides
   int threads_per_worker = 0;   // 0 = each worker's share of its cores
   std::string prefill_precision = "exact";
+  int graph_max_batch = -1;    // decode graphs up to this batch; 0 = never; -1 = each worker's default
   std::string communicator;    // CUDA: "nccl", "gloo" (ranks sharing a GPU) or "" (auto)
   bool single_node = false;    // every worker runs on this node (tessera serve)
   SchedulerOptions scheduler;  // num_kv_blocks and max_steps_in_flight are set by the coordinator

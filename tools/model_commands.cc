@@ -126,6 +126,11 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
                       "Write the first prompt's logits as float32 .npy");
   gen_cmd->add_flag("--stats", gen->options.stats, "Print timings as one JSON line on stderr");
   gen_cmd
+      ->add_option("--graph-max-batch", gen->options.graph_max_batch,
+                   "Decode steps of up to this many prompts replay captured graphs (-1: CUDA graphs on CUDA, "
+                   "none on the CPU; 0: none; N on the CPU: recorded call lists, for testing)")
+      ->capture_default_str();
+  gen_cmd
       ->add_option(
           "--prefill-precision", gen->prefill_precision,
           "exact: prefill GEMMs keep fp32 activations (bf16 hi+lo split); bf16: round them (~2x faster)")

@@ -44,6 +44,8 @@ struct ServeArgs {
   int max_num_batched_tokens = 2048;
   int max_queued_requests = 1024;
   std::string prefill_precision = "exact";
+  int graph_max_batch = -1;
+  bool enforce_eager = false;
   std::string communicator = "auto";
   std::string heartbeat_interval = "500ms";
   std::string heartbeat_timeout = "5s";
@@ -84,6 +86,12 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
       ->capture_default_str();
   cmd->add_option("--prefill-precision", a.prefill_precision, "exact or bf16 (CPU prefill GEMMs)")
       ->capture_default_str();
+  cmd->add_option("--graph-max-batch", a.graph_max_batch,
+                  "Decode steps of up to this many sequences replay captured CUDA graphs (-1: min(256, "
+                  "--max-num-seqs) on CUDA, none on the CPU; 0: none)")
+      ->capture_default_str()
+      ->envname("TESSERA_GRAPH_MAX_BATCH");
+  cmd->add_flag("--enforce-eager", a.enforce_eager, "Never replay graphs (= --graph-max-batch 0)");
   cmd->add_option(
          "--communicator", a.communicator,
          "CUDA tensors between ranks: nccl, gloo (staged through host memory; ranks sharing a GPU) or "
@@ -143,6 +151,10 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
         Cat("--prefill-precision '", a.prefill_precision, "' is not exact or bf16"));
   }
   o.prefill_precision = a.prefill_precision;
+  if (a.graph_max_batch < -1) {
+    return absl::InvalidArgumentError(Cat("--graph-max-batch=", a.graph_max_batch, " must be -1, 0 or positive"));
+  }
+  o.graph_max_batch = a.enforce_eager ? 0 : a.graph_max_batch;
   if (a.communicator != "auto" && a.communicator != "nccl" && a.communicator != "gloo") {
     return absl::InvalidArgumentError(Cat("--communicator '", a.communicator, "' is not auto, nccl or gloo"));
   }

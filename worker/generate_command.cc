@@ -69,6 +69,7 @@ struct RankRun {
   int total_prompt = 0;
   double load_s = 0, prefill_s = 0, decode_s = 0;
   int decode_tokens = 0;
+  int64_t graph_steps = 0;  // decode steps that replayed a captured graph
 };
 
 absl::StatusOr<std::unique_ptr<GlooCommunicator>> JoinGroup(const std::string& store, const std::string& name,
@@ -159,9 +160,11 @@ absl::StatusOr<RankRun> GenerateOnRank(const GenerateOptions& options, const Par
   runner_options.model.rank = rank;
   runner_options.model.tp_group = tp_group.get();
   runner_options.pp_group = pp_group.get();
+  runner_options.graph_max_batch = options.graph_max_batch;
   ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner,
                    ModelRunner::Create(checkpoint, *backend, runner_options));
   RETURN_IF_ERROR(runner->AllocateKvCache(num_blocks));
+  RETURN_IF_ERROR(runner->CaptureGraphs());
   BlockAllocator blocks(num_blocks);  // every rank allocates the same ids in the same order
   const auto t_loaded = Clock::now();
   run.load_s = Seconds(t_start, t_loaded);
@@ -217,6 +220,7 @@ absl::StatusOr<RankRun> GenerateOnRank(const GenerateOptions& options, const Par
   }
   run.prefill_s = Seconds(t_loaded, t_prefilled);
   run.decode_s = Seconds(t_prefilled, Clock::now());
+  run.graph_steps = runner->graph_steps();
   return run;
 }
 
@@ -299,6 +303,7 @@ absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std:
         {"prefill_tokens_per_s", run.total_prompt / std::max(1e-9, run.prefill_s)},
         {"decode_tokens_per_s",
          run.decode_tokens > 0 ? run.decode_tokens / std::max(1e-9, run.decode_s) : 0.0},
+        {"graph_steps", run.graph_steps},
         {"peak_rss_bytes", PeakRssBytes()},
     };
     err << stats.dump() << "\n";

@@ -32,6 +32,9 @@ struct GenerateOptions {
   // How prefill-sized GEMMs treat fp32 activations: kSplitBf16 is exact to ~3e-6 (the default), kBf16 rounds
   // them to bf16 (about twice as fast, errors ~1e-3).
   PrefillPrecision prefill_precision = PrefillPrecision::kSplitBf16;
+  // Decode steps replay captured graphs up to this batch (ModelRunnerOptions::graph_max_batch; -1: the
+  // device's default, 0: never).
+  int graph_max_batch = -1;
   // When set, each output line also carries "text": the generated ids turned into text by this function (the
   // caller's tokenizer; the worker library has none).
   std::function<absl::StatusOr<std::string>(const std::vector<int32_t>&)> detokenize;

@@ -186,6 +186,10 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
           absl::StrCat("assign_shard: communicator '", assign.communicator(), "' is not nccl or gloo"));
     }
   }
+  if (assign.has_graph_max_batch() && assign.graph_max_batch() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("assign_shard: graph_max_batch=", assign.graph_max_batch(), " is negative"));
+  }
   PrefillPrecision precision = PrefillPrecision::kSplitBf16;
   if (!assign.prefill_precision().empty()) {
     RETURN_IF_ERROR(Prefixed(ParsePrefillPrecision(assign.prefill_precision(), precision), "assign_shard: "));
@@ -299,6 +303,7 @@ absl::Status WorkerShard::LoadWeights(cv1::Ack& ack) {
   options.model.rank = options_.rank;
   options.model.tp_group = tp_group_.get();
   options.pp_group = pp_group_.get();
+  options.graph_max_batch = assign_.has_graph_max_batch() ? assign_.graph_max_batch() : -1;
   absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Create(*checkpoint_, *backend_, options);
   if (!runner.ok()) return Prefixed(runner.status(), "load_weights: ");
   runner_ = std::move(runner).value();
@@ -335,9 +340,17 @@ absl::Status WorkerShard::ProfileMemory(const cv1::ProfileMemory& profile, cv1::
 absl::Status WorkerShard::AllocateKvCache(const cv1::AllocateKvCache& allocate) {
   if (phase_ != Phase::kLoaded) return OutOfOrder("allocate_kv_cache", static_cast<int>(phase_));
   RETURN_IF_ERROR(Prefixed(runner_->AllocateKvCache(allocate.num_blocks()), "allocate_kv_cache: "));
-  phase_ = Phase::kReady;
   Log(absl::StrCat("allocated ", allocate.num_blocks(), " KV blocks (",
                    int64_t{allocate.num_blocks()} * runner_->KvBlockBytes(), " bytes)"));
+  // The decode graphs bake in the KV cache's address, so they come after it (every TP rank at once: the
+  // coordinator sends this message to all of them together).
+  const Clock::time_point start = Clock::now();
+  RETURN_IF_ERROR(Prefixed(runner_->CaptureGraphs(), "allocate_kv_cache: "));
+  if (runner_->num_graphs() > 0) {
+    Log(absl::StrFormat("captured %d decode-step graphs (batch sizes up to %d) in %.2f s", runner_->num_graphs(),
+                        runner_->graph_batch_sizes().back(), Seconds(start, Clock::now())));
+  }
+  phase_ = Phase::kReady;
   return absl::OkStatus();
 }
 

@@ -103,23 +103,28 @@ class SplitsTest(ServerTestCase):
 
     def check_splits(self, model, prompts, splits):
         expected = generate_reference(model, prompts)
-        for tp, pp, layers in splits:
-            with self.subTest(tp=tp, pp=pp, pp_layers=layers):
-                extra = ["--pp-layers", layers] if layers else []
+        for tp, pp, layers, *flags in splits:
+            with self.subTest(tp=tp, pp=pp, pp_layers=layers, flags=flags):
+                extra = (["--pp-layers", layers] if layers else []) + (flags[0] if flags else [])
                 server = harness.Server(ARGS.tessera, model, tp, pp, extra).start()
                 try:
                     with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
                         got = list(pool.map(lambda p: complete_ids(server.address, p), prompts))
                     self.assertEqual(got, expected)
+                    if "--graph-max-batch" in extra:  # every worker captured 1, 2 and 4 (CPU call lists)
+                        captured = [line for line in server.stderr if "captured 3 decode-step graphs" in line]
+                        self.assertEqual(len(captured), tp * pp, "".join(server.stderr))
                 finally:
                     self.stop_cleanly(server)
 
     def test_tiny_preset(self):
         self.check_splits(self.tiny, TINY_PROMPTS,
-                          [(1, 1, None), (2, 1, None), (1, 2, None), (2, 2, None), (4, 1, None), (1, 2, "1,3")])
+                          [(1, 1, None), (2, 1, None), (1, 2, None), (2, 2, None), (4, 1, None), (1, 2, "1,3"),
+                           (2, 2, None, ["--graph-max-batch", "4"])])
 
     def test_awkward_config(self):
-        self.check_splits(self.awkward, AWKWARD_PROMPTS, [(1, 1, None), (2, 1, None), (2, 2, "2,1"), (1, 3, None)])
+        self.check_splits(self.awkward, AWKWARD_PROMPTS, [(1, 1, None), (2, 1, None), (2, 2, "2,1"), (1, 3, None),
+                                                            (2, 1, None, ["--graph-max-batch", "4"])])
 
 
 class LifecycleTest(ServerTestCase):

@@ -82,6 +82,17 @@ class CliTest(unittest.TestCase):
                 self.assertEqual(json_lines(run(*args, "--tp", str(tp), "--pp", str(pp)).stdout), one)
         self.assertEqual(json_lines(run(*args, "--pp", "2", "--pp-layers", "1,3").stdout), one)
 
+    def test_generate_through_step_graphs_gives_the_eager_tokens(self):
+        args = ("generate", "--model", self.model, "--prompt", "Hello there", "--prompt-ids", "128000,40,1093",
+                "--prompt-ids", "128000,5", "--max-tokens", "6", "--stats")
+        eager = run(*args)
+        self.assertEqual(json_lines(eager.stderr)[-1]["graph_steps"], 0)  # the CPU's default: no graphs
+        for split in ((), ("--tp", "2")):
+            with self.subTest(split=split):
+                graphed = run(*args, "--graph-max-batch", "4", *split)
+                self.assertEqual(json_lines(graphed.stdout), json_lines(eager.stdout))
+                self.assertEqual(json_lines(graphed.stderr)[-1]["graph_steps"], 5)  # every decode step
+
     def test_tokenize_and_detokenize_agree_with_hugging_face(self):
         text = "Tessera's tokenizer: 12345 tokens, émojis 👩‍💻 and <|eot_id|>."
         ids = json_lines(run("tokenize", "--model", self.model, "--text", text, "--add-special-tokens").stdout)
@@ -97,6 +108,7 @@ class CliTest(unittest.TestCase):
             (("generate", "--model", self.model, "--chat", os.path.join(ARGS.workdir, "nope.json")), "nope.json"),
             (("generate", "--model", self.model, "--prompt-ids", "1,x"), "'x'"),
             (("generate", "--model", self.model, "--prompt-ids", "1", "--prefill-precision", "fp8"), "fp8"),
+            (("generate", "--model", self.model, "--prompt-ids", "1", "--graph-max-batch", "-5"), "graph_max_batch=-5"),
             (("detokenize", "--model", self.model, "--ids", "128256"), "128256"),
             (("generate", "--model", self.model, "--prompt-ids", "1", "--device", "tpu"), "tpu"),
             (("generate", "--model", self.model, "--prompt-ids", "1", "--tp", "3"),

@@ -45,6 +45,12 @@ TEST_F(WorkerShardTest, SetupErrorsNameTheRankAndTheCulprit) {
   EXPECT_EQ(error.code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(error.message(), HasSubstr("'fp8'"));
 
+  cv1::CoordinatorMessage graphs = Assign();
+  graphs.mutable_assign_shard()->set_graph_max_batch(-3);
+  error = ErrorOf(shard->Handle(graphs));
+  EXPECT_EQ(error.code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(error.message(), HasSubstr("graph_max_batch=-3 is negative"));
+
   // A stage split the model cannot take is named by the numbers.
   auto second = MakeShard(0, 2);
   cv1::CoordinatorMessage layers = Assign(0, 1, 2);
