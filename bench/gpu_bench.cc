@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
 #include "bench/gpu_roofline.h"
 #include "kernels/backend_factory.h"
@@ -270,24 +271,47 @@ int Main(int argc, char** argv) {
                   {"make_model_seconds", make_seconds},
                   {"load_seconds", load_seconds}};
 
-  std::vector<DecodeResult> decodes;
+  // Decode: first every batch eagerly (one launch per kernel), then the same after CaptureGraphs (what
+  // serving runs: one CUDA graph per step).
+  auto decode_json = [&](const DecodeResult& d) {
+    return nlohmann::json{{"batch", d.batch},
+                          {"context", o.context},
+                          {"steps", o.steps},
+                          {"ms_per_step", d.median_s * 1e3},
+                          {"min_ms_per_step", d.min_s * 1e3},
+                          {"tokens_per_s", d.batch / d.median_s},
+                          {"roofline_ms", roofline_s * 1e3},
+                          {"pct_of_roofline", 100 * roofline_s / d.median_s},
+                          // Not in the roofline: the KV cache read per step (context * batch tokens).
+                          {"kv_bytes_read_per_step", double(counts.kv_bytes_per_token) * o.context * d.batch}};
+  };
+  std::vector<DecodeResult> eager_decodes, decodes;
   for (int batch : o.batches) {
+    eager_decodes.push_back(
+        TimeDecode(*runner, blocks, batch, o.context, options.model.max_num_tokens, warmup, o.steps));
+    const DecodeResult& d = eager_decodes.back();
+    std::fprintf(stderr, "gpu_bench: eager decode batch %d: %.3f ms/step (median of %d), min %.3f ms\n", batch,
+                 d.median_s * 1e3, o.steps, d.min_s * 1e3);
+    out["decode_eager"].push_back(decode_json(d));
+  }
+  const auto t_capture = Clock::now();
+  if (absl::Status s = runner->CaptureGraphs(); !s.ok()) Die(s);
+  backend->Synchronize();
+  const double capture_seconds = Seconds(t_capture, Clock::now());
+  std::fprintf(stderr, "gpu_bench: captured %d decode graphs (batch up to %d) in %.2f s\n", runner->num_graphs(),
+               runner->graph_batch_sizes().empty() ? 0 : runner->graph_batch_sizes().back(), capture_seconds);
+  out["graphs"] = {{"count", runner->num_graphs()}, {"capture_seconds", capture_seconds}};
+  for (int batch : o.batches) {
+    const int64_t replays = runner->graph_steps();
     decodes.push_back(
         TimeDecode(*runner, blocks, batch, o.context, options.model.max_num_tokens, warmup, o.steps));
     const DecodeResult& d = decodes.back();
-    std::fprintf(stderr, "gpu_bench: decode batch %d: %.3f ms/step (median of %d), min %.3f ms\n", batch,
+    if (runner->graph_steps() - replays < warmup + o.steps) {
+      Die(absl::InternalError(absl::StrCat("decode of batch ", batch, " did not replay graphs")));
+    }
+    std::fprintf(stderr, "gpu_bench: graph decode batch %d: %.3f ms/step (median of %d), min %.3f ms\n", batch,
                  d.median_s * 1e3, o.steps, d.min_s * 1e3);
-    out["decode"].push_back(
-        {{"batch", batch},
-         {"context", o.context},
-         {"steps", o.steps},
-         {"ms_per_step", d.median_s * 1e3},
-         {"min_ms_per_step", d.min_s * 1e3},
-         {"tokens_per_s", batch / d.median_s},
-         {"roofline_ms", roofline_s * 1e3},
-         {"pct_of_roofline", 100 * roofline_s / d.median_s},
-         // Not in the roofline: the KV cache read per step (context * batch tokens).
-         {"kv_bytes_read_per_step", double(counts.kv_bytes_per_token) * o.context * batch}});
+    out["decode"].push_back(decode_json(d));
   }
 
   const int64_t t = o.prefill_tokens, q = int64_t{c.num_attention_heads} * c.head_dim;
@@ -314,9 +338,10 @@ int Main(int argc, char** argv) {
   std::printf(
       "(decode: ms/step vs the HBM roofline %.2f ms; prefill: FLOP/s vs the GEMM ceiling %.0f TFLOP/s)\n",
       roofline_s * 1e3, gemm.tflops);
-  for (const DecodeResult& d : decodes) {
-    std::printf("decode b=%-7d %10.2f %12.0f %13.0f%%\n", d.batch, d.median_s * 1e3, d.batch / d.median_s,
-                100 * roofline_s / d.median_s);
+  for (size_t i = 0; i < decodes.size(); ++i) {
+    const DecodeResult& d = decodes[i];
+    std::printf("decode b=%-7d %10.2f %12.0f %13.0f%%   (eager %.2f ms)\n", d.batch, d.median_s * 1e3,
+                d.batch / d.median_s, 100 * roofline_s / d.median_s, eager_decodes[i].median_s * 1e3);
   }
   std::printf("prefill %-8d %10.1f %12.0f %13.0f%%   (%.0f TFLOP/s)\n", o.prefill_tokens, prefill_s * 1e3,
               o.prefill_tokens / prefill_s, 100 * prefill_tflops / gemm.tflops, prefill_tflops);

@@ -234,7 +234,9 @@ def fmt(v, spec, dash="-"):
     return dash if v is None else format(v, spec)
 
 torch_decode = {d["batch"]: d["ms_per_step"] for d in (torch or {}).get("decode", [])}
-print(f"{'case':<14} {'Tessera ms':>10} {'tokens/s':>10} {'% ceiling':>10} {'PyTorch ms':>11} {'speedup':>8}")
+eager_decode = {d["batch"]: d["ms_per_step"] for d in (tessera or {}).get("decode_eager", [])}
+print(f"{'case':<14} {'Tessera ms':>10} {'tokens/s':>10} {'% ceiling':>10} {'PyTorch ms':>11} {'speedup':>8} "
+      f"{'no graphs':>10}")
 speedups = {}
 for d in (tessera or {}).get("decode", []) or [{"batch": b} for b in sorted(torch_decode)]:
     b, ms = d["batch"], d.get("ms_per_step")
@@ -242,7 +244,8 @@ for d in (tessera or {}).get("decode", []) or [{"batch": b} for b in sorted(torc
     s = t / ms if (t and ms) else None
     speedups[b] = s
     print(f"decode b={b:<5} {fmt(ms, '10.2f'):>10} {fmt(d.get('tokens_per_s'), '10.0f'):>10} "
-          f"{fmt(d.get('pct_of_roofline'), '9.0f'):>9}% {fmt(t, '11.2f'):>11} {fmt(s, '7.2f'):>7}x")
+          f"{fmt(d.get('pct_of_roofline'), '9.0f'):>9}% {fmt(t, '11.2f'):>11} {fmt(s, '7.2f'):>7}x "
+          f"{fmt(eager_decode.get(b), '10.2f'):>10}")
 p, tp = (tessera or {}).get("prefill", {}), (torch or {}).get("prefill", {})
 if p or tp:
     s = tp["ms"] / p["ms"] if (p and tp) else None

@@ -41,7 +41,9 @@ class CudaModelTest : public ::testing::Test {
     if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
-  void Load(const std::string& preset, Pair& p) {
+  // With `graphs`, the GPU runner captures its decode graphs (batch sizes up to 8) and decode steps replay
+  // them; otherwise it runs every step eagerly.
+  void Load(const std::string& preset, Pair& p, bool graphs = false) {
     dir_ = ::testing::TempDir() + "/cuda_model_test_" + preset + "_" + std::to_string(getpid());
     MakeModelOptions options;
     options.preset = preset;
@@ -57,9 +59,12 @@ class CudaModelTest : public ::testing::Test {
     runner.model.max_num_tokens = 64;
     runner.model.max_num_seqs = 8;
     ASSERT_OK_AND_ASSIGN(p.cpu_runner, ModelRunner::Create(*p.checkpoint, *p.cpu, runner));
+    runner.graph_max_batch = graphs ? 8 : 0;
     ASSERT_OK_AND_ASSIGN(p.gpu_runner, ModelRunner::Create(*p.checkpoint, *p.gpu, runner));
     ASSERT_OK(p.cpu_runner->AllocateKvCache(64));
     ASSERT_OK(p.gpu_runner->AllocateKvCache(64));
+    ASSERT_OK(p.gpu_runner->CaptureGraphs());
+    ASSERT_EQ(p.gpu_runner->num_graphs(), graphs ? 4 : 0);
   }
 
   static Sequence Prompt(const std::vector<int32_t>& ids) {
@@ -99,6 +104,9 @@ class CudaModelTest : public ::testing::Test {
     std::printf("%s: max |gpu - cpu| = %.4g, max |cpu| = %.4g\n", what.c_str(), max_diff, max_ref);
   }
 
+  // 32 greedy steps of two prompts on both backends (see the tests below).
+  void TinyGreedy(bool graphs);
+
   std::string dir_;
 };
 
@@ -116,9 +124,9 @@ float Margin(const float* row, int64_t vocab) {
   return a - b;
 }
 
-TEST_F(CudaModelTest, TinyLogitsAndThirtyTwoGreedyTokensMatchTheCpu) {
+void CudaModelTest::TinyGreedy(bool graphs) {
   Pair p;
-  ASSERT_NO_FATAL_FAILURE(Load("tiny", p));
+  ASSERT_NO_FATAL_FAILURE(Load("tiny", p, graphs));
   const int64_t vocab = p.checkpoint->config().vocab_size;
   Sequence ca = Prompt(kPromptA), cb = Prompt(kPromptB), ga = Prompt(kPromptA), gb = Prompt(kPromptB);
   std::vector<float> lc, lg;
@@ -137,7 +145,14 @@ TEST_F(CudaModelTest, TinyLogitsAndThirtyTwoGreedyTokensMatchTheCpu) {
           << "; the CPU's top-1 - top-2 margin " << Margin(lc.data() + s * vocab, vocab);
     }
   }
+  EXPECT_EQ(p.gpu_runner->graph_steps(), graphs ? 31 : 0);  // every decode step replayed a CUDA graph
 }
+
+TEST_F(CudaModelTest, TinyLogitsAndThirtyTwoGreedyTokensMatchTheCpu) { TinyGreedy(false); }
+
+// The same through CUDA graphs: two sequences padded to the captured batch of 2, contexts growing across
+// blocks while the graph (captured for the longest context) stays the same.
+TEST_F(CudaModelTest, TinyThroughCudaGraphsMatchesTheCpu) { TinyGreedy(true); }
 
 TEST_F(CudaModelTest, SmallLogitsMatchTheCpu) {
   Pair p;
