@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/core/check.h"
 #include "kernels/core/status_macros.h"
-#include "kernels/cpu/rope.h"
+#include "kernels/rope_inv_freq.h"
 #include "kernels/cpu/sampler.h"
 #include "kernels/cuda/cublaslt_matmul.h"
 #include "kernels/cuda/cuda_check.h"

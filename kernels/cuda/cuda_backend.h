@@ -60,7 +60,7 @@ class CudaBackend final : public Backend {
   // BF16 in and out, fp32 math. AddRmsNorm stores the residual sum rounded to BF16 and normalizes that.
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
   void AddRmsNorm(Tensor& hidden, Tensor& residual, const Tensor& weight, float eps) override;
-  // inv_freq tables (kernels/cpu/rope.h's RopeInvFreq) are computed on the host and uploaded once per
+  // inv_freq tables (kernels/rope_inv_freq.h's RopeInvFreq) are computed on the host and uploaded once per
   // (rope, head_dim), on first use (so not first inside a graph capture).
   void Rope(const AttentionMeta& meta, const RopeParams& rope, int head_dim, Tensor& q, Tensor& k) override;
   // Slots < 0 are skipped; slots are trusted to be inside the cache.
