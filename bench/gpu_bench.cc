@@ -274,31 +274,33 @@ int Main(int argc, char** argv) {
   // Decode: first every batch eagerly (one launch per kernel), then the same after CaptureGraphs (what
   // serving runs: one CUDA graph per step).
   auto decode_json = [&](const DecodeResult& d) {
-    return nlohmann::json{{"batch", d.batch},
-                          {"context", o.context},
-                          {"steps", o.steps},
-                          {"ms_per_step", d.median_s * 1e3},
-                          {"min_ms_per_step", d.min_s * 1e3},
-                          {"tokens_per_s", d.batch / d.median_s},
-                          {"roofline_ms", roofline_s * 1e3},
-                          {"pct_of_roofline", 100 * roofline_s / d.median_s},
-                          // Not in the roofline: the KV cache read per step (context * batch tokens).
-                          {"kv_bytes_read_per_step", double(counts.kv_bytes_per_token) * o.context * d.batch}};
+    return nlohmann::json{
+        {"batch", d.batch},
+        {"context", o.context},
+        {"steps", o.steps},
+        {"ms_per_step", d.median_s * 1e3},
+        {"min_ms_per_step", d.min_s * 1e3},
+        {"tokens_per_s", d.batch / d.median_s},
+        {"roofline_ms", roofline_s * 1e3},
+        {"pct_of_roofline", 100 * roofline_s / d.median_s},
+        // Not in the roofline: the KV cache read per step (context * batch tokens).
+        {"kv_bytes_read_per_step", double(counts.kv_bytes_per_token) * o.context * d.batch}};
   };
   std::vector<DecodeResult> eager_decodes, decodes;
   for (int batch : o.batches) {
     eager_decodes.push_back(
         TimeDecode(*runner, blocks, batch, o.context, options.model.max_num_tokens, warmup, o.steps));
     const DecodeResult& d = eager_decodes.back();
-    std::fprintf(stderr, "gpu_bench: eager decode batch %d: %.3f ms/step (median of %d), min %.3f ms\n", batch,
-                 d.median_s * 1e3, o.steps, d.min_s * 1e3);
+    std::fprintf(stderr, "gpu_bench: eager decode batch %d: %.3f ms/step (median of %d), min %.3f ms\n",
+                 batch, d.median_s * 1e3, o.steps, d.min_s * 1e3);
     out["decode_eager"].push_back(decode_json(d));
   }
   const auto t_capture = Clock::now();
   if (absl::Status s = runner->CaptureGraphs(); !s.ok()) Die(s);
   backend->Synchronize();
   const double capture_seconds = Seconds(t_capture, Clock::now());
-  std::fprintf(stderr, "gpu_bench: captured %d decode graphs (batch up to %d) in %.2f s\n", runner->num_graphs(),
+  std::fprintf(stderr, "gpu_bench: captured %d decode graphs (batch up to %d) in %.2f s\n",
+               runner->num_graphs(),
                runner->graph_batch_sizes().empty() ? 0 : runner->graph_batch_sizes().back(), capture_seconds);
   out["graphs"] = {{"count", runner->num_graphs()}, {"capture_seconds", capture_seconds}};
   for (int batch : o.batches) {
@@ -309,8 +311,8 @@ int Main(int argc, char** argv) {
     if (runner->graph_steps() - replays < warmup + o.steps) {
       Die(absl::InternalError(absl::StrCat("decode of batch ", batch, " did not replay graphs")));
     }
-    std::fprintf(stderr, "gpu_bench: graph decode batch %d: %.3f ms/step (median of %d), min %.3f ms\n", batch,
-                 d.median_s * 1e3, o.steps, d.min_s * 1e3);
+    std::fprintf(stderr, "gpu_bench: graph decode batch %d: %.3f ms/step (median of %d), min %.3f ms\n",
+                 batch, d.median_s * 1e3, o.steps, d.min_s * 1e3);
     out["decode"].push_back(decode_json(d));
   }
 

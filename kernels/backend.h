@@ -139,15 +139,15 @@ class Backend {
   // Waits for every queued operation.
   virtual void Synchronize() = 0;
 
-  // Step graphs. After BeginCapture, the calls this thread makes are recorded instead of run, until EndCapture
-  // returns them as a graph; Replay runs them again. A replay repeats every call with the same arguments: the
-  // same pointers (activations, weights, KV cache, the buffers an AttentionMeta points into) and the same
-  // shapes and AttentionMeta scalars, reading whatever those buffers hold at replay time.
-  // Not capturable (a CHECK failure, or on CUDA an aborted capture): Allocate, CopyToDevice, CopyToHost,
-  // Sample, Synchronize. A backend may also need a call's first run before it can capture it (the CUDA
-  // backend's cuBLASLt algorithm choice, RoPE tables and attention workspace): run a step eagerly first.
-  // Errors: UNIMPLEMENTED where the backend has no graphs; FAILED_PRECONDITION when already (or not)
-  // capturing; the device's (INTERNAL).
+  // Step graphs. After BeginCapture, the calls this thread makes are recorded instead of run, until
+  // EndCapture returns them as a graph; Replay runs them again. A replay repeats every call with the same
+  // arguments: the same pointers (activations, weights, KV cache, the buffers an AttentionMeta points into)
+  // and the same shapes and AttentionMeta scalars, reading whatever those buffers hold at replay time. Not
+  // capturable (a CHECK failure, or on CUDA an aborted capture): Allocate, CopyToDevice, CopyToHost, Sample,
+  // Synchronize. A backend may also need a call's first run before it can capture it (the CUDA backend's
+  // cuBLASLt algorithm choice, RoPE tables and attention workspace): run a step eagerly first. Errors:
+  // UNIMPLEMENTED where the backend has no graphs; FAILED_PRECONDITION when already (or not) capturing; the
+  // device's (INTERNAL).
   [[nodiscard]] virtual absl::Status BeginCapture() {
     return absl::UnimplementedError("this backend cannot capture step graphs");
   }

@@ -152,7 +152,8 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   }
   o.prefill_precision = a.prefill_precision;
   if (a.graph_max_batch < -1) {
-    return absl::InvalidArgumentError(Cat("--graph-max-batch=", a.graph_max_batch, " must be -1, 0 or positive"));
+    return absl::InvalidArgumentError(
+        Cat("--graph-max-batch=", a.graph_max_batch, " must be -1, 0 or positive"));
   }
   o.graph_max_batch = a.enforce_eager ? 0 : a.graph_max_batch;
   if (a.communicator != "auto" && a.communicator != "nccl" && a.communicator != "gloo") {

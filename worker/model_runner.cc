@@ -58,8 +58,8 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const Checkpoin
     return absl::InvalidArgumentError(absl::StrCat("pp=", pp, " needs a pipeline group of that size"));
   }
   if (options.graph_max_batch < -1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("graph_max_batch=", options.graph_max_batch, " must be -1 (the default), 0 or positive"));
+    return absl::InvalidArgumentError(absl::StrCat("graph_max_batch=", options.graph_max_batch,
+                                                   " must be -1 (the default), 0 or positive"));
   }
   int max_batch = options.graph_max_batch;
   if (max_batch == -1) max_batch = backend.device() == DeviceKind::kCuda ? 256 : 0;
@@ -86,7 +86,8 @@ absl::Status ModelRunner::AllocateKvCache(int num_blocks) {
   const int64_t eager_ints = 3 * t + (s + 1) + s + s * max_blocks_per_seq + s;
   const int64_t graph_offset = (eager_ints + 15) / 16 * 16;
   const int64_t graph_rows = graph_sizes_.empty() ? 0 : graph_sizes_.back();
-  const int64_t graph_ints = graph_rows == 0 ? 0 : GraphTablesOffset(graph_rows) + graph_rows * max_blocks_per_seq;
+  const int64_t graph_ints =
+      graph_rows == 0 ? 0 : GraphTablesOffset(graph_rows) + graph_rows * max_blocks_per_seq;
   ASSIGN_OR_RETURN(DeviceBuffer device_meta, backend_.Allocate((graph_offset + graph_ints) * 4));
   absl::StatusOr<KvCache> kv_cache = KvCache::Allocate(backend_, model_->KvShape(num_blocks));
   if (!kv_cache.ok()) {
@@ -111,11 +112,11 @@ absl::Status ModelRunner::CaptureGraphs() {
     auto forward = [&] { return model_->Forward(meta, *kv_cache_); };
     RETURN_IF_ERROR(forward().status());  // the warm-up: first uses happen outside the capture
     backend_.Synchronize();
-    absl::StatusOr<CapturedStep> step = tp_group_ ? tp_group_->Capture(forward)
-                                                  : SegmentingGroup::CaptureWithoutGroup(backend_, forward);
+    absl::StatusOr<CapturedStep> step =
+        tp_group_ ? tp_group_->Capture(forward) : SegmentingGroup::CaptureWithoutGroup(backend_, forward);
     if (!step.ok()) {
-      return absl::Status(step.status().code(),
-                          absl::StrCat("capturing the decode step of ", batch, " sequences: ", step.status().message()));
+      return absl::Status(step.status().code(), absl::StrCat("capturing the decode step of ", batch,
+                                                             " sequences: ", step.status().message()));
     }
     graphs.push_back(std::move(step).value());
   }
@@ -254,11 +255,13 @@ BatchMeta ModelRunner::UploadGraphBatch(int batch, bool padding_only) {
   }
   int32_t* base = static_cast<int32_t*>(device_meta_.data()) + graph_meta_offset_;
   backend_.CopyToDevice(base, staging_.data(), static_cast<int64_t>(staging_.size()) * 4);
-  // The block tables: each real row's used blocks into its row of the fixed stride; padding rows are never read.
+  // The block tables: each real row's used blocks into its row of the fixed stride; padding rows are never
+  // read.
   int32_t* tables = base + GraphTablesOffset(rows);
   if (n > 0) {
     const int64_t width = int64_t{host_.max_blocks_per_seq} * 4;
-    backend_.CopyRowsToDevice(tables, int64_t{max_blocks_per_seq_} * 4, host_.block_tables.data(), width, width, n);
+    backend_.CopyRowsToDevice(tables, int64_t{max_blocks_per_seq_} * 4, host_.block_tables.data(), width,
+                              width, n);
   }
 
   BatchMeta meta;

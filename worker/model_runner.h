@@ -77,13 +77,13 @@ class ModelRunner {
   // block_table, which must cover every token (ceil(tokens / 16) blocks at least), and num_computed_tokens
   // advances. Every stage of a pipeline runs the same steps: a stage other than the first first receives the
   // previous stage's hidden states, one other than the last sends its own on. A decode step of at most
-  // graph_batch_sizes().back() sequences replays the smallest captured graph that holds it. Returns, on the last stage,
-  // logits [seqs.size(), vocab] (F32 on the backend, valid until the next step) of each sequence's last
-  // token, and an empty tensor on other stages. Errors (naming the sequence; nothing changed):
-  // FAILED_PRECONDITION before AllocateKvCache; INVALID_ARGUMENT for a sequence with no new token, a token id
-  // outside the vocabulary, a context past max_position_embeddings, a block table too short or with a block
-  // id outside [0, num_kv_blocks), a step larger than the options; and the communicators' (UNAVAILABLE /
-  // DEADLINE_EXCEEDED).
+  // graph_batch_sizes().back() sequences replays the smallest captured graph that holds it. Returns, on the
+  // last stage, logits [seqs.size(), vocab] (F32 on the backend, valid until the next step) of each
+  // sequence's last token, and an empty tensor on other stages. Errors (naming the sequence; nothing
+  // changed): FAILED_PRECONDITION before AllocateKvCache; INVALID_ARGUMENT for a sequence with no new token,
+  // a token id outside the vocabulary, a context past max_position_embeddings, a block table too short or
+  // with a block id outside [0, num_kv_blocks), a step larger than the options; and the communicators'
+  // (UNAVAILABLE / DEADLINE_EXCEEDED).
   [[nodiscard]] absl::StatusOr<Tensor> Forward(const std::vector<Sequence*>& seqs);
 
   // Samples one token per row of `logits` ([seqs.size(), vocab], as Forward returned it or rows of it) with
@@ -102,8 +102,8 @@ class ModelRunner {
               Communicator* pp_group, std::vector<int> graph_sizes);
   [[nodiscard]] absl::Status BuildBatch(const std::vector<Sequence*>& seqs);
   BatchMeta UploadBatch();
-  // The graph layout of device_meta_ for `batch` rows (the first host_.num_seqs() of them this step's, the rest
-  // padding), uploaded. With `padding_only`, every row is padding (for warm-up and capture).
+  // The graph layout of device_meta_ for `batch` rows (the first host_.num_seqs() of them this step's, the
+  // rest padding), uploaded. With `padding_only`, every row is padding (for warm-up and capture).
   BatchMeta UploadGraphBatch(int batch, bool padding_only);
 
   Backend& backend_;
@@ -116,8 +116,8 @@ class ModelRunner {
   // int32 mirror of host_ (one allocation, sized for the options' maxima). Eager steps pack the arrays one
   // after another; graph steps use a fixed layout (the pointers baked into the graphs), after the eager part.
   DeviceBuffer device_meta_;
-  int64_t graph_meta_offset_ = 0;  // in int32s
-  std::vector<int> graph_sizes_;   // ascending
+  int64_t graph_meta_offset_ = 0;     // in int32s
+  std::vector<int> graph_sizes_;      // ascending
   std::vector<CapturedStep> graphs_;  // graphs_[i] serves graph_sizes_[i] rows
   int64_t graph_steps_ = 0;
   // Per-step scratch, kept to reuse its capacity.

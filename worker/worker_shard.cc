@@ -347,8 +347,9 @@ absl::Status WorkerShard::AllocateKvCache(const cv1::AllocateKvCache& allocate) 
   const Clock::time_point start = Clock::now();
   RETURN_IF_ERROR(Prefixed(runner_->CaptureGraphs(), "allocate_kv_cache: "));
   if (runner_->num_graphs() > 0) {
-    Log(absl::StrFormat("captured %d decode-step graphs (batch sizes up to %d) in %.2f s", runner_->num_graphs(),
-                        runner_->graph_batch_sizes().back(), Seconds(start, Clock::now())));
+    Log(absl::StrFormat("captured %d decode-step graphs (batch sizes up to %d) in %.2f s",
+                        runner_->num_graphs(), runner_->graph_batch_sizes().back(),
+                        Seconds(start, Clock::now())));
   }
   phase_ = Phase::kReady;
   return absl::OkStatus();

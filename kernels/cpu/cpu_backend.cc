@@ -90,7 +90,7 @@ void CpuBackend::CopyToHost(void* dst, const void* src, int64_t bytes) {
 }
 
 void CpuBackend::Copy(const Tensor& src, Tensor& dst) {
-  if (Record([=, this]() mutable { Copy(src, dst); })) return;
+  if (capture_ != nullptr) return Record([=, this]() mutable { Copy(src, dst); });
   TESSERA_CHECK(src.dtype() == dst.dtype() && src.numel() == dst.numel());
   if (src.data() == dst.data()) return;
   const char* s = static_cast<const char*>(src.data());
@@ -100,7 +100,7 @@ void CpuBackend::Copy(const Tensor& src, Tensor& dst) {
 }
 
 void CpuBackend::Embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
-  if (Record([=, this]() mutable { Embedding(ids, table, out); })) return;
+  if (capture_ != nullptr) return Record([=, this]() mutable { Embedding(ids, table, out); });
   TESSERA_CHECK(ids.dtype() == DType::kI32 && table.dtype() == DType::kBF16 && out.dtype() == DType::kF32);
   TESSERA_CHECK(table.ndim() == 2 && out.ndim() == 2 && out.dim(0) == ids.numel() &&
                 out.dim(1) == table.dim(1));
@@ -117,7 +117,7 @@ void CpuBackend::Embedding(const Tensor& ids, const Tensor& table, Tensor& out) 
 }
 
 void CpuBackend::GatherRows(const Tensor& src, const Tensor& rows, Tensor& out) {
-  if (Record([=, this]() mutable { GatherRows(src, rows, out); })) return;
+  if (capture_ != nullptr) return Record([=, this]() mutable { GatherRows(src, rows, out); });
   TESSERA_CHECK(rows.dtype() == DType::kI32 && src.dtype() == out.dtype() && src.ndim() >= 1);
   TESSERA_CHECK(out.ndim() == src.ndim() && out.dim(0) == rows.numel());
   const int64_t row_bytes = src.dim(0) == 0 ? 0 : src.nbytes() / src.dim(0);
@@ -133,7 +133,7 @@ void CpuBackend::GatherRows(const Tensor& src, const Tensor& rows, Tensor& out) 
 }
 
 void CpuBackend::Linear(const Tensor& x, const Tensor& w, Tensor& y) {
-  if (Record([=, this]() mutable { Linear(x, w, y); })) return;
+  if (capture_ != nullptr) return Record([=, this]() mutable { Linear(x, w, y); });
   TESSERA_CHECK(x.dtype() == DType::kF32 && w.dtype() == DType::kBF16 && y.dtype() == DType::kF32);
   const auto [m, n, k] = CheckLinearShapes(x, w, y);
   if (m == 0) return;
@@ -141,7 +141,7 @@ void CpuBackend::Linear(const Tensor& x, const Tensor& w, Tensor& y) {
 }
 
 void CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
-  if (Record([=, this]() mutable { RmsNorm(x, weight, eps, out); })) return;
+  if (capture_ != nullptr) return Record([=, this]() mutable { RmsNorm(x, weight, eps, out); });
   TESSERA_CHECK(x.dtype() == DType::kF32 && out.dtype() == DType::kF32 && weight.dtype() == DType::kBF16);
   const int64_t h = weight.numel();
   TESSERA_CHECK(x.dim(-1) == h && out.numel() == x.numel());
@@ -154,7 +154,7 @@ void CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tenso
 }
 
 void CpuBackend::AddRmsNorm(Tensor& hidden, Tensor& residual, const Tensor& weight, float eps) {
-  if (Record([=, this]() mutable { AddRmsNorm(hidden, residual, weight, eps); })) return;
+  if (capture_ != nullptr) return Record([=, this]() mutable { AddRmsNorm(hidden, residual, weight, eps); });
   TESSERA_CHECK(hidden.dtype() == DType::kF32 && residual.dtype() == DType::kF32 &&
                 weight.dtype() == DType::kBF16);
   const int64_t h = weight.numel();
@@ -186,7 +186,7 @@ const std::vector<float>& CpuBackend::InvFreq(const RopeParams& rope, int head_d
 }
 
 void CpuBackend::Rope(const AttentionMeta& meta, const RopeParams& rope, int head_dim, Tensor& q, Tensor& k) {
-  if (Record([=, this]() mutable { Rope(meta, rope, head_dim, q, k); })) return;
+  if (capture_ != nullptr) return Record([=, this]() mutable { Rope(meta, rope, head_dim, q, k); });
   TESSERA_CHECK(q.dtype() == DType::kF32 && k.dtype() == DType::kF32);
   TESSERA_CHECK(head_dim > 0 && head_dim % 2 == 0 && head_dim <= kMaxAttentionHeadDim);
   const int64_t tokens = meta.num_tokens;
@@ -210,7 +210,7 @@ void CpuBackend::Rope(const AttentionMeta& meta, const RopeParams& rope, int hea
 
 void CpuBackend::WriteKvCache(const AttentionMeta& meta, const Tensor& k, const Tensor& v, Tensor& k_cache,
                               Tensor& v_cache) {
-  if (Record([=, this]() mutable { WriteKvCache(meta, k, v, k_cache, v_cache); })) return;
+  if (capture_ != nullptr) return Record([=, this]() mutable { WriteKvCache(meta, k, v, k_cache, v_cache); });
   TESSERA_CHECK(k.dtype() == DType::kF32 && v.dtype() == DType::kF32 && k_cache.dtype() == DType::kF32 &&
                 v_cache.dtype() == DType::kF32);
   TESSERA_CHECK(k_cache.ndim() == 4 && SameShape(k_cache, v_cache) && SameShape(k, v));
@@ -233,7 +233,10 @@ void CpuBackend::WriteKvCache(const AttentionMeta& meta, const Tensor& k, const 
 void CpuBackend::PagedAttention(const AttentionMeta& meta, const Tensor& q, const Tensor& k_cache,
                                 const Tensor& v_cache, int num_heads, int num_kv_heads, int head_dim,
                                 float scale, Tensor& out) {
-  if (Record([=, this]() mutable { PagedAttention(meta, q, k_cache, v_cache, num_heads, num_kv_heads, head_dim, scale, out); })) return;
+  if (capture_ != nullptr)
+    return Record([=, this]() mutable {
+      PagedAttention(meta, q, k_cache, v_cache, num_heads, num_kv_heads, head_dim, scale, out);
+    });
   TESSERA_CHECK(q.dtype() == DType::kF32 && out.dtype() == DType::kF32 && k_cache.dtype() == DType::kF32 &&
                 v_cache.dtype() == DType::kF32);
   TESSERA_CHECK(num_kv_heads > 0 && num_heads % num_kv_heads == 0 && head_dim > 0 &&
@@ -257,7 +260,7 @@ void CpuBackend::PagedAttention(const AttentionMeta& meta, const Tensor& q, cons
 }
 
 void CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
-  if (Record([=, this]() mutable { SiluMul(gate, up, out); })) return;
+  if (capture_ != nullptr) return Record([=, this]() mutable { SiluMul(gate, up, out); });
   TESSERA_CHECK(gate.dtype() == DType::kF32 && up.dtype() == DType::kF32 && out.dtype() == DType::kF32);
   TESSERA_CHECK(gate.numel() == up.numel() && out.numel() == gate.numel());
   const float* g = gate.data_as<float>();
@@ -269,7 +272,7 @@ void CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
 }
 
 void CpuBackend::Add(const Tensor& a, const Tensor& b, Tensor& out) {
-  if (Record([=, this]() mutable { Add(a, b, out); })) return;
+  if (capture_ != nullptr) return Record([=, this]() mutable { Add(a, b, out); });
   TESSERA_CHECK(a.dtype() == DType::kF32 && b.dtype() == DType::kF32 && out.dtype() == DType::kF32);
   TESSERA_CHECK(a.numel() == b.numel() && out.numel() == a.numel());
   const float* x = a.data_as<float>();
@@ -297,11 +300,7 @@ void CpuBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t* 
 
 void CpuBackend::Synchronize() { TESSERA_CHECK(capture_ == nullptr); }  // not capturable
 
-bool CpuBackend::Record(std::function<void()> call) {
-  if (capture_ == nullptr) return false;
-  capture_->push_back(std::move(call));
-  return true;
-}
+void CpuBackend::Record(std::function<void()> call) { capture_->push_back(std::move(call)); }
 
 namespace {
 
@@ -312,7 +311,8 @@ struct CpuStepGraph final : StepGraph {
 }  // namespace
 
 absl::Status CpuBackend::BeginCapture() {
-  if (capture_ != nullptr) return absl::FailedPreconditionError("BeginCapture: a capture is already in progress");
+  if (capture_ != nullptr)
+    return absl::FailedPreconditionError("BeginCapture: a capture is already in progress");
   capture_ = std::make_unique<std::vector<std::function<void()>>>();
   return absl::OkStatus();
 }

@@ -59,9 +59,9 @@ class CpuBackend final : public Backend {
   void Synchronize() override;
 
   // Step graphs on the CPU: the captured calls are kept as a list and replayed one after another. They save
-  // nothing here; they exist so that the model runner's graph path (padding, fixed metadata layout, collectives
-  // between graph segments) runs, and is tested, on machines without a GPU. The capturable calls are the
-  // compute ones (Copy through Add); the rest CHECK that no capture is in progress.
+  // nothing here; they exist so that the model runner's graph path (padding, fixed metadata layout,
+  // collectives between graph segments) runs, and is tested, on machines without a GPU. The capturable calls
+  // are the compute ones (Copy through Add); the rest CHECK that no capture is in progress.
   [[nodiscard]] absl::Status BeginCapture() override;
   [[nodiscard]] absl::StatusOr<std::unique_ptr<StepGraph>> EndCapture() override;
   [[nodiscard]] absl::Status Replay(const StepGraph& graph) override;
@@ -69,8 +69,9 @@ class CpuBackend final : public Backend {
  private:
   CpuBackend(std::unique_ptr<ThreadPool> pool, std::unique_ptr<CpuLinear> linear);
   const std::vector<float>& InvFreq(const RopeParams& rope, int head_dim);
-  // While capturing: appends `call` to the capture and returns true; otherwise returns false (run it now).
-  bool Record(std::function<void()> call);
+  // Appends `call` to the capture in progress. Each capturable method starts with
+  // `if (capture_ != nullptr) return Record(...)` (no std::function is built outside a capture).
+  void Record(std::function<void()> call);
 
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<CpuLinear> linear_;

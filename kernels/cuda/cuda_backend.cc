@@ -12,12 +12,12 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/core/check.h"
 #include "kernels/core/status_macros.h"
-#include "kernels/rope_inv_freq.h"
 #include "kernels/cpu/sampler.h"
 #include "kernels/cuda/cublaslt_matmul.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_resources.h"
+#include "kernels/rope_inv_freq.h"
 
 namespace tessera {
 namespace {
@@ -151,8 +151,8 @@ void CudaBackend::CopyRowsToDevice(void* dst, int64_t dst_pitch, const void* src
   if (row_bytes <= 0 || rows <= 0) return;
   impl_->Activate();
   CUDA_CHECK(cudaMemcpy2DAsync(dst, static_cast<size_t>(dst_pitch), src, static_cast<size_t>(src_pitch),
-                               static_cast<size_t>(row_bytes), static_cast<size_t>(rows), cudaMemcpyHostToDevice,
-                               impl_->stream.get()));
+                               static_cast<size_t>(row_bytes), static_cast<size_t>(rows),
+                               cudaMemcpyHostToDevice, impl_->stream.get()));
 }
 
 void CudaBackend::CopyToHost(void* dst, const void* src, int64_t bytes) {

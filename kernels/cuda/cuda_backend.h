@@ -85,9 +85,9 @@ class CudaBackend final : public Backend {
                         int64_t rows) override;
 
   // Step graphs are CUDA graphs (Backend's contract). BeginCapture starts capturing this backend's stream
-  // (thread-local mode); EndCapture returns a CudaGraph; Replay enqueues it on the stream and returns at once.
-  // Beyond Backend's list, max_seq_len is baked in too: it sizes the attention split, so capture with the
-  // largest context the graph will serve (every replayed sequence's context must be <= it); and the first
+  // (thread-local mode); EndCapture returns a CudaGraph; Replay enqueues it on the stream and returns at
+  // once. Beyond Backend's list, max_seq_len is baked in too: it sizes the attention split, so capture with
+  // the largest context the graph will serve (every replayed sequence's context must be <= it); and the first
   // use of a Linear shape, RoPE table or attention split size must come before the capture.
   [[nodiscard]] absl::Status BeginCapture() override;
   [[nodiscard]] absl::StatusOr<std::unique_ptr<StepGraph>> EndCapture() override;

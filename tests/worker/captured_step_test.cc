@@ -37,19 +37,24 @@ class DoublingGroup final : public Communicator {
 
 class CapturedStepTest : public ::testing::Test {
  protected:
-  void SetUp() override { ASSERT_OK_AND_ASSIGN(backend_, CpuBackend::Create({.num_threads = 2, .linear = {}})); }
-  Tensor View(std::vector<float>& v) { return Tensor(v.data(), DType::kF32, {static_cast<int64_t>(v.size())}); }
+  void SetUp() override {
+    ASSERT_OK_AND_ASSIGN(backend_, CpuBackend::Create({.num_threads = 2, .linear = {}}));
+  }
+  Tensor View(std::vector<float>& v) {
+    return Tensor(v.data(), DType::kF32, {static_cast<int64_t>(v.size())});
+  }
   std::unique_ptr<CpuBackend> backend_;
 };
 
 TEST_F(CapturedStepTest, ReplayRerunsTheCapturedCallsOnTheCurrentInputs) {
   std::vector<float> a = {1, 2, 3}, b = {10, 20, 30}, out(3, 0);
   Tensor ta = View(a), tb = View(b), tout = View(out);
-  ASSERT_OK_AND_ASSIGN(CapturedStep step, SegmentingGroup::CaptureWithoutGroup(*backend_, [&]() -> absl::StatusOr<Tensor> {
-    backend_->Add(ta, tb, tout);
-    backend_->Add(tout, tout, tout);
-    return tout;
-  }));
+  ASSERT_OK_AND_ASSIGN(CapturedStep step,
+                       SegmentingGroup::CaptureWithoutGroup(*backend_, [&]() -> absl::StatusOr<Tensor> {
+                         backend_->Add(ta, tb, tout);
+                         backend_->Add(tout, tout, tout);
+                         return tout;
+                       }));
   EXPECT_EQ(out, std::vector<float>(3, 0));  // recorded, not run
   EXPECT_EQ(step.num_segments(), 1);
   EXPECT_EQ(step.output().data(), out.data());
@@ -96,7 +101,7 @@ TEST_F(CapturedStepTest, PointToPointCannotBeCapturedAndAFailedCaptureLeavesNoth
   });
   EXPECT_THAT(step.status(), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("Send")));
   EXPECT_EQ(a[0], 1.0f);
-  ASSERT_OK(group.Send(ta, 1));  // outside a capture it runs
+  ASSERT_OK(group.Send(ta, 1));         // outside a capture it runs
   ASSERT_OK(backend_->BeginCapture());  // nothing was left capturing
   ASSERT_OK(backend_->EndCapture().status());
 }

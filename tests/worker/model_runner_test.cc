@@ -251,8 +251,8 @@ TEST_F(ModelRunnerTest, SampledTokensDependOnSeedAndStepNotOnTheBatch) {
 }
 
 // Decode steps through captured graphs (the CPU's call lists: the same kernels, replayed) give the logits of
-// eager steps, for batches that fill a captured size, pad one (3 in 4, 5 in 8) and shrink as sequences finish;
-// the padding rows write nothing into the KV cache (block 0 belongs to a real sequence here).
+// eager steps, for batches that fill a captured size, pad one (3 in 4, 5 in 8) and shrink as sequences
+// finish; the padding rows write nothing into the KV cache (block 0 belongs to a real sequence here).
 TEST_F(ModelRunnerTest, DecodeStepsThroughGraphsGiveTheEagerLogits) {
   auto eager = MakeRunner(32, 64, 0);
   auto eager_blocks = std::move(allocator_);
@@ -328,7 +328,8 @@ TEST_F(ModelRunnerTest, GraphOptionsAndCaptureOrderAreChecked) {
   options.graph_max_batch = 100;  // capped by max_num_seqs
   ASSERT_OK_AND_ASSIGN(runner, ModelRunner::Create(*checkpoint_, *backend_, options));
   EXPECT_EQ(runner->graph_batch_sizes(), (std::vector<int>{1, 2, 4, 6}));
-  EXPECT_THAT(runner->CaptureGraphs(), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("KV cache")));
+  EXPECT_THAT(runner->CaptureGraphs(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("KV cache")));
   ASSERT_OK(runner->AllocateKvCache(4));
   ASSERT_OK(runner->CaptureGraphs());
   EXPECT_EQ(runner->num_graphs(), 4);

@@ -241,8 +241,8 @@ TEST_P(TensorParallelTest, SplitsGiveTheTokensAndLogitsOfOneRankAndReadOnlyTheir
   for (float v : whole[0].first_logits) max_ref = std::max(max_ref, std::fabs(v));
 
   const bool tiny = GetParam() == "tiny";  // 4 layers, 4 heads; awkward: 3 layers, 6 heads
-  std::vector<Split> splits = {{2, 1, {}}, {1, 2, {}}, {2, 2, {}}, {1, 3, {}},
-                                {1, 1, {}, true}, {2, 2, {}, true}};
+  std::vector<Split> splits = {{2, 1, {}}, {1, 2, {}},       {2, 2, {}},
+                               {1, 3, {}}, {1, 1, {}, true}, {2, 2, {}, true}};
   if (tiny) {
     splits.push_back({4, 1, {}});
     splits.push_back({1, 2, {1, 3}});

@@ -14,8 +14,10 @@ absl::Status CapturedStep::Replay(Backend& backend) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<CapturedStep> SegmentingGroup::Capture(const std::function<absl::StatusOr<Tensor>()>& forward) {
-  if (capturing_ != nullptr) return absl::FailedPreconditionError("SegmentingGroup: a capture is in progress");
+absl::StatusOr<CapturedStep> SegmentingGroup::Capture(
+    const std::function<absl::StatusOr<Tensor>()>& forward) {
+  if (capturing_ != nullptr)
+    return absl::FailedPreconditionError("SegmentingGroup: a capture is in progress");
   return Run(backend_, this, forward);
 }
 

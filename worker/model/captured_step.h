@@ -1,7 +1,8 @@
-// Forward steps captured as step graphs (Backend::BeginCapture) and replayed. A collective cannot be part of a
-// graph here: Gloo runs on the host, and our NCCL calls poll the host clock for their timeout. So the model's
-// TP group is wrapped in a SegmentingGroup: during a capture, each collective ends the graph captured so far,
-// is recorded, and starts the next one. A captured step is then a list of segments (graph, collective, graph,
+// Forward steps captured as step graphs (Backend::BeginCapture) and replayed. A collective cannot be part of
+// a graph here: Gloo runs on the host, and our NCCL calls poll the host clock for their timeout. So the
+// model's TP group is wrapped in a SegmentingGroup: during a capture, each collective ends the graph captured
+// so far, is recorded, and starts the next one. A captured step is then a list of segments (graph,
+// collective, graph,
 // ..., graph) replayed in order; without tensor parallelism it is one graph.
 #pragma once
 
@@ -66,8 +67,8 @@ class SegmentingGroup final : public Communicator {
 
  private:
   // Captures `forward` with `group` (may be null) cutting at its collectives.
-  [[nodiscard]] static absl::StatusOr<CapturedStep> Run(Backend& backend, SegmentingGroup* group,
-                                                        const std::function<absl::StatusOr<Tensor>()>& forward);
+  [[nodiscard]] static absl::StatusOr<CapturedStep> Run(
+      Backend& backend, SegmentingGroup* group, const std::function<absl::StatusOr<Tensor>()>& forward);
   // Runs `op` now (after synchronizing), or while capturing records it and cuts the capture.
   [[nodiscard]] absl::Status Collective(std::function<absl::Status()> op);
   [[nodiscard]] absl::Status NotDuringCapture(const char* what) const;
