@@ -84,6 +84,9 @@ Range ParallelConfig::VocabShard(int tp_rank) const {
           std::min(shape_.vocab_size, (tp_rank + 1) * per_rank)};
 }
 
+std::string ParallelConfig::TpGroupName(int rank) const { return absl::StrCat("tp", PpRank(rank)); }
+std::string ParallelConfig::PpGroupName(int rank) const { return absl::StrCat("pp", TpRank(rank)); }
+
 std::string ParallelConfig::ToString() const {
   std::string layers;
   for (int s = 0; s < pp_; ++s)

@@ -65,6 +65,11 @@ class ParallelConfig {
   // around (ranks 0..N-1 of a node with N GPUs each get their own; more ranks than GPUs share them).
   static int DeviceOfRank(int rank, int num_devices) { return rank % num_devices; }
 
+  // Names of a rank's groups (unique within one bring-up; callers may prefix them): "tp<pp_rank>", the TP
+  // group of its stage, and "pp<tp_rank>", the pipeline through every stage with its TP rank.
+  std::string TpGroupName(int rank) const;
+  std::string PpGroupName(int rank) const;
+
   // "tp=2 pp=2 layers=[0,8)[8,16)".
   std::string ToString() const;
 

@@ -119,12 +119,12 @@ absl::StatusOr<RankRun> GenerateOnRank(const GenerateOptions& options, const Par
     const int tp_rank = parallel.TpRank(rank), pp_rank = parallel.PpRank(rank);
     if (parallel.tp_size() > 1) {
       ASSIGN_OR_RETURN(auto group,
-                       JoinGroup(store, absl::StrCat("tp", pp_rank), tp_rank, parallel.tp_size()));
+                       JoinGroup(store, parallel.TpGroupName(rank), tp_rank, parallel.tp_size()));
       tp_group = device_group(std::move(group));
     }
     if (parallel.pp_size() > 1) {
       ASSIGN_OR_RETURN(auto group,
-                       JoinGroup(store, absl::StrCat("pp", tp_rank), pp_rank, parallel.pp_size()));
+                       JoinGroup(store, parallel.PpGroupName(rank), pp_rank, parallel.pp_size()));
       pp_group = device_group(std::move(group));
     }
     ASSIGN_OR_RETURN(world_group, JoinGroup(store, "world", rank, world));

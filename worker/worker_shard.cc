@@ -283,10 +283,10 @@ absl::Status WorkerShard::InitComm(const cv1::InitComm& init) {
   };
   // Every rank joins its TP group first, then its pipeline: no rank waits on a group another has not reached.
   if (p.tp_size() > 1) {
-    ASSIGN_OR_RETURN(tp_group_, join(absl::StrCat("tp", pp_rank), tp_rank, p.tp_size()));
+    ASSIGN_OR_RETURN(tp_group_, join(p.TpGroupName(options_.rank), tp_rank, p.tp_size()));
   }
   if (p.pp_size() > 1) {
-    ASSIGN_OR_RETURN(pp_group_, join(absl::StrCat("pp", tp_rank), pp_rank, p.pp_size()));
+    ASSIGN_OR_RETURN(pp_group_, join(p.PpGroupName(options_.rank), pp_rank, p.pp_size()));
   }
   phase_ = Phase::kConnected;
   if (p.world_size() > 1) Log(absl::StrCat("joined its groups through ", init.store_address()));

@@ -137,5 +137,16 @@ TEST(ParallelConfigTest, RejectsImpossibleSplitsNamingTheNumbers) {
                        HasSubstr("intermediate_size=383 is not divisible by tp=2")));
 }
 
+TEST(ParallelConfigTest, GroupNamesJoinTheRanksOfAStageAndOfAPipeline) {
+  ASSERT_OK_AND_ASSIGN(ParallelConfig p, ParallelConfig::Create(kTiny, 2, 2));
+  // rank = pp_rank * tp + tp_rank: ranks 0, 1 are stage 0; 2, 3 stage 1.
+  EXPECT_EQ(p.TpGroupName(0), "tp0");
+  EXPECT_EQ(p.TpGroupName(1), "tp0");
+  EXPECT_EQ(p.TpGroupName(3), "tp1");
+  EXPECT_EQ(p.PpGroupName(0), "pp0");
+  EXPECT_EQ(p.PpGroupName(2), "pp0");
+  EXPECT_EQ(p.PpGroupName(3), "pp1");
+}
+
 }  // namespace
 }  // namespace tessera
