@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -44,6 +45,37 @@ uint16_t* Bf16(const Tensor& t) {
 // Aborts with a message when a launch failed (a broken device or a bug; never input).
 void CheckLaunch() { CUDA_CHECK(cudaGetLastError()); }
 
+constexpr char kAttentionVariable[] = "TESSERA_CUDA_ATTENTION";
+
+// The options' attention kernel, or for kAuto the environment's choice (auto when the variable is unset).
+absl::StatusOr<AttentionKernel> ChooseAttentionKernel(AttentionKernel option) {
+  const char* value = std::getenv(kAttentionVariable);
+  if (value == nullptr) return option;
+  const std::string name(value);
+  AttentionKernel from_env;
+  if (name == "auto") {
+    from_env = AttentionKernel::kAuto;
+  } else if (name == "simt") {
+    from_env = AttentionKernel::kSimt;
+  } else if (name == "mma") {
+    from_env = AttentionKernel::kMma;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kAttentionVariable, "=\"", name, "\" is not one of auto, simt, mma"));
+  }
+  return option == AttentionKernel::kAuto ? from_env : option;
+}
+
+// kAuto's rule (see AttentionKernel): tensor cores once a sequence brings at least this many new tokens. Such
+// a step is a prefill (or carries one), where the 64-row mma tiles are full; a decode-only step reads each
+// sequence's keys once for `group` rows, is bound by memory, and keeps the CUDA-core kernel and its split.
+constexpr int kMmaMinQueryLen = 2;
+
+bool UseMmaAttention(AttentionKernel kernel, int head_dim, int max_query_len, int num_parts) {
+  if (kernel == AttentionKernel::kSimt || !cuda::MmaAttentionSupports(head_dim)) return false;
+  return kernel == AttentionKernel::kMma || (max_query_len >= kMmaMinQueryLen && num_parts == 1);
+}
+
 }  // namespace
 
 struct CudaBackend::Impl {
@@ -52,6 +84,7 @@ struct CudaBackend::Impl {
   CudaStream stream;
   std::unique_ptr<CublasLtMatmul> matmul;
   bool capturing = false;
+  AttentionKernel attention_kernel = AttentionKernel::kAuto;
 
   struct InvFreqEntry {
     RopeParams rope;
@@ -97,6 +130,7 @@ absl::StatusOr<int> CudaBackend::DeviceCount() {
 }
 
 absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOptions& options) {
+  ASSIGN_OR_RETURN(const AttentionKernel attention_kernel, ChooseAttentionKernel(options.attention_kernel));
   ASSIGN_OR_RETURN(const int count, DeviceCount());
   if (options.device_index < 0 || options.device_index >= count) {
     return absl::InvalidArgumentError(
@@ -104,6 +138,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
   }
   auto impl = std::make_unique<Impl>();
   impl->device = options.device_index;
+  impl->attention_kernel = attention_kernel;
   RETURN_IF_CUDA_ERROR(cudaSetDevice(impl->device));
   RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&impl->props, impl->device));
   if (impl->props.major < 8) {
@@ -112,6 +147,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
                                                impl->props.minor, "; the CUDA backend needs 8.0 or newer"));
   }
   RETURN_IF_CUDA_ERROR(cuda::ConfigureAttention());
+  RETURN_IF_CUDA_ERROR(cuda::ConfigureMmaAttention());
   ASSIGN_OR_RETURN(impl->stream, CudaStream::Create());
   ASSIGN_OR_RETURN(impl->matmul, CublasLtMatmul::Create(options.cublas_workspace_bytes));
   return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
@@ -130,6 +166,7 @@ int CudaBackend::device_index() const { return impl_->device; }
 std::string CudaBackend::device_name() const { return impl_->props.name; }
 int CudaBackend::multiprocessor_count() const { return impl_->props.multiProcessorCount; }
 CUstream_st* CudaBackend::stream() const { return impl_->stream.get(); }
+AttentionKernel CudaBackend::attention_kernel() const { return impl_->attention_kernel; }
 
 absl::StatusOr<DeviceBuffer> CudaBackend::Allocate(int64_t bytes) {
   if (bytes < 0) return absl::InvalidArgumentError(absl::StrCat("Allocate: negative size ", bytes));
@@ -322,7 +359,11 @@ void CudaBackend::PagedAttention(const AttentionMeta& meta, const Tensor& q, con
     impl_->Reserve(impl_->attention_partial, bytes, "the attention split workspace");
     a.partial = static_cast<float*>(impl_->attention_partial.data());
   }
-  cuda::LaunchPagedAttention(a, impl_->stream.get());
+  if (UseMmaAttention(impl_->attention_kernel, head_dim, meta.max_query_len, a.num_parts)) {
+    cuda::LaunchPagedAttentionMma(a, impl_->stream.get());
+  } else {
+    cuda::LaunchPagedAttention(a, impl_->stream.get());
+  }
   CheckLaunch();
 }
 

@@ -17,16 +17,31 @@ struct CUstream_st;
 
 namespace tessera {
 
+// Which kernel PagedAttention runs.
+//  - kAuto: the tensor-core kernel (attention_mma.cu) when head_dim is 64, 128 or 256, the step has a query
+//    run of at least 2 tokens (prefill, chunked prefill, or prefill mixed with decode) and the context is not
+//    split; otherwise (decode-only steps, other head dims) the CUDA-core kernel (attention.cu) with its
+//    split.
+//  - kSimt: always the CUDA-core kernel.
+//  - kMma: the tensor-core kernel wherever it supports head_dim, over whole contexts (no split, even for
+//    decode with few sequences); the CUDA-core kernel for other head dims.
+// When the option is kAuto, the environment variable TESSERA_CUDA_ATTENTION=auto|simt|mma (read once, by
+// Create) chooses instead; an explicit kSimt or kMma wins over it.
+enum class AttentionKernel { kAuto, kSimt, kMma };
+
 struct CudaBackendOptions {
   int device_index = 0;                                // which GPU (cudaSetDevice)
   int64_t cublas_workspace_bytes = int64_t{32} << 20;  // cuBLASLt workspace, allocated once
+  AttentionKernel attention_kernel = AttentionKernel::kAuto;
 };
 
 class CudaBackend final : public Backend {
  public:
-  // Errors: UNAVAILABLE "no CUDA device: <the runtime's message>" (one line) when the machine has no usable
-  // GPU or driver; INVALID_ARGUMENT for a device_index out of range; RESOURCE_EXHAUSTED / INTERNAL when the
-  // stream, cuBLASLt or the workspace cannot be created.
+  // Errors: INVALID_ARGUMENT naming the variable and its value when TESSERA_CUDA_ATTENTION is set to
+  // anything but auto, simt or mma (checked first, with or without a GPU); UNAVAILABLE "no CUDA device: <the
+  // runtime's message>" (one line) when the machine has no usable GPU or driver; INVALID_ARGUMENT for a
+  // device_index out of range; RESOURCE_EXHAUSTED / INTERNAL when the stream, cuBLASLt or the workspace
+  // cannot be created.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const CudaBackendOptions& options);
   // How many CUDA devices this process sees. Errors: UNAVAILABLE as Create.
   [[nodiscard]] static absl::StatusOr<int> DeviceCount();
@@ -35,7 +50,8 @@ class CudaBackend final : public Backend {
   int device_index() const;
   std::string device_name() const;  // e.g. "NVIDIA H200"
   int multiprocessor_count() const;
-  CUstream_st* stream() const;  // the stream every method enqueues on (for benchmarks' events)
+  CUstream_st* stream() const;               // the stream every method enqueues on (for benchmarks' events)
+  AttentionKernel attention_kernel() const;  // the options' choice, or TESSERA_CUDA_ATTENTION's for kAuto
 
   // Backend. Methods enqueue on stream() and return at once unless they say otherwise; one caller thread at a
   // time; each makes device_index() current on the calling thread first. Broken device state (a failed
@@ -66,9 +82,9 @@ class CudaBackend final : public Backend {
   // Slots < 0 are skipped; slots are trusted to be inside the cache.
   void WriteKvCache(const AttentionMeta& meta, const Tensor& k, const Tensor& v, Tensor& k_cache,
                     Tensor& v_cache) override;
-  // head_dim a multiple of 32 and <= 256; num_heads / num_kv_heads <= 16 (CHECKed). Decode steps with few
-  // sequences split long contexts across blocks; the split's workspace grows on first need (not inside a
-  // capture: warm up first).
+  // head_dim a multiple of 32 and <= 256; num_heads / num_kv_heads <= 16 (CHECKed). The kernel follows
+  // attention_kernel() (see AttentionKernel). Decode steps with few sequences split long contexts across
+  // blocks; the split's workspace grows on first need (not inside a capture: warm up first).
   void PagedAttention(const AttentionMeta& meta, const Tensor& q, const Tensor& k_cache,
                       const Tensor& v_cache, int num_heads, int num_kv_heads, int head_dim, float scale,
                       Tensor& out) override;

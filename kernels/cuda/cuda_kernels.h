@@ -1,6 +1,7 @@
-// Host-callable launchers of the CUDA backend's own kernels (elementwise.cu, attention.cu, sampler.cu). Plain
-// C++ signatures over raw device pointers (bf16 as uint16_t bits) so that the backend's .cc code needs no
-// nvcc. Each enqueues on `stream` and returns at once; launch errors surface through cudaGetLastError.
+// Host-callable launchers of the CUDA backend's own kernels (elementwise.cu, attention.cu, attention_mma.cu,
+// sampler.cu). Plain C++ signatures over raw device pointers (bf16 as uint16_t bits) so that the backend's
+// .cc code needs no nvcc. Each enqueues on `stream` and returns at once; launch errors surface through
+// cudaGetLastError.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -56,6 +57,15 @@ int AttentionTokensPerTile(int group);
 // Raises the kernels' dynamic shared memory limit (call once per device before any launch).
 cudaError_t ConfigureAttention();
 void LaunchPagedAttention(const AttentionLaunch& args, cudaStream_t stream);
+
+// The same attention on tensor cores (attention_mma.cu, mma.sync), for the head dims MmaAttentionSupports
+// (64, 128, 256; CHECKed) and any group <= kAttentionMaxGroup. It always computes whole contexts: num_parts,
+// part_size and partial are ignored. Meant for prefill: a block takes 64 query rows (64 / group tokens of
+// one sequence), so a decode token fills only `group` of them.
+bool MmaAttentionSupports(int head_dim);
+// Raises the mma kernels' dynamic shared memory limit (call once per device before any launch).
+cudaError_t ConfigureMmaAttention();
+void LaunchPagedAttentionMma(const AttentionLaunch& args, cudaStream_t stream);
 
 // One row's sampling parameters, device copy. uniform = SampleUniform(seed, step) computed on the host.
 struct SampleParams {

@@ -7,6 +7,7 @@
 set(TESSERA_CUDA_DIR ${CMAKE_CURRENT_SOURCE_DIR}/cuda)
 add_library(tessera_cuda_kernels OBJECT
   ${TESSERA_CUDA_DIR}/attention.cu
+  ${TESSERA_CUDA_DIR}/attention_mma.cu
   ${TESSERA_CUDA_DIR}/elementwise.cu
   ${TESSERA_CUDA_DIR}/sampler.cu)
 target_compile_options(tessera_cuda_kernels PRIVATE

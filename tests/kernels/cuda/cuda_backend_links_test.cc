@@ -3,6 +3,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "kernels/backend_factory.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "tests/util/status_matchers.h"
@@ -11,6 +14,7 @@ namespace tessera {
 namespace {
 
 using ::tessera::testing::StatusIs;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -36,6 +40,20 @@ TEST(CudaBackendLinksTest, ADeviceIndexOutOfRangeIsRejected) {
   options.device_index = -1;
   EXPECT_THAT(CreateBackend(options),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("device_index")));
+}
+
+TEST(CudaBackendLinksTest, AnUnknownAttentionKernelInTheEnvironmentIsRejected) {
+  const char* old = std::getenv("TESSERA_CUDA_ATTENTION");
+  const std::string saved = old == nullptr ? "" : old;
+  ASSERT_EQ(setenv("TESSERA_CUDA_ATTENTION", "tensor-cores", 1), 0);
+  absl::StatusOr<std::unique_ptr<CudaBackend>> backend = CudaBackend::Create(CudaBackendOptions{});
+  if (old == nullptr) {
+    unsetenv("TESSERA_CUDA_ATTENTION");
+  } else {
+    setenv("TESSERA_CUDA_ATTENTION", saved.c_str(), 1);
+  }
+  EXPECT_THAT(backend, StatusIs(absl::StatusCode::kInvalidArgument,
+                                AllOf(HasSubstr("TESSERA_CUDA_ATTENTION"), HasSubstr("\"tensor-cores\""))));
 }
 
 TEST(CudaBackendLinksTest, TheCpuBackendComesFromTheSameFactory) {

@@ -3,10 +3,13 @@
 // widened to f32, exactly); GPU outputs start as NaN. Tolerances, per op, follow from bf16 outputs (one
 // rounding: 2^-9 relative) unless stated.
 #include <algorithm>
+#include <cstdlib>
 #include <numeric>
+#include <string>
 
 #include "kernels/cpu/sampler.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
+#include "tests/util/status_matchers.h"
 
 namespace tessera::testing {
 namespace {
@@ -172,10 +175,45 @@ TEST_F(CudaKernelsTest, SiluMulAndAddMatchTheCpu) {
   }
 }
 
-// One attention step: sequences with (cached, new) token counts, random bf16 caches over shuffled blocks.
-void CheckAttention(CudaTest& t, const std::vector<std::pair<int, int>>& seqs, int nkv, int group, int hd) {
-  const int nq = nkv * group, bs = 16;
+// The PagedAttention tests run every case through three backends: the fixture's (kAuto, or what
+// TESSERA_CUDA_ATTENTION says) and two that force the CUDA-core (attention.cu) and the tensor-core
+// (attention_mma.cu) kernel.
+class CudaAttentionTest : public CudaTest {
+ public:
+  void SetUp() override {
+    CudaTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    for (AttentionKernel kernel : {AttentionKernel::kSimt, AttentionKernel::kMma}) {
+      CudaBackendOptions options;
+      options.attention_kernel = kernel;
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<CudaBackend> backend, CudaBackend::Create(options));
+      ASSERT_EQ(backend->attention_kernel(), kernel);
+      forced_.push_back(std::move(backend));
+    }
+  }
+
+  std::vector<std::unique_ptr<CudaBackend>> forced_;  // kSimt, kMma; same device as gpu_, own streams
+};
+
+const char* KernelName(AttentionKernel kernel) {
+  switch (kernel) {
+    case AttentionKernel::kSimt:
+      return "simt";
+    case AttentionKernel::kMma:
+      return "mma";
+    default:
+      return "auto";
+  }
+}
+
+// One attention step: sequences with (cached, new) token counts, random bf16 caches of block_size `bs` over
+// shuffled blocks, checked against the CPU on each of the fixture's backends. A `stated_max_seq_len` larger
+// than the longest context is what a step graph passes (captured for the longest context a sequence can have).
+void CheckAttention(CudaAttentionTest& t, const std::vector<std::pair<int, int>>& seqs, int nkv, int group,
+                    int hd, int bs = 16, int stated_max_seq_len = 0) {
+  const int nq = nkv * group;
   int max_blocks = 0, total_blocks = 0, num_tokens = 0, max_q = 0, max_len = 0;
+  std::string shape;  // "(cached+new, ...)", the first few sequences
   for (auto [cached, fresh] : seqs) {
     const int len = cached + fresh;
     max_blocks = std::max(max_blocks, (len + bs - 1) / bs);
@@ -183,6 +221,8 @@ void CheckAttention(CudaTest& t, const std::vector<std::pair<int, int>>& seqs, i
     num_tokens += fresh;
     max_q = std::max(max_q, fresh);
     max_len = std::max(max_len, len);
+    if (shape.size() < 40)
+      shape += (shape.empty() ? "" : ", ") + std::to_string(cached) + "+" + std::to_string(fresh);
   }
   const int num_blocks = total_blocks + 3;
   std::vector<int32_t> free_blocks(num_blocks);
@@ -216,7 +256,7 @@ void CheckAttention(CudaTest& t, const std::vector<std::pair<int, int>>& seqs, i
   host.max_blocks_per_seq = max_blocks;
   host.block_size = bs;
   host.max_query_len = max_q;
-  host.max_seq_len = max_len;
+  host.max_seq_len = std::max(max_len, stated_max_seq_len);
   AttentionMeta dev = host;
   dev.query_start = t.Upload(query_start, DType::kI32, {host.num_seqs + 1}).data_as<int32_t>();
   dev.seq_lens = t.Upload(seq_lens, DType::kI32, {host.num_seqs}).data_as<int32_t>();
@@ -228,21 +268,38 @@ void CheckAttention(CudaTest& t, const std::vector<std::pair<int, int>>& seqs, i
   Tensor kc_d = t.Upload(kc, DType::kBF16, {num_blocks, bs, nkv, hd});
   Tensor vc_d = t.Upload(vc, DType::kBF16, {num_blocks, bs, nkv, hd});
   Tensor q_d = t.Upload(q, DType::kBF16, {num_tokens, nq * hd});
-  Tensor out = t.PoisonedBf16({num_tokens, nq * hd});
-  t.gpu_->PagedAttention(dev, q_d, kc_d, vc_d, nq, nkv, hd, scale, out);
 
   std::vector<float> kcf = CudaTest::Widen(kc), vcf = CudaTest::Widen(vc), qf = CudaTest::Widen(q);
   std::vector<float> want(int64_t{num_tokens} * nq * hd);
   Tensor kcc = View(kcf, {num_blocks, bs, nkv, hd}), vcc = View(vcf, {num_blocks, bs, nkv, hd});
   Tensor qc = View(qf, {num_tokens, nq * hd}), oc = View(want, {num_tokens, nq * hd});
   t.cpu_->PagedAttention(host, qc, kcc, vcc, nq, nkv, hd, scale, oc);
-  // Outputs are convex combinations of bf16 values of magnitude ~1: 8e-3 relative + 4e-3 absolute.
-  t.ExpectClose(t.Download(out), want, 8e-3f, 4e-3f,
-                "PagedAttention nkv=" + std::to_string(nkv) + " group=" + std::to_string(group) +
-                    " hd=" + std::to_string(hd) + " seqs=" + std::to_string(seqs.size()));
+
+  for (CudaBackend* gpu : {t.gpu_.get(), t.forced_[0].get(), t.forced_[1].get()}) {
+    Tensor out = t.PoisonedBf16({num_tokens, nq * hd});
+    t.gpu_->Synchronize();  // the inputs and the poison were enqueued on gpu_'s stream
+    gpu->PagedAttention(dev, q_d, kc_d, vc_d, nq, nkv, hd, scale, out);
+    gpu->Synchronize();
+    // Outputs are convex combinations of bf16 values of magnitude ~1: 8e-3 relative + 4e-3 absolute (the mma
+    // kernel's bf16 probabilities included).
+    t.ExpectClose(t.Download(out), want, 8e-3f, 4e-3f,
+                  std::string("PagedAttention kernel=") + KernelName(gpu->attention_kernel()) +
+                      " nkv=" + std::to_string(nkv) + " group=" + std::to_string(group) +
+                      " hd=" + std::to_string(hd) + " bs=" + std::to_string(bs) +
+                      " seqs=" + std::to_string(seqs.size()) + " (" + shape + ")");
+  }
 }
 
-TEST_F(CudaKernelsTest, PagedAttentionDecodeMatchesTheCpu) {
+// Decode rows in a step graph captured for a 128k context: the split has many parts, and each row divides its
+// own (short) context among them, leaving most parts empty.
+TEST_F(CudaAttentionTest, PagedAttentionDecodeWithAGraphsLongestContextMatchesTheCpu) {
+  for (int group : {1, 8}) {
+    CheckAttention(*this, {{36, 1}, {4, 1}, {700, 1}, {0, 1}}, 2, group, 128, 16, 131072);
+    CheckAttention(*this, {{100, 1}}, 8, group, 64, 16, 131072);
+  }
+}
+
+TEST_F(CudaAttentionTest, PagedAttentionDecodeMatchesTheCpu) {
   for (int group : {1, 4, 8}) {
     // Few sequences with long contexts: the context split (flash-decoding) path.
     CheckAttention(*this, {{1999, 1}, {37, 1}, {700, 1}}, 2, group, 128);
@@ -253,12 +310,58 @@ TEST_F(CudaKernelsTest, PagedAttentionDecodeMatchesTheCpu) {
   }
 }
 
-TEST_F(CudaKernelsTest, PagedAttentionMixedPrefillAndDecodeMatchesTheCpu) {
+TEST_F(CudaAttentionTest, PagedAttentionMixedPrefillAndDecodeMatchesTheCpu) {
   for (int group : {1, 4, 8}) {
     CheckAttention(*this, {{0, 37}, {15, 1}, {33, 100}, {300, 1}, {0, 1}}, 2, group, 128);
-    CheckAttention(*this, {{0, 200}, {5, 3}}, 1, group, 32);
+    CheckAttention(*this, {{0, 200}, {5, 3}}, 1, group, 32);  // head_dim 32: the CUDA-core kernel only
+    CheckAttention(*this, {{0, 65}, {40, 1}, {0, 1}, {130, 17}, {7, 1}}, 2, group, 64, 32);
   }
-  CheckAttention(*this, {{0, 513}}, 8, 4, 128);  // one long prompt, the 8B model's shape
+  CheckAttention(*this, {{0, 513}}, 8, 4, 128);                    // one long prompt, the 8B model's shape
+  CheckAttention(*this, {{0, 100}, {20, 1}, {9, 33}}, 2, 3, 128);  // group 3: mma tiles of 21 tokens, 63 rows
+  CheckAttention(*this, {{0, 70}, {300, 1}}, 1, 16, 128);          // group 16: mma tiles of 4 tokens
+  CheckAttention(*this, {{0, 90}, {64, 40}, {500, 1}}, 2, 2, 256);  // head_dim 256: 32-key mma tiles
+}
+
+// Prompt lengths around the mma kernel's tiles: 64 / group tokens per block, 64 keys per shared-memory tile.
+TEST_F(CudaAttentionTest, PagedAttentionPromptsAroundTileBoundariesMatchTheCpu) {
+  for (int len : {1, 15, 16, 17, 63, 64, 65, 200, 513}) {
+    for (int group : {1, 4, 8}) {
+      for (int hd : {64, 128}) {
+        for (int bs : {16, 32}) CheckAttention(*this, {{0, len}}, 2, group, hd, bs);
+      }
+    }
+  }
+}
+
+TEST_F(CudaAttentionTest, PagedAttentionPrefillAfterACachedPrefixMatchesTheCpu) {
+  for (int group : {1, 4, 8}) {
+    for (int hd : {64, 128}) {
+      for (int bs : {16, 32}) {
+        CheckAttention(*this, {{300, 77}}, 2, group, hd, bs);
+        CheckAttention(*this, {{300, 77}, {0, 64}, {1000, 1}, {64, 65}, {15, 1}}, 2, group, hd, bs);
+      }
+    }
+  }
+}
+
+// An explicit option wins; for kAuto the environment variable chooses.
+TEST_F(CudaKernelsTest, TheAttentionKernelFollowsTheOptionsThenTheEnvironment) {
+  const char* old = std::getenv("TESSERA_CUDA_ATTENTION");
+  const std::string saved = old == nullptr ? "" : old;
+  ASSERT_EQ(setenv("TESSERA_CUDA_ATTENTION", "mma", 1), 0);
+  CudaBackendOptions options;
+  absl::StatusOr<std::unique_ptr<CudaBackend>> from_env = CudaBackend::Create(options);
+  options.attention_kernel = AttentionKernel::kSimt;
+  absl::StatusOr<std::unique_ptr<CudaBackend>> explicit_simt = CudaBackend::Create(options);
+  if (old == nullptr) {
+    unsetenv("TESSERA_CUDA_ATTENTION");
+  } else {
+    setenv("TESSERA_CUDA_ATTENTION", saved.c_str(), 1);
+  }
+  ASSERT_OK(from_env);
+  ASSERT_OK(explicit_simt);
+  EXPECT_EQ((*from_env)->attention_kernel(), AttentionKernel::kMma);
+  EXPECT_EQ((*explicit_simt)->attention_kernel(), AttentionKernel::kSimt);
 }
 
 // Logits of normal(0, scale) over the vocabulary.
