@@ -66,16 +66,6 @@ absl::StatusOr<AttentionKernel> ChooseAttentionKernel(AttentionKernel option) {
   return option == AttentionKernel::kAuto ? from_env : option;
 }
 
-// kAuto's rule (see AttentionKernel): tensor cores once a sequence brings at least this many new tokens. Such
-// a step is a prefill (or carries one), where the 64-row mma tiles are full; a decode-only step reads each
-// sequence's keys once for `group` rows, is bound by memory, and keeps the CUDA-core kernel and its split.
-constexpr int kMmaMinQueryLen = 2;
-
-bool UseMmaAttention(AttentionKernel kernel, int head_dim, int max_query_len, int num_parts) {
-  if (kernel == AttentionKernel::kSimt || !cuda::MmaAttentionSupports(head_dim)) return false;
-  return kernel == AttentionKernel::kMma || (max_query_len >= kMmaMinQueryLen && num_parts == 1);
-}
-
 }  // namespace
 
 struct CudaBackend::Impl {
@@ -340,28 +330,23 @@ void CudaBackend::PagedAttention(const AttentionMeta& meta, const Tensor& q, con
   a.head_dim = head_dim;
   a.scale = scale;
 
-  // Split the context when the blocks would not fill the GPU (decode with few sequences): enough parts for ~2
-  // blocks per multiprocessor, at most 64, and few enough that the longest context's parts hold >= 128 keys.
-  // Each row splits its own context into that many parts, so shorter rows get shorter parts.
-  const int group = num_heads / num_kv_heads;
-  const int64_t tiles =
-      (meta.max_query_len + cuda::AttentionTokensPerTile(group) - 1) / cuda::AttentionTokensPerTile(group);
-  const int64_t blocks = static_cast<int64_t>(meta.num_seqs) * tiles * num_kv_heads;
-  const int64_t target = 2 * static_cast<int64_t>(impl_->props.multiProcessorCount);
-  int parts = 1;
-  if (blocks < target && meta.max_seq_len > 256) {
-    parts = static_cast<int>(
-        std::min<int64_t>({(meta.max_seq_len + 127) / 128, (target + blocks - 1) / blocks, 64}));
-  }
-  if (parts > 1) {
-    a.num_parts = parts;
-    const int64_t bytes = static_cast<int64_t>(parts) * meta.num_tokens * num_heads * (head_dim + 2) * 4;
-    impl_->Reserve(impl_->attention_partial, bytes, "the attention split workspace");
-    a.partial = static_cast<float*>(impl_->attention_partial.data());
-  }
-  if (UseMmaAttention(impl_->attention_kernel, head_dim, meta.max_query_len, a.num_parts)) {
+  const AttentionPlan plan = PlanAttention(impl_->attention_kernel,
+                                           {.num_seqs = meta.num_seqs,
+                                            .num_tokens = meta.num_tokens,
+                                            .max_query_len = meta.max_query_len,
+                                            .max_seq_len = meta.max_seq_len,
+                                            .num_heads = num_heads,
+                                            .num_kv_heads = num_kv_heads,
+                                            .head_dim = head_dim},
+                                           impl_->props.multiProcessorCount);
+  if (plan.mma) {
     cuda::LaunchPagedAttentionMma(a, impl_->stream.get());
   } else {
+    if (plan.num_parts > 1) {
+      a.num_parts = plan.num_parts;
+      impl_->Reserve(impl_->attention_partial, plan.partial_bytes, "the attention split workspace");
+      a.partial = static_cast<float*>(impl_->attention_partial.data());
+    }
     cuda::LaunchPagedAttention(a, impl_->stream.get());
   }
   CheckLaunch();

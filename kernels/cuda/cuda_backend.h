@@ -11,23 +11,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/cuda_graph.h"
 
 struct CUstream_st;
 
 namespace tessera {
-
-// Which kernel PagedAttention runs.
-//  - kAuto: the tensor-core kernel (attention_mma.cu) when head_dim is 64, 128 or 256, the step has a query
-//    run of at least 2 tokens (prefill, chunked prefill, or prefill mixed with decode) and the context is not
-//    split; otherwise (decode-only steps, other head dims) the CUDA-core kernel (attention.cu) with its
-//    split.
-//  - kSimt: always the CUDA-core kernel.
-//  - kMma: the tensor-core kernel wherever it supports head_dim, over whole contexts (no split, even for
-//    decode with few sequences); the CUDA-core kernel for other head dims.
-// When the option is kAuto, the environment variable TESSERA_CUDA_ATTENTION=auto|simt|mma (read once, by
-// Create) chooses instead; an explicit kSimt or kMma wins over it.
-enum class AttentionKernel { kAuto, kSimt, kMma };
 
 struct CudaBackendOptions {
   int device_index = 0;                                // which GPU (cudaSetDevice)

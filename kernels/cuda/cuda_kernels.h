@@ -59,8 +59,8 @@ cudaError_t ConfigureAttention();
 void LaunchPagedAttention(const AttentionLaunch& args, cudaStream_t stream);
 
 // The same attention on tensor cores (attention_mma.cu, mma.sync), for the head dims MmaAttentionSupports
-// (64, 128, 256; CHECKed) and any group <= kAttentionMaxGroup. It always computes whole contexts: num_parts,
-// part_size and partial are ignored. Meant for prefill: a block takes 64 query rows (64 / group tokens of
+// (64, 128, 256; CHECKed) and any group <= kAttentionMaxGroup. It always computes whole contexts: num_parts and
+// partial are ignored. Meant for prefill: a block takes 64 query rows (64 / group tokens of
 // one sequence), so a decode token fills only `group` of them.
 bool MmaAttentionSupports(int head_dim);
 // Raises the mma kernels' dynamic shared memory limit (call once per device before any launch).

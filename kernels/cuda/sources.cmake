@@ -15,6 +15,7 @@ target_compile_options(tessera_cuda_kernels PRIVATE
 target_link_libraries(tessera_cuda_kernels PRIVATE CUDA::cudart)
 
 add_library(tessera_cuda SHARED
+  ${TESSERA_CUDA_DIR}/attention_plan.cc
   ${TESSERA_CUDA_DIR}/cublaslt_matmul.cc
   ${TESSERA_CUDA_DIR}/cuda_backend.cc
   ${TESSERA_CUDA_DIR}/cuda_graph.cc
