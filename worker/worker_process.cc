@@ -32,14 +32,15 @@ constexpr milliseconds kCloseTimeout{
 
 double SecondsOf(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// Log lines from several threads, one at a time.
+// Log lines from several threads, one at a time, each in one write.
 class LogSink {
  public:
   explicit LogSink(std::ostream* out) : out_(out) {}
   void Line(const std::string& line) {
     if (out_ == nullptr) return;
     std::lock_guard<std::mutex> lock(mu_);
-    *out_ << line << std::endl;
+    // One write per line: workers share the server's stderr, which is unbuffered.
+    *out_ << (line + "\n") << std::flush;
   }
 
  private:
