@@ -42,11 +42,7 @@ absl::StatusOr<CapturedStep> SegmentingGroup::Run(Backend& backend, SegmentingGr
   return step;
 }
 
-absl::Status SegmentingGroup::Collective(std::function<absl::Status()> op) {
-  if (capturing_ == nullptr) {
-    backend_.Synchronize();
-    return op();
-  }
+absl::Status SegmentingGroup::Cut(std::function<absl::Status()> op) {
   ASSIGN_OR_RETURN(std::unique_ptr<StepGraph> graph, backend_.EndCapture());
   capturing_->segments_.push_back({std::move(graph), [this, op = std::move(op)]() {
                                      backend_.Synchronize();

@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -69,8 +70,16 @@ class SegmentingGroup final : public Communicator {
   // Captures `forward` with `group` (may be null) cutting at its collectives.
   [[nodiscard]] static absl::StatusOr<CapturedStep> Run(
       Backend& backend, SegmentingGroup* group, const std::function<absl::StatusOr<Tensor>()>& forward);
-  // Runs `op` now (after synchronizing), or while capturing records it and cuts the capture.
-  [[nodiscard]] absl::Status Collective(std::function<absl::Status()> op);
+  // Runs `op` now (after synchronizing), or while capturing records it and cuts the capture. A template, so
+  // that the per-step (uncaptured) path builds no std::function.
+  template <typename Op>
+  [[nodiscard]] absl::Status Collective(Op op) {
+    if (capturing_ != nullptr) return Cut(std::move(op));
+    backend_.Synchronize();
+    return op();
+  }
+  // Ends the graph being captured, records `op` to run after it, and starts the next one.
+  [[nodiscard]] absl::Status Cut(std::function<absl::Status()> op);
   [[nodiscard]] absl::Status NotDuringCapture(const char* what) const;
 
   Backend& backend_;
