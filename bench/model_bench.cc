@@ -1,8 +1,11 @@
 // End-to-end CPU benchmark of the Llama forward: measures this machine's ceilings (memory read bandwidth and
 // oneDNN's bf16 GEMM peak) in the same run, then times decode at batch 1, 8 and 32 and a 512-token prefill of
-// a model (default: the `small` preset, the shape of Llama 3.2 1B, made on first use) and prints a table.
+// a model (default: the `small` preset, the shape of Llama 3.2 1B, made on first use) and prints a table;
+// with
+// --json, also one JSON line per case with the median (for tables next to other engines' medians).
 //
-//   model_bench [--model DIR] [--threads N] [--steps N]
+//   model_bench [--model DIR] [--threads N] [--steps N] [--json 1]
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -27,8 +30,18 @@ using bench::RandomPrompt;
 using bench::Release;
 using bench::Seconds;
 
-// Seconds per decode step for `batch` sequences with a 32-token context, best of `steps` steps.
-double DecodeStepSeconds(ModelRunner& runner, BlockAllocator& blocks, int batch, int steps) {
+struct Timing {
+  double best = 1e30;
+  double median = 0;
+};
+
+Timing Summarize(std::vector<double> samples) {
+  std::sort(samples.begin(), samples.end());
+  return {samples.front(), samples[samples.size() / 2]};
+}
+
+// Seconds per decode step for `batch` sequences with a 32-token context, over `steps` steps.
+Timing DecodeStepSeconds(ModelRunner& runner, BlockAllocator& blocks, int batch, int steps) {
   std::vector<Sequence> seqs(batch);
   std::vector<Sequence*> ptrs;
   for (int i = 0; i < batch; ++i) {
@@ -39,20 +52,20 @@ double DecodeStepSeconds(ModelRunner& runner, BlockAllocator& blocks, int batch,
   Cover(blocks, ptrs);
   Tensor logits = OrDie(runner.Forward(ptrs));
   runner.SampleAndAppend(logits, ptrs);
-  double best = 1e30;
+  std::vector<double> samples;
   for (int s = 0; s < steps; ++s) {
     auto t0 = Clock::now();
     Cover(blocks, ptrs);
     logits = OrDie(runner.Forward(ptrs));
     runner.SampleAndAppend(logits, ptrs);
-    best = std::min(best, Seconds(t0, Clock::now()));
+    samples.push_back(Seconds(t0, Clock::now()));
   }
   for (Sequence& s : seqs) Release(blocks, s);
-  return best;
+  return Summarize(std::move(samples));
 }
 
-double PrefillSeconds(ModelRunner& runner, BlockAllocator& blocks, int tokens, int repeats) {
-  double best = 1e30;
+Timing PrefillSeconds(ModelRunner& runner, BlockAllocator& blocks, int tokens, int repeats) {
+  std::vector<double> samples;
   for (int r = 0; r < repeats; ++r) {
     Sequence seq;
     seq.tokens = RandomPrompt(tokens, runner.config().vocab_size, 99 + r);
@@ -61,15 +74,23 @@ double PrefillSeconds(ModelRunner& runner, BlockAllocator& blocks, int tokens, i
     auto t0 = Clock::now();
     OrDie(runner.Forward({&seq}));
     runner.backend().Synchronize();
-    best = std::min(best, Seconds(t0, Clock::now()));
+    samples.push_back(Seconds(t0, Clock::now()));
     Release(blocks, seq);
   }
-  return best;
+  return Summarize(std::move(samples));
+}
+
+// {"engine":"tessera","weights":"BF16","measure":NAME,"tokens_per_s":MEDIAN,"runs":N}
+void PrintJsonLine(bool json, const char* measure, double tokens_per_s, int runs) {
+  if (!json) return;
+  std::printf(
+      "{\"engine\":\"tessera\",\"weights\":\"BF16\",\"measure\":\"%s\",\"tokens_per_s\":%.2f,\"runs\":%d}\n",
+      measure, tokens_per_s, runs);
 }
 
 int Main(int argc, char** argv) {
   std::string model_dir;
-  int threads = 0, steps = 8;
+  int threads = 0, steps = 8, json = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--model")
@@ -78,8 +99,11 @@ int Main(int argc, char** argv) {
       threads = std::atoi(argv[i + 1]);
     else if (flag == "--steps")
       steps = std::atoi(argv[i + 1]);
+    else if (flag == "--json")
+      json = std::atoi(argv[i + 1]);
     else
-      Die(absl::InvalidArgumentError("unknown flag " + flag + " (use --model DIR --threads N --steps N)"));
+      Die(absl::InvalidArgumentError("unknown flag " + flag +
+                                     " (use --model DIR --threads N --steps N --json 1)"));
   }
   if (model_dir.empty()) {
     model_dir = (std::filesystem::temp_directory_path() / "tessera-bench-small").string();
@@ -121,18 +145,24 @@ int Main(int argc, char** argv) {
               step_bytes / 1e9);
   std::printf("%-14s %10s %12s %12s %14s\n", "case", "ms/step", "tokens/s", "GB/s", "% of ceiling");
   std::printf("(decode: weight GB/s vs read bandwidth; prefill: GFLOP/s vs the bf16 GEMM peak)\n");
+  std::vector<std::pair<std::string, double>> medians;  // printed as JSON lines after the table
   for (int batch : {1, 8, 32}) {
-    double s = DecodeStepSeconds(*runner, blocks, batch, steps);
+    const Timing t = DecodeStepSeconds(*runner, blocks, batch, steps);
+    const double s = t.best;
     double gbps = step_bytes / s / 1e9;
     std::printf("decode b=%-5d %10.1f %12.1f %12.1f %13.0f%%\n", batch, s * 1e3, batch / s, gbps,
                 100 * gbps / bandwidth);
+    medians.emplace_back("decode_b" + std::to_string(batch), batch / t.median);
   }
   const int prefill = 512;
   // Linear layers (lm_head only for the last token) plus causal attention (QK^T and PV over half the square).
   const double flops = 2.0 * prefill * (matmul_params - int64_t{c.vocab_size} * h) + 2.0 * h * c.vocab_size +
                        2.0 * c.num_hidden_layers * q * prefill * prefill;
   auto report_prefill = [&](const char* name, ModelRunner& r, BlockAllocator& b) {
-    double s = PrefillSeconds(r, b, prefill, 2);
+    const Timing t = PrefillSeconds(r, b, prefill, json ? 5 : 2);
+    const double s = t.best;
+    medians.emplace_back(name == std::string("prefill 512") ? "prefill_512" : "prefill_512_bf16",
+                         prefill / t.median);
     std::printf("%-14s %10.1f %12.1f %12s %13.0f%%   (%.1f GFLOP/s)\n", name, s * 1e3, prefill / s, "-",
                 100 * flops / s / 1e9 / gemm_peak, flops / s / 1e9);
   };
@@ -146,6 +176,9 @@ int Main(int argc, char** argv) {
   if (absl::Status s = bf16_runner->AllocateKvCache(64); !s.ok()) Die(s);
   BlockAllocator bf16_blocks(64);
   report_prefill("prefill bf16", *bf16_runner, bf16_blocks);
+  for (const auto& [measure, tokens_per_s] : medians) {
+    PrintJsonLine(json, measure.c_str(), tokens_per_s, measure.rfind("decode", 0) == 0 ? steps : 5);
+  }
   return 0;
 }
 

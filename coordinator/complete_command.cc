@@ -23,6 +23,12 @@ v1::CompleteRequest BuildRequest(const CompleteOptions& options) {
   request.set_model(options.model);
   if (options.prompt.has_value()) {
     request.set_text(*options.prompt);
+  } else if (options.chat.has_value()) {
+    for (const ChatMessageText& m : *options.chat) {
+      v1::ChatMessage* message = request.mutable_chat()->add_messages();
+      message->set_role(m.role);
+      message->set_content(m.content);
+    }
   } else {
     request.mutable_token_ids()->mutable_ids()->Add(options.prompt_ids->begin(), options.prompt_ids->end());
   }
@@ -129,8 +135,8 @@ int RunStream(v1::InferenceService::Stub& stub, grpc::ClientContext& context, co
 }  // namespace
 
 int RunComplete(const CompleteOptions& options, std::ostream& out, std::ostream& err) {
-  if (options.prompt.has_value() == options.prompt_ids.has_value()) {
-    err << "tessera complete: give exactly one of --prompt and --prompt-ids\n";
+  if (options.prompt.has_value() + options.prompt_ids.has_value() + options.chat.has_value() != 1) {
+    err << "tessera complete: give exactly one of --prompt, --prompt-ids and --chat\n";
     return 2;
   }
   if (options.timeout <= absl::ZeroDuration()) {

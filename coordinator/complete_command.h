@@ -9,15 +9,17 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "coordinator/chat_template/chat_messages_file.h"
 
 namespace tessera {
 
 struct CompleteOptions {
   std::string server;  // HOST:PORT
   std::string model;   // empty: the served model
-  // Exactly one of the two prompts.
-  std::optional<std::string> prompt;               // text, tokenized by the server (bos added)
-  std::optional<std::vector<int32_t>> prompt_ids;  // used as given
+  // Exactly one of the three prompts.
+  std::optional<std::string> prompt;                 // text, tokenized by the server (bos added)
+  std::optional<std::vector<int32_t>> prompt_ids;    // used as given
+  std::optional<std::vector<ChatMessageText>> chat;  // rendered with the served model's chat template
   // Unset: the server's defaults (the model's generation_config.json, else greedy; up to the context length).
   std::optional<int> max_tokens;
   std::optional<float> temperature;

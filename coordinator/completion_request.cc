@@ -33,7 +33,7 @@ absl::Status CheckSampling(const v1::CompleteRequest& request, const CompletionL
 }
 
 absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::CompleteRequest& request, const ServedModel& model,
-                                               const Tokenizer* tokenizer) {
+                                               const Tokenizer* tokenizer, const std::string* rendered_chat) {
   switch (request.prompt_case()) {
     case v1::CompleteRequest::kTokenIds: {
       const auto& ids = request.token_ids().ids();
@@ -51,10 +51,23 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::CompleteRequest& reques
       if (ids->empty()) return absl::InvalidArgumentError("prompt text encodes to no tokens");
       return ids;
     }
+    case v1::CompleteRequest::kChat: {
+      if (request.chat().messages().empty()) return absl::InvalidArgumentError("prompt chat has no messages");
+      if (tokenizer == nullptr) return MissingTokenizerError(model, "chat prompts");
+      if (rendered_chat == nullptr) {
+        return absl::FailedPreconditionError(
+            Cat("chat prompts need a chat_template in ", model.dir, "/tokenizer_config.json"));
+      }
+      absl::StatusOr<std::vector<int32_t>> ids =
+          tokenizer->Encode(*rendered_chat, /*add_special_tokens=*/false);
+      if (!ids.ok()) return absl::Status(ids.status().code(), Cat("prompt chat: ", ids.status().message()));
+      if (ids->empty()) return absl::InvalidArgumentError("prompt chat renders to no tokens");
+      return ids;
+    }
     case v1::CompleteRequest::PROMPT_NOT_SET:
       break;
   }
-  return absl::InvalidArgumentError("prompt is missing: set prompt text or token_ids");
+  return absl::InvalidArgumentError("prompt is missing: set prompt text, token_ids or chat");
 }
 
 }  // namespace
@@ -86,7 +99,8 @@ absl::Status MissingTokenizerError(const ServedModel& model, const std::string& 
 
 absl::StatusOr<PreparedCompletion> PrepareCompletion(const v1::CompleteRequest& request,
                                                      const ServedModel& model, const Tokenizer* tokenizer,
-                                                     const CompletionLimits& limits) {
+                                                     const CompletionLimits& limits,
+                                                     const std::string* rendered_chat) {
   RETURN_IF_ERROR(CheckModelName(request.model(), model, "model"));
   RETURN_IF_ERROR(CheckSampling(request, limits));
   std::vector<int32_t> stop_ids(request.stop_token_ids().begin(), request.stop_token_ids().end());
@@ -99,7 +113,7 @@ absl::StatusOr<PreparedCompletion> PrepareCompletion(const v1::CompleteRequest& 
   if (!prepared.stop_strings.empty() && tokenizer == nullptr)
     return MissingTokenizerError(model, "stop strings");
 
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(request, model, tokenizer));
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(request, model, tokenizer, rendered_chat));
   const int prompt_len = static_cast<int>(prompt.size());
   const int context = model.max_position_embeddings;
   if (prompt_len >= context) {
@@ -118,6 +132,8 @@ absl::StatusOr<PreparedCompletion> PrepareCompletion(const v1::CompleteRequest& 
   if (prepared.echo) {
     if (request.prompt_case() == v1::CompleteRequest::kText) {
       prepared.prompt_text = request.text();
+    } else if (request.prompt_case() == v1::CompleteRequest::kChat) {
+      prepared.prompt_text = *rendered_chat;
     } else if (tokenizer != nullptr) {
       absl::StatusOr<std::string> text = tokenizer->Decode(prompt, /*skip_special_tokens=*/false);
       if (text.ok())

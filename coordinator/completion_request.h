@@ -35,11 +35,12 @@ struct PreparedCompletion {
 // text that is not valid UTF-8; FAILED_PRECONDITION for a text prompt or stop strings when `tokenizer` is
 // null (the model directory has no tokenizer.json). Unset max_tokens is the rest of the context; unset
 // temperature / top_p / top_k take the model's generation_config.json defaults, else greedy; unset seed is
-// random; eos ids join the stop ids unless ignore_eos. Thread-safe.
-[[nodiscard]] absl::StatusOr<PreparedCompletion> PrepareCompletion(const v1::CompleteRequest& request,
-                                                                   const ServedModel& model,
-                                                                   const Tokenizer* tokenizer,
-                                                                   const CompletionLimits& limits);
+// random; eos ids join the stop ids unless ignore_eos. A chat prompt is `rendered_chat` (the caller renders
+// request.chat with the model's template; null: FAILED_PRECONDITION, the model has no template), encoded
+// without special tokens. Thread-safe.
+[[nodiscard]] absl::StatusOr<PreparedCompletion> PrepareCompletion(
+    const v1::CompleteRequest& request, const ServedModel& model, const Tokenizer* tokenizer,
+    const CompletionLimits& limits, const std::string* rendered_chat = nullptr);
 
 // OK when `name` is empty or the served model's id; else INVALID_ARGUMENT naming `field`, the name and the
 // served model.

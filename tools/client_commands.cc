@@ -13,21 +13,29 @@ namespace {
 // The flags of `tessera complete` as parsed; CompleteOptions' optional fields are filled from those given.
 struct CompleteArgs {
   CompleteOptions options;
-  std::string prompt, prompt_ids, timeout;
+  std::string prompt, prompt_ids, chat, timeout;
   int max_tokens = 0, top_k = 0;
   float temperature = 0, top_p = 1;
   uint64_t seed = 0;
-  CLI::Option *prompt_opt = nullptr, *prompt_ids_opt = nullptr, *max_tokens_opt = nullptr,
-              *temperature_opt = nullptr, *top_k_opt = nullptr, *top_p_opt = nullptr, *seed_opt = nullptr,
-              *timeout_opt = nullptr;
+  CLI::Option *prompt_opt = nullptr, *prompt_ids_opt = nullptr, *chat_opt = nullptr,
+              *max_tokens_opt = nullptr, *temperature_opt = nullptr, *top_k_opt = nullptr,
+              *top_p_opt = nullptr, *seed_opt = nullptr, *timeout_opt = nullptr;
 };
 
 // Fills args.options from the flags given. Returns 0, or 2 after a line on stderr for a bad value.
 int ResolveCompleteArgs(CompleteArgs& args) {
   CompleteOptions& o = args.options;
-  if (args.prompt_opt->count() + args.prompt_ids_opt->count() != 1) {
-    std::cerr << "tessera complete: give exactly one of --prompt and --prompt-ids\n";
+  if (args.prompt_opt->count() + args.prompt_ids_opt->count() + args.chat_opt->count() != 1) {
+    std::cerr << "tessera complete: give exactly one of --prompt, --prompt-ids and --chat\n";
     return 2;
+  }
+  if (args.chat_opt->count()) {
+    absl::StatusOr<std::vector<ChatMessageText>> chat = ReadChatMessagesFile(args.chat);
+    if (!chat.ok()) {
+      std::cerr << "tessera complete: --chat: " << chat.status().message() << "\n";
+      return chat.status().code() == absl::StatusCode::kNotFound ? 1 : 2;
+    }
+    o.chat = *std::move(chat);
   }
   if (args.prompt_opt->count()) o.prompt = args.prompt;
   if (args.prompt_ids_opt->count()) {
@@ -66,6 +74,10 @@ void AddCompleteCommand(CLI::App& app, std::vector<Subcommand>& commands) {
   args->prompt_opt = cmd->add_option("--prompt", args->prompt, "Prompt text (the server adds bos)");
   args->prompt_ids_opt =
       cmd->add_option("--prompt-ids", args->prompt_ids, "Comma-separated prompt token ids");
+  args->chat_opt =
+      cmd->add_option("--chat", args->chat,
+                      "A JSON file holding a list of {\"role\", \"content\"} messages, rendered by "
+                      "the server with the model's chat template");
   args->prompt_opt->excludes(args->prompt_ids_opt);
   args->max_tokens_opt =
       cmd->add_option("--max-tokens", args->max_tokens, "Tokens to generate (default: up to the context)");

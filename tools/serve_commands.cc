@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "coordinator/chat_template/model_chat_templates.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/launcher.h"
 #include "coordinator/tokenizer/tokenizer.h"
@@ -212,6 +213,12 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
     if (!loaded.ok()) return Fail(command, loaded.status());
     tokenizer = std::move(*loaded);
   }
+  std::unique_ptr<ModelChatTemplates> chat_templates;
+  if (std::filesystem::exists(args.model_dir + "/tokenizer_config.json")) {
+    absl::StatusOr<ModelChatTemplates> loaded = ModelChatTemplates::Load(args.model_dir);
+    if (!loaded.ok()) return Fail(command, loaded.status());
+    chat_templates = std::make_unique<ModelChatTemplates>(*std::move(loaded));
+  }
   std::mutex mu;
   std::condition_variable cv;
   bool stop = false;
@@ -225,7 +232,7 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
     cv.notify_all();
   });
   absl::StatusOr<std::unique_ptr<Coordinator>> started =
-      Coordinator::Start(*options, std::move(tokenizer), std::cerr);
+      Coordinator::Start(*options, std::move(tokenizer), std::move(chat_templates), std::cerr);
   if (!started.ok()) return Fail(command, started.status());
   {
     std::lock_guard<std::mutex> lock(mu);

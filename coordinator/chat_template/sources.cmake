@@ -2,6 +2,7 @@
 # `tessera chat-template` command.
 target_sources(tessera_coordinator PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/builtins.cc
+  ${CMAKE_CURRENT_LIST_DIR}/chat_messages_file.cc
   ${CMAKE_CURRENT_LIST_DIR}/chat_template.cc
   ${CMAKE_CURRENT_LIST_DIR}/filters.cc
   ${CMAKE_CURRENT_LIST_DIR}/interpreter.cc

@@ -251,8 +251,14 @@ absl::Status Parser::ParsePreTokenizer(const json& j, TokenizerSpec& spec) const
         return Error(Cat("pre_tokenizer Split behavior '", behavior, "' is unknown"));
       step.behavior = it->second;
       step.invert = j.value("invert", false);
+    } else if (type == "Digits") {
+      // HF splits off every char::is_numeric() character (Unicode Nd, Nl, No = \p{N}), one by one or in runs.
+      step.pattern = "\\p{N}";
+      step.behavior =
+          j.value("individual_digits", false) ? SplitBehavior::kIsolated : SplitBehavior::kContiguous;
     } else {
-      return Error(Cat("pre_tokenizer type '", type, "' is not supported (only Sequence, Split, ByteLevel)"));
+      return Error(
+          Cat("pre_tokenizer type '", type, "' is not supported (only Sequence, Split, Digits, ByteLevel)"));
     }
     spec.pre_tokenizer.push_back(std::move(step));
   } catch (const json::exception& e) {

@@ -1,6 +1,7 @@
 // Reads a Hugging Face tokenizer.json into a plain description (TokenizerSpec) of the parts Tessera supports:
-// a byte-level BPE model, added tokens, the Split / ByteLevel pre-tokenizers, the ByteLevel decoder and the
-// ByteLevel / TemplateProcessing post-processors. Anything else is refused here, at load time, by name.
+// a byte-level BPE model, added tokens, the Split / Digits / ByteLevel pre-tokenizers, the ByteLevel decoder
+// and the ByteLevel / TemplateProcessing post-processors. Anything else is refused here, at load time, by
+// name.
 #pragma once
 
 #include <cstdint>
@@ -30,7 +31,8 @@ enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWith
 struct PreTokenizerStep {
   enum class Kind { kSplit, kByteLevel };
   Kind kind = Kind::kSplit;
-  // kSplit: the pattern as written in the file (Oniguruma syntax) or a literal string.
+  // kSplit (also HF's Digits pre-tokenizer, read as a Split on \p{N}): the pattern as written in the file
+  // (Oniguruma syntax) or a literal string.
   std::string pattern;
   bool literal = false;
   SplitBehavior behavior = SplitBehavior::kIsolated;

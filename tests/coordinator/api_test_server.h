@@ -45,11 +45,21 @@ inline std::shared_ptr<const Tokenizer> Llama31Tokenizer() {
   return tokenizer;
 }
 
+// The Llama 3.1 tokenizer_config.json's chat template.
+inline std::unique_ptr<ModelChatTemplates> Llama31ChatTemplates() {
+  auto t = ModelChatTemplates::Load(TESSERA_TEST_DATA_DIR "/llama-3.1-tokenizer");
+  EXPECT_OK(t);
+  return t.ok() ? std::make_unique<ModelChatTemplates>(*std::move(t)) : nullptr;
+}
+
 class ApiTestServer {
  public:
   explicit ApiTestServer(std::shared_ptr<const Tokenizer> tokenizer = Llama31Tokenizer(),
-                         ServedModel model = TestModel())
-      : inference_(model, std::move(tokenizer), engine_), models_(model, engine_) {
+                         ServedModel model = TestModel(),
+                         std::unique_ptr<ModelChatTemplates> chat_templates = Llama31ChatTemplates())
+      : inference_(model, std::move(tokenizer), engine_, InferenceServiceOptions(),
+                   std::move(chat_templates)),
+        models_(model, engine_) {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(&inference_);

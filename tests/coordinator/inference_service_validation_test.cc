@@ -4,7 +4,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
+#include <nlohmann/json.hpp>
 
 #include "coordinator/inference_service.h"
 #include "tests/coordinator/api_test_server.h"
@@ -40,6 +42,10 @@ std::vector<BadRequest> BadRequests() {
       {"missing prompt", [](auto& r) { r.clear_prompt(); }, {"prompt"}},
       {"empty text", [](auto& r) { r.set_text(""); }, {"prompt text"}},
       {"empty token ids", [](auto& r) { r.mutable_token_ids(); }, {"prompt token_ids"}},
+      {"chat with no messages", [](auto& r) { r.mutable_chat(); }, {"prompt chat has no messages"}},
+      {"chat message without a role",
+       [](auto& r) { r.mutable_chat()->add_messages()->set_content("Hi"); },
+       {"chat.messages[0].role is empty"}},
       {"id past the vocabulary", ids({kBosId, 128256}), {"prompt token_ids[1] = 128256", "128256)"}},
       {"negative id", ids({-1, 5}), {"prompt token_ids[0] = -1"}},
       {"zero max_tokens", [](auto& r) { r.set_max_tokens(0); }, {"max_tokens", "0"}},
@@ -142,6 +148,50 @@ TEST(NoTokenizerTest, TextNeedsTheTokenizerButTokenIdsWork) {
   status = stub->Tokenize(&c4, tokenize, &tokens);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(status.error_message(), HasSubstr("tokenizer.json"));
+}
+
+TEST_F(ValidationTest, ChatIsRenderedWithTheModelsTemplateAndTokenizedWithoutAddingBos) {
+  server_.engine().SetScript(ScriptOf({{{9906}}}));
+  v1::CompleteRequest request;
+  for (auto [role, content] : {std::pair<const char*, const char*>{"system", "Be brief."}, {"user", "Hi!"}}) {
+    v1::ChatMessage* m = request.mutable_chat()->add_messages();
+    m->set_role(role);
+    m->set_content(content);
+  }
+  request.set_max_tokens(4);
+  request.set_echo(true);
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  grpc::Status status = stub_->Complete(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  nlohmann::ordered_json render = {
+      {"messages", {{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "Hi!"}}}},
+      {"add_generation_prompt", true}};
+  std::unique_ptr<ModelChatTemplates> templates = Llama31ChatTemplates();
+  ASSERT_OK_AND_ASSIGN(std::string text, templates->Render(render));
+  EXPECT_THAT(text, HasSubstr("<|start_header_id|>assistant<|end_header_id|>"));
+  ASSERT_OK_AND_ASSIGN(std::vector<int32_t> ids, Llama31Tokenizer()->Encode(text, false));
+  ASSERT_EQ(server_.engine().requests().size(), 1u);
+  EXPECT_EQ(server_.engine().requests()[0].prompt, ids);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), kBosId), 1);            // the template's bos only
+  EXPECT_EQ(response.choices(0).text().substr(0, text.size()), text);  // echo: the rendered prompt
+}
+
+TEST(NoChatTemplateTest, ChatNeedsTokenizerConfig) {
+  ApiTestServer server(Llama31Tokenizer(), TestModel(), /*chat_templates=*/nullptr);
+  auto stub = server.InferenceStub();
+  v1::CompleteRequest request;
+  v1::ChatMessage* m = request.mutable_chat()->add_messages();
+  m->set_role("user");
+  m->set_content("Hi");
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  grpc::Status status = stub->Complete(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(),
+              AllOf(HasSubstr("tokenizer_config.json"), HasSubstr("/models/tiny-test")));
+  EXPECT_TRUE(server.engine().requests().empty());
 }
 
 TEST_F(ValidationTest, TokenizeMatchesTheLlama31Tokenizer) {

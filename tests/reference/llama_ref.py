@@ -154,6 +154,27 @@ def load_checkpoint(model_dir):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def rope_from_config(d):
+    """(rope_theta, rope_scaling) from either form of config.json: transformers <= 4 writes top-level `rope_theta`
+    and `rope_scaling`; transformers 5 writes `rope_parameters` ({"rope_theta", "rope_type", "factor", ...}).
+    Values given in both forms must agree."""
+    theta, scaling = d.get("rope_theta"), d.get("rope_scaling")
+    params = d.get("rope_parameters")
+    if params is None:
+        return (10000.0 if theta is None else theta), scaling
+    p_theta = params.get("rope_theta")
+    if theta is not None and p_theta is not None and theta != p_theta:
+        raise ValueError(f"rope_parameters.rope_theta={p_theta} contradicts rope_theta={theta}")
+    p_scaling = None if params.get("rope_type", "default") == "default" else {
+        k: v for k, v in params.items() if k != "rope_theta"}
+    if scaling is not None and scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+        scaling = None
+    if scaling is not None and scaling != p_scaling:
+        raise ValueError(f"rope_parameters {p_scaling} contradicts rope_scaling {scaling}")
+    theta = p_theta if p_theta is not None else theta
+    return (10000.0 if theta is None else theta), p_scaling
+
+
 @dataclass
 class LlamaConfig:
     """The fields of HF `LlamaConfig` that the forward pass depends on (defaults are LlamaConfig's)."""
@@ -180,6 +201,7 @@ class LlamaConfig:
         heads = d["num_attention_heads"]
         eos = d.get("eos_token_id")  # an int, a list (Llama 3.1: [128001, 128008, 128009]) or absent
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        rope_theta, rope_scaling = rope_from_config(d)
         return LlamaConfig(
             hidden_size=d["hidden_size"],
             intermediate_size=d["intermediate_size"],
@@ -189,8 +211,8 @@ class LlamaConfig:
             head_dim=d.get("head_dim") or d["hidden_size"] // heads,
             vocab_size=d["vocab_size"],
             rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-            rope_theta=d.get("rope_theta", 10000.0),
-            rope_scaling=d.get("rope_scaling"),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
             tie_word_embeddings=d.get("tie_word_embeddings", False),
             attention_bias=d.get("attention_bias", False),
             mlp_bias=d.get("mlp_bias", False),

@@ -121,6 +121,24 @@ class RopeTest(unittest.TestCase):
         expected = [1 * c3 - 3 * s3, 2 * c03 - 4 * s03, 3 * c3 + 1 * s3, 4 * c03 + 2 * s03]
         np.testing.assert_allclose(ref.apply_rope(x, cos, sin)[0], expected, rtol=1e-14)
 
+    def test_config_reads_both_rope_forms(self):
+        old = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4, vocab_size=50,
+                   rope_theta=100000.0, rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                          high_freq_factor=4.0, original_max_position_embeddings=64))
+        new = {k: v for k, v in old.items() if k not in ("rope_theta", "rope_scaling")}
+        new["rope_parameters"] = dict(rope_theta=100000.0, **old["rope_scaling"])
+        for d in (old, new, dict(old, rope_parameters=new["rope_parameters"])):
+            c = ref.LlamaConfig.from_dict(d)
+            self.assertEqual(c.rope_theta, 100000.0)
+            self.assertEqual(c.rope_scaling, old["rope_scaling"])
+        plain = dict(new, rope_parameters=dict(rope_theta=5.0, rope_type="default"))
+        self.assertEqual((ref.LlamaConfig.from_dict(plain).rope_theta, ref.LlamaConfig.from_dict(plain).rope_scaling),
+                         (5.0, None))
+        with self.assertRaises(ValueError):
+            ref.LlamaConfig.from_dict(dict(new, rope_theta=500000.0))
+        with self.assertRaises(ValueError):
+            ref.LlamaConfig.from_dict(dict(old, rope_parameters=dict(new["rope_parameters"], factor=32.0)))
+
     def test_rope_preserves_norms(self):
         rng = np.random.default_rng(1)
         x = rng.standard_normal((5, 40, 64))  # [heads, T, head_dim]

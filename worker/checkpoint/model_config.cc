@@ -4,8 +4,8 @@
 #include <filesystem>
 
 #include "kernels/core/status_macros.h"
-#include "worker/checkpoint/json_fields.h"
 #include "kernels/core/str_cat.h"
+#include "worker/checkpoint/json_fields.h"
 
 namespace tessera {
 
@@ -19,32 +19,102 @@ absl::Status CheckPositive(const JsonFields& f, std::string_view field, int64_t 
   return absl::OkStatus();
 }
 
-absl::Status ParseRopeScaling(const Json& object, const JsonFields& f, std::optional<RopeScaling>& out) {
-  auto it = object.find("rope_scaling");
-  if (it == object.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_object()) return f.Error(Cat("rope_scaling must be an object or null, got ", it->dump()));
-  JsonFields rf(*it, f.source(), "rope_scaling.");
-  std::string type;
-  // Older configs spell rope_type as "type".
-  RETURN_IF_ERROR(rf.String(rf.Has("rope_type") ? "rope_type" : "type", type, false));
+// The llama3 frequency-scaling fields of `object` (rope_scaling, or transformers 5's rope_parameters), whose
+// rope_type has been read as `type`; `name` is the object's key. nullopt for no scaling ("default").
+absl::Status ParseScalingFields(const Json& object, std::string_view name, const std::string& type,
+                                const JsonFields& f, std::optional<RopeScaling>& out) {
+  out.reset();
   if (type.empty() || type == "default") return absl::OkStatus();
   if (type != "llama3") {
-    return f.Error(Cat("rope_scaling.rope_type=\"", type, "\" is not supported (only \"llama3\" or null)"));
+    return f.Error(Cat(name, ".rope_type=\"", type, "\" is not supported (only \"llama3\" or \"default\")"));
   }
+  const std::string prefix = Cat(name, ".");
+  JsonFields rf(object, f.source(), prefix);
   RopeScaling s;
   s.rope_type = type;
   RETURN_IF_ERROR(rf.Double("factor", s.factor, true));
   RETURN_IF_ERROR(rf.Double("low_freq_factor", s.low_freq_factor, true));
   RETURN_IF_ERROR(rf.Double("high_freq_factor", s.high_freq_factor, true));
   RETURN_IF_ERROR(rf.Int("original_max_position_embeddings", s.original_max_position_embeddings, true));
-  if (!(s.factor > 0)) return f.Error(Cat("rope_scaling.factor=", s.factor, " must be positive"));
+  if (!(s.factor > 0)) return f.Error(Cat(name, ".factor=", s.factor, " must be positive"));
   if (!(s.low_freq_factor > 0) || !(s.high_freq_factor > s.low_freq_factor)) {
-    return f.Error(Cat("rope_scaling.low_freq_factor=", s.low_freq_factor,
+    return f.Error(Cat(name, ".low_freq_factor=", s.low_freq_factor,
                        " must be positive and below high_freq_factor=", s.high_freq_factor));
   }
-  RETURN_IF_ERROR(
-      CheckPositive(f, "rope_scaling.original_max_position_embeddings", s.original_max_position_embeddings));
+  if (s.original_max_position_embeddings <= 0) {
+    return f.Error(Cat(name, ".original_max_position_embeddings=", s.original_max_position_embeddings,
+                       " must be positive"));
+  }
   out = s;
+  return absl::OkStatus();
+}
+
+bool SameScaling(const std::optional<RopeScaling>& a, const std::optional<RopeScaling>& b) {
+  if (a.has_value() != b.has_value()) return false;
+  return !a || (a->factor == b->factor && a->low_freq_factor == b->low_freq_factor &&
+                a->high_freq_factor == b->high_freq_factor &&
+                a->original_max_position_embeddings == b->original_max_position_embeddings);
+}
+
+std::string ScalingText(const std::optional<RopeScaling>& s) {
+  if (!s) return "none";
+  return Cat(s->rope_type, " (factor ", s->factor, ", low_freq_factor ", s->low_freq_factor,
+             ", high_freq_factor ", s->high_freq_factor, ", original_max_position_embeddings ",
+             s->original_max_position_embeddings, ")");
+}
+
+// RoPE from either form: transformers <= 4 writes top-level rope_theta and rope_scaling; transformers 5
+// writes rope_parameters {rope_theta, rope_type, factor, ...}. Both may be present; where they disagree the
+// config is ambiguous and refused, naming both keys.
+absl::Status ParseRope(const Json& j, const JsonFields& f, ModelConfig& c) {
+  const bool has_theta = f.Has("rope_theta");
+  RETURN_IF_ERROR(f.Double("rope_theta", c.rope_theta, false));
+  std::optional<RopeScaling> scaling;
+  auto it = j.find("rope_scaling");
+  const bool has_scaling = it != j.end() && !it->is_null();
+  if (has_scaling) {
+    if (!it->is_object()) return f.Error(Cat("rope_scaling must be an object or null, got ", it->dump()));
+    JsonFields rf(*it, f.source(), "rope_scaling.");
+    std::string type;
+    // Older configs spell rope_type as "type".
+    RETURN_IF_ERROR(rf.String(rf.Has("rope_type") ? "rope_type" : "type", type, false));
+    RETURN_IF_ERROR(ParseScalingFields(*it, "rope_scaling", type, f, scaling));
+  }
+  c.rope_scaling = scaling;
+  auto params = j.find("rope_parameters");
+  if (params == j.end() || params->is_null()) return absl::OkStatus();
+  if (!params->is_object()) return f.Error(Cat("rope_parameters must be an object, got ", params->dump()));
+  JsonFields pf(*params, f.source(), "rope_parameters.");
+  if (pf.Has("rope_theta")) {
+    double theta = 0;
+    RETURN_IF_ERROR(pf.Double("rope_theta", theta, true));
+    if (has_theta && theta != c.rope_theta) {
+      return f.Error(Cat("rope_parameters.rope_theta=", theta, " contradicts rope_theta=", c.rope_theta));
+    }
+    c.rope_theta = theta;
+  }
+  std::string type;
+  RETURN_IF_ERROR(pf.String("rope_type", type, false));
+  std::optional<RopeScaling> from_params;
+  RETURN_IF_ERROR(ParseScalingFields(*params, "rope_parameters", type, f, from_params));
+  if (has_scaling && !SameScaling(scaling, from_params)) {
+    return f.Error(Cat("rope_parameters (", ScalingText(from_params), ") contradicts rope_scaling (",
+                       ScalingText(scaling), ")"));
+  }
+  c.rope_scaling = from_params;
+  return absl::OkStatus();
+}
+
+// torch_dtype (transformers <= 4) or dtype (transformers 5); both present and different is an error.
+absl::Status ParseDtype(const JsonFields& f, std::string& out) {
+  std::string torch_dtype, dtype;
+  RETURN_IF_ERROR(f.String("torch_dtype", torch_dtype, false));
+  RETURN_IF_ERROR(f.String("dtype", dtype, false));
+  if (!torch_dtype.empty() && !dtype.empty() && torch_dtype != dtype) {
+    return f.Error(Cat("dtype=", dtype, " contradicts torch_dtype=", torch_dtype));
+  }
+  if (!dtype.empty()) out = dtype;
+  if (!torch_dtype.empty()) out = torch_dtype;
   return absl::OkStatus();
 }
 
@@ -111,12 +181,11 @@ absl::StatusOr<ModelConfig> ModelConfig::Parse(std::string_view json_text, std::
   RETURN_IF_ERROR(f.Int("head_dim", c.head_dim, false));
   RETURN_IF_ERROR(f.Int("max_position_embeddings", c.max_position_embeddings, false));
   RETURN_IF_ERROR(f.Double("rms_norm_eps", c.rms_norm_eps, false));
-  RETURN_IF_ERROR(f.Double("rope_theta", c.rope_theta, false));
   RETURN_IF_ERROR(f.Bool("tie_word_embeddings", c.tie_word_embeddings));
   RETURN_IF_ERROR(f.OptionalInt("bos_token_id", c.bos_token_id));
   RETURN_IF_ERROR(f.IntOrIntList("eos_token_id", c.eos_token_ids));
-  RETURN_IF_ERROR(f.String("torch_dtype", c.torch_dtype, false));
-  RETURN_IF_ERROR(ParseRopeScaling(j, f, c.rope_scaling));
+  RETURN_IF_ERROR(ParseDtype(f, c.torch_dtype));
+  RETURN_IF_ERROR(ParseRope(j, f, c));
 
   for (auto [field, value] : {std::pair<const char*, int>{"hidden_size", c.hidden_size},
                               {"intermediate_size", c.intermediate_size},

@@ -42,9 +42,11 @@ struct ModelConfig {
   // Parses and validates config.json text. `source` (the file name) starts every error message. Required:
   // hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size; absent optional
   // fields take Hugging Face LlamaConfig's defaults (rms_norm_eps 1e-6, rope_theta 10000,
-  // max_position_embeddings 2048). Errors: INVALID_ARGUMENT naming the field (bad JSON, wrong types,
-  // non-positive sizes, head counts that do not divide, unsupported architecture / rope_type / hidden_act /
-  // biases, token ids outside the vocabulary).
+  // max_position_embeddings 2048). RoPE and dtype are read in both forms: transformers <= 4's top-level
+  // rope_theta / rope_scaling / torch_dtype and transformers 5's rope_parameters / dtype (values that
+  // contradict each other are an error naming both keys). Errors: INVALID_ARGUMENT naming the field (bad
+  // JSON, wrong types, non-positive sizes, head counts that do not divide, unsupported architecture /
+  // rope_type / hidden_act / biases, token ids outside the vocabulary).
   [[nodiscard]] static absl::StatusOr<ModelConfig> Parse(std::string_view json_text, std::string_view source);
   // Reads and parses `path`. NOT_FOUND when the file does not exist.
   [[nodiscard]] static absl::StatusOr<ModelConfig> Load(const std::string& path);

@@ -4,7 +4,8 @@ add_generation_prompt: outputs must be identical byte for byte (or both must rai
 
 Templates: the chat_template of tests/data/llama-3-tokenizer and tests/data/llama-3.1-tokenizer, plus the
 full Llama 3.1 Instruct template (tools, builtin_tools, date_string), the Llama 3.2 one (strftime_now) and
-ChatML / Qwen 2.5 / Gemma 3 style templates, written out below. `date_string` is passed explicitly wherever the
+ChatML / Qwen 2.5 / Gemma 3 style templates, written out below, and the templates of model directories given
+with --model-dir (SmolLM2's, as import-gguf writes it from the GGUF). `date_string` is passed explicitly wherever the
 date would otherwise show, so that the output does not depend on today's date.
 
 Usage: real_templates_test.py --driver PATH/TO/chat_template_driver --data tests/data
@@ -314,6 +315,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--driver", required=True)
     parser.add_argument("--data", required=True)
+    parser.add_argument("--model-dir", action="append", default=[],
+                        help="also a model snapshot's own template (e.g. one written by tessera import-gguf)")
     args = parser.parse_args()
     templates = {}
     for name in ("llama-3-tokenizer", "llama-3.1-tokenizer"):
@@ -326,7 +329,11 @@ def main():
         for context in llama_cases(template):
             cases.append((template, context))
             names.append(name)
-    for name, template in (("qwen-2.5", QWEN_25), ("gemma-3", GEMMA_3)):
+    generic = [("qwen-2.5", QWEN_25), ("gemma-3", GEMMA_3)]
+    for model_dir in args.model_dir:
+        with open(os.path.join(model_dir, "tokenizer_config.json"), encoding="utf-8") as f:
+            generic.append((os.path.basename(model_dir.rstrip("/")), json.load(f)["chat_template"]))
+    for name, template in generic:
         for context in generic_cases():
             cases.append((template, context))
             names.append(name)
@@ -337,7 +344,8 @@ def main():
     failures = compare(args.driver, cases, expect_errors)
     raised = len(expect_errors)
     print(f"{len(cases) - failures}/{len(cases)} real-template renders match jinja2 "
-          f"({raised} of them raise in both); templates: {', '.join(templates)}, qwen-2.5, gemma-3")
+          f"({raised} of them raise in both); templates: {', '.join(templates)}, "
+          f"{', '.join(name for name, _ in generic)}")
     return 1 if failures or len(cases) < 100 else 0
 
 

@@ -1,8 +1,9 @@
 """Golden encodings: every text of tests/data/golden/llama3_encode_golden.jsonl, encoded with the Llama 3.1
-tokenizer by Tessera (tokenizer_driver) and by Python `tokenizers`, which is the arbiter (the golden ids came
-from a JavaScript port). Requires Tessera == Python on every text, with and without add_special_tokens, and the
-same decode (with and without skip_special_tokens, and streamed through IncrementalDetokenizer). Reports how
-many golden lines disagree with Python.
+tokenizer by Tessera (tokenizer_driver) and by Python `tokenizers`. Requires golden == Python == Tessera on every
+text (with add_special_tokens=False, as the golden ids were made; Tessera == Python with it too), and the same
+decode (with and without skip_special_tokens, and streamed through IncrementalDetokenizer). The golden ids are
+asserted, not only reported: two of them (U+FEFF, which a JavaScript port took for whitespace) were wrong for
+months while this test only printed the disagreement.
 
 usage: golden_test.py DRIVER MODEL_DIR GOLDEN_JSONL
 """
@@ -27,9 +28,10 @@ def main():
         if py != g["ids"]:
             disputed.append(i)
             at = first_difference(py, g["ids"])
-            print(f"golden line {i + 1} disagrees with Python tokenizers at id {at}: "
-                  f"golden {g['ids'][at:at + 4]} python {py[at:at + 4]} (Python wins)")
+            print(f"MISMATCH golden line {i + 1} disagrees with Python tokenizers at id {at}: "
+                  f"golden {g['ids'][at:at + 4]} python {py[at:at + 4]}")
     print(f"{len(disputed)} of {len(golden)} golden lines disagree with Python tokenizers")
+    failures += len(disputed)
 
     for add in (False, True):
         ours = run_driver(driver, model_dir, [{"text": t, "add_special_tokens": add} for t in texts])

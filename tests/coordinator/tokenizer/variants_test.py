@@ -1,6 +1,6 @@
 """Byte-level BPE tokenizers other than Llama 3's, built here with Python `tokenizers` (a small BPE trained on the
 test corpus) and saved as tokenizer.json: the GPT-2 ByteLevel pre-tokenizer with and without add_prefix_space,
-Split with every behaviour (and invert, and a literal pattern), ignore_merges, merges saved as pairs, added tokens
+Split with every behaviour (and invert, and a literal pattern), Digits (SmolLM2's), ignore_merges, merges saved as pairs, added tokens
 with single_word / lstrip / rstrip / normalized, and a TemplateProcessing post-processor. Tessera
 (tokenizer_driver) must encode and decode exactly as Python does for each.
 
@@ -20,7 +20,7 @@ from tokenizer_corpus import build_texts, random_unicode_text
 LLAMA_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 PROBES = ["x<sp>y", "<sp><sp>", "hello wor world sword wor", "wor", "a wor.", "a  [L]b", "a[L]b", "a[R]   b",
-          "a[R]b", " [L] [R] ", "norm normal xnormx", "<s>hi</s>", "ab ab  ab\n\nab", "12345 6 78",
+          "a[R]b", " [L] [R] ", "norm normal xnormx", "<s>hi</s>", "ab ab  ab\n\nab", "12345 6 78", "  0 \u00b2 \u0663\u0664 \u2167x 1\u00bd",
           "don't DON'T it's", "  leading and trailing  ", "", " ", "\u180e \u180e", "\u00a0\u3000x"]
 
 
@@ -54,6 +54,12 @@ def variants(base):
     out["llama_split_ignore_merges"] = json.dumps(j)
     j["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in j["model"]["merges"]]
     out["llama_split_string_merges"] = json.dumps(j)
+    for individual in (False, True):  # SmolLM2's pre-tokenizer: numerics split off, then GPT-2's regex
+        t = Tokenizer.from_str(base.to_str())
+        t.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=individual),
+             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+        out[f"digits_individual={individual}_bytelevel"] = t.to_str()
     for behavior in ("removed", "isolated", "merged_with_previous", "merged_with_next", "contiguous"):
         for invert in (False, True):
             for name, pattern in (("regex", Regex(r"\s+|[0-9]")), ("string", "ab")):

@@ -97,6 +97,81 @@ TEST(ModelConfigTest, ParsesLlama3RopeScaling) {
   EXPECT_EQ(c.rope_scaling->original_max_position_embeddings, 8192);
 }
 
+// transformers 5 writes rope_parameters and dtype instead of rope_theta, rope_scaling and torch_dtype.
+Json TransformersV5Config() {
+  Json j = BaseConfig();
+  j.erase("rope_theta");
+  j.erase("torch_dtype");
+  j["dtype"] = "float32";
+  j["rope_parameters"] = {{"rope_theta", 100000.0},  {"rope_type", "llama3"},
+                          {"factor", 8.0},           {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  return j;
+}
+
+TEST(ModelConfigTest, ReadsTransformers5RopeParametersAndDtype) {
+  ASSERT_OK_AND_ASSIGN(ModelConfig c, ParseJson(TransformersV5Config()));
+  EXPECT_DOUBLE_EQ(c.rope_theta, 100000.0);
+  ASSERT_TRUE(c.rope_scaling.has_value());
+  EXPECT_EQ(c.rope_scaling->rope_type, "llama3");
+  EXPECT_DOUBLE_EQ(c.rope_scaling->factor, 8.0);
+  EXPECT_DOUBLE_EQ(c.rope_scaling->high_freq_factor, 4.0);
+  EXPECT_EQ(c.torch_dtype, "float32");
+
+  Json j = TransformersV5Config();
+  j["rope_parameters"] = {{"rope_theta", 100000.0}, {"rope_type", "default"}};
+  ASSERT_OK_AND_ASSIGN(c, ParseJson(j));
+  EXPECT_DOUBLE_EQ(c.rope_theta, 100000.0);
+  EXPECT_FALSE(c.rope_scaling.has_value());
+}
+
+TEST(ModelConfigTest, AcceptsBothRopeFormsWhenTheyAgree) {
+  Json j = TransformersV5Config();
+  j["rope_theta"] = 100000.0;
+  j["torch_dtype"] = "float32";
+  j["rope_scaling"] = j["rope_parameters"];
+  j["rope_scaling"].erase("rope_theta");
+  ASSERT_OK_AND_ASSIGN(ModelConfig c, ParseJson(j));
+  EXPECT_DOUBLE_EQ(c.rope_theta, 100000.0);
+  EXPECT_TRUE(c.rope_scaling.has_value());
+}
+
+TEST(ModelConfigTest, RejectsContradictingRopeForms) {
+  Json j = TransformersV5Config();
+  j["rope_theta"] = 500000.0;
+  ExpectInvalid(j, "rope_parameters.rope_theta=100000 contradicts rope_theta=500000");
+  j = TransformersV5Config();
+  j["rope_scaling"] = nullptr;
+  j["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 32.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}};
+  ExpectInvalid(j, "rope_parameters (llama3 (factor 8");
+  ExpectInvalid(j, "contradicts rope_scaling (llama3 (factor 32");
+  j = TransformersV5Config();
+  j["torch_dtype"] = "bfloat16";
+  ExpectInvalid(j, "dtype=float32 contradicts torch_dtype=bfloat16");
+}
+
+TEST(ModelConfigTest, RejectsMalformedRopeParameters) {
+  Json j = TransformersV5Config();
+  j["rope_parameters"] = 5;
+  ExpectInvalid(j, "rope_parameters must be an object");
+  j = TransformersV5Config();
+  j["rope_parameters"]["rope_type"] = "yarn";
+  ExpectInvalid(j, "rope_parameters.rope_type=\"yarn\" is not supported");
+  j = TransformersV5Config();
+  j["rope_parameters"].erase("factor");
+  ExpectInvalid(j, "missing required field rope_parameters.factor");
+  j = TransformersV5Config();
+  j["rope_parameters"]["rope_theta"] = "big";
+  ExpectInvalid(j, "rope_parameters.rope_theta");
+  j = TransformersV5Config();
+  j["dtype"] = 3;
+  ExpectInvalid(j, "dtype");
+}
+
 TEST(ModelConfigTest, RejectsMissingRequiredFields) {
   for (const char* field :
        {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"}) {
