@@ -16,7 +16,7 @@ struct Subcommand {
   std::function<int()> run;  // exit code: 0 success, 1 error (one line on stderr), 2 bad usage
 };
 
-// make-model, generate.
+// make-model, import-gguf, generate.
 void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands);
 // serve, coordinator, worker.
 void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands);

@@ -1,5 +1,7 @@
-// make-model and generate. generate turns --prompt text and --chat messages into ids with the coordinator's
-// tokenizer and chat template, and hands the worker library a detokenizer for the output text.
+// make-model, import-gguf and generate. generate turns --prompt text and --chat messages into ids with the
+// coordinator's tokenizer and chat template, and hands the worker library a detokenizer for the output text.
+#include <chrono>
+#include <cmath>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -7,11 +9,13 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/chat_template/chat_messages_file.h"
 #include "coordinator/chat_template/model_chat_templates.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "kernels/backend_factory.h"
 #include "kernels/core/status_macros.h"
 #include "tools/commands.h"
+#include "worker/checkpoint/gguf_import.h"
 #include "worker/checkpoint/make_model.h"
 #include "worker/checkpoint/model_presets.h"
 #include "worker/generate_command.h"
@@ -31,14 +35,9 @@ struct GenerateArgs {
 // encoded as apply_chat_template(tokenize=True) does (the template writes bos itself).
 absl::StatusOr<std::vector<int32_t>> ChatPromptIds(const std::string& path, ModelChatTemplates& templates,
                                                    const Tokenizer& tokenizer) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream text;
-  text << in.rdbuf();
-  nlohmann::ordered_json messages = nlohmann::ordered_json::parse(text.str(), nullptr, false);
-  if (!messages.is_array()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON list of messages"));
-  }
+  ASSIGN_OR_RETURN(std::vector<ChatMessageText> chat, ReadChatMessagesFile(path));
+  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+  for (const ChatMessageText& m : chat) messages.push_back({{"role", m.role}, {"content", m.content}});
   nlohmann::ordered_json request = {{"messages", messages}, {"add_generation_prompt", true}};
   auto prompt = templates.Render(request);
   if (!prompt.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", prompt.status().message()));
@@ -99,6 +98,33 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
                         }
                         absl::Status s = MakeModel(*make);
                         return s.ok() ? 0 : Fail("make-model", s);
+                      }});
+
+  auto import = std::make_shared<ImportGgufOptions>();
+  auto import_dtype = std::make_shared<std::string>("bf16");
+  CLI::App* import_cmd =
+      app.add_subcommand("import-gguf", "Convert a llama GGUF file into a Hugging Face snapshot directory");
+  import_cmd->add_option("--gguf", import->gguf_path, "The GGUF file")->required();
+  import_cmd->add_option("--out", import->out_dir, "Output directory (absent or empty)")->required();
+  import_cmd->add_option("--dtype", *import_dtype, "Weight dtype: bf16 or f32")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
+  import_cmd->add_option("--max-shard-bytes", import->max_shard_bytes, "Largest safetensors file")
+      ->capture_default_str();
+  commands.push_back({import_cmd, [import, import_dtype] {
+                        import->dtype = *import_dtype == "f32" ? DType::kF32 : DType::kBF16;
+                        const auto start = std::chrono::steady_clock::now();
+                        absl::StatusOr<ImportGgufResult> r = ImportGguf(*import);
+                        if (!r.ok()) return Fail("import-gguf", r.status());
+                        const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+                        const nlohmann::ordered_json line = {
+                            {"event", "imported"},   {"out", import->out_dir},
+                            {"tensors", r->tensors}, {"bytes", r->bytes},
+                            {"shards", r->shards},   {"seconds", std::round(took.count() * 1000) / 1000}};
+                        std::cout << line.dump(-1, ' ', false,
+                                               nlohmann::ordered_json::error_handler_t::replace)
+                                  << std::endl;
+                        return 0;
                       }});
 
   auto gen = std::make_shared<GenerateArgs>();
