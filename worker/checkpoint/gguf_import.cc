@@ -20,6 +20,7 @@
 #include "worker/checkpoint/gguf_config.h"
 #include "worker/checkpoint/gguf_file.h"
 #include "worker/checkpoint/gguf_tokenizer.h"
+#include "worker/checkpoint/json_fields.h"
 #include "worker/checkpoint/safetensors_writer.h"
 
 namespace tessera {
@@ -136,14 +137,7 @@ absl::Status WriteTensor(const GgufFile& f, const PlannedTensor& t, DType dtype,
   return absl::OkStatus();
 }
 
-absl::Status WriteTextFile(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return absl::ErrnoToStatus(errno, Cat(path.string(), ": cannot create"));
-  out << text;
-  out.close();
-  if (!out) return absl::ErrnoToStatus(errno, Cat(path.string(), ": write failed"));
-  return absl::OkStatus();
-}
+using json_internal::WriteTextFile;
 
 // Writes the safetensors file(s) and, when there are several, model.safetensors.index.json.
 absl::StatusOr<ImportGgufResult> WriteWeights(const GgufFile& f, const std::vector<PlannedTensor>& plan,

@@ -10,7 +10,6 @@
 
 namespace tessera::json_internal {
 
-
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::ErrnoToStatus(errno, Cat(path, ": cannot open"));
@@ -18,6 +17,15 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   ss << in.rdbuf();
   if (in.bad()) return absl::DataLossError(Cat(path, ": read failed"));
   return std::move(ss).str();
+}
+
+absl::Status WriteTextFile(const std::string& path, std::string_view text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return absl::ErrnoToStatus(errno, Cat(path, ": cannot create"));
+  out << text;
+  out.close();
+  if (!out) return absl::ErrnoToStatus(errno, Cat(path, ": write failed"));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Json> ParseJson(std::string_view text, std::string_view source) {

@@ -19,6 +19,9 @@ using Json = nlohmann::json;
 // Reads a whole file. NOT_FOUND when it does not exist; other errno-derived codes name the file.
 [[nodiscard]] absl::StatusOr<std::string> ReadTextFile(const std::string& path);
 
+// Creates or truncates `path` and writes `text`. errno-derived codes naming the file on failure.
+[[nodiscard]] absl::Status WriteTextFile(const std::string& path, std::string_view text);
+
 // Parses `text`. INVALID_ARGUMENT naming `source` and the parser's position on bad JSON.
 [[nodiscard]] absl::StatusOr<Json> ParseJson(std::string_view text, std::string_view source);
 

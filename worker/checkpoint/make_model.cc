@@ -11,11 +11,12 @@
 
 #include "absl/strings/str_format.h"
 #include "kernels/core/status_macros.h"
+#include "kernels/core/str_cat.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/checkpoint/json_fields.h"
 #include "worker/checkpoint/model_config.h"
 #include "worker/checkpoint/model_presets.h"
 #include "worker/checkpoint/safetensors_writer.h"
-#include "kernels/core/str_cat.h"
 
 namespace tessera {
 
@@ -117,14 +118,7 @@ absl::Status WriteRandomTensor(const TensorSpec& spec, uint64_t seed, int thread
   return absl::OkStatus();
 }
 
-absl::Status WriteTextFile(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return absl::ErrnoToStatus(errno, Cat(path.string(), ": cannot create"));
-  out << text;
-  out.close();
-  if (!out) return absl::ErrnoToStatus(errno, Cat(path.string(), ": write failed"));
-  return absl::OkStatus();
-}
+using json_internal::WriteTextFile;
 
 absl::StatusOr<ModelConfig> ResolveConfig(const MakeModelOptions& options) {
   if (options.preset.empty() == options.config_path.empty()) {
