@@ -1,6 +1,7 @@
 // complete: a client of a running Tessera server's gRPC API.
 #include <iostream>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "absl/time/time.h"
 #include "coordinator/complete_command.h"
@@ -30,7 +31,9 @@ int ResolveCompleteArgs(CompleteArgs& args) {
     return 2;
   }
   if (args.chat_opt->count()) {
-    absl::StatusOr<std::vector<ChatMessageText>> chat = ReadChatMessagesFile(args.chat);
+    absl::StatusOr<nlohmann::ordered_json> messages = ReadChatMessagesFile(args.chat);
+    absl::StatusOr<std::vector<ChatMessageText>> chat =
+        messages.ok() ? ChatMessagesAsText(*messages, args.chat) : messages.status();
     if (!chat.ok()) {
       std::cerr << "tessera complete: --chat: " << chat.status().message() << "\n";
       return chat.status().code() == absl::StatusCode::kNotFound ? 1 : 2;

@@ -35,9 +35,7 @@ struct GenerateArgs {
 // encoded as apply_chat_template(tokenize=True) does (the template writes bos itself).
 absl::StatusOr<std::vector<int32_t>> ChatPromptIds(const std::string& path, ModelChatTemplates& templates,
                                                    const Tokenizer& tokenizer) {
-  ASSIGN_OR_RETURN(std::vector<ChatMessageText> chat, ReadChatMessagesFile(path));
-  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
-  for (const ChatMessageText& m : chat) messages.push_back({{"role", m.role}, {"content", m.content}});
+  ASSIGN_OR_RETURN(nlohmann::ordered_json messages, ReadChatMessagesFile(path));
   nlohmann::ordered_json request = {{"messages", messages}, {"add_generation_prompt", true}};
   auto prompt = templates.Render(request);
   if (!prompt.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", prompt.status().message()));

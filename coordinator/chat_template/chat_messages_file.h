@@ -1,7 +1,8 @@
-// A --chat FILE.json of the command-line tools (`generate`, `complete`): a JSON list of {"role", "content"}
-// messages, read and checked once for both.
+// A --chat FILE.json of the command-line tools (`generate`, `complete`): a JSON list of messages, read and
+// checked once for both.
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -14,10 +15,15 @@ struct ChatMessageText {
   std::string content;
 };
 
-// Reads `path`: a JSON array of objects, each with string "role" (non-empty) and string "content"; other
-// keys are ignored. Errors: NOT_FOUND when the file cannot be opened; INVALID_ARGUMENT naming the file and,
-// for a bad message, its index and field (bad JSON, not a list, an empty list, a missing or non-string
-// field).
-[[nodiscard]] absl::StatusOr<std::vector<ChatMessageText>> ReadChatMessagesFile(const std::string& path);
+// Reads `path`: a non-empty JSON array of objects, each with a non-empty string "role"; everything else in a
+// message (content as a string or a list of parts, tool_calls, ...) is kept for the chat template as it is.
+// Errors: NOT_FOUND when the file cannot be opened; INVALID_ARGUMENT naming the file and, for a bad message,
+// its index (bad JSON, not a list, an empty list, a message without a role).
+[[nodiscard]] absl::StatusOr<nlohmann::ordered_json> ReadChatMessagesFile(const std::string& path);
+
+// The messages of ReadChatMessagesFile as {role, content} pairs, the form the gRPC API carries.
+// INVALID_ARGUMENT naming `path` and the message when its content is missing or not a string.
+[[nodiscard]] absl::StatusOr<std::vector<ChatMessageText>> ChatMessagesAsText(
+    const nlohmann::ordered_json& messages, const std::string& path);
 
 }  // namespace tessera
