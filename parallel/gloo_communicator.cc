@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "parallel/grpc_store.h"
+#include "parallel/timeout_error.h"
 
 namespace tessera {
 
@@ -30,22 +31,30 @@ struct GlooCommunicator::Impl {
   absl::Status broken;       // the first error; every later call returns it
   std::vector<float> peers;  // the other ranks' contributions to a direct all-reduce (grows, never shrinks)
 
-  // Runs a Gloo call, turning its exceptions into a Status that names the operation and this rank.
+  // Runs a Gloo call, turning its exceptions into a Status that names the operation and this rank. A timeout
+  // (DEADLINE_EXCEEDED) is a TimeoutError from our own waits and store, or any Gloo exception raised once the
+  // call has run for the timeout (Gloo's own waits and its FileStore throw untyped IoExceptions when their
+  // deadline passes); every other failure is UNAVAILABLE.
   template <typename F>
   absl::Status Guard(const char* op, F&& fn) {
     if (!broken.ok()) return broken;
+    const auto start = std::chrono::steady_clock::now();
+    bool timed_out = false;
+    std::string what;
     try {
       fn();
       return absl::OkStatus();
+    } catch (const TimeoutError& e) {
+      timed_out = true;
+      what = e.what();
     } catch (const std::exception& e) {
-      std::string what = e.what();
-      const bool timed_out =
-          what.find("imed out") != std::string::npos || what.find("imeout") != std::string::npos;
-      std::string message = absl::StrCat("gloo ", op, " on rank ", options.rank, " of group '", options.group,
-                                         "' failed: ", what);
-      broken = timed_out ? absl::DeadlineExceededError(message) : absl::UnavailableError(message);
-      return broken;
+      timed_out = std::chrono::steady_clock::now() - start >= options.timeout;
+      what = e.what();
     }
+    std::string message = absl::StrCat("gloo ", op, " on rank ", options.rank, " of group '", options.group,
+                                       "' failed: ", what);
+    broken = timed_out ? absl::DeadlineExceededError(message) : absl::UnavailableError(message);
+    return broken;
   }
 };
 
@@ -110,7 +119,7 @@ namespace {
 constexpr int64_t kDirectAllReduceBytes = 256 << 10;
 
 void WaitOrThrow(bool completed, const char* what) {
-  if (!completed) throw gloo::IoException(std::string(what) + " timed out");
+  if (!completed) throw TimeoutError(std::string(what) + " timed out");
 }
 
 }  // namespace

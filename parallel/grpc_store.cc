@@ -1,9 +1,9 @@
 #include "parallel/grpc_store.h"
 
-#include <gloo/common/error.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "parallel/timeout_error.h"
 
 namespace tessera {
 namespace {
@@ -12,12 +12,14 @@ void SetDeadline(grpc::ClientContext& context, std::chrono::milliseconds timeout
   context.set_deadline(std::chrono::system_clock::now() + timeout);
 }
 
+// TimeoutError when the call ran past its deadline, gloo::IoException otherwise.
 [[noreturn]] void Throw(const std::string& op, const std::string& what, const std::string& address,
                         const grpc::Status& status) {
-  throw gloo::IoException(
-      absl::StrCat("rendezvous ", op, " of ", what, " at ", address, ": ",
-                   status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ? "timed out: " : "",
-                   status.error_message()));
+  const bool timed_out = status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+  const std::string message = absl::StrCat("rendezvous ", op, " of ", what, " at ", address, ": ",
+                                           timed_out ? "timed out: " : "", status.error_message());
+  if (timed_out) throw TimeoutError(message);
+  throw gloo::IoException(message);
 }
 
 }  // namespace

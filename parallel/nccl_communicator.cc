@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "parallel/grpc_store.h"
+#include "parallel/timeout_error.h"
 
 namespace tessera {
 namespace {
@@ -26,10 +27,6 @@ void Backoff(Clock::time_point start) {
   } else {
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
-}
-
-bool IsTimeout(const std::string& what) {
-  return what.find("imed out") != std::string::npos || what.find("imeout") != std::string::npos;
 }
 
 }  // namespace
@@ -136,6 +133,7 @@ struct NcclCommunicator::Impl {
     }
     if (options.size == 1) return absl::OkStatus();
     const std::string key = absl::StrCat(options.group, "/nccl_unique_id");
+    const Clock::time_point start = Clock::now();
     try {
       std::unique_ptr<gloo::rendezvous::Store> store;
       if (!options.store_address.empty()) {
@@ -156,10 +154,14 @@ struct NcclCommunicator::Impl {
         }
         std::memcpy(&id, value.data(), sizeof(id));
       }
-    } catch (const std::exception& e) {
+    } catch (const TimeoutError& e) {  // the rendezvous store's deadline
+      return absl::DeadlineExceededError(
+          absl::StrCat("nccl rendezvous of '", key, "' on ", Where(), " failed: ", e.what()));
+    } catch (const std::exception& e) {  // Gloo's FileStore signals its timeout untyped: judge by the clock
       const std::string message =
           absl::StrCat("nccl rendezvous of '", key, "' on ", Where(), " failed: ", e.what());
-      return IsTimeout(e.what()) ? absl::DeadlineExceededError(message) : absl::UnavailableError(message);
+      return Clock::now() - start >= options.timeout ? absl::DeadlineExceededError(message)
+                                                     : absl::UnavailableError(message);
     }
     return absl::OkStatus();
   }

@@ -29,10 +29,21 @@ MATCHER_P2(StatusIs, code, message_matcher,
 // Matches a Status or StatusOr whose code equals `code`, whatever its message.
 inline auto StatusIs(absl::StatusCode code) { return StatusIs(code, ::testing::_); }
 
+// Success for an OK Status / StatusOr, else a failure that prints the status. EXPECT_OK / ASSERT_OK use it so
+// that their argument is evaluated once.
+inline ::testing::AssertionResult IsOk(const absl::Status& s) {
+  if (s.ok()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << s;
+}
+template <typename T>
+::testing::AssertionResult IsOk(const absl::StatusOr<T>& s) {
+  return IsOk(s.status());
+}
+
 }  // namespace tessera::testing
 
-#define EXPECT_OK(expr) EXPECT_TRUE(::tessera::testing::GetStatus(expr).ok()) << ::tessera::testing::GetStatus(expr)
-#define ASSERT_OK(expr) ASSERT_TRUE(::tessera::testing::GetStatus(expr).ok()) << ::tessera::testing::GetStatus(expr)
+#define EXPECT_OK(expr) EXPECT_TRUE(::tessera::testing::IsOk(expr))
+#define ASSERT_OK(expr) ASSERT_TRUE(::tessera::testing::IsOk(expr))
 #define ASSERT_OK_AND_ASSIGN(lhs, expr) \
   TESSERA_ASSERT_OK_AND_ASSIGN_IMPL(TESSERA_CONCAT(tessera_assert_statusor_, __LINE__), lhs, expr)
 #define TESSERA_ASSERT_OK_AND_ASSIGN_IMPL(statusor, lhs, expr) \
