@@ -1,6 +1,6 @@
 #include "coordinator/block_manager.h"
 
-#include "kernels/core/check.h"
+#include "core/check.h"
 
 namespace tessera {
 

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <random>
 
-#include "kernels/core/status_macros.h"
-#include "kernels/core/str_cat.h"
+#include "core/status_macros.h"
+#include "core/str_cat.h"
 
 namespace tessera {
 namespace {

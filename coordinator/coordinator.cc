@@ -11,8 +11,8 @@
 #include "coordinator/rendezvous_service.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "coordinator/worker_group.h"
-#include "kernels/core/status_macros.h"
-#include "kernels/core/str_cat.h"
+#include "core/status_macros.h"
+#include "core/str_cat.h"
 
 namespace tessera {
 namespace {

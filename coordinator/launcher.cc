@@ -7,7 +7,7 @@
 
 #include <thread>
 
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 
 namespace tessera {
 namespace {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 #include "tessera/control/v1/control.pb.h"
 
 namespace tessera {

@@ -1,6 +1,6 @@
 #include "coordinator/worker_group.h"
 
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 
 namespace tessera {
 namespace {

@@ -13,7 +13,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "kernels/core/tensor.h"
+#include "core/tensor.h"
 
 namespace tessera {
 

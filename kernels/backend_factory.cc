@@ -5,7 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/core/plugin.h"
+#include "core/plugin.h"
 #include "kernels/cpu/cpu_backend.h"
 #if TESSERA_HAVE_CUDA
 #include "kernels/cuda/cuda_plugin.h"

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <numbers>
 
-#include "kernels/core/check.h"
+#include "core/check.h"
 
 namespace tessera {
 

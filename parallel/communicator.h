@@ -6,7 +6,7 @@
 #pragma once
 
 #include "absl/status/status.h"
-#include "kernels/core/tensor.h"
+#include "core/tensor.h"
 
 namespace tessera {
 

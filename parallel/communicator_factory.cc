@@ -1,7 +1,7 @@
 #include "parallel/communicator_factory.h"
 
 #include "absl/strings/str_cat.h"
-#include "kernels/core/plugin.h"
+#include "core/plugin.h"
 #include "parallel/gloo_communicator.h"
 #include "parallel/nccl_communicator.h"
 

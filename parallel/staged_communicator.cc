@@ -1,7 +1,7 @@
 #include "parallel/staged_communicator.h"
 
-#include "kernels/core/check.h"
-#include "kernels/core/dtype.h"
+#include "core/check.h"
+#include "core/dtype.h"
 
 namespace tessera {
 

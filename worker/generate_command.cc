@@ -15,10 +15,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/npy.h"
+#include "core/resource_usage.h"
+#include "core/status_macros.h"
 #include "kernels/backend_factory.h"
-#include "kernels/core/npy.h"
-#include "kernels/core/resource_usage.h"
-#include "kernels/core/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/gloo_communicator.h"
 #include "parallel/parallel_config.h"
@@ -35,17 +35,6 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 }
 
 }  // namespace
-
-absl::Status ParsePrefillPrecision(const std::string& text, PrefillPrecision& precision) {
-  if (text == "exact") {
-    precision = PrefillPrecision::kSplitBf16;
-  } else if (text == "bf16") {
-    precision = PrefillPrecision::kBf16;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("--prefill-precision '", text, "' is not exact or bf16"));
-  }
-  return absl::OkStatus();
-}
 
 absl::Status ParseTokenIds(const std::string& text, std::vector<int32_t>& ids) {
   ids.clear();
@@ -118,13 +107,11 @@ absl::StatusOr<RankRun> GenerateOnRank(const GenerateOptions& options, const Par
   if (world > 1) {
     const int tp_rank = parallel.TpRank(rank), pp_rank = parallel.PpRank(rank);
     if (parallel.tp_size() > 1) {
-      ASSIGN_OR_RETURN(auto group,
-                       JoinGroup(store, parallel.TpGroupName(rank), tp_rank, parallel.tp_size()));
+      ASSIGN_OR_RETURN(auto group, JoinGroup(store, parallel.TpGroupName(rank), tp_rank, parallel.tp_size()));
       tp_group = device_group(std::move(group));
     }
     if (parallel.pp_size() > 1) {
-      ASSIGN_OR_RETURN(auto group,
-                       JoinGroup(store, parallel.PpGroupName(rank), pp_rank, parallel.pp_size()));
+      ASSIGN_OR_RETURN(auto group, JoinGroup(store, parallel.PpGroupName(rank), pp_rank, parallel.pp_size()));
       pp_group = device_group(std::move(group));
     }
     ASSIGN_OR_RETURN(world_group, JoinGroup(store, "world", rank, world));

@@ -48,9 +48,6 @@ struct GenerateOptions {
 // outside the vocabulary (naming the prompt); UNAVAILABLE when a rank fails.
 [[nodiscard]] absl::Status RunGenerate(const GenerateOptions& options, std::ostream& out, std::ostream& err);
 
-// Parses "exact" or "bf16". Errors: INVALID_ARGUMENT naming the value.
-[[nodiscard]] absl::Status ParsePrefillPrecision(const std::string& text, PrefillPrecision& precision);
-
 // Parses "128000,9906,11" into ids. Errors: INVALID_ARGUMENT naming the bad element.
 [[nodiscard]] absl::Status ParseTokenIds(const std::string& text, std::vector<int32_t>& ids);
 

@@ -1,7 +1,7 @@
 #include "worker/kv_cache.h"
 
 #include "absl/strings/str_cat.h"
-#include "kernels/core/status_macros.h"
+#include "core/status_macros.h"
 
 namespace tessera {
 

@@ -7,8 +7,8 @@
 #include <cstring>
 #include <string>
 
-#include "kernels/core/status_macros.h"
-#include "kernels/core/str_cat.h"
+#include "core/status_macros.h"
+#include "core/str_cat.h"
 
 namespace tessera {
 namespace {

@@ -10,13 +10,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/resource_usage.h"
+#include "core/status_macros.h"
 #include "kernels/backend_factory.h"
-#include "kernels/core/resource_usage.h"
-#include "kernels/core/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/communicator_factory.h"
 #include "parallel/staged_communicator.h"
-#include "worker/generate_command.h"
 
 namespace tessera {
 namespace {

@@ -4,7 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator/chat_template/operators.h"
 #include "coordinator/chat_template/py_text.h"
-#include "kernels/core/status_macros.h"
+#include "core/status_macros.h"
 
 namespace tessera::jinja {
 namespace {

@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 
 namespace tessera {
 

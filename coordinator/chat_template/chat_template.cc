@@ -5,7 +5,7 @@
 #include "coordinator/chat_template/interpreter.h"
 #include "coordinator/chat_template/lexer.h"
 #include "coordinator/chat_template/parser.h"
-#include "kernels/core/status_macros.h"
+#include "core/status_macros.h"
 
 namespace tessera {
 

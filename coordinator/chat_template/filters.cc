@@ -11,7 +11,7 @@
 #include "coordinator/chat_template/json_dump.h"
 #include "coordinator/chat_template/operators.h"
 #include "coordinator/chat_template/py_text.h"
-#include "kernels/core/status_macros.h"
+#include "core/status_macros.h"
 
 namespace tessera::jinja {
 namespace {

@@ -3,7 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator/chat_template/builtins.h"
 #include "coordinator/chat_template/parser_internal.h"
-#include "kernels/core/status_macros.h"
+#include "core/status_macros.h"
 
 namespace tessera::jinja {
 namespace {

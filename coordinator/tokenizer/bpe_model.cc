@@ -5,7 +5,7 @@
 #include <functional>
 
 #include "coordinator/tokenizer/utf8.h"
-#include "kernels/core/status_macros.h"
+#include "core/status_macros.h"
 
 namespace tessera::tokenizer_internal {
 namespace {

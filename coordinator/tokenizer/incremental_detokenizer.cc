@@ -4,7 +4,7 @@
 #include <algorithm>
 
 #include "coordinator/tokenizer/utf8.h"
-#include "kernels/core/status_macros.h"
+#include "core/status_macros.h"
 
 namespace tessera {
 

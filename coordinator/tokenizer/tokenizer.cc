@@ -11,11 +11,10 @@
 #include "coordinator/tokenizer/pre_tokenizer.h"
 #include "coordinator/tokenizer/tokenizer_json.h"
 #include "coordinator/tokenizer/utf8.h"
-#include "kernels/core/status_macros.h"
+#include "core/status_macros.h"
 
 namespace tessera {
 namespace {
-
 
 constexpr uint8_t kKnown = 1;
 constexpr uint8_t kSpecial = 2;

@@ -6,7 +6,7 @@
 
 #include "coordinator/tokenizer/json_scanner.h"
 #include "coordinator/tokenizer/utf8.h"
-#include "kernels/core/status_macros.h"
+#include "core/status_macros.h"
 
 namespace tessera::tokenizer_internal {
 namespace {

@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 
 namespace tessera::tokenizer_internal {
 

@@ -10,7 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/core/check.h"
+#include "core/check.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/rope.h"
 

@@ -11,8 +11,8 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/linear.h"
-#include "kernels/cpu/sampler.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/sampler.h"
 
 namespace tessera {
 

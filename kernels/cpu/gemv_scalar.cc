@@ -1,7 +1,7 @@
 // Portable GEMV kernel (no SIMD assumptions) and the run-time ISA choice.
 #include <cstring>
 
-#include "kernels/core/dtype.h"
+#include "core/dtype.h"
 #include "kernels/cpu/gemv.h"
 
 namespace tessera {

@@ -4,9 +4,22 @@
 #include <cstdio>
 #include <utility>
 
-#include "kernels/core/check.h"
+#include "core/check.h"
+#include "core/str_cat.h"
 
 namespace tessera {
+
+absl::Status ParsePrefillPrecision(const std::string& text, PrefillPrecision& precision) {
+  if (text == "exact") {
+    precision = PrefillPrecision::kSplitBf16;
+  } else if (text == "bf16") {
+    precision = PrefillPrecision::kBf16;
+  } else {
+    return absl::InvalidArgumentError(Cat("--prefill-precision '", text, "' is not exact or bf16"));
+  }
+  return absl::OkStatus();
+}
+
 namespace {
 
 // Crossover between the GEMV kernels and oneDNN, measured with `kernels_bench --crossover` on the Llama 3.2

@@ -6,8 +6,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/cpu/gemv.h"
 #include "kernels/cpu/onednn_matmul.h"
@@ -24,6 +26,10 @@ enum class PrefillPrecision {
   // max |y|, at twice the arithmetic. GEMV up to M = 256 by default (it is as fast up to there).
   kSplitBf16,
 };
+
+// Parses "exact" (kSplitBf16) or "bf16" (kBf16), the spelling of --prefill-precision and of AssignShard.
+// Errors: INVALID_ARGUMENT naming the value.
+[[nodiscard]] absl::Status ParsePrefillPrecision(const std::string& text, PrefillPrecision& precision);
 
 struct LinearOptions {
   // Largest M that takes the GEMV path; larger M goes to oneDNN. < 0: the measured default for the precision

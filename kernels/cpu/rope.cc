@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "kernels/core/check.h"
+#include "core/check.h"
 
 namespace tessera {
 

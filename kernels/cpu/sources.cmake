@@ -12,7 +12,6 @@ target_sources(tessera_kernels PRIVATE
   ${TESSERA_CPU_DIR}/linear.cc
   ${TESSERA_CPU_DIR}/onednn_matmul.cc
   ${TESSERA_CPU_DIR}/rope.cc
-  ${TESSERA_CPU_DIR}/sampler.cc
   ${TESSERA_CPU_DIR}/thread_pool.cc)
 set_source_files_properties(${TESSERA_CPU_DIR}/gemv_avx2.cc PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
 set_source_files_properties(${TESSERA_CPU_DIR}/gemv_avx512.cc ${TESSERA_CPU_DIR}/attention_avx512.cc

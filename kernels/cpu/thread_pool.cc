@@ -10,7 +10,7 @@
 #include <chrono>
 #include <climits>
 
-#include "kernels/core/check.h"
+#include "core/check.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

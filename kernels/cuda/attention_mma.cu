@@ -21,7 +21,7 @@
 #include <climits>
 #include <cstdint>
 
-#include "kernels/core/check.h"
+#include "core/check.h"
 #include "kernels/cuda/cuda_kernels.h"
 
 namespace tessera::cuda {

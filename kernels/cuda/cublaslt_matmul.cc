@@ -9,8 +9,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/core/check.h"
-#include "kernels/core/status_macros.h"
+#include "core/check.h"
+#include "core/status_macros.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_resources.h"
 

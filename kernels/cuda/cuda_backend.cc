@@ -11,14 +11,14 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/core/check.h"
-#include "kernels/core/status_macros.h"
-#include "kernels/cpu/sampler.h"
+#include "core/check.h"
+#include "core/status_macros.h"
 #include "kernels/cuda/cublaslt_matmul.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_resources.h"
 #include "kernels/rope_inv_freq.h"
+#include "kernels/sampler.h"
 
 namespace tessera {
 namespace {

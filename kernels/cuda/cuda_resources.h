@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
-#include "kernels/core/tensor.h"
+#include "core/tensor.h"
 
 namespace tessera {
 

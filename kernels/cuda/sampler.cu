@@ -1,4 +1,4 @@
-// Sampling, one 1024-thread block per row, with the CPU sampler's semantics (kernels/cpu/sampler.h):
+// Sampling, one 1024-thread block per row, with the CPU sampler's semantics (kernels/sampler.h):
 // greedy = first index of the maximum; otherwise p_i = exp((l_i - max) / T) in fp64, top-k (ties to the lower
 // id), then top-p over the top-k set, then an inverse-CDF draw with the host's SampleUniform(seed, step).
 //

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "coordinator/engine.h"
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 
 namespace tessera::testing {
 

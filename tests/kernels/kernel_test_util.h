@@ -12,8 +12,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "kernels/core/dtype.h"
-#include "kernels/core/status_macros.h"
+#include "core/dtype.h"
+#include "core/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/util/status_matchers.h"
 

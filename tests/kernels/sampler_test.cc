@@ -1,7 +1,7 @@
 // Sampling: greedy ties, determinism in (seed, step), independence from other rows, top-k / top-p support,
 // and the empirical distribution against softmax (chi-square with a generous bound: the 99.99th percentile
 // of chi-square with 5 degrees of freedom is ~25.7; we allow 30).
-#include "kernels/cpu/sampler.h"
+#include "kernels/sampler.h"
 
 #include <cmath>
 #include <map>

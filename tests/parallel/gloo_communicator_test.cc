@@ -16,8 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/dtype.h"
 #include "kernels/backend_factory.h"
-#include "kernels/core/dtype.h"
 #include "parallel/staged_communicator.h"
 #include "tests/util/status_matchers.h"
 #include "tests/util/test_env.h"

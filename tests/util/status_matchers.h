@@ -6,7 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "kernels/core/status_macros.h"
+#include "core/status_macros.h"
 
 namespace tessera::testing {
 

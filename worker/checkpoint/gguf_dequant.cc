@@ -6,8 +6,8 @@
 
 #include <cstring>
 
-#include "kernels/core/check.h"
-#include "kernels/core/dtype.h"
+#include "core/check.h"
+#include "core/dtype.h"
 
 namespace tessera {
 namespace {

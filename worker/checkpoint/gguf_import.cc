@@ -14,8 +14,8 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "kernels/core/status_macros.h"
-#include "kernels/core/str_cat.h"
+#include "core/status_macros.h"
+#include "core/str_cat.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/checkpoint/gguf_config.h"
 #include "worker/checkpoint/gguf_file.h"

@@ -9,7 +9,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
-#include "kernels/core/dtype.h"
+#include "core/dtype.h"
 
 namespace tessera {
 

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "kernels/core/status_macros.h"
-#include "kernels/core/str_cat.h"
+#include "core/status_macros.h"
+#include "core/str_cat.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/checkpoint/json_fields.h"
 #include "worker/checkpoint/model_config.h"

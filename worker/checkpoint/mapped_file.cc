@@ -8,7 +8,7 @@
 #include <cerrno>
 #include <utility>
 
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 
 namespace tessera {
 

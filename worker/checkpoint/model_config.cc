@@ -3,8 +3,8 @@
 #include <charconv>
 #include <filesystem>
 
-#include "kernels/core/status_macros.h"
-#include "kernels/core/str_cat.h"
+#include "core/status_macros.h"
+#include "core/str_cat.h"
 #include "worker/checkpoint/json_fields.h"
 
 namespace tessera {

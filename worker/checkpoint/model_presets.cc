@@ -1,7 +1,7 @@
 #include "worker/checkpoint/model_presets.h"
 
 #include "absl/strings/str_join.h"
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 
 namespace tessera {
 

@@ -6,8 +6,8 @@
 #include <utility>
 
 #include "absl/strings/str_join.h"
-#include "kernels/core/status_macros.h"
-#include "kernels/core/str_cat.h"
+#include "core/status_macros.h"
+#include "core/str_cat.h"
 
 namespace tessera {
 

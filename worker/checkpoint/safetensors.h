@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "kernels/core/dtype.h"
+#include "core/dtype.h"
 #include "worker/checkpoint/mapped_file.h"
 
 namespace tessera {

@@ -12,7 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "kernels/core/dtype.h"
+#include "core/dtype.h"
 
 namespace tessera {
 

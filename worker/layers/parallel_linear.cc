@@ -1,6 +1,6 @@
 #include "worker/layers/parallel_linear.h"
 
-#include "kernels/core/status_macros.h"
+#include "core/status_macros.h"
 
 namespace tessera {
 

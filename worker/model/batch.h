@@ -1,13 +1,13 @@
-// The inputs of one forward step in vLLM's flattened layout: the new tokens of every scheduled sequence in one
-// array, with per-sequence offsets, positions, block tables and KV slots (kernels' AttentionMeta), plus the
-// rows whose logits are wanted (each sequence's last new token).
+// The inputs of one forward step in vLLM's flattened layout: the new tokens of every scheduled sequence in
+// one array, with per-sequence offsets, positions, block tables and KV slots (kernels' AttentionMeta), plus
+// the rows whose logits are wanted (each sequence's last new token).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "core/tensor.h"
 #include "kernels/backend.h"
-#include "kernels/core/tensor.h"
 
 namespace tessera {
 

@@ -7,7 +7,7 @@
 #include <numeric>
 #include <string>
 
-#include "kernels/cpu/sampler.h"
+#include "kernels/sampler.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "tests/util/status_matchers.h"
 
@@ -208,7 +208,8 @@ const char* KernelName(AttentionKernel kernel) {
 
 // One attention step: sequences with (cached, new) token counts, random bf16 caches of block_size `bs` over
 // shuffled blocks, checked against the CPU on each of the fixture's backends. A `stated_max_seq_len` larger
-// than the longest context is what a step graph passes (captured for the longest context a sequence can have).
+// than the longest context is what a step graph passes (captured for the longest context a sequence can
+// have).
 void CheckAttention(CudaAttentionTest& t, const std::vector<std::pair<int, int>>& seqs, int nkv, int group,
                     int hd, int bs = 16, int stated_max_seq_len = 0) {
   const int nq = nkv * group;

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/core/dtype.h"
+#include "core/dtype.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "tests/kernels/kernel_test_util.h"

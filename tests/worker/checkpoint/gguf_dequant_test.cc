@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/core/dtype.h"
+#include "core/dtype.h"
 
 namespace tessera {
 namespace {

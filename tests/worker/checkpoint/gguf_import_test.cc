@@ -13,7 +13,7 @@
 #include <random>
 
 #include "absl/strings/str_format.h"
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 #include "tests/util/status_matchers.h"
 #include "tests/worker/checkpoint/gguf_test_builder.h"
 #include "tests/worker/checkpoint/test_files.h"

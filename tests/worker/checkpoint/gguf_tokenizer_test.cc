@@ -10,7 +10,7 @@
 
 #include "coordinator/chat_template/model_chat_templates.h"
 #include "coordinator/tokenizer/tokenizer.h"
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 #include "tests/util/status_matchers.h"
 #include "tests/worker/checkpoint/gguf_test_builder.h"
 #include "tests/worker/checkpoint/test_files.h"

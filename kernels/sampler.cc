@@ -1,10 +1,10 @@
 // Token sampling (see sampler.h).
-#include "kernels/cpu/sampler.h"
+#include "kernels/sampler.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/core/check.h"
+#include "core/check.h"
 
 namespace tessera {
 namespace {

@@ -1,10 +1,10 @@
-#include "kernels/core/units.h"
+#include "core/units.h"
 
 #include <cctype>
 #include <limits>
 #include <string>
 
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 
 namespace tessera {
 namespace {

@@ -8,8 +8,8 @@
 #include <string>
 #include <utility>
 
-#include "kernels/core/check.h"
-#include "kernels/core/dtype.h"
+#include "core/check.h"
+#include "core/dtype.h"
 
 namespace tessera {
 

@@ -1,4 +1,4 @@
-#include "kernels/core/plugin.h"
+#include "core/plugin.h"
 
 #include <dlfcn.h>
 #include <unistd.h>
@@ -8,7 +8,7 @@
 #include <map>
 #include <mutex>
 
-#include "kernels/core/str_cat.h"
+#include "core/str_cat.h"
 
 namespace tessera {
 
