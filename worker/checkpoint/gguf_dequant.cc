@@ -124,6 +124,34 @@ void DequantQ6_K(const uint8_t* b, float* y) {
   }
 }
 
+// Each supported type's block geometry and, for the block-quantized ones, its block dequantizer: the one
+// table BlockLayout and DequantizeRow read.
+struct TypeInfo {
+  GgmlType type;
+  GgmlBlockLayout layout;
+  void (*dequant_block)(const uint8_t*, float*);  // null for F32 / F16 / BF16 (element by element)
+};
+
+constexpr TypeInfo kTypes[] = {
+    {GgmlType::kF32, {1, 4}, nullptr},
+    {GgmlType::kF16, {1, 2}, nullptr},
+    {GgmlType::kBF16, {1, 2}, nullptr},
+    {GgmlType::kQ4_0, {kQK, 2 + kQK / 2}, DequantQ4_0},
+    {GgmlType::kQ4_1, {kQK, 4 + kQK / 2}, DequantQ4_1},
+    {GgmlType::kQ8_0, {kQK, 2 + kQK}, DequantQ8_0},
+    {GgmlType::kQ4_K, {kQKK, 4 + 12 + kQKK / 2}, DequantQ4_K},
+    {GgmlType::kQ5_K, {kQKK, 4 + 12 + kQKK / 8 + kQKK / 2}, DequantQ5_K},
+    {GgmlType::kQ6_K, {kQKK, kQKK / 2 + kQKK / 4 + kQKK / 16 + 2}, DequantQ6_K},
+};
+
+const TypeInfo& Info(GgmlType type) {
+  for (const TypeInfo& info : kTypes) {
+    if (info.type == type) return info;
+  }
+  TESSERA_CHECK(!"unhandled GgmlType");
+  return kTypes[0];
+}
+
 }  // namespace
 
 std::optional<GgmlType> GgmlTypeFromCode(uint32_t code) {
@@ -143,30 +171,7 @@ std::optional<GgmlType> GgmlTypeFromCode(uint32_t code) {
   }
 }
 
-GgmlBlockLayout BlockLayout(GgmlType type) {
-  switch (type) {
-    case GgmlType::kF32:
-      return {1, 4};
-    case GgmlType::kF16:
-      return {1, 2};
-    case GgmlType::kBF16:
-      return {1, 2};
-    case GgmlType::kQ4_0:
-      return {kQK, 2 + kQK / 2};
-    case GgmlType::kQ4_1:
-      return {kQK, 4 + kQK / 2};
-    case GgmlType::kQ8_0:
-      return {kQK, 2 + kQK};
-    case GgmlType::kQ4_K:
-      return {kQKK, 4 + 12 + kQKK / 2};
-    case GgmlType::kQ5_K:
-      return {kQKK, 4 + 12 + kQKK / 8 + kQKK / 2};
-    case GgmlType::kQ6_K:
-      return {kQKK, kQKK / 2 + kQKK / 4 + kQKK / 16 + 2};
-  }
-  TESSERA_CHECK(!"unhandled GgmlType");
-  return {};
-}
+GgmlBlockLayout BlockLayout(GgmlType type) { return Info(type).layout; }
 
 std::string_view GgmlTypeName(uint32_t code) {
   static constexpr std::string_view kNames[] = {
@@ -203,29 +208,7 @@ void DequantizeRow(GgmlType type, const char* data, int64_t n, float* out) {
     default:
       break;
   }
-  void (*block_fn)(const uint8_t*, float*) = nullptr;
-  switch (type) {
-    case GgmlType::kQ4_0:
-      block_fn = DequantQ4_0;
-      break;
-    case GgmlType::kQ4_1:
-      block_fn = DequantQ4_1;
-      break;
-    case GgmlType::kQ8_0:
-      block_fn = DequantQ8_0;
-      break;
-    case GgmlType::kQ4_K:
-      block_fn = DequantQ4_K;
-      break;
-    case GgmlType::kQ5_K:
-      block_fn = DequantQ5_K;
-      break;
-    case GgmlType::kQ6_K:
-      block_fn = DequantQ6_K;
-      break;
-    default:
-      TESSERA_CHECK(!"unhandled GgmlType");
-  }
+  void (*block_fn)(const uint8_t*, float*) = Info(type).dequant_block;
   for (int64_t blk = 0; blk < n / layout.block_size; ++blk) {
     block_fn(p + blk * layout.type_size, out + blk * layout.block_size);
   }
