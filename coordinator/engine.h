@@ -28,19 +28,23 @@ struct GenerationRequest {
   SamplingParams sampling;              // choice i samples with seed + i
   std::vector<int32_t> stop_token_ids;  // ends a choice (kStop) when sampled; eos ids are included by the caller
   int n = 1;                            // choices
+  bool return_logits = false;           // OnLogits before each OnToken (tools and tests: a vocab row each)
 };
 
 enum class FinishReason { kLength, kStop };
 
-// Receives one request's events, always on the engine's thread, in order: OnToken for each choice's tokens,
-// OnChoiceEnd once per choice, then OnDone once. Implementations must return quickly (hand off to another
-// thread); they must not call back into the Engine.
+// Receives one request's events in order, one call at a time, never under the engine's lock: OnToken for each
+// choice's tokens, OnChoiceEnd once per choice, then OnDone once. Implementations must return quickly (hand off
+// to another thread); they must not call back into the Engine.
 class GenerationObserver {
  public:
   virtual ~GenerationObserver() = default;
   // A new token of choice `index`. Returning true ends the choice here with kStop (a stop string matched);
   // the token counts as generated.
   virtual bool OnToken(int index, int32_t token) = 0;
+  // With GenerationRequest::return_logits: the float32 logits (`size` = the vocabulary) that choice `index`'s
+  // next token is drawn from, just before that OnToken.
+  virtual void OnLogits(int /*index*/, const float* /*values*/, int64_t /*size*/) {}
   // `reason` is kStop for a stop token id / eos (the token was passed to OnToken) or a stop string.
   virtual void OnChoiceEnd(int index, FinishReason reason) = 0;
   // The request is over: OK after every choice ended; CANCELLED after Cancel; UNAVAILABLE when a worker
