@@ -44,11 +44,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
   group.heartbeat_interval = options.heartbeat_interval;
   group.heartbeat_timeout = options.heartbeat_timeout;
   c->workers_ = std::make_unique<WorkerGroup>(
-      group,
-      [self](const control::v1::StepResult& result) {
-        self->scheduler_->OnStepResult(result.step_id(), {result.tokens().begin(), result.tokens().end()},
-                                       result.worker_seconds());
-      },
+      group, [self](const control::v1::StepResult& result) { self->scheduler_->OnStepResult(result); },
       [self](const absl::Status& status) { self->OnFailure(status); });
   SchedulerOptions scheduler = options.scheduler;
   scheduler.max_steps_in_flight = c->parallel_.pp_size() > 1 ? c->parallel_.pp_size() : 1;
@@ -77,10 +73,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
 absl::Status Coordinator::BringUp() {
   const int world = parallel_.world_size();
   const auto t0 = Clock::now();
-  log_ << "coordinator: waiting for " << world << " workers on port " << port_ << "\n";
+  Log(Cat("coordinator: waiting for ", world, " workers on port ", port_));
   RETURN_IF_ERROR(workers_->WaitForWorkers(options_.startup_timeout));
-  log_ << "coordinator: " << world << " workers joined in " << SecondsSince(t0) << " s ("
-       << parallel_.ToString() << ")\n";
+  Log(Cat("coordinator: ", world, " workers joined in ", SecondsSince(t0), " s (", parallel_.ToString(),
+          ")"));
   const ServedModel& model = options_.model;
   const SchedulerOptions& limits = options_.scheduler;
   RETURN_IF_ERROR(workers_
@@ -131,10 +127,10 @@ absl::Status Coordinator::BringUp() {
                                                              },
                                                              options_.startup_timeout));
   for (int rank = 0; rank < world; ++rank) {
-    log_ << "coordinator: rank " << rank << " loaded its shard in " << loaded[rank].seconds() << " s ("
-         << loaded[rank].bytes_read() << " bytes read, peak RSS " << loaded[rank].peak_rss_bytes() << ")\n";
+    Log(Cat("coordinator: rank ", rank, " loaded its shard in ", loaded[rank].seconds(), " s (",
+            loaded[rank].bytes_read(), " bytes read, peak RSS ", loaded[rank].peak_rss_bytes(), ")"));
   }
-  log_ << "coordinator: every shard loaded in " << SecondsSince(t_load) << " s\n";
+  Log(Cat("coordinator: every shard loaded in ", SecondsSince(t_load), " s"));
   ASSIGN_OR_RETURN(std::vector<control::v1::Ack> profiled,
                    workers_->RunPhase(
                        [&](int) {
@@ -145,6 +141,7 @@ absl::Status Coordinator::BringUp() {
                        options_.startup_timeout));
   int num_blocks = profiled[0].max_kv_blocks();
   for (const auto& ack : profiled) num_blocks = std::min(num_blocks, ack.max_kv_blocks());
+  if (options_.max_kv_blocks > 0) num_blocks = std::min(num_blocks, options_.max_kv_blocks);
   if (num_blocks <= 0) {
     return absl::ResourceExhaustedError(Cat("the KV cache budget holds no block of ",
                                             profiled[0].kv_block_bytes(),
@@ -161,21 +158,39 @@ absl::Status Coordinator::BringUp() {
                       .status());
   scheduler_->Activate(num_blocks);
   server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
-  log_ << "coordinator: serving " << model.id << " with " << num_blocks << " KV blocks per rank ("
-       << num_blocks * int64_t{16} << " tokens) after " << SecondsSince(t0) << " s\n";
+  Log(Cat("coordinator: serving ", model.id, " with ", num_blocks, " KV blocks per rank (",
+          num_blocks * int64_t{16}, " tokens) after ", SecondsSince(t0), " s"));
   return absl::OkStatus();
 }
 
+void Coordinator::Log(const std::string& line) {
+  absl::MutexLock lock(&log_mu_);
+  log_ << line << "\n" << std::flush;
+}
+
+absl::StatusOr<std::vector<control::v1::Ack>> Coordinator::DrainWorkers(std::chrono::milliseconds timeout) {
+  return workers_->RunPhase(
+      [](int) {
+        CoordinatorMessage m;
+        m.mutable_drain();
+        return m;
+      },
+      timeout);
+}
+
 void Coordinator::OnFailure(const absl::Status& status) {
-  log_ << "coordinator: " << status.message() << "; not serving\n";
+  Log(Cat("coordinator: ", status.message(), "; not serving"));
   if (scheduler_ != nullptr) scheduler_->Fail(status);
   if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
 }
 
 void Coordinator::Shutdown(std::chrono::milliseconds grace) {
   {
-    std::lock_guard<std::mutex> lock(shutdown_mu_);
-    if (shut_down_) return;
+    absl::MutexLock lock(&shutdown_mu_);
+    if (shut_down_) {
+      shutdown_mu_.Await(absl::Condition(&shutdown_done_));
+      return;
+    }
     shut_down_ = true;
   }
   if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
@@ -184,6 +199,8 @@ void Coordinator::Shutdown(std::chrono::milliseconds grace) {
   if (rendezvous_ != nullptr) rendezvous_->Shutdown();
   if (server_ != nullptr)
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  absl::MutexLock lock(&shutdown_mu_);
+  shutdown_done_ = true;
 }
 
 }  // namespace tessera

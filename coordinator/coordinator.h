@@ -9,10 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/served_model.h"
 #include "parallel/parallel_config.h"
+#include "tessera/control/v1/control.pb.h"
 
 namespace grpc {
 class Server;
@@ -35,6 +38,7 @@ struct CoordinatorOptions {
   // How workers reach this server's rendezvous store (HOST; the port is the listening one).
   std::string advertise_host = "127.0.0.1";
   int64_t kv_cache_memory = 0;  // bytes per rank; 0 = each worker decides
+  int max_kv_blocks = 0;        // at most this many KV blocks per rank (what a batch needs); 0 = no bound
   int threads_per_worker = 0;   // 0 = each worker's share of its cores
   std::string prefill_precision = "exact";
   int graph_max_batch = -1;    // decode graphs up to this batch; 0 = never; -1 = each worker's default
@@ -58,14 +62,19 @@ class Coordinator {
   ~Coordinator();
 
   int port() const { return port_; }
+  const CoordinatorOptions& options() const { return options_; }
   const ParallelConfig& parallel() const { return parallel_; }
 
   // Waits for every worker, then runs assign shard, init comm, load weights, profile memory and allocate KV
   // cache on all of them, and starts serving (health SERVING). Errors: the first failure, naming the rank;
   // CANCELLED when Shutdown is called meanwhile.
   [[nodiscard]] absl::Status BringUp();
+  // Waits until every worker has finished the steps sent so far (a drain) and returns each rank's Ack, by
+  // rank (peak_rss_bytes: its peak resident set). Errors: as WorkerGroup::RunPhase.
+  [[nodiscard]] absl::StatusOr<std::vector<control::v1::Ack>> DrainWorkers(std::chrono::milliseconds timeout);
   // Stops everything: requests end with UNAVAILABLE, workers are told to shut down (up to `grace` for them to
-  // leave), the server stops. Idempotent; thread-safe.
+  // leave), the server stops. Idempotent; thread-safe: a call while another is in progress returns when that
+  // one has finished (so that the caller may then destroy the coordinator).
   void Shutdown(std::chrono::milliseconds grace);
 
   Scheduler& scheduler() { return *scheduler_; }
@@ -73,10 +82,13 @@ class Coordinator {
  private:
   Coordinator(const CoordinatorOptions& options, ParallelConfig parallel, std::ostream& log);
   void OnFailure(const absl::Status& status);
+  // Writes one line to the log (callers on several threads: bring-up, failure handler).
+  void Log(const std::string& line);
 
   const CoordinatorOptions options_;
   const ParallelConfig parallel_;
-  std::ostream& log_;
+  absl::Mutex log_mu_;
+  std::ostream& log_ ABSL_GUARDED_BY(log_mu_);
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::unique_ptr<WorkerGroup> workers_;
   std::unique_ptr<Scheduler> scheduler_;
@@ -85,8 +97,9 @@ class Coordinator {
   std::unique_ptr<ModelService> models_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
-  std::mutex shutdown_mu_;
-  bool shut_down_ = false;
+  absl::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;      // a Shutdown began
+  bool shutdown_done_ ABSL_GUARDED_BY(shutdown_mu_) = false;  // ... and finished
 };
 
 }  // namespace tessera

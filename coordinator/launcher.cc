@@ -55,7 +55,7 @@ absl::StatusOr<std::unique_ptr<LocalWorkers>> LocalWorkers::Start(const std::str
 LocalWorkers::~LocalWorkers() { Stop(std::chrono::milliseconds(2000)); }
 
 std::vector<pid_t> LocalWorkers::pids() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return pids_;
 }
 
@@ -84,8 +84,8 @@ bool LocalWorkers::ReapLocked() {
 }
 
 void LocalWorkers::Stop(std::chrono::milliseconds grace) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto wait_for = [&](std::chrono::milliseconds limit) {
+  absl::MutexLock lock(&mu_);
+  auto wait_for = [&](std::chrono::milliseconds limit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const auto end = std::chrono::steady_clock::now() + limit;
     while (!ReapLocked()) {
       if (std::chrono::steady_clock::now() >= end) return false;

@@ -6,12 +6,14 @@
 #include <sys/types.h>
 
 #include <chrono>
-#include <mutex>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 
 namespace tessera {
 
@@ -26,17 +28,17 @@ class LocalWorkers {
 
   // Waits up to `grace` for the processes to exit by themselves, then sends SIGTERM, waits 2 s more, then
   // SIGKILL; reaps every one. Idempotent.
-  void Stop(std::chrono::milliseconds grace);
+  void Stop(std::chrono::milliseconds grace) ABSL_LOCKS_EXCLUDED(mu_);
   // The pids, by rank (0 once reaped).
-  std::vector<pid_t> pids() const;
+  std::vector<pid_t> pids() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   LocalWorkers(std::vector<pid_t> pids, std::ostream& log) : pids_(std::move(pids)), log_(log) {}
   // Reaps the children that have exited, logging how; true when none is left.
-  bool ReapLocked();
+  bool ReapLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  mutable std::mutex mu_;
-  std::vector<pid_t> pids_;
+  mutable absl::Mutex mu_;  // held across Stop's waits: a second Stop waits for the first
+  std::vector<pid_t> pids_ ABSL_GUARDED_BY(mu_);
   std::ostream& log_;
 };
 

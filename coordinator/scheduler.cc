@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 
+#include "core/check.h"
 #include "core/str_cat.h"
 #include "tessera/control/v1/control.pb.h"
 
@@ -19,137 +21,207 @@ Scheduler::Scheduler(const SchedulerOptions& options, StepSink& sink)
     : options_(options), sink_(sink), blocks_(options.num_kv_blocks, options.block_size) {}
 
 Scheduler::~Scheduler() {
-  std::unique_lock<std::mutex> lock(mu_);
-  stopping_ = true;
-  FailLocked(absl::UnavailableError("the server is shutting down"));
-  cv_.wait(lock, [&] { return !pumping_; });
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    FailLocked(absl::UnavailableError("the server is shutting down"));
+  }
+  while (true) {
+    Pump();  // delivers what is queued, unless another thread is pumping
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(this, &Scheduler::NotPumping));
+    if (events_.empty()) return;
+  }
 }
 
 bool Scheduler::ready() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return ready_ && failure_.ok() && !stopping_;
 }
 
 void Scheduler::Activate(int num_kv_blocks) {
-  std::unique_lock<std::mutex> lock(mu_);
-  options_.num_kv_blocks = num_kv_blocks;
-  blocks_ = BlockManager(num_kv_blocks, options_.block_size);
-  ready_ = failure_.ok();
-  Pump(lock);
+  {
+    absl::MutexLock lock(&mu_);
+    options_.num_kv_blocks = num_kv_blocks;
+    blocks_ = BlockManager(num_kv_blocks, options_.block_size);
+    ready_ = failure_.ok();
+  }
+  Pump();
 }
 
 Scheduler::Stats Scheduler::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return stats_;
 }
 
 int Scheduler::num_free_blocks() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return blocks_.num_free();
 }
 
 absl::Status Scheduler::Submit(GenerationRequest request, std::shared_ptr<GenerationObserver> observer) {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (!failure_.ok()) return absl::UnavailableError(failure_.message());
-  if (stopping_) return absl::UnavailableError("the server is shutting down");
-  if (!ready_) return absl::UnavailableError("not serving yet: the workers are still loading the model");
-  if (by_id_.count(request.id) > 0) {
-    return absl::AlreadyExistsError(Cat("request_id \"", request.id, "\" is already running"));
+  std::vector<GenerationRequest> requests;
+  requests.push_back(std::move(request));
+  std::vector<std::shared_ptr<GenerationObserver>> observers;
+  observers.push_back(std::move(observer));
+  return SubmitBatch(std::move(requests), std::move(observers));
+}
+
+absl::Status Scheduler::SubmitBatch(std::vector<GenerationRequest> requests,
+                                    std::vector<std::shared_ptr<GenerationObserver>> observers) {
+  TESSERA_CHECK(requests.size() == observers.size());
+  {
+    absl::MutexLock lock(&mu_);
+    if (!failure_.ok()) return absl::UnavailableError(failure_.message());
+    if (stopping_) return absl::UnavailableError("the server is shutting down");
+    if (!ready_) return absl::UnavailableError("not serving yet: the workers are still loading the model");
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const GenerationRequest& request = requests[i];
+      const bool repeated = std::any_of(requests.begin(), requests.begin() + static_cast<std::ptrdiff_t>(i),
+                                        [&](const GenerationRequest& r) { return r.id == request.id; });
+      if (by_id_.count(request.id) > 0 || repeated) {
+        return absl::AlreadyExistsError(Cat("request_id \"", request.id, "\" is already running"));
+      }
+      const int64_t context = static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
+      const int64_t needed = int64_t{request.n} * blocks_.BlocksFor(context);
+      if (needed > blocks_.num_blocks()) {
+        return absl::InvalidArgumentError(Cat("the request needs ", needed, " KV cache blocks (n=", request.n,
+                                              " x (", request.prompt.size(), " prompt + ", request.max_tokens,
+                                              " max_tokens) tokens in blocks of ", blocks_.block_size(),
+                                              ") but the whole cache has ", blocks_.num_blocks()));
+      }
+      if (request.n > options_.max_num_seqs) {
+        return absl::InvalidArgumentError(
+            Cat("n=", request.n, " exceeds the batch size max_num_seqs=", options_.max_num_seqs));
+      }
+    }
+    if (waiting_.size() + requests.size() > static_cast<size_t>(options_.max_queued_requests)) {
+      return absl::ResourceExhaustedError(
+          Cat("the queue is full: ", waiting_.size(), " requests are waiting",
+              requests.size() > 1 ? Cat(" and ", requests.size(), " more came together") : "",
+              " (max_queued_requests=", options_.max_queued_requests, ")"));
+    }
+    for (size_t i = 0; i < requests.size(); ++i) {
+      auto owned = std::make_shared<Request>();
+      owned->params = std::move(requests[i]);
+      owned->observer = std::move(observers[i]);
+      by_id_[owned->params.id] = owned.get();
+      waiting_.push_back(std::move(owned));
+    }
   }
-  const int64_t context = static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
-  const int64_t needed = int64_t{request.n} * blocks_.BlocksFor(context);
-  if (needed > blocks_.num_blocks()) {
-    return absl::InvalidArgumentError(Cat("the request needs ", needed, " KV cache blocks (n=", request.n,
-                                          " x (", request.prompt.size(), " prompt + ", request.max_tokens,
-                                          " max_tokens) tokens in blocks of ", blocks_.block_size(),
-                                          ") but the whole cache has ", blocks_.num_blocks()));
-  }
-  if (request.n > options_.max_num_seqs) {
-    return absl::InvalidArgumentError(
-        Cat("n=", request.n, " exceeds the batch size max_num_seqs=", options_.max_num_seqs));
-  }
-  if (static_cast<int>(waiting_.size()) >= options_.max_queued_requests) {
-    return absl::ResourceExhaustedError(
-        Cat("the queue is full: ", waiting_.size(),
-            " requests are waiting (max_queued_requests=", options_.max_queued_requests, ")"));
-  }
-  auto owned = std::make_unique<Request>();
-  owned->params = std::move(request);
-  owned->observer = std::move(observer);
-  by_id_[owned->params.id] = owned.get();
-  waiting_.push_back(std::move(owned));
-  Pump(lock);
+  Pump();
   return absl::OkStatus();
 }
 
 absl::Status Scheduler::Cancel(const std::string& request_id) {
-  std::unique_lock<std::mutex> lock(mu_);
-  auto it = by_id_.find(request_id);
-  if (it == by_id_.end()) return absl::NotFoundError(Cat("no request \"", request_id, "\" is running"));
-  Request& request = *it->second;
-  FinishRequestLocked(request, absl::CancelledError(Cat("request \"", request_id, "\" was cancelled")));
-  if (request.seqs.empty()) {  // still waiting
-    waiting_.erase(std::find_if(waiting_.begin(), waiting_.end(),
-                                [&](const std::unique_ptr<Request>& r) { return r.get() == &request; }));
-  } else {
-    for (auto& seq : request.seqs) {
-      if (!seq->done) {
-        seq->done = true;
-        --request.choices_left;
-        if (!seq->in_flight) RetireSeqLocked(*seq);
+  std::shared_ptr<Request> dropped;  // released after the lock
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = by_id_.find(request_id);
+    if (it == by_id_.end()) return absl::NotFoundError(Cat("no request \"", request_id, "\" is running"));
+    Request& request = *it->second;
+    FinishRequestLocked(request, absl::CancelledError(Cat("request \"", request_id, "\" was cancelled")));
+    if (request.seqs.empty()) {  // still waiting
+      auto waiting = std::find_if(waiting_.begin(), waiting_.end(),
+                                  [&](const std::shared_ptr<Request>& r) { return r.get() == &request; });
+      dropped = std::move(*waiting);
+      waiting_.erase(waiting);
+    } else {
+      for (auto& seq : request.seqs) {
+        if (!seq->done) {
+          seq->done = true;
+          --request.choices_left;
+          if (!seq->in_flight) RetireSeqLocked(*seq);
+        }
       }
     }
   }
-  Pump(lock);
+  Pump();
   return absl::OkStatus();
 }
 
-void Scheduler::OnStepResult(uint64_t step_id, const std::vector<int32_t>& tokens, double worker_seconds) {
-  std::unique_lock<std::mutex> lock(mu_);
+void Scheduler::OnStepResult(const control::v1::StepResult& result) {
   {
-    auto it = in_flight_.find(step_id);
-    if (it == in_flight_.end()) {
-      if (failure_.ok())
-        FailLocked(absl::InternalError(Cat("the output rank answered unknown step ", step_id)));
+    absl::MutexLock lock(&mu_);
+    ApplyStepResultLocked(result);
+  }
+  Pump();
+}
+
+void Scheduler::ApplyStepResultLocked(const control::v1::StepResult& result) {
+  const uint64_t step_id = result.step_id();
+  auto it = in_flight_.find(step_id);
+  if (it == in_flight_.end()) {
+    if (failure_.ok())
+      FailLocked(absl::InternalError(Cat("the output rank answered unknown step ", step_id)));
+    return;
+  }
+  InFlight step = std::move(it->second);
+  in_flight_.erase(it);
+  if (static_cast<size_t>(result.tokens_size()) != step.sampled.size()) {
+    FailLocked(
+        absl::InternalError(Cat("the output rank answered step ", step_id, " with ", result.tokens_size(),
+                                " tokens for ", step.sampled.size(), " sampled sequences")));
+    return;
+  }
+  // The logits rows by sampled sequence.
+  std::vector<const control::v1::LogitsRow*> rows(step.sampled.size(), nullptr);
+  for (const control::v1::LogitsRow& row : result.logits()) {
+    auto sampled = std::find_if(step.sampled.begin(), step.sampled.end(),
+                                [&](const Seq* seq) { return seq->id == row.seq_id(); });
+    if (sampled == step.sampled.end() || row.values().size() % sizeof(float) != 0) {
+      FailLocked(absl::InternalError(Cat(
+          "the output rank answered step ", step_id, " with a logits row for sequence ", row.seq_id(),
+          sampled == step.sampled.end() ? " that it did not sample"
+                                        : Cat(" of ", row.values().size(), " bytes (not float32 values)"))));
       return;
     }
-    InFlight step = std::move(it->second);
-    in_flight_.erase(it);
-    if (tokens.size() != step.sampled.size()) {
-      FailLocked(absl::InternalError(Cat("the output rank answered step ", step_id, " with ", tokens.size(),
-                                         " tokens for ", step.sampled.size(), " sampled sequences")));
-      return;
+    rows[sampled - step.sampled.begin()] = &row;
+  }
+  ++stats_.steps;
+  if (result.graph()) ++stats_.graph_steps;
+  stats_.step_seconds += Now() - step.sent_at;
+  stats_.worker_seconds += result.worker_seconds();
+  for (Seq* seq : step.scheduled) seq->in_flight = false;
+  for (size_t i = 0; i < step.sampled.size(); ++i) {
+    Seq& seq = *step.sampled[i];
+    if (seq.done) continue;
+    Request& request = *seq.request;
+    const int32_t token = result.tokens(static_cast<int>(i));
+    seq.tokens.push_back(token);
+    if (rows[i] != nullptr) {
+      Event logits{.kind = Event::Kind::kLogits, .request = request.shared_from_this(), .index = seq.index};
+      const std::string& bytes = rows[i]->values();
+      logits.logits.resize(bytes.size() / sizeof(float));
+      std::memcpy(logits.logits.data(), bytes.data(), bytes.size());
+      events_.push_back(std::move(logits));
     }
-    ++stats_.steps;
-    stats_.step_seconds += Now() - step.sent_at;
-    stats_.worker_seconds += worker_seconds;
-    for (Seq* seq : step.scheduled) seq->in_flight = false;
-    for (size_t i = 0; i < step.sampled.size(); ++i) {
-      Seq& seq = *step.sampled[i];
-      if (seq.done) continue;
-      const int32_t token = tokens[i];
-      seq.tokens.push_back(token);
-      const GenerationRequest& params = seq.request->params;
-      const bool stop_string = seq.request->observer->OnToken(seq.index, token);
-      const bool stop_id = std::find(params.stop_token_ids.begin(), params.stop_token_ids.end(), token) !=
-                           params.stop_token_ids.end();
-      const int generated = static_cast<int>(seq.tokens.size()) - seq.num_prompt;
-      if (stop_string || stop_id) {
-        EndChoiceLocked(seq, FinishReason::kStop);
-      } else if (generated >= params.max_tokens) {
-        EndChoiceLocked(seq, FinishReason::kLength);
-      }
-    }
-    for (Seq* seq : step.scheduled) {
-      if (seq->done && seq->reserved > 0) RetireSeqLocked(*seq);
+    events_.push_back({.kind = Event::Kind::kToken,
+                       .request = request.shared_from_this(),
+                       .index = seq.index,
+                       .token = token});
+    // A stop string is the observer's answer to this token: DeliverEventsLocked applies it (and turns a
+    // kLength end queued here into kStop).
+    const std::vector<int32_t>& stop_ids = request.params.stop_token_ids;
+    const bool stop_id = std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end();
+    const int generated = static_cast<int>(seq.tokens.size()) - seq.num_prompt;
+    if (stop_id) {
+      EndChoiceLocked(seq, FinishReason::kStop);
+    } else if (generated >= request.params.max_tokens) {
+      EndChoiceLocked(seq, FinishReason::kLength);
     }
   }
-  Pump(lock);
+  for (Seq* seq : step.scheduled) {
+    if (seq->done && seq->reserved > 0) RetireSeqLocked(*seq);
+  }
 }
 
 void Scheduler::Fail(const absl::Status& status) {
-  std::lock_guard<std::mutex> lock(mu_);
-  FailLocked(status);
+  {
+    absl::MutexLock lock(&mu_);
+    FailLocked(status);
+  }
+  Pump();  // delivers the OnDone events
 }
 
 void Scheduler::FailLocked(const absl::Status& status) {
@@ -158,7 +230,7 @@ void Scheduler::FailLocked(const absl::Status& status) {
   const absl::Status unavailable = absl::UnavailableError(status.message());
   for (auto& request : waiting_) FinishRequestLocked(*request, unavailable);
   for (auto& request : running_) FinishRequestLocked(*request, unavailable);
-  waiting_.clear();
+  waiting_.clear();  // the queued OnDone events hold the requests until they are delivered
   running_.clear();
   by_id_.clear();
   in_flight_.clear();
@@ -170,15 +242,20 @@ void Scheduler::FailLocked(const absl::Status& status) {
 void Scheduler::EndChoiceLocked(Seq& seq, FinishReason reason) {
   seq.done = true;
   Request& request = *seq.request;
-  if (request.observer != nullptr) request.observer->OnChoiceEnd(seq.index, reason);
+  if (!request.finished) {
+    events_.push_back({.kind = Event::Kind::kChoiceEnd,
+                       .request = request.shared_from_this(),
+                       .index = seq.index,
+                       .reason = reason});
+  }
   if (--request.choices_left == 0) FinishRequestLocked(request, absl::OkStatus());
   if (!seq.in_flight) RetireSeqLocked(seq);
 }
 
 void Scheduler::FinishRequestLocked(Request& request, const absl::Status& status) {
-  if (request.observer == nullptr) return;
-  request.observer->OnDone(status);
-  request.observer = nullptr;
+  if (request.finished) return;
+  request.finished = true;
+  events_.push_back({.kind = Event::Kind::kDone, .request = request.shared_from_this(), .status = status});
   auto it = by_id_.find(request.params.id);
   if (it != by_id_.end() && it->second == &request) by_id_.erase(it);  // the id may be used again
 }
@@ -214,15 +291,16 @@ void Scheduler::AdmitLocked() {
   }
 }
 
-bool Scheduler::FormStepLocked(std::string& serialized) {
+bool Scheduler::FormStepLocked(std::string& serialized, Dropped& dropped) {
   if (!ready_ || !failure_.ok() || stopping_) return false;
-  // Drop requests whose sequences are all retired.
-  std::erase_if(running_, [&](const std::unique_ptr<Request>& r) {
-    for (const auto& seq : r->seqs) {
-      if (seq->reserved > 0) return false;
-    }
-    return r->observer == nullptr;
+  // Drop requests that are over and whose sequences are all retired.
+  auto over = std::stable_partition(running_.begin(), running_.end(), [](const std::shared_ptr<Request>& r) {
+    if (!r->finished) return true;
+    return std::any_of(r->seqs.begin(), r->seqs.end(), [](const auto& seq) { return seq->reserved > 0; });
   });
+  std::move(over, running_.end(), std::back_inserter(dropped));
+  running_.erase(over, running_.end());
+
   int max_seqs = options_.max_num_seqs;
   if (options_.max_steps_in_flight > 1) {  // split the batch into micro-batches so that stages overlap
     max_seqs =
@@ -248,6 +326,7 @@ bool Scheduler::FormStepLocked(std::string& serialized) {
         added->mutable_sampling()->set_top_k(sampling.top_k);
         added->mutable_sampling()->set_top_p(sampling.top_p);
         added->mutable_sampling()->set_seed(sampling.seed + static_cast<uint64_t>(seq.index));
+        added->set_return_logits(request->params.return_logits);
       }
       control::v1::ScheduledSequence* entry = step.add_scheduled();
       entry->set_seq_id(seq.id);
@@ -276,28 +355,74 @@ bool Scheduler::FormStepLocked(std::string& serialized) {
   return true;
 }
 
-void Scheduler::Pump(std::unique_lock<std::mutex>& lock) {
-  if (pumping_) {
-    repump_ = true;
+void Scheduler::DeliverEventsLocked(Dropped& dropped) {
+  std::vector<Event> batch;
+  batch.swap(events_);
+  mu_.Unlock();
+  dropped.clear();
+  std::vector<std::pair<Request*, int>> stops;  // choices whose OnToken answered true
+  auto stopped = [&](Request* request, int index) {
+    return std::find(stops.begin(), stops.end(), std::make_pair(request, index)) != stops.end();
+  };
+  for (Event& event : batch) {
+    GenerationObserver& observer = *event.request->observer;
+    switch (event.kind) {
+      case Event::Kind::kLogits:
+        observer.OnLogits(event.index, event.logits.data(), static_cast<int64_t>(event.logits.size()));
+        break;
+      case Event::Kind::kToken:
+        if (observer.OnToken(event.index, event.token)) stops.emplace_back(event.request.get(), event.index);
+        break;
+      case Event::Kind::kChoiceEnd:
+        // max_tokens was reached by the token that matched a stop string: that is a stop.
+        if (event.reason == FinishReason::kLength && stopped(event.request.get(), event.index)) {
+          event.reason = FinishReason::kStop;
+        }
+        observer.OnChoiceEnd(event.index, event.reason);
+        break;
+      case Event::Kind::kDone:
+        observer.OnDone(event.status);
+        break;
+    }
+  }
+  for (Event& event : batch) dropped.push_back(std::move(event.request));  // released outside the lock
+  mu_.Lock();
+  for (const auto& [request, index] : stops) {
+    Seq& seq = *request->seqs[index];
+    if (!request->finished && !seq.done) EndChoiceLocked(seq, FinishReason::kStop);
+  }
+}
+
+void Scheduler::Pump() {
+  Dropped dropped;  // destroyed after the lock is released
+  std::string serialized;
+  mu_.Lock();
+  if (pumping_) {  // that thread sees this caller's change before it stops
+    mu_.Unlock();
     return;
   }
   pumping_ = true;
-  std::string serialized;
-  do {
-    repump_ = false;
+  while (true) {
     AdmitLocked();
-    while (static_cast<int>(in_flight_.size()) < options_.max_steps_in_flight && FormStepLocked(serialized)) {
-      lock.unlock();
-      const double start = Now();
-      absl::Status status = sink_.SendStep(serialized);
-      const double sent = Now() - start;
-      lock.lock();
-      stats_.send_seconds += sent;
-      if (!status.ok()) FailLocked(status);
+    if (!events_.empty()) {
+      DeliverEventsLocked(dropped);
+      continue;
     }
-  } while (repump_);
+    if (static_cast<int>(in_flight_.size()) >= options_.max_steps_in_flight ||
+        !FormStepLocked(serialized, dropped)) {
+      break;  // nothing changed since the lock was last taken: nothing more to do
+    }
+    mu_.Unlock();
+    dropped.clear();
+    const double start = Now();
+    const absl::Status status = sink_.SendStep(serialized);
+    const double sent = Now() - start;
+    mu_.Lock();
+    stats_.send_seconds += sent;
+    if (!status.ok()) FailLocked(status);
+  }
   pumping_ = false;
-  cv_.notify_all();
+  mu_.Unlock();
 }
 
 }  // namespace tessera

@@ -3,29 +3,42 @@
 // step boundaries. Each step is a delta against the workers' batches (finished, new and scheduled sequences,
 // prompt chunks within max_num_batched_tokens, sampled tokens fed back, new block ids), serialized once and
 // handed to a StepSink. With pipeline parallelism up to max_steps_in_flight micro-batches (disjoint sets of
-// sequences) are in flight so that stages overlap. There is no scheduler thread: whichever call changes the
-// state (Submit, Cancel, OnStepResult, Activate) forms and sends the steps that became possible, one caller
-// at a time, so that every worker receives the steps in the same order and a decode step is sent from the
-// thread that delivered the previous result, without a thread hop.
+// sequences) are in flight so that stages overlap.
+//
+// There is no scheduler thread. Whichever call changes the state (Submit, SubmitBatch, Cancel, OnStepResult,
+// Activate, Fail) then pumps, one thread at a time (the others leave their work to the thread already
+// pumping): admit what fits; deliver the queued observer events with the lock released; apply what the
+// observers answered (a stop string ends its choice); form and send the next step with the lock released; and
+// again while anything changed. So every worker receives the steps in the same order, a decode step is sent
+// from the thread that delivered the previous result (no thread hop), no observer is called under the lock,
+// and a choice that hit a stop string gets no further step. Observer events are queued under the lock in the
+// order they happen and delivered in that order; the queue holds at most a few events per running sequence
+// and one OnDone per request, because each sequence is in at most one step and its events are delivered
+// before it is scheduled again.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "coordinator/block_manager.h"
 #include "coordinator/engine.h"
 
 namespace tessera {
 
+namespace control::v1 {
+class StepResult;
+}
+
 // Where steps go (the worker group). SendStep is called by one thread at a time, without the scheduler's
-// lock.
+// lock; it may block (backpressure) until the group can take the step.
 class StepSink {
  public:
   virtual ~StepSink() = default;
@@ -48,34 +61,50 @@ class Scheduler final : public Engine {
   // `sink` must outlive the scheduler. The scheduler is not ready (Submit fails with UNAVAILABLE) until
   // Activate.
   Scheduler(const SchedulerOptions& options, StepSink& sink);
-  ~Scheduler() override;  // fails what is left with UNAVAILABLE
+  // Fails what is left with UNAVAILABLE, delivers those events and waits for a thread still pumping.
+  ~Scheduler() override ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Engine. Observers are called by the calling thread or by the one pumping at the time, never under the
+  // scheduler's lock (they may call ready(), stats() or num_free_blocks()).
   [[nodiscard]] absl::Status Submit(GenerationRequest request,
-                                    std::shared_ptr<GenerationObserver> observer) override;
-  [[nodiscard]] absl::Status Cancel(const std::string& request_id) override;
-  bool ready() const override;
+                                    std::shared_ptr<GenerationObserver> observer) override
+      ABSL_LOCKS_EXCLUDED(mu_);
+  [[nodiscard]] absl::Status Cancel(const std::string& request_id) override ABSL_LOCKS_EXCLUDED(mu_);
+  bool ready() const override ABSL_LOCKS_EXCLUDED(mu_);
+  // Submit for several requests at once (observers[i] watches requests[i]; the sizes must match): every
+  // request is checked first and none is queued when one is refused (Submit's errors, naming the request;
+  // RESOURCE_EXHAUSTED when the batch does not fit in the queue as a whole). Requests that fit are admitted
+  // together, so that their prompts share the first steps (offline batches: tessera generate).
+  [[nodiscard]] absl::Status SubmitBatch(std::vector<GenerationRequest> requests,
+                                         std::vector<std::shared_ptr<GenerationObserver>> observers)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Every shard is loaded and holds a KV cache of `num_kv_blocks` blocks: start serving.
-  void Activate(int num_kv_blocks);
-  // The output rank's answer to step `step_id`: one token per sampled sequence, in step order.
-  void OnStepResult(uint64_t step_id, const std::vector<int32_t>& tokens, double worker_seconds);
+  void Activate(int num_kv_blocks) ABSL_LOCKS_EXCLUDED(mu_);
+  // The output rank's answer to a step: one token per sampled sequence in step order, and a logits row for
+  // each sampled sequence that asked for them (matched by seq_id). A result that does not fit its step (an
+  // unknown step, a token count or a logits row that does not match) fails the group with INTERNAL.
+  void OnStepResult(const control::v1::StepResult& result) ABSL_LOCKS_EXCLUDED(mu_);
   // The group is broken (a worker died, a step failed): every request ends with UNAVAILABLE carrying
   // `status`'s message; later Submits fail the same way.
-  void Fail(const absl::Status& status);
+  void Fail(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Control-plane figures for benchmarks: steps completed, and the sum over them of (time from handing the
   // step to the sink until its result was processed) and of the output rank's worker_seconds.
   struct Stats {
     int64_t steps = 0;
+    int64_t graph_steps = 0;  // of steps: the output rank replayed a captured graph
     double step_seconds = 0;
     double worker_seconds = 0;
     double send_seconds = 0;  // of step_seconds: writing the steps to the workers
   };
-  Stats stats() const;
-  int num_free_blocks() const;
+  Stats stats() const ABSL_LOCKS_EXCLUDED(mu_);
+  int num_free_blocks() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Request;
+  // All fields of Seq and Request are guarded by mu_, except Request::observer (set before the request is
+  // shared, never changed).
   struct Seq {
     uint64_t id = 0;
     Request* request = nullptr;
@@ -88,49 +117,71 @@ class Scheduler final : public Engine {
     bool in_flight = false;
     bool done = false;
   };
-  struct Request {
+  struct Request : std::enable_shared_from_this<Request> {
     GenerationRequest params;
-    std::shared_ptr<GenerationObserver> observer;  // null once OnDone was called
+    std::shared_ptr<GenerationObserver> observer;
     std::vector<std::unique_ptr<Seq>> seqs;
     int choices_left = 0;
+    bool finished = false;  // OnDone is queued: no event follows
   };
   struct InFlight {
     std::vector<Seq*> scheduled;
     std::vector<Seq*> sampled;
     double sent_at = 0;
   };
+  // One observer call, queued under the lock and made outside it. It holds its request (and so the
+  // observer) alive until it is delivered.
+  struct Event {
+    enum class Kind { kLogits, kToken, kChoiceEnd, kDone };
+    Kind kind = Kind::kToken;
+    std::shared_ptr<Request> request = nullptr;
+    int index = 0;  // choice
+    int32_t token = 0;
+    FinishReason reason = FinishReason::kLength;
+    absl::Status status = absl::OkStatus();
+    std::vector<float> logits = {};  // [vocab]
+  };
+  using Dropped = std::vector<std::shared_ptr<Request>>;  // requests to release once the lock is not held
 
-  // Admits what fits and sends every step that can be formed; returns with `lock` held. If another thread is
-  // already sending, leaves the work to it.
-  void Pump(std::unique_lock<std::mutex>& lock);
-  void AdmitLocked();
-  // Builds the next step from sequences not in flight; false when there is nothing to run.
-  bool FormStepLocked(std::string& serialized);
-  void EndChoiceLocked(Seq& seq, FinishReason reason);
-  void FinishRequestLocked(Request& request, const absl::Status& status);
-  void RetireSeqLocked(Seq& seq);
-  void FailLocked(const absl::Status& status);
+  // Takes the lock, admits what fits, delivers events and sends every step that can be formed; returns with
+  // the lock released. If another thread is already pumping, leaves the work to it.
+  void Pump() ABSL_LOCKS_EXCLUDED(mu_);
+  // Delivers the queued events with mu_ released (it is held again on return), then ends the choices whose
+  // OnToken answered true. The delivered requests are appended to `dropped`.
+  void DeliverEventsLocked(Dropped& dropped) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AdmitLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Builds the next step from sequences not in flight; false when there is nothing to run. Requests that
+  // are over are moved to `dropped`.
+  bool FormStepLocked(std::string& serialized, Dropped& dropped) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies a step result (OnStepResult without the pumping).
+  void ApplyStepResultLocked(const control::v1::StepResult& result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EndChoiceLocked(Seq& seq, FinishReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishRequestLocked(Request& request, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RetireSeqLocked(Seq& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FailLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool NotPumping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !pumping_; }
 
-  SchedulerOptions options_;
+  SchedulerOptions options_ ABSL_GUARDED_BY(mu_);
   StepSink& sink_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool ready_ = false;
-  bool stopping_ = false;
-  absl::Status failure_;  // set once the group failed
-  BlockManager blocks_;
-  std::deque<std::unique_ptr<Request>> waiting_;
-  std::vector<std::unique_ptr<Request>> running_;
-  std::unordered_map<std::string, Request*> by_id_;
-  std::vector<uint64_t> forget_;  // sequences the workers must drop in the next step
-  std::map<uint64_t, InFlight> in_flight_;
-  std::vector<int32_t> new_ids_;  // per-step scratch: block ids handed out to one sequence
-  uint64_t next_seq_id_ = 1;
-  uint64_t next_step_id_ = 1;
-  int num_running_seqs_ = 0;
-  Stats stats_;
-  bool pumping_ = false;  // a thread is in Pump
-  bool repump_ = false;   // state changed while it was sending
+  // The scheduler's only lock. It is never held while calling the sink or an observer, so it meets no other
+  // lock (the sink's and the observers' are taken only with mu_ released).
+  mutable absl::Mutex mu_;
+  bool ready_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status failure_ ABSL_GUARDED_BY(mu_);  // set once the group failed
+  BlockManager blocks_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::shared_ptr<Request>> waiting_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<Request>> running_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<std::string, Request*> by_id_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> forget_ ABSL_GUARDED_BY(mu_);  // sequences the workers must drop in the next step
+  std::map<uint64_t, InFlight> in_flight_ ABSL_GUARDED_BY(mu_);
+  std::vector<int32_t> new_ids_ ABSL_GUARDED_BY(mu_);  // per-step scratch: block ids handed to one sequence
+  std::vector<Event> events_ ABSL_GUARDED_BY(mu_);     // to deliver, in order (bounded: see the top)
+  uint64_t next_seq_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_step_id_ ABSL_GUARDED_BY(mu_) = 1;
+  int num_running_seqs_ ABSL_GUARDED_BY(mu_) = 0;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+  bool pumping_ ABSL_GUARDED_BY(mu_) = false;  // a thread is in Pump's loop
 };
 
 }  // namespace tessera

@@ -1,5 +1,8 @@
 #include "coordinator/worker_group.h"
 
+#include <utility>
+
+#include "absl/time/time.h"
 #include "core/str_cat.h"
 
 namespace tessera {
@@ -29,11 +32,11 @@ WorkerGroup::WorkerGroup(const WorkerGroupOptions& options, StepResultHandler on
 
 WorkerGroup::~WorkerGroup() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_heartbeats_ = true;
-    shutting_down_ = true;
+    shutting_down_ = true;  // releases waiting senders
+    heartbeat_cv_.Signal();
   }
-  cv_.notify_all();
   heartbeat_thread_.join();
 }
 
@@ -44,20 +47,58 @@ std::string WorkerGroup::DescribeLocked(int rank) const {
 }
 
 std::string WorkerGroup::Describe(int rank) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return DescribeLocked(rank);
 }
 
-void WorkerGroup::FailLocked(const absl::Status& status) {
-  if (!failure_.ok() || shutting_down_) return;
-  failure_ = status;
-  cv_.notify_all();
+WorkerGroup::Stats WorkerGroup::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+bool WorkerGroup::FailLocked(const absl::Status& status) {
+  if (!failure_.ok() || shutting_down_) return false;
+  failure_ = status;  // wakes every Await on OverLocked
+  return true;
+}
+
+void WorkerGroup::ReportFailure(const absl::Status& status) {
   if (on_failure_) on_failure_(status);
+}
+
+bool WorkerGroup::AllConnectedLocked() const {
+  for (const Worker& w : workers_) {
+    if (!w.connected) return false;
+  }
+  return true;
+}
+
+bool WorkerGroup::AllAckedLocked() const {
+  for (const Worker& w : workers_) {
+    if (!w.acked) return false;
+  }
+  return true;
+}
+
+bool WorkerGroup::NoneConnectedLocked() const {
+  for (const Worker& w : workers_) {
+    if (w.connected) return false;
+  }
+  return true;
+}
+
+bool WorkerGroup::StepCanGoLocked() const {
+  if (OverLocked()) return true;
+  for (const Worker& w : workers_) {
+    if (!w.connected || w.closing) return true;  // SendStep fails
+    if (!HasRoomLocked(w)) return false;
+  }
+  return true;
 }
 
 grpc::Status WorkerGroup::Register(grpc::ServerContext*, const control::v1::RegisterRequest* request,
                                    control::v1::RegisterResponse* response) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!failure_.ok() || shutting_down_) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                         Cat("the worker group is not accepting workers: ",
@@ -102,7 +143,7 @@ grpc::Status WorkerGroup::Session(grpc::ServerContext*,
   }
   const int rank = message.rank();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (rank < 0 || rank >= options_.world_size || !workers_[rank].registered) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, Cat("rank ", rank, " is not registered"));
     }
@@ -119,83 +160,88 @@ grpc::Status WorkerGroup::Session(grpc::ServerContext*,
     w.connected = true;
     w.closing = false;
     w.last_seen = Clock::now();
-    cv_.notify_all();
   }
   std::thread writer([this, rank, stream] { WriterLoop(rank, stream); });
   while (stream->Read(&message)) {
     if (message.epoch() != epoch_) continue;  // a stale message from an earlier life of this rank
+    absl::Status failure;
+    bool first_failure = false;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       workers_[rank].last_seen = Clock::now();
       if (message.has_ack()) {
         workers_[rank].acked = true;
         workers_[rank].ack = message.ack();
-        cv_.notify_all();
       } else if (message.has_error()) {
-        FailLocked(
-            absl::Status(static_cast<absl::StatusCode>(message.error().code()), message.error().message()));
+        failure =
+            absl::Status(static_cast<absl::StatusCode>(message.error().code()), message.error().message());
+        first_failure = FailLocked(failure);
       }
     }
+    if (first_failure) ReportFailure(failure);
     if (message.has_step_result() && rank == options_.output_rank && on_result_) {
       on_result_(message.step_result());
     }
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     workers_[rank].closing = true;
-    workers_[rank].outbox_cv->notify_all();
+    workers_[rank].outbox_cv->Signal();
   }
   writer.join();
-  std::lock_guard<std::mutex> lock(mu_);
-  Worker& w = workers_[rank];
-  w.connected = false;
-  w.outbox.clear();
-  FailLocked(
-      absl::UnavailableError(Cat("worker ", DescribeLocked(rank), " closed its session (it exited?)")));
-  cv_.notify_all();
+  absl::Status failure;
+  bool first_failure = false;
+  {
+    absl::MutexLock lock(&mu_);
+    Worker& w = workers_[rank];
+    w.connected = false;
+    w.outbox.clear();
+    failure =
+        absl::UnavailableError(Cat("worker ", DescribeLocked(rank), " closed its session (it exited?)"));
+    first_failure = FailLocked(failure);
+  }
+  if (first_failure) ReportFailure(failure);
   return grpc::Status::OK;
 }
 
-bool WorkerGroup::Enqueue(int rank, std::shared_ptr<const CoordinatorMessage> message) {
-  std::condition_variable* wake;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    Worker& w = workers_[rank];
-    if (!w.connected || w.closing) return false;
-    w.outbox.push_back(std::move(message));
-    wake = w.outbox_cv.get();
+bool WorkerGroup::Enqueue(int rank, Message message, WhenFull when_full) {
+  absl::MutexLock lock(&mu_);
+  Worker& w = workers_[rank];
+  if (when_full == WhenFull::kWait && !HasRoomLocked(w)) {
+    auto room_or_over = [this, &w]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return HasRoomLocked(w) || !w.connected || w.closing || OverLocked();
+    };
+    mu_.Await(absl::Condition(&room_or_over));
+    if (OverLocked()) return false;
   }
-  wake->notify_one();  // after unlocking, so that the writer does not wake into a held mutex
+  if (!w.connected || w.closing || !HasRoomLocked(w)) return false;
+  w.outbox.push_back(std::move(message));
+  w.outbox_cv->Signal();
   return true;
 }
 
 void WorkerGroup::WriterLoop(int rank, grpc::ServerReaderWriter<CoordinatorMessage, WorkerMessage>* stream) {
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();
   Worker& w = workers_[rank];
   while (true) {
-    w.outbox_cv->wait(lock, [&] { return !w.outbox.empty() || w.closing; });
-    if (w.closing) return;
-    std::shared_ptr<const CoordinatorMessage> message = std::move(w.outbox.front());
-    w.outbox.pop_front();
-    lock.unlock();
-    const bool written = stream->Write(*message);
-    lock.lock();
-    if (!written) return;  // the stream is gone; its reader notices and reports it
+    while (w.outbox.empty() && !w.closing) w.outbox_cv->Wait(&mu_);
+    if (w.closing) break;
+    Message message = std::move(w.outbox.front());
+    w.outbox.pop_front();  // room for a waiting sender
+    mu_.Unlock();
+    const bool written = stream->Write(*message);  // blocks while the worker does not read
+    mu_.Lock();
+    if (!written) break;  // the stream is gone; its reader notices and reports it
   }
+  mu_.Unlock();
 }
 
 absl::Status WorkerGroup::WaitForWorkers(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  auto all_connected = [&] {
-    for (const Worker& w : workers_) {
-      if (!w.connected) return false;
-    }
-    return true;
-  };
-  cv_.wait_for(lock, timeout, [&] { return all_connected() || !failure_.ok() || shutting_down_; });
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(this, &WorkerGroup::WorkersOrOverLocked), absl::FromChrono(timeout));
   if (!failure_.ok()) return failure_;
   if (shutting_down_) return absl::CancelledError("shutting down");
-  if (!all_connected()) {
+  if (!AllConnectedLocked()) {
     std::string missing;
     for (int r = 0; r < options_.world_size; ++r) {
       if (!workers_[r].connected) missing += Cat(missing.empty() ? "" : ", ", r);
@@ -209,28 +255,26 @@ absl::Status WorkerGroup::WaitForWorkers(std::chrono::milliseconds timeout) {
 absl::StatusOr<std::vector<control::v1::Ack>> WorkerGroup::RunPhase(
     const std::function<CoordinatorMessage(int rank)>& make, std::chrono::milliseconds timeout) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (Worker& w : workers_) w.acked = false;
   }
   for (int rank = 0; rank < options_.world_size; ++rank) {
     CoordinatorMessage message = make(rank);
     message.set_epoch(epoch_);
     if (!Write(rank, message)) {
-      return absl::UnavailableError(Cat("cannot write to worker ", Describe(rank)));
+      absl::MutexLock lock(&mu_);
+      if (!failure_.ok()) return failure_;
+      if (shutting_down_) return absl::CancelledError("shutting down");
+      return absl::UnavailableError(Cat("cannot write to worker ", DescribeLocked(rank)));
     }
   }
-  std::unique_lock<std::mutex> lock(mu_);
-  auto all_acked = [&] {
-    for (const Worker& w : workers_) {
-      if (!w.acked) return false;
-    }
-    return true;
-  };
-  cv_.wait_for(lock, timeout, [&] { return all_acked() || !failure_.ok() || shutting_down_; });
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(this, &WorkerGroup::AcksOrOverLocked), absl::FromChrono(timeout));
   if (!failure_.ok()) return failure_;
   if (shutting_down_) return absl::CancelledError("shutting down");
-  if (!all_acked())
+  if (!AllAckedLocked()) {
     return absl::DeadlineExceededError(Cat("workers did not answer within ", timeout.count(), " ms"));
+  }
   std::vector<control::v1::Ack> acks;
   for (const Worker& w : workers_) acks.push_back(w.ack);
   return acks;
@@ -240,68 +284,80 @@ absl::Status WorkerGroup::SendStep(const std::string& step) {
   auto message = std::make_shared<CoordinatorMessage>();
   message->set_epoch(epoch_);
   message->set_step(step);
-  std::vector<std::condition_variable*> wake;
-  {
-    std::lock_guard<std::mutex> lock(mu_);  // one critical section for all workers
-    for (int rank = 0; rank < options_.world_size; ++rank) {
-      Worker& w = workers_[rank];
-      if (!w.connected || w.closing) {
-        return absl::UnavailableError(Cat("cannot send a step to worker ", DescribeLocked(rank)));
-      }
-      w.outbox.push_back(message);
-      wake.push_back(w.outbox_cv.get());
+  absl::MutexLock lock(&mu_);  // one critical section for all workers: every outbox gets the step at once
+  if (!StepCanGoLocked()) {
+    ++stats_.send_waits;
+    ++stats_.senders_waiting;
+    mu_.Await(absl::Condition(this, &WorkerGroup::StepCanGoLocked));  // the writers go on meanwhile
+    --stats_.senders_waiting;
+  }
+  // The failure's own message: the scheduler's requests end with the same text whether this error or the
+  // failure handler reaches the scheduler first.
+  if (!failure_.ok()) return absl::UnavailableError(failure_.message());
+  if (shutting_down_) return absl::UnavailableError("cannot send a step: the worker group is shutting down");
+  for (int rank = 0; rank < options_.world_size; ++rank) {
+    const Worker& w = workers_[rank];
+    if (!w.connected || w.closing) {
+      return absl::UnavailableError(Cat("cannot send a step to worker ", DescribeLocked(rank)));
     }
   }
-  for (std::condition_variable* cv : wake) cv->notify_one();
+  for (Worker& w : workers_) {
+    w.outbox.push_back(message);
+    w.outbox_cv->Signal();
+  }
   return absl::OkStatus();
 }
 
 void WorkerGroup::Shutdown(std::chrono::milliseconds grace) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (shutting_down_) return;
-    shutting_down_ = true;
+    shutting_down_ = true;  // releases waiting senders
   }
-  cv_.notify_all();
-  CoordinatorMessage message;
-  message.set_epoch(epoch_);
-  message.mutable_shutdown();
-  for (int rank = 0; rank < options_.world_size; ++rank) Write(rank, message);
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, grace, [&] {
-    for (const Worker& w : workers_) {
-      if (w.connected) return false;
-    }
-    return true;
-  });
+  auto message = std::make_shared<CoordinatorMessage>();
+  message->set_epoch(epoch_);
+  message->mutable_shutdown();
+  // A worker whose outbox is full is not reading: it learns of the end when the server closes its stream.
+  for (int rank = 0; rank < options_.world_size; ++rank) Enqueue(rank, message, WhenFull::kDrop);
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(this, &WorkerGroup::NoneConnectedLocked), absl::FromChrono(grace));
 }
 
 void WorkerGroup::HeartbeatLoop() {
-  CoordinatorMessage beat;
-  beat.set_epoch(epoch_);
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();
   while (!stop_heartbeats_) {
-    cv_.wait_for(lock, options_.heartbeat_interval);
+    const absl::Time next = absl::Now() + absl::FromChrono(options_.heartbeat_interval);
+    while (!stop_heartbeats_ && absl::Now() < next) heartbeat_cv_.WaitWithDeadline(&mu_, next);
     if (stop_heartbeats_) break;
+    auto beat = std::make_shared<CoordinatorMessage>();
+    beat->set_epoch(epoch_);
+    beat->mutable_heartbeat()->set_sent_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                    std::chrono::system_clock::now().time_since_epoch())
+                                                    .count());
     const auto now = Clock::now();
-    std::vector<int> connected;
+    absl::Status failure;
+    bool first_failure = false;
     for (int rank = 0; rank < options_.world_size; ++rank) {
-      const Worker& w = workers_[rank];
+      Worker& w = workers_[rank];
       if (!w.connected) continue;
-      connected.push_back(rank);
-      if (now - w.last_seen > options_.heartbeat_timeout && !shutting_down_) {
-        FailLocked(absl::UnavailableError(Cat("worker ", DescribeLocked(rank), " sent nothing for ",
-                                              Millis(now - w.last_seen), " ms (heartbeat timeout ",
-                                              options_.heartbeat_timeout.count(), " ms)")));
+      if (now - w.last_seen > options_.heartbeat_timeout && !shutting_down_ && failure_.ok()) {
+        failure = absl::UnavailableError(Cat("worker ", DescribeLocked(rank), " sent nothing for ",
+                                             Millis(now - w.last_seen), " ms (heartbeat timeout ",
+                                             options_.heartbeat_timeout.count(), " ms)"));
+        first_failure = FailLocked(failure);
+      }
+      if (w.outbox.empty() && !w.closing) {  // otherwise the queued message proves liveness
+        w.outbox.push_back(beat);
+        w.outbox_cv->Signal();
       }
     }
-    lock.unlock();
-    beat.mutable_heartbeat()->set_sent_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                   std::chrono::system_clock::now().time_since_epoch())
-                                                   .count());
-    for (int rank : connected) Write(rank, beat);
-    lock.lock();
+    if (first_failure) {
+      mu_.Unlock();
+      ReportFailure(failure);
+      mu_.Lock();
+    }
   }
+  mu_.Unlock();
 }
 
 }  // namespace tessera

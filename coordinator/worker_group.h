@@ -3,19 +3,25 @@
 // waiting for every Ack), writes steps to every worker, routes the output rank's step results, and watches
 // heartbeats. The first failure (a worker that closes its session, misses heartbeats or reports an error)
 // is reported once to the failure handler; the group stays failed.
+//
+// Each worker has a bounded outbox drained by its own writer thread (so that a step reaches every worker at
+// once instead of one blocking write after another). When an outbox is full, SendStep and the setup
+// messages wait for its writer to make room (backpressure: the workers' readers hold up the step loop, other
+// workers' writers go on); heartbeats are dropped while an outbox is not empty (any message proves liveness).
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "coordinator/scheduler.h"
 #include "tessera/control/v1/control.grpc.pb.h"
 
@@ -26,6 +32,8 @@ struct WorkerGroupOptions {
   int output_rank = 0;  // the rank whose StepResults are routed to the step-result handler
   std::chrono::milliseconds heartbeat_interval{500};
   std::chrono::milliseconds heartbeat_timeout{5000};
+  // Messages queued for one worker's writer; when full, SendStep and setup messages wait for room.
+  int max_outbox_messages = 64;
 };
 
 class WorkerGroup final : public control::v1::Control::Service, public StepSink {
@@ -33,71 +41,114 @@ class WorkerGroup final : public control::v1::Control::Service, public StepSink 
   using StepResultHandler = std::function<void(const control::v1::StepResult&)>;
   using FailureHandler = std::function<void(const absl::Status&)>;
 
-  // Handlers are called on gRPC or heartbeat threads; set them before any worker registers.
+  // Handlers are called on gRPC or heartbeat threads, never under the group's lock (so they may call back
+  // into the group); set them before any worker registers. The failure handler runs once, for the first
+  // failure, on the thread that noticed it.
   WorkerGroup(const WorkerGroupOptions& options, StepResultHandler on_result, FailureHandler on_failure);
-  ~WorkerGroup() override;
+  ~WorkerGroup() override ABSL_LOCKS_EXCLUDED(mu_);
 
   uint64_t epoch() const { return epoch_; }
 
   // Waits until every rank has registered and opened its session. Errors: DEADLINE_EXCEEDED naming the
   // missing ranks; the group's failure; CANCELLED after Shutdown.
-  [[nodiscard]] absl::Status WaitForWorkers(std::chrono::milliseconds timeout);
+  [[nodiscard]] absl::Status WaitForWorkers(std::chrono::milliseconds timeout) ABSL_LOCKS_EXCLUDED(mu_);
   // Sends make(rank) to every rank and waits for every Ack. Returns the acks by rank. Errors: the first
   // worker's error (its code, its message naming the rank); DEADLINE_EXCEEDED; the group's failure.
   [[nodiscard]] absl::StatusOr<std::vector<control::v1::Ack>> RunPhase(
-      const std::function<control::v1::CoordinatorMessage(int rank)>& make,
-      std::chrono::milliseconds timeout);
-  // StepSink: writes the serialized Step to every worker.
-  [[nodiscard]] absl::Status SendStep(const std::string& step) override;
-  // Sends Shutdown to every connected worker and waits (up to `grace`) for their sessions to end.
-  void Shutdown(std::chrono::milliseconds grace);
+      const std::function<control::v1::CoordinatorMessage(int rank)>& make, std::chrono::milliseconds timeout)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // StepSink: queues the serialized Step for every worker, first waiting until every outbox has room.
+  // Errors (UNAVAILABLE): a worker has no open session, the group has failed or is shutting down (also
+  // while waiting).
+  [[nodiscard]] absl::Status SendStep(const std::string& step) override ABSL_LOCKS_EXCLUDED(mu_);
+  // Sends Shutdown to every connected worker whose outbox has room and waits (up to `grace`) for their
+  // sessions to end. Releases every waiting SendStep with an error.
+  void Shutdown(std::chrono::milliseconds grace) ABSL_LOCKS_EXCLUDED(mu_);
   // "rank 3 (pid 1234 on host)".
-  std::string Describe(int rank) const;
+  std::string Describe(int rank) const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Backpressure figures (metrics, tests): SendStep calls that found an outbox full and waited, and those
+  // waiting now.
+  struct Stats {
+    int64_t send_waits = 0;
+    int senders_waiting = 0;
+  };
+  Stats stats() const ABSL_LOCKS_EXCLUDED(mu_);
 
   grpc::Status Register(grpc::ServerContext* context, const control::v1::RegisterRequest* request,
-                        control::v1::RegisterResponse* response) override;
+                        control::v1::RegisterResponse* response) override ABSL_LOCKS_EXCLUDED(mu_);
   grpc::Status Session(
       grpc::ServerContext* context,
-      grpc::ServerReaderWriter<control::v1::CoordinatorMessage, control::v1::WorkerMessage>* stream) override;
+      grpc::ServerReaderWriter<control::v1::CoordinatorMessage, control::v1::WorkerMessage>* stream) override
+      ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  using Message = std::shared_ptr<const control::v1::CoordinatorMessage>;
+  // Guarded by mu_ (workers_ is).
   struct Worker {
     bool registered = false;
     bool connected = false;  // its Session is open
     std::string hostname;
     int pid = 0;
     bool closing = false;  // its session is ending: the writer stops
-    // Messages for the worker's writer thread, which writes them in order while the session lasts (so that a
-    // step reaches every worker at once instead of one blocking write after another).
-    std::deque<std::shared_ptr<const control::v1::CoordinatorMessage>> outbox;
-    std::unique_ptr<std::condition_variable> outbox_cv = std::make_unique<std::condition_variable>();
+    // Messages for the worker's writer thread, which writes them in order while the session lasts. At most
+    // max_outbox_messages.
+    std::deque<Message> outbox;
+    std::unique_ptr<absl::CondVar> outbox_cv = std::make_unique<absl::CondVar>();  // a message, or closing
     std::chrono::steady_clock::time_point last_seen;
     bool acked = false;
     control::v1::Ack ack;
   };
+  // What to do with a message for a worker whose outbox is full.
+  enum class WhenFull {
+    kWait,  // wait for room; give up when the group fails or shuts down
+    kDrop,  // drop it (the shutdown message)
+  };
 
-  // Queues a message for the worker's writer; false when the worker has no open session.
-  bool Enqueue(int rank, std::shared_ptr<const control::v1::CoordinatorMessage> message);
-  bool Write(int rank, const control::v1::CoordinatorMessage& message) {
-    return Enqueue(rank, std::make_shared<const control::v1::CoordinatorMessage>(message));
+  // Queues a message for the worker's writer; false when the worker has no open session or the message was
+  // not queued (see WhenFull).
+  bool Enqueue(int rank, Message message, WhenFull when_full) ABSL_LOCKS_EXCLUDED(mu_);
+  bool Write(int rank, const control::v1::CoordinatorMessage& message) ABSL_LOCKS_EXCLUDED(mu_) {
+    return Enqueue(rank, std::make_shared<const control::v1::CoordinatorMessage>(message), WhenFull::kWait);
   }
   void WriterLoop(
-      int rank,
-      grpc::ServerReaderWriter<control::v1::CoordinatorMessage, control::v1::WorkerMessage>* stream);
-  void FailLocked(const absl::Status& status);
-  void HeartbeatLoop();
-  std::string DescribeLocked(int rank) const;
+      int rank, grpc::ServerReaderWriter<control::v1::CoordinatorMessage, control::v1::WorkerMessage>* stream)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Records `status` as the group's failure. True for the first failure (not while shutting down): the
+  // caller must then call ReportFailure(status) once it has released mu_.
+  [[nodiscard]] bool FailLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReportFailure(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
+  void HeartbeatLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  std::string DescribeLocked(int rank) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HasRoomLocked(const Worker& w) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return static_cast<int>(w.outbox.size()) < options_.max_outbox_messages;
+  }
+  // Conditions for mu_.Await.
+  bool StepCanGoLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);  // room everywhere, or an error
+  bool AllConnectedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AllAckedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool NoneConnectedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool OverLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !failure_.ok() || shutting_down_; }
+  bool WorkersOrOverLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return AllConnectedLocked() || OverLocked();
+  }
+  bool AcksOrOverLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return AllAckedLocked() || OverLocked();
+  }
 
   const WorkerGroupOptions options_;
   const uint64_t epoch_;
-  StepResultHandler on_result_;
-  FailureHandler on_failure_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Worker> workers_;
-  absl::Status failure_;
-  bool shutting_down_ = false;
-  bool stop_heartbeats_ = false;
+  const StepResultHandler on_result_;
+  const FailureHandler on_failure_;
+  // The group's only lock. It is never held while calling a handler or writing to a stream, so it meets no
+  // other lock (the handlers take the coordinator's and the scheduler's with it released).
+  mutable absl::Mutex mu_;
+  absl::CondVar heartbeat_cv_;                        // stop_heartbeats_
+  std::vector<Worker> workers_ ABSL_GUARDED_BY(mu_);  // by rank; never resized
+  absl::Status failure_ ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_heartbeats_ ABSL_GUARDED_BY(mu_) = false;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
   std::thread heartbeat_thread_;
 };
 

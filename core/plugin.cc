@@ -6,11 +6,27 @@
 #include <climits>
 #include <cstdlib>
 #include <map>
-#include <mutex>
+#include <utility>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "core/str_cat.h"
 
 namespace tessera {
+namespace {
+
+// The plugins this process has loaded (or failed to load), by file name. Never destroyed.
+struct LoadedPlugins {
+  absl::Mutex mu;
+  std::map<std::string, absl::StatusOr<void*>> by_file_name ABSL_GUARDED_BY(mu);
+};
+
+LoadedPlugins& Loaded() {
+  static LoadedPlugins* loaded = new LoadedPlugins;
+  return *loaded;
+}
+
+}  // namespace
 
 std::string ExecutablePath() {
   char path[PATH_MAX];
@@ -19,11 +35,14 @@ std::string ExecutablePath() {
 }
 
 absl::StatusOr<void*> LoadPlugin(const char* env_var, const char* file_name, const char* build_path) {
-  static std::mutex mu;
-  static std::map<std::string, absl::StatusOr<void*>> loaded;  // by file name
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = loaded.find(file_name);
-  if (it != loaded.end()) return it->second;
+  LoadedPlugins& loaded = Loaded();
+  {
+    absl::MutexLock lock(&loaded.mu);
+    auto it = loaded.by_file_name.find(file_name);
+    if (it != loaded.by_file_name.end()) return it->second;
+  }
+  // dlopen runs the plugin's initializers: not under the lock. Two threads racing here both dlopen the same
+  // file, which gives both the same handle; the first answer recorded is the one every later call gets.
   std::string path = build_path;
   if (const char* env = std::getenv(env_var); env != nullptr && *env != 0) {
     path = env;
@@ -33,8 +52,8 @@ absl::StatusOr<void*> LoadPlugin(const char* env_var, const char* file_name, con
   }
   absl::StatusOr<void*> handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (*handle == nullptr) handle = absl::UnavailableError(Cat("cannot load ", path, ": ", dlerror()));
-  loaded.emplace(file_name, handle);
-  return handle;
+  absl::MutexLock lock(&loaded.mu);
+  return loaded.by_file_name.emplace(file_name, std::move(handle)).first->second;
 }
 
 absl::StatusOr<void*> PluginSymbol(void* handle, const char* name) {

@@ -42,6 +42,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
     case DeviceKind::kCpu: {
       CpuBackendOptions cpu;
       cpu.num_threads = options.num_threads;
+      cpu.linear.prefill_precision = options.prefill_precision;
       auto backend = CpuBackend::Create(cpu);
       if (!backend.ok()) return backend.status();
       return std::unique_ptr<Backend>(std::move(backend).value());

@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/linear.h"
 
 namespace tessera {
 
@@ -14,8 +15,11 @@ struct BackendOptions {
   DeviceKind device = DeviceKind::kCpu;
   int num_threads = 0;   // CPU: threads of the pool (0 = all cores)
   int device_index = 0;  // CUDA: which GPU
+  // CPU: how prefill-sized GEMMs treat fp32 activations (see PrefillPrecision).
+  PrefillPrecision prefill_precision = PrefillPrecision::kSplitBf16;
 };
 
+// The one place a Backend is made from options (workers, tools and benchmarks all come here).
 // Errors: INVALID_ARGUMENT for bad options; UNAVAILABLE with one line saying why when the device is not
 // usable here ("built without CUDA", "no CUDA device: <the driver's message>").
 [[nodiscard]] absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);

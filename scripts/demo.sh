@@ -30,7 +30,7 @@ echo '[{"role": "user", "content": "What is the capital of France? Answer in one
 echo "== chat-template: the model's own template (ChatML, with its default system prompt)"
 echo "{\"messages\": $(cat "$chat"), \"add_generation_prompt\": true}" |
   build/tessera chat-template --model "$model" --input-jsonl /dev/stdin
-echo "== generate: a text prompt and a chat in one batch, greedy (stats on stderr)"
+echo "== generate: a text prompt and a chat in one batch on the serving engine (a coordinator in-process, one worker process), greedy; the engine's figures on stderr"
 build/tessera generate --model "$model" --max-tokens 48 --stats --prompt "The three primary colours are" \
   --chat "$chat"
 echo "== serve: a coordinator and tp 3 x pp 2 worker processes on a free port (logs on stderr)"

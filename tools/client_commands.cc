@@ -6,7 +6,7 @@
 #include "absl/time/time.h"
 #include "coordinator/complete_command.h"
 #include "tools/commands.h"
-#include "worker/generate_command.h"
+#include "tools/token_ids.h"
 
 namespace tessera::tools {
 namespace {

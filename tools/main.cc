@@ -5,15 +5,6 @@
 
 #include "tools/commands.h"
 
-namespace tessera::tools {
-
-int Fail(const std::string& command, const absl::Status& status) {
-  std::cerr << "tessera " << command << ": " << status.message() << "\n";
-  return 1;
-}
-
-}  // namespace tessera::tools
-
 int main(int argc, char** argv) {
   CLI::App app{"Tessera: tensor x pipeline parallel inference for Llama-family models"};
   app.require_subcommand(0, 1);

@@ -1,5 +1,5 @@
 // make-model, import-gguf and generate. generate turns --prompt text and --chat messages into ids with the
-// coordinator's tokenizer and chat template, and hands the worker library a detokenizer for the output text.
+// coordinator's tokenizer and chat template, runs them on a local engine and decodes the output text.
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -15,10 +15,11 @@
 #include "core/status_macros.h"
 #include "kernels/backend_factory.h"
 #include "tools/commands.h"
+#include "tools/generate_command.h"
+#include "tools/token_ids.h"
 #include "worker/checkpoint/gguf_import.h"
 #include "worker/checkpoint/make_model.h"
 #include "worker/checkpoint/model_presets.h"
-#include "worker/generate_command.h"
 
 namespace tessera::tools {
 namespace {
@@ -26,8 +27,6 @@ namespace {
 struct GenerateArgs {
   GenerateOptions options;
   std::vector<std::string> prompt_ids, prompts, chats;
-  std::string prefill_precision = "exact";
-  std::string device = "cpu";
   std::shared_ptr<Tokenizer> tokenizer;
 };
 
@@ -44,8 +43,6 @@ absl::StatusOr<std::vector<int32_t>> ChatPromptIds(const std::string& path, Mode
 
 // Fills args.options.prompts from --prompt-ids, --prompt and --chat, in that order.
 absl::Status CollectPrompts(GenerateArgs& args) {
-  RETURN_IF_ERROR(ParsePrefillPrecision(args.prefill_precision, args.options.prefill_precision));
-  ASSIGN_OR_RETURN(args.options.device, ParseDeviceKind(args.device));
   for (const std::string& text : args.prompt_ids) {
     std::vector<int32_t> ids;
     RETURN_IF_ERROR(ParseTokenIds(text, ids));
@@ -126,7 +123,8 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
                       }});
 
   auto gen = std::make_shared<GenerateArgs>();
-  CLI::App* gen_cmd = app.add_subcommand("generate", "Generate from prompts run together as one batch");
+  CLI::App* gen_cmd =
+      app.add_subcommand("generate", "Generate from prompts run together as one batch on a local engine");
   gen_cmd->add_option("--model", gen->options.model_dir, "Hugging Face model directory")->required();
   gen_cmd->add_option("--prompt-ids", gen->prompt_ids, "Comma-separated token ids; repeat for more prompts");
   gen_cmd->add_option("--prompt", gen->prompts, "Prompt text (bos added); repeat for more prompts");
@@ -143,8 +141,10 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
   gen_cmd
       ->add_option("--pp-layers", gen->options.pp_layers, "Layers per stage, e.g. 10,11,11 (default: even)")
       ->delimiter(',');
-  gen_cmd->add_option("--device", gen->device, "cpu or cuda")->capture_default_str();
-  gen_cmd->add_option("--threads", gen->options.threads, "CPU threads (0 = all cores)")
+  gen_cmd->add_option("--device", gen->options.device, "cpu or cuda")->capture_default_str();
+  gen_cmd
+      ->add_option("--threads", gen->options.threads,
+                   "CPU threads per worker (0 = the cores split over them)")
       ->capture_default_str();
   gen_cmd->add_option("--logits-out", gen->options.logits_out,
                       "Write the first prompt's logits as float32 .npy");
@@ -156,7 +156,7 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
       ->capture_default_str();
   gen_cmd
       ->add_option(
-          "--prefill-precision", gen->prefill_precision,
+          "--prefill-precision", gen->options.prefill_precision,
           "exact: prefill GEMMs keep fp32 activations (bf16 hi+lo split); bf16: round them (~2x faster)")
       ->capture_default_str();
   commands.push_back(

@@ -4,17 +4,16 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "absl/synchronization/mutex.h"
 #include "coordinator/chat_template/model_chat_templates.h"
 #include "coordinator/coordinator.h"
-#include "coordinator/launcher.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "core/plugin.h"
 #include "core/status_macros.h"
@@ -22,37 +21,12 @@
 #include "core/units.h"
 #include "kernels/backend_factory.h"
 #include "tools/commands.h"
+#include "tools/local_engine.h"
 #include "worker/checkpoint/model_config.h"
-#include "worker/generate_command.h"
 #include "worker/worker_process.h"
 
 namespace tessera::tools {
 namespace {
-
-struct ServeArgs {
-  std::string model_dir;
-  std::string served_model_name;
-  int tp = 1;
-  int pp = 1;
-  std::vector<int> pp_layers;
-  std::string device = "cpu";
-  std::string host = "0.0.0.0";
-  int grpc_port = 50051;
-  std::string advertise_host;
-  std::string kv_cache_memory = "1GiB";
-  int threads_per_worker = 0;
-  int max_num_seqs = 64;
-  int max_num_batched_tokens = 2048;
-  int max_queued_requests = 1024;
-  std::string prefill_precision = "exact";
-  int graph_max_batch = -1;
-  bool enforce_eager = false;
-  std::string communicator = "auto";
-  std::string heartbeat_interval = "500ms";
-  std::string heartbeat_timeout = "5s";
-  std::string comm_timeout = "30s";
-  std::string startup_timeout = "10m";
-};
 
 void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
   cmd->add_option("--model", a.model_dir, "Hugging Face model directory")
@@ -108,73 +82,6 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
       ->capture_default_str();
 }
 
-absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
-  CoordinatorOptions o;
-  ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load(a.model_dir + "/config.json"));
-  ASSIGN_OR_RETURN(GenerationConfig generation,
-                   GenerationConfig::Load(a.model_dir + "/generation_config.json"));
-  ServedModel& m = o.model;
-  m.dir = std::filesystem::absolute(a.model_dir).lexically_normal().string();
-  if (!m.dir.empty() && m.dir.back() == '/') m.dir.pop_back();
-  m.id = a.served_model_name.empty() ? std::filesystem::path(m.dir).filename().string() : a.served_model_name;
-  m.vocab_size = config.vocab_size;
-  m.max_position_embeddings = config.max_position_embeddings;
-  m.num_layers = config.num_hidden_layers;
-  m.eos_token_ids.assign(config.eos_token_ids.begin(), config.eos_token_ids.end());
-  for (int id : generation.eos_token_ids) {
-    if (std::find(m.eos_token_ids.begin(), m.eos_token_ids.end(), id) == m.eos_token_ids.end()) {
-      m.eos_token_ids.push_back(id);
-    }
-  }
-  m.default_temperature = generation.temperature;
-  m.default_top_p = generation.top_p;
-  m.default_top_k = generation.top_k;
-  m.tp_size = a.tp;
-  m.pp_size = a.pp;
-  RETURN_IF_ERROR(ParseDeviceKind(a.device).status());
-  m.device = a.device;
-  o.shape = {.num_layers = config.num_hidden_layers,
-             .num_heads = config.num_attention_heads,
-             .num_kv_heads = config.num_key_value_heads,
-             .intermediate_size = config.intermediate_size,
-             .vocab_size = config.vocab_size};
-  o.pp_layers = a.pp_layers;
-  if (a.grpc_port < 0 || a.grpc_port > 65535) {
-    return absl::InvalidArgumentError(Cat("--grpc-port=", a.grpc_port, " is not a port number"));
-  }
-  o.listen_address =
-      Cat(a.host.find(':') != std::string::npos ? Cat("[", a.host, "]") : a.host, ":", a.grpc_port);
-  if (!a.advertise_host.empty()) o.advertise_host = a.advertise_host;
-  ASSIGN_OR_RETURN(o.kv_cache_memory, ParseByteSize(a.kv_cache_memory));
-  o.threads_per_worker = a.threads_per_worker;
-  if (a.prefill_precision != "exact" && a.prefill_precision != "bf16") {
-    return absl::InvalidArgumentError(
-        Cat("--prefill-precision '", a.prefill_precision, "' is not exact or bf16"));
-  }
-  o.prefill_precision = a.prefill_precision;
-  if (a.graph_max_batch < -1) {
-    return absl::InvalidArgumentError(
-        Cat("--graph-max-batch=", a.graph_max_batch, " must be -1, 0 or positive"));
-  }
-  o.graph_max_batch = a.enforce_eager ? 0 : a.graph_max_batch;
-  if (a.communicator != "auto" && a.communicator != "nccl" && a.communicator != "gloo") {
-    return absl::InvalidArgumentError(Cat("--communicator '", a.communicator, "' is not auto, nccl or gloo"));
-  }
-  o.communicator = a.communicator == "auto" ? "" : a.communicator;
-  if (a.max_num_seqs <= 0 || a.max_num_batched_tokens <= 0 || a.max_queued_requests < 0) {
-    return absl::InvalidArgumentError(Cat("--max-num-seqs=", a.max_num_seqs, ", --max-num-batched-tokens=",
-                                          a.max_num_batched_tokens, " must be positive"));
-  }
-  o.scheduler.max_num_seqs = a.max_num_seqs;
-  o.scheduler.max_num_batched_tokens = a.max_num_batched_tokens;
-  o.scheduler.max_queued_requests = a.max_queued_requests;
-  ASSIGN_OR_RETURN(o.heartbeat_interval, ParseDuration(a.heartbeat_interval));
-  ASSIGN_OR_RETURN(o.heartbeat_timeout, ParseDuration(a.heartbeat_timeout));
-  ASSIGN_OR_RETURN(o.comm_timeout, ParseDuration(a.comm_timeout));
-  ASSIGN_OR_RETURN(o.startup_timeout, ParseDuration(a.startup_timeout));
-  return o;
-}
-
 // Blocks SIGINT and SIGTERM in this thread and every thread started after it; a dedicated thread takes them
 // with sigwait and calls `on_signal` once. Destroying it releases that thread.
 class SignalWatcher {
@@ -219,56 +126,50 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
     if (!loaded.ok()) return Fail(command, loaded.status());
     chat_templates = std::make_unique<ModelChatTemplates>(*std::move(loaded));
   }
-  std::mutex mu;
-  std::condition_variable cv;
-  bool stop = false;
-  std::unique_ptr<Coordinator> coordinator;
-  SignalWatcher signals([&](int sig) {
+  absl::Mutex mu;
+  bool stop = false;               // guarded by mu
+  LocalEngine* running = nullptr;  // guarded by mu
+  auto signals = std::make_unique<SignalWatcher>([&](int sig) {
     std::cerr << "tessera " << command << ": " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
               << ", shutting down\n";
-    std::lock_guard<std::mutex> lock(mu);
-    stop = true;
-    if (coordinator != nullptr) coordinator->Shutdown(std::chrono::milliseconds(3000));
-    cv.notify_all();
-  });
-  absl::StatusOr<std::unique_ptr<Coordinator>> started =
-      Coordinator::Start(*options, std::move(tokenizer), std::move(chat_templates), std::cerr);
-  if (!started.ok()) return Fail(command, started.status());
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    coordinator = std::move(*started);
-  }
-  const int port = coordinator->port();
-  std::cout << nlohmann::json{{"event", "listening"}, {"grpc_port", port}}.dump() << std::endl;
-  std::unique_ptr<LocalWorkers> workers;
-  if (local_workers) {
-    std::vector<std::string> worker_args = {"worker", "--coordinator", Cat("127.0.0.1:", port), "--device",
-                                            args.device};
-    absl::StatusOr<std::unique_ptr<LocalWorkers>> spawned =
-        LocalWorkers::Start(ExecutablePath(), worker_args, coordinator->parallel().world_size(), std::cerr);
-    if (!spawned.ok()) return Fail(command, spawned.status());
-    workers = std::move(*spawned);
-  }
-  absl::Status up = coordinator->BringUp();
-  int exit_code = 0;
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    if (up.ok()) {
-      std::cout << nlohmann::json{{"event", "ready"},
-                                  {"grpc_port", port},
-                                  {"model", options->model.id},
-                                  {"tp", options->model.tp_size},
-                                  {"pp", options->model.pp_size}}
-                       .dump()
-                << std::endl;
-      cv.wait(lock, [&] { return stop; });
-    } else if (!stop) {
-      exit_code = Fail(command, up);
+    LocalEngine* engine = nullptr;
+    {
+      absl::MutexLock lock(&mu);
+      stop = true;
+      engine = running;
     }
+    // Outside the lock: a bring-up in progress ends with CANCELLED; the main thread then finishes the rest.
+    if (engine != nullptr) engine->coordinator().Shutdown(std::chrono::milliseconds(3000));
+  });
+  absl::StatusOr<std::unique_ptr<LocalEngine>> started = LocalEngine::Start(
+      *options, local_workers, {}, std::move(tokenizer), std::move(chat_templates), std::cerr);
+  if (!started.ok()) return Fail(command, started.status());
+  std::unique_ptr<LocalEngine> engine = std::move(*started);
+  {
+    absl::MutexLock lock(&mu);
+    running = engine.get();
+    if (stop) engine->coordinator().Shutdown(std::chrono::milliseconds(3000));
   }
-  coordinator->Shutdown(std::chrono::milliseconds(3000));
-  if (workers != nullptr) workers->Stop(std::chrono::milliseconds(3000));
-  const Scheduler::Stats stats = coordinator->scheduler().stats();
+  const int port = engine->coordinator().port();
+  std::cout << nlohmann::json{{"event", "listening"}, {"grpc_port", port}}.dump() << std::endl;
+  absl::Status up = engine->BringUp();
+  int exit_code = 0;
+  if (up.ok()) {
+    std::cout << nlohmann::json{{"event", "ready"},
+                                {"grpc_port", port},
+                                {"model", options->model.id},
+                                {"tp", options->model.tp_size},
+                                {"pp", options->model.pp_size}}
+                     .dump()
+              << std::endl;
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(&stop));
+  } else {
+    absl::MutexLock lock(&mu);
+    if (!stop) exit_code = Fail(command, up);
+  }
+  engine->Shutdown(std::chrono::milliseconds(3000));
+  const Scheduler::Stats stats = engine->coordinator().scheduler().stats();
   if (stats.steps >
       0) {  // the control plane's cost: step round trip minus the output rank's time in the step
     std::cout << nlohmann::json{{"event", "stats"},
@@ -281,10 +182,8 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
                      .dump()
               << std::endl;
   }
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    coordinator.reset();
-  }
+  signals
+      .reset();  // joins the watcher, which may still be inside the engine's Shutdown, before the engine goes
   return exit_code;
 }
 
@@ -326,14 +225,25 @@ void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
   worker_cmd->add_option("--listen-host", worker->listen_host, "Address other ranks reach this one at")
       ->capture_default_str()
       ->envname("TESSERA_LISTEN_HOST");
-  commands.push_back({worker_cmd, [worker, rank, device] {
+  auto log_file = std::make_shared<std::string>();
+  worker_cmd->add_option("--log-file", *log_file, "Append the worker's log lines to FILE (default: stderr)")
+      ->envname("TESSERA_WORKER_LOG_FILE");
+  commands.push_back({worker_cmd, [worker, rank, device, log_file] {
                         absl::StatusOr<int> requested = RequestedRankFromFlagOrEnv(*rank);
                         if (!requested.ok()) return Fail("worker", requested.status());
                         worker->requested_rank = *requested;
                         absl::StatusOr<DeviceKind> kind = ParseDeviceKind(*device);
                         if (!kind.ok()) return Fail("worker", kind.status());
                         worker->device = *kind;
-                        worker->log = &std::cerr;
+                        std::ofstream log;
+                        if (!log_file->empty()) {
+                          log.open(*log_file, std::ios::app);
+                          if (!log) {
+                            return Fail("worker", absl::InvalidArgumentError(
+                                                      Cat("--log-file ", *log_file, " cannot be opened")));
+                          }
+                        }
+                        worker->log = log_file->empty() ? &std::cerr : &log;
                         absl::Status s = RunWorker(*worker);
                         return s.ok() ? 0 : Fail("worker", s);
                       }});

@@ -5,7 +5,7 @@
 #include "coordinator/chat_template_command.h"
 #include "coordinator/tokenize_command.h"
 #include "tools/commands.h"
-#include "worker/generate_command.h"
+#include "tools/token_ids.h"
 
 namespace tessera::tools {
 

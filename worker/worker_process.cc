@@ -4,16 +4,18 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstdlib>
 #include <deque>
-#include <mutex>
+#include <memory>
 #include <thread>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "tessera/control/v1/control.grpc.pb.h"
 #include "worker/worker_shard.h"
 
@@ -36,16 +38,16 @@ double SecondsOf(Clock::duration d) { return std::chrono::duration<double>(d).co
 class LogSink {
  public:
   explicit LogSink(std::ostream* out) : out_(out) {}
-  void Line(const std::string& line) {
+  void Line(const std::string& line) ABSL_LOCKS_EXCLUDED(mu_) {
     if (out_ == nullptr) return;
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     // One write per line: workers share the server's stderr, which is unbuffered.
     *out_ << (line + "\n") << std::flush;
   }
 
  private:
-  std::ostream* out_;
-  std::mutex mu_;
+  absl::Mutex mu_;
+  std::ostream* const out_ ABSL_PT_GUARDED_BY(mu_);
 };
 
 std::string Hostname() {
@@ -97,32 +99,271 @@ absl::StatusOr<cv1::RegisterResponse> Register(cv1::Control::Stub& stub, const W
   }
 }
 
-// State shared by the session's threads (the reader, the heartbeat sender, the watchdog and the caller's).
-struct SessionState {
-  std::mutex mu;
-  std::condition_variable cv;        // the helper threads wait on it (stopping, closing, ended)
-  std::condition_variable queue_cv;  // the handling thread waits on it (a message, lost, ended): a step wakes
-                                     // that one thread, not the heartbeat and watchdog threads too
-  std::deque<std::pair<cv1::CoordinatorMessage, Clock::time_point>> queue;  // with the time received
-  Clock::time_point last_heard;
-  bool ended = false;       // the reader saw the stream end
-  bool lost = false;        // heard nothing for too long, or a write failed
-  std::string lost_reason;  // why, when lost
-  Clock::time_point lost_at;
-  bool closing = false;   // the caller is closing the stream after shutdown (a bounded wait, not stuck)
-  bool stopping = false;  // the caller is leaving: threads stop
+using Stream = grpc::ClientReaderWriter<cv1::WorkerMessage, cv1::CoordinatorMessage>;
 
-  // Requires mu.
-  void MarkLost(const std::string& reason) {
-    if (!lost) {
-      lost = true;
-      lost_reason = reason;
-      lost_at = Clock::now();
-    }
-    cv.notify_all();
-    queue_cv.notify_all();
+// The Session stream's writes, one at a time: the handling thread's replies and the heartbeat thread's beats.
+// (The reader thread reads the same stream without this lock: gRPC allows one reader beside one writer.)
+class SessionWriter {
+ public:
+  explicit SessionWriter(Stream* stream) : stream_(stream) {}
+
+  // False when the write failed or the stream is closed for writes.
+  bool Write(const cv1::WorkerMessage& message) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return !writes_done_ && stream_->Write(message);
   }
+  // Closes the stream for writes; later writes fail.
+  void WritesDone() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (writes_done_) return;
+    stream_->WritesDone();
+    writes_done_ = true;
+  }
+
+ private:
+  absl::Mutex mu_;  // lock order: never held with Session::mu_
+  Stream* const stream_ ABSL_PT_GUARDED_BY(mu_);
+  bool writes_done_ ABSL_GUARDED_BY(mu_) = false;
 };
+
+// One Session stream and its threads: the reader queues coordinator messages (at most max_queued_messages),
+// the heartbeat thread sends beats, the watchdog notices silence, and Run's thread handles the messages in
+// order. No lock is held while calling out (the shard, its log callback, the log, gRPC's cancel).
+class Session {
+ public:
+  Session(const WorkerOptions& options, const cv1::RegisterResponse& reg, grpc::Channel& channel,
+          cv1::Control::Stub& stub, WorkerShard& shard, LogSink& log)
+      : options_(options),
+        reg_(reg),
+        interval_(reg.heartbeat_interval_ms() > 0 ? reg.heartbeat_interval_ms() : 1000),
+        timeout_(reg.heartbeat_timeout_ms() > 0 ? milliseconds(reg.heartbeat_timeout_ms()) : 10 * interval_),
+        prefix_(absl::StrCat("worker rank ", reg.rank(), ": ")),
+        channel_(channel),
+        shard_(shard),
+        log_(log),
+        stream_(stub.Session(&context_)),
+        writer_(stream_.get()) {}
+
+  // Runs the session to its end: OK after shutdown, else UNAVAILABLE "lost the coordinator at ADDR (why)".
+  absl::Status Run() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  using Queued = std::pair<cv1::CoordinatorMessage, Clock::time_point>;  // with the time received
+
+  cv1::WorkerMessage NewMessage() const {
+    cv1::WorkerMessage m;
+    m.set_epoch(reg_.epoch());
+    m.set_rank(reg_.rank());
+    return m;
+  }
+
+  void ReadLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  void HeartbeatLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Notices silence, and ends the process when Run's thread cannot return (see exit_when_stuck).
+  void WatchdogLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Handles messages in order until shutdown (true) or a loss (false).
+  bool HandleLoop() ABSL_LOCKS_EXCLUDED(mu_);
+
+  void MarkLost(const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (lost_) return;
+    lost_ = true;
+    lost_reason_ = reason;
+    lost_at_ = Clock::now();
+  }
+  // Conditions (absl::Mutex evaluates them holding mu_).
+  // The queue has room, or nothing is queued any more.
+  bool ReaderMayRead() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return static_cast<int>(queue_.size()) < options_.max_queued_messages || stopping_;
+  }
+  bool HasWork() const ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !queue_.empty() || lost_ || ended_; }
+  bool StoppingOrClosing() const ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_ || closing_; }
+
+  const WorkerOptions& options_;
+  const cv1::RegisterResponse& reg_;
+  const milliseconds interval_;
+  const milliseconds timeout_;
+  const std::string prefix_;  // "worker rank R: "
+  grpc::Channel& channel_;
+  WorkerShard& shard_;  // Run's thread only
+  LogSink& log_;
+  grpc::ClientContext context_;     // TryCancel is thread-safe
+  std::unique_ptr<Stream> stream_;  // the reader thread reads it; writes go through writer_
+  SessionWriter writer_;
+
+  absl::Mutex mu_;  // lock order: never held with SessionWriter::mu_ or LogSink::mu_
+  std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);  // at most options_.max_queued_messages
+  Clock::time_point last_heard_ ABSL_GUARDED_BY(mu_) = Clock::now();
+  bool reader_held_back_ ABSL_GUARDED_BY(mu_) = false;  // the reader waits for room in a full queue
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;             // the reader saw the stream end
+  bool lost_ ABSL_GUARDED_BY(mu_) = false;              // heard nothing for too long, or a write failed
+  std::string lost_reason_ ABSL_GUARDED_BY(mu_);        // why, when lost
+  Clock::time_point lost_at_ ABSL_GUARDED_BY(mu_);
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;   // Run is closing the stream after shutdown (a bounded wait)
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;  // Run is leaving: threads stop
+};
+
+void Session::ReadLoop() {
+  cv1::CoordinatorMessage m;
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!ReaderMayRead()) {  // read nothing more until the handling thread takes a message
+        reader_held_back_ = true;
+        mu_.Await(absl::Condition(this, &Session::ReaderMayRead));
+        reader_held_back_ = false;
+        last_heard_ = Clock::now();  // the wait was this worker's, not the coordinator's silence
+      }
+    }
+    if (!stream_->Read(&m)) break;
+    absl::MutexLock lock(&mu_);
+    last_heard_ = Clock::now();
+    // Room is left: only this thread adds. Once stopping, what is still read is dropped.
+    if (m.body_case() != cv1::CoordinatorMessage::kHeartbeat && !stopping_) {
+      queue_.emplace_back(std::move(m), last_heard_);
+      const int depth = static_cast<int>(queue_.size());
+      if (options_.max_queue_depth_seen != nullptr && depth > options_.max_queue_depth_seen->load()) {
+        options_.max_queue_depth_seen->store(depth);
+      }
+    }
+    m.Clear();
+  }
+  absl::MutexLock lock(&mu_);
+  ended_ = true;
+}
+
+void Session::HeartbeatLoop() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (mu_.AwaitWithTimeout(absl::Condition(this, &Session::StoppingOrClosing),
+                               absl::FromChrono(interval_))) {
+        return;
+      }
+    }
+    cv1::WorkerMessage beat = NewMessage();
+    beat.mutable_heartbeat()->set_sent_unix_ms(
+        std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    if (!writer_.Write(beat)) {
+      absl::MutexLock lock(&mu_);
+      if (!stopping_ && !closing_) MarkLost("a heartbeat could not be written");
+    }
+  }
+}
+
+void Session::WatchdogLoop() {
+  const milliseconds poll = std::clamp(timeout_ / 10, milliseconds(10), milliseconds(200));
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::FromChrono(poll))) return;
+    }
+    // A reader held back by a full queue hears nothing because this worker is busy: that counts as hearing
+    // the coordinator while the connection is up (a coordinator that died drops it).
+    const bool connected = channel_.GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY;
+    bool cancel = false;
+    std::string stuck;  // the line to log before exiting
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      const Clock::time_point now = Clock::now();
+      if (reader_held_back_ && connected) last_heard_ = now;
+      if (!lost_ && !ended_ && now - last_heard_ > timeout_) {
+        MarkLost(absl::StrCat("heard nothing for ", timeout_.count(), " ms"));
+        cancel = true;
+      }
+      if (ended_ && !lost_) MarkLost("the session ended");
+      if (lost_ && !closing_ && options_.exit_when_stuck && now - lost_at_ > timeout_) {
+        stuck = absl::StrCat(prefix_, "lost the coordinator at ", options_.coordinator, " (", lost_reason_,
+                             ") and the current message is still running after ", timeout_.count(),
+                             " ms more; exiting");
+      }
+    }
+    if (cancel) context_.TryCancel();  // unblocks the reader
+    if (!stuck.empty()) {
+      log_.Line(stuck);
+      _exit(1);
+    }
+  }
+}
+
+bool Session::HandleLoop() {
+  for (;;) {
+    Queued next;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(this, &Session::HasWork));
+      if (lost_ || ended_) {
+        // A coordinator that said shutdown and closed the stream at once still gets a clean exit.
+        for (const Queued& queued : queue_) {
+          const cv1::CoordinatorMessage& m = queued.first;
+          if (m.body_case() == cv1::CoordinatorMessage::kShutdown && m.epoch() == reg_.epoch()) return true;
+        }
+        return false;
+      }
+      next = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    if (options_.before_handle) options_.before_handle();
+    bool write_failed = false;
+    for (const cv1::WorkerMessage& reply : shard_.Handle(next.first, next.second)) {
+      write_failed = write_failed || !writer_.Write(reply);
+    }
+    if (write_failed) {
+      absl::MutexLock lock(&mu_);
+      MarkLost("a reply could not be written");
+      continue;
+    }
+    if (shard_.done()) {
+      {
+        absl::MutexLock lock(&mu_);
+        closing_ = true;
+      }
+      writer_.WritesDone();
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&ended_), absl::FromChrono(kCloseTimeout));
+      return true;
+    }
+  }
+}
+
+absl::Status Session::Run() {
+  cv1::WorkerMessage open = NewMessage();
+  open.mutable_open()->set_hostname(Hostname());
+  open.mutable_open()->set_pid(static_cast<int32_t>(getpid()));
+  if (!writer_.Write(open)) {
+    absl::MutexLock lock(&mu_);
+    MarkLost("cannot open the session");
+  }
+  std::thread reader(&Session::ReadLoop, this);
+  std::thread heartbeat(&Session::HeartbeatLoop, this);
+  std::thread watchdog(&Session::WatchdogLoop, this);
+  const bool shutdown = HandleLoop();
+
+  std::string reason;
+  bool ended = false;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    ended = ended_;
+    reason = lost_ ? lost_reason_ : "the session ended";
+  }
+  if (!ended) context_.TryCancel();  // else Finish has the coordinator's status, which a cancel would hide
+  reader.join();
+  heartbeat.join();
+  watchdog.join();
+  const grpc::Status finished = stream_->Finish();
+  if (shutdown) {
+    log_.Line(absl::StrCat(prefix_, "shut down"));
+    return absl::OkStatus();
+  }
+  if (!finished.ok() && finished.error_code() != grpc::StatusCode::CANCELLED) {
+    absl::StrAppend(&reason, ": ", GrpcError(finished));
+  }
+  const std::string error = absl::StrCat("lost the coordinator at ", options_.coordinator, " (", reason, ")");
+  log_.Line(prefix_ + error);
+  return absl::UnavailableError(error);
+}
 
 }  // namespace
 
@@ -143,6 +384,10 @@ absl::StatusOr<int> RequestedRankFromFlagOrEnv(int flag_rank) {
 
 absl::Status RunWorker(const WorkerOptions& options) {
   if (options.coordinator.empty()) return absl::InvalidArgumentError("the coordinator address is empty");
+  if (options.max_queued_messages < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_queued_messages is ", options.max_queued_messages, "; it must be at least 1"));
+  }
   LogSink log(options.log);
   grpc::ChannelArguments args;
   // gRPC's own reconnect backoff (1 s growing to 120 s by default) would hide a coordinator that has come up.
@@ -150,17 +395,14 @@ absl::Status RunWorker(const WorkerOptions& options) {
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, static_cast<int>(kFirstBackoff.count()));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(kMaxBackoff.count()));
   args.SetMaxReceiveMessageSize(-1);  // steps of large batches
-  std::unique_ptr<cv1::Control::Stub> stub = cv1::Control::NewStub(
-      grpc::CreateCustomChannel(options.coordinator, grpc::InsecureChannelCredentials(), args));
+  const std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options.coordinator, grpc::InsecureChannelCredentials(), args);
+  std::unique_ptr<cv1::Control::Stub> stub = cv1::Control::NewStub(channel);
   absl::StatusOr<cv1::RegisterResponse> registered = Register(*stub, options, log);
   if (!registered.ok()) return registered.status();
   const cv1::RegisterResponse& reg = *registered;
-  const milliseconds interval(reg.heartbeat_interval_ms() > 0 ? reg.heartbeat_interval_ms() : 1000);
-  const milliseconds timeout(reg.heartbeat_timeout_ms() > 0 ? reg.heartbeat_timeout_ms()
-                                                            : 10 * interval.count());
-  const std::string prefix = absl::StrCat("worker rank ", reg.rank(), ": ");
-  log.Line(absl::StrCat(prefix, "registered with the coordinator at ", options.coordinator, " (world ",
-                        reg.world_size(), ", epoch ", reg.epoch(), ")"));
+  log.Line(absl::StrCat("worker rank ", reg.rank(), ": registered with the coordinator at ",
+                        options.coordinator, " (world ", reg.world_size(), ", epoch ", reg.epoch(), ")"));
 
   WorkerShardOptions shard_options;
   shard_options.rank = reg.rank();
@@ -171,151 +413,8 @@ absl::Status RunWorker(const WorkerOptions& options) {
   shard_options.device_index = options.device_index;
   shard_options.log = [&log](const std::string& line) { log.Line(line); };
   WorkerShard shard(shard_options);
-
-  grpc::ClientContext context;
-  std::unique_ptr<grpc::ClientReaderWriter<cv1::WorkerMessage, cv1::CoordinatorMessage>> stream =
-      stub->Session(&context);
-  std::mutex write_mu;  // one writer at a time: this thread and the heartbeat thread
-  bool writes_done = false;
-  auto write = [&](const cv1::WorkerMessage& message) {
-    std::lock_guard<std::mutex> lock(write_mu);
-    return !writes_done && stream->Write(message);
-  };
-  auto message = [&]() {
-    cv1::WorkerMessage m;
-    m.set_epoch(reg.epoch());
-    m.set_rank(reg.rank());
-    return m;
-  };
-  SessionState state;
-  state.last_heard = Clock::now();
-  {
-    cv1::WorkerMessage open = message();
-    open.mutable_open()->set_hostname(Hostname());
-    open.mutable_open()->set_pid(static_cast<int32_t>(getpid()));
-    if (!write(open)) {
-      std::lock_guard<std::mutex> lock(state.mu);
-      state.MarkLost("cannot open the session");
-    }
-  }
-
-  std::thread reader([&] {
-    cv1::CoordinatorMessage m;
-    while (stream->Read(&m)) {
-      std::lock_guard<std::mutex> lock(state.mu);
-      state.last_heard = Clock::now();
-      if (m.body_case() != cv1::CoordinatorMessage::kHeartbeat) {
-        state.queue.emplace_back(std::move(m), state.last_heard);
-        state.queue_cv.notify_one();
-      }
-      m.Clear();
-    }
-    std::lock_guard<std::mutex> lock(state.mu);
-    state.ended = true;
-    state.cv.notify_all();
-    state.queue_cv.notify_all();
-  });
-  std::thread heartbeat([&] {
-    std::unique_lock<std::mutex> lock(state.mu);
-    while (!state.cv.wait_for(lock, interval, [&] { return state.stopping || state.closing; })) {
-      lock.unlock();
-      cv1::WorkerMessage beat = message();
-      beat.mutable_heartbeat()->set_sent_unix_ms(
-          std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-              .count());
-      const bool ok = write(beat);
-      lock.lock();
-      if (!ok && !state.stopping && !state.closing) state.MarkLost("a heartbeat could not be written");
-    }
-  });
-  // Notices silence, and ends the process when the caller cannot return (see exit_when_stuck).
-  std::thread watchdog([&] {
-    const milliseconds poll = std::clamp(timeout / 10, milliseconds(10), milliseconds(200));
-    std::unique_lock<std::mutex> lock(state.mu);
-    while (!state.cv.wait_for(lock, poll, [&] { return state.stopping; })) {
-      const Clock::time_point now = Clock::now();
-      if (!state.lost && !state.ended && now - state.last_heard > timeout) {
-        state.MarkLost(absl::StrCat("heard nothing for ", timeout.count(), " ms"));
-        context.TryCancel();  // unblocks the reader
-      }
-      if (state.ended && !state.lost) state.MarkLost("the session ended");
-      if (state.lost && !state.closing && options.exit_when_stuck && now - state.lost_at > timeout) {
-        log.Line(absl::StrCat(prefix, "lost the coordinator at ", options.coordinator, " (",
-                              state.lost_reason, ") and the current message is still running after ",
-                              timeout.count(), " ms more; exiting"));
-        _exit(1);
-      }
-    }
-  });
-
-  // Handles messages in order until shutdown or a loss.
-  bool shutdown = false;
-  for (;;) {
-    std::unique_lock<std::mutex> lock(state.mu);
-    state.queue_cv.wait(lock, [&] { return !state.queue.empty() || state.lost || state.ended; });
-    if (state.lost || state.ended) {
-      // A coordinator that said shutdown and closed the stream at once still gets a clean exit.
-      for (const auto& queued : state.queue) {
-        if (queued.first.body_case() == cv1::CoordinatorMessage::kShutdown &&
-            queued.first.epoch() == reg.epoch()) {
-          shutdown = true;
-        }
-      }
-      break;
-    }
-    auto [m, received] = std::move(state.queue.front());
-    state.queue.pop_front();
-    lock.unlock();
-    bool write_failed = false;
-    for (const cv1::WorkerMessage& reply : shard.Handle(m, received)) {
-      write_failed = write_failed || !write(reply);
-    }
-    if (write_failed) {
-      lock.lock();
-      state.MarkLost("a reply could not be written");
-      continue;
-    }
-    if (shard.done()) {
-      shutdown = true;
-      lock.lock();
-      state.closing = true;
-      state.cv.notify_all();
-      lock.unlock();
-      {
-        std::lock_guard<std::mutex> write_lock(write_mu);
-        stream->WritesDone();
-        writes_done = true;
-      }
-      lock.lock();
-      state.cv.wait_for(lock, kCloseTimeout, [&] { return state.ended; });
-      break;
-    }
-  }
-
-  std::string reason;
-  bool ended = false;
-  {
-    std::lock_guard<std::mutex> lock(state.mu);
-    state.stopping = true;
-    ended = state.ended;
-    reason = state.lost ? state.lost_reason : "the session ended";
-    state.cv.notify_all();
-  }
-  if (!ended) context.TryCancel();  // else Finish has the coordinator's status, which a cancel would hide
-  reader.join();
-  heartbeat.join();
-  watchdog.join();
-  const grpc::Status finished = stream->Finish();
-  if (shutdown) {
-    log.Line(absl::StrCat(prefix, "shut down"));
-    return absl::OkStatus();
-  }
-  if (!finished.ok() && finished.error_code() != grpc::StatusCode::CANCELLED) {
-    absl::StrAppend(&reason, ": ", GrpcError(finished));
-  }
-  const std::string error = absl::StrCat("lost the coordinator at ", options.coordinator, " (", reason, ")");
-  log.Line(prefix + error);
-  return absl::UnavailableError(error);
+  Session session(options, reg, *channel, *stub, shard, log);
+  return session.Run();
 }
 
 }  // namespace tessera

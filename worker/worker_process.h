@@ -3,7 +3,9 @@
 // order and writes its replies, and sends heartbeats.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <functional>
 #include <ostream>
 #include <string>
 
@@ -27,6 +29,15 @@ struct WorkerOptions {
   // (e.g. a step stuck in a collective whose peer is gone) has not finished within another heartbeat timeout.
   // Tests that run RunWorker in-process turn it off.
   bool exit_when_stuck = true;
+  // The most coordinator messages waiting to be handled (>= 1). When that many wait, the reader stops reading
+  // the stream until the handling thread takes one (gRPC's flow control then holds the coordinator back);
+  // heartbeats are never queued.
+  int max_queued_messages = 64;
+
+  // For tests. When set, the deepest the queue has been (raised by the reader thread).
+  std::atomic<int>* max_queue_depth_seen = nullptr;
+  // For tests. When set, runs on the handling thread, holding no lock, before each message is handled.
+  std::function<void()> before_handle;
 };
 
 // Runs one worker until the coordinator says shutdown (OK) or is lost. Behaviour:
@@ -35,16 +46,20 @@ struct WorkerOptions {
 //   for at most connect_timeout; then UNAVAILABLE naming the address. Any other Register error
 //   (ALREADY_EXISTS, OUT_OF_RANGE, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ...) is returned at once with its
 //   code.
-// - Open the Session stream with `open` (hostname, pid); a reader thread queues coordinator messages, this
-//   thread handles them in order (WorkerShard) and writes the replies, a heartbeat thread sends a Heartbeat
-//   every heartbeat_interval_ms (RegisterResponse; 1000 when 0).
+// - Open the Session stream with `open` (hostname, pid); a reader thread queues coordinator messages (at most
+//   max_queued_messages; when full it reads no more until one is taken), this thread handles them in order
+//   (WorkerShard) and writes the replies, a heartbeat thread sends a Heartbeat every heartbeat_interval_ms
+//   (RegisterResponse; 1000 when 0).
 // - Shutdown: closes the stream (WritesDone, then waits at most 2 s for the coordinator to end it before
 //   cancelling) and returns OK.
 // - The stream ending, a failed write, or nothing heard from the coordinator (messages or heartbeats) for
 //   heartbeat_timeout_ms (RegisterResponse; 10 intervals when 0): returns UNAVAILABLE "lost the coordinator
 //   at ADDR (...)" as soon as the message being handled is done. If that message is still running another
 //   heartbeat_timeout later (stuck in a collective with a dead peer), and exit_when_stuck is set, the
-//   watchdog logs one line and calls _exit(1), so that a worker never outlives its coordinator.
+//   watchdog logs one line and calls _exit(1), so that a worker never outlives its coordinator. While the
+//   queue is full and the connection is up, the coordinator counts as heard (this worker is busy, not the
+//   coordinator silent).
+// - INVALID_ARGUMENT, before anything else, for an empty coordinator or max_queued_messages < 1.
 // Installs no signal handlers. Thread-safe to call from one thread at a time.
 [[nodiscard]] absl::Status RunWorker(const WorkerOptions& options);
 

@@ -13,9 +13,9 @@
 #include "core/resource_usage.h"
 #include "core/status_macros.h"
 #include "kernels/backend_factory.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "parallel/communicator_factory.h"
-#include "parallel/staged_communicator.h"
+#include "worker/model_split.h"
+#include "worker/staged_communicator.h"
 
 namespace tessera {
 namespace {
@@ -117,7 +117,8 @@ std::vector<cv1::WorkerMessage> WorkerShard::Handle(const cv1::CoordinatorMessag
       seqs_.clear();
       break;
     case cv1::CoordinatorMessage::kDrain:
-      break;  // steps are handled in order: every earlier one is done
+      ack.set_peak_rss_bytes(PeakRssBytes());  // steps are handled in order: every earlier one is done
+      break;
     case cv1::CoordinatorMessage::kShutdown:
       done_ = true;
       return replies;
@@ -195,38 +196,23 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
   }
   absl::StatusOr<Checkpoint> checkpoint = Checkpoint::Open(assign.model_dir());
   if (!checkpoint.ok()) return Prefixed(checkpoint.status(), "assign_shard: ");
-  const ModelConfig& c = checkpoint->config();
   std::vector<int> pp_layers(assign.pp_layers().begin(), assign.pp_layers().end());
   absl::StatusOr<ParallelConfig> parallel =
-      ParallelConfig::Create({.num_layers = c.num_hidden_layers,
-                              .num_heads = c.num_attention_heads,
-                              .num_kv_heads = c.num_key_value_heads,
-                              .intermediate_size = c.intermediate_size,
-                              .vocab_size = c.vocab_size},
-                             assign.tp_size(), assign.pp_size(), pp_layers);
+      SplitModel(checkpoint->config(), assign.tp_size(), assign.pp_size(), pp_layers);
   if (!parallel.ok()) {
     return Prefixed(parallel.status(), absl::StrCat("assign_shard: ", assign.model_dir(), ": "));
   }
-  absl::StatusOr<std::unique_ptr<Backend>> backend;
-  int threads = 0;
+  BackendOptions backend_options;
+  backend_options.device = device;
+  backend_options.device_index = device_index;
+  backend_options.prefill_precision = precision;
   if (device == DeviceKind::kCpu) {
-    CpuBackendOptions cpu;
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    threads = assign.num_threads() > 0 ? assign.num_threads() : std::max(1, cores / world);
-    cpu.num_threads = threads;
-    cpu.linear.prefill_precision = precision;
-    absl::StatusOr<std::unique_ptr<CpuBackend>> created = CpuBackend::Create(cpu);
-    if (created.ok()) {
-      backend = std::unique_ptr<Backend>(std::move(created).value());
-    } else {
-      backend = created.status();
-    }
-  } else {
-    BackendOptions options;
-    options.device = device;
-    options.device_index = device_index;
-    backend = CreateBackend(options);
+    backend_options.num_threads =
+        assign.num_threads() > 0 ? assign.num_threads() : std::max(1, cores / world);
   }
+  const int threads = backend_options.num_threads;
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(backend_options);
   if (!backend.ok()) return Prefixed(backend.status(), "assign_shard: ");
 
   assign_ = assign;
@@ -354,6 +340,14 @@ absl::Status WorkerShard::AllocateKvCache(const cv1::AllocateKvCache& allocate) 
   return absl::OkStatus();
 }
 
+void WorkerShard::AddLogitsRow(uint64_t seq_id, const Tensor& row, cv1::StepResult& result) {
+  cv1::LogitsRow* out = result.add_logits();
+  out->set_seq_id(seq_id);
+  std::string& values = *out->mutable_values();
+  values.resize(static_cast<size_t>(row.nbytes()));
+  backend_->CopyToHost(values.data(), row.data(), row.nbytes());
+}
+
 void WorkerShard::UndoStep() {
   for (const Appended& a : appended_) {
     a.seq->tokens.resize(a.num_tokens);
@@ -414,6 +408,7 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
     seq.sampling.top_k = sp.top_k();
     seq.sampling.top_p = sp.top_p() > 0 ? sp.top_p() : 1.0f;  // proto3's unset 0 means off, like 1
     seq.sampling.seed = sp.seed();
+    it->second.return_logits = n.return_logits();
   }
   for (const cv1::ScheduledSequence& s : step.scheduled()) {
     auto it = seqs_.find(s.seq_id());
@@ -434,8 +429,10 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
   has_result = output_rank;
   result.set_step_id(step_id);
   if (batch_.empty()) return absl::OkStatus();
+  const int64_t graph_steps = runner_->graph_steps();
   absl::StatusOr<Tensor> logits = runner_->Forward(batch_);
   if (!logits.ok()) return fail(logits.status());
+  result.set_graph(runner_->graph_steps() > graph_steps);
   if (output_rank) {
     // Sample runs of consecutive sampled rows (chunked prompts' rows are skipped), keeping step order.
     const int n = step.scheduled_size();
@@ -447,6 +444,10 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
       int end = begin;
       sample_run_.clear();
       while (end < n && step.scheduled(end).sample()) sample_run_.push_back(batch_[end++]);
+      for (int i = begin; i < end; ++i) {
+        const uint64_t id = step.scheduled(i).seq_id();
+        if (seqs_.at(id).return_logits) AddLogitsRow(id, logits->Rows(i, 1), result);
+      }
       runner_->Sample(logits->Rows(begin, end - begin), sample_run_, sampled_);
       result.mutable_tokens()->Add(sampled_.begin(), sampled_.end());
       begin = end;

@@ -53,11 +53,13 @@ struct WorkerShardOptions {
 // - step: parsed from its bytes, applied in the proto's order (finished, new_sequences, then each scheduled
 //   sequence's tokens and new_block_ids appended), then one ModelRunner::Forward over the scheduled sequences
 //   in step order. The output rank answers with a StepResult (a token per sequence with sample = true, in
-//   step order; empty when none); other ranks answer nothing. A sequence's tokens come only from the steps
-//   (the output rank does not append what it sampled: the coordinator sends it back). A failed step leaves
-//   the sequences as they were. SamplingParams.top_p = 0 (proto3's unset) means off, like 1.
-// - reset: forgets every sequence. drain: Ack (steps run in order, so every earlier one is done; later steps
-//   are still taken). shutdown: done() turns true, no reply. heartbeat: no reply.
+//   step order; empty when none; `graph` when the step replayed a captured graph; a LogitsRow before sampling
+//   for each sampled sequence created with return_logits); other ranks answer nothing. A sequence's tokens
+//   come only from the steps (the output rank does not append what it sampled: the coordinator sends it
+//   back). A failed step leaves the sequences as they were. SamplingParams.top_p = 0 (proto3's unset) means
+//   off, like 1.
+// - reset: forgets every sequence. drain: Ack with peak_rss_bytes (steps run in order, so every earlier one
+//   is done; later steps are still taken). shutdown: done() turns true, no reply. heartbeat: no reply.
 // Errors are WorkerErrors with the absl code; the message starts with "rank R: " and names the culprit (the
 // message kind, file, tensor, sequence id, ...); a failed step's error carries its step_id.
 class WorkerShard {
@@ -109,7 +111,10 @@ class WorkerShard {
   struct Entry {
     Sequence seq;
     uint64_t scheduled_mark = 0;  // the step_counter_ of the last step that scheduled it
+    bool return_logits = false;   // the output rank returns the rows its tokens are sampled from
   };
+  // Appends `row` (one sequence's float32 logits, before sampling touches them) to the result.
+  void AddLogitsRow(uint64_t seq_id, const Tensor& row, control::v1::StepResult& result);
   // What a step changed, so that a failed step can be undone.
   struct Appended {
     Sequence* seq;

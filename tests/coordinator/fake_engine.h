@@ -6,12 +6,13 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <map>
-#include <mutex>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "coordinator/engine.h"
 #include "core/str_cat.h"
 
@@ -41,22 +42,24 @@ inline EngineScript ScriptOf(std::vector<ScriptedChoice> choices) {
 class FakeEngine final : public Engine {
  public:
   ~FakeEngine() override {
+    std::vector<std::thread> threads;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       shutting_down_ = true;
+      threads.swap(threads_);
     }
-    cv_.notify_all();
-    for (std::thread& t : threads_) t.join();
+    for (std::thread& t : threads) t.join();
   }
 
-  void SetScript(EngineScript script) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void SetScript(EngineScript script) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     script_ = std::move(script);
   }
   void set_ready(bool ready) { ready_ = ready; }
 
-  absl::Status Submit(GenerationRequest request, std::shared_ptr<GenerationObserver> observer) override {
-    std::lock_guard<std::mutex> lock(mu_);
+  absl::Status Submit(GenerationRequest request, std::shared_ptr<GenerationObserver> observer) override
+      ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     requests_.push_back(request);
     if (!script_.submit_status.ok()) return script_.submit_status;
     if (running_.contains(request.id))
@@ -68,54 +71,59 @@ class FakeEngine final : public Engine {
     return absl::OkStatus();
   }
 
-  absl::Status Cancel(const std::string& request_id) override {
-    std::lock_guard<std::mutex> lock(mu_);
+  absl::Status Cancel(const std::string& request_id) override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     cancels_.push_back(request_id);
     auto it = running_.find(request_id);
     if (it == running_.end()) return absl::NotFoundError(Cat("no request ", request_id));
     it->second = true;
-    cv_.notify_all();
     return absl::OkStatus();
   }
 
   bool ready() const override { return ready_; }
 
-  std::vector<GenerationRequest> requests() const {
-    std::lock_guard<std::mutex> lock(mu_);
+  std::vector<GenerationRequest> requests() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     return requests_;
   }
   // Whether Cancel(request_id) was called within `timeout`.
-  bool WaitForCancel(const std::string& request_id, std::chrono::milliseconds timeout) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, timeout, [&] {
+  bool WaitForCancel(const std::string& request_id, std::chrono::milliseconds timeout)
+      ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    auto cancelled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return std::find(cancels_.begin(), cancels_.end(), request_id) != cancels_.end();
-    });
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&cancelled), absl::FromChrono(timeout));
   }
   // Whether the request has stopped running (OnDone sent) within `timeout`.
-  bool WaitForDone(const std::string& request_id, std::chrono::milliseconds timeout) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, timeout, [&] { return !running_.contains(request_id); });
+  bool WaitForDone(const std::string& request_id, std::chrono::milliseconds timeout)
+      ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !running_.contains(request_id); };
+    return mu_.AwaitWithTimeout(absl::Condition(&done), absl::FromChrono(timeout));
   }
   // Whether `request_id` is queued or running.
-  bool Running(const std::string& request_id) const {
-    std::lock_guard<std::mutex> lock(mu_);
+  bool Running(const std::string& request_id) const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     return running_.contains(request_id);
   }
 
  private:
-  void Finish(const std::string& id, GenerationObserver& observer, const absl::Status& status) {
+  // Observers are called without mu_ held, as the real engine does.
+  void Finish(const std::string& id, GenerationObserver& observer, const absl::Status& status)
+      ABSL_LOCKS_EXCLUDED(mu_) {
     observer.OnDone(status);
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     running_.erase(id);
-    cv_.notify_all();
   }
 
-  bool Cancelled(const std::string& id) {
-    std::lock_guard<std::mutex> lock(mu_);
+  bool Cancelled(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     return running_[id] || shutting_down_;
   }
 
-  void Play(const GenerationRequest& request, GenerationObserver& observer, const EngineScript& script) {
+  void Play(const GenerationRequest& request, GenerationObserver& observer, const EngineScript& script)
+      ABSL_LOCKS_EXCLUDED(mu_) {
     std::vector<bool> ended(request.n, false);
     for (int step = 0;; ++step) {
       if (Cancelled(request.id)) return Finish(request.id, observer, absl::CancelledError("cancelled"));
@@ -144,22 +152,25 @@ class FakeEngine final : public Engine {
         return Finish(request.id, observer, absl::OkStatus());
       }
       if (!emitted) {  // hanging: nothing more until Cancel
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return running_[request.id] || shutting_down_; });
+        absl::MutexLock lock(&mu_);
+        auto cancelled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          auto it = running_.find(request.id);
+          return (it != running_.end() && it->second) || shutting_down_;
+        };
+        mu_.Await(absl::Condition(&cancelled));
         continue;
       }
       std::this_thread::sleep_for(script.step_delay);
     }
   }
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  EngineScript script_;
-  std::vector<GenerationRequest> requests_;
-  std::vector<std::string> cancels_;
-  std::map<std::string, bool> running_;  // id -> cancelled
-  std::vector<std::thread> threads_;
-  bool shutting_down_ = false;
+  mutable absl::Mutex mu_;
+  EngineScript script_ ABSL_GUARDED_BY(mu_);
+  std::vector<GenerationRequest> requests_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> cancels_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, bool> running_ ABSL_GUARDED_BY(mu_);  // id -> cancelled
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> ready_{true};
 };
 

@@ -1,12 +1,22 @@
 // Scheduler against a recording StepSink (the worker group's place): the deltas it forms, admission, stop
-// conditions, cancellation, failures and pipeline micro-batches.
+// conditions, cancellation, failures, pipeline micro-batches, logits rows and graph-step counts, and the
+// delivery of observer events (in order, exactly once, never under the scheduler's lock).
 #include "coordinator/scheduler.h"
 
 #include <gtest/gtest.h>
 
-#include <condition_variable>
-#include <mutex>
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <random>
+#include <thread>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "core/str_cat.h"
 #include "tessera/control/v1/control.pb.h"
 #include "tests/util/status_matchers.h"
 
@@ -14,70 +24,116 @@ namespace tessera {
 namespace {
 
 using control::v1::Step;
+using control::v1::StepResult;
 using ::tessera::testing::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+
+constexpr absl::Duration kWait = absl::Seconds(5);
 
 class RecordingSink : public StepSink {
  public:
   absl::Status SendStep(const std::string& serialized) override {
     Step step;
     EXPECT_TRUE(step.ParseFromString(serialized));
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     steps_.push_back(step);
-    cv_.notify_all();
     return status_;
   }
   // Waits for the step with this index (0-based) and returns it.
   Step WaitStep(size_t index) {
-    std::unique_lock<std::mutex> lock(mu_);
-    EXPECT_TRUE(cv_.wait_for(lock, std::chrono::seconds(5), [&] { return steps_.size() > index; }))
-        << "step " << index << " never came";
+    absl::MutexLock lock(&mu_);
+    auto arrived = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return steps_.size() > index; };
+    EXPECT_TRUE(mu_.AwaitWithTimeout(absl::Condition(&arrived), kWait)) << "step " << index << " never came";
     return steps_.size() > index ? steps_[index] : Step();
   }
   size_t count() {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     return steps_.size();
   }
-  absl::Status status_;
+  void set_status(absl::Status status) {
+    absl::MutexLock lock(&mu_);
+    status_ = std::move(status);
+  }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Step> steps_;
+  absl::Mutex mu_;
+  std::vector<Step> steps_ ABSL_GUARDED_BY(mu_);
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
 };
 
+// Records a request's events and checks their order as they come: OnLogits / OnToken only for a choice that
+// has not ended, OnChoiceEnd once per choice, OnDone once and last.
 class RecordingObserver : public GenerationObserver {
  public:
+  explicit RecordingObserver(int32_t stop_on = -1) : stop_on_(stop_on) {}
+
   bool OnToken(int index, int32_t token) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
+    Check(index, "OnToken");
     tokens[index].push_back(token);
-    return token == stop_on;
+    log.push_back(Cat("token ", index, " ", token));
+    return token == stop_on_;
+  }
+  void OnLogits(int index, const float* values, int64_t size) override {
+    absl::MutexLock lock(&mu_);
+    Check(index, "OnLogits");
+    logits[index].emplace_back(values, values + size);
+    log.push_back(Cat("logits ", index));
   }
   void OnChoiceEnd(int index, FinishReason reason) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
+    Check(index, "OnChoiceEnd");
     ends.emplace_back(index, reason);
+    log.push_back(Cat("end ", index, reason == FinishReason::kStop ? " stop" : " length"));
   }
   void OnDone(const absl::Status& status) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
+    EXPECT_FALSE(done) << "OnDone twice";
     done = true;
     final_status = status;
-    cv_.notify_all();
+    log.push_back("done");
   }
   bool WaitDone() {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(5), [&] { return done; });
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(&done), kWait);
   }
+
+  // Read these once OnDone came.
   std::map<int, std::vector<int32_t>> tokens;
+  std::map<int, std::vector<std::vector<float>>> logits;
   std::vector<std::pair<int, FinishReason>> ends;
+  std::vector<std::string> log;
   bool done = false;
   absl::Status final_status;
-  int32_t stop_on = -1;
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
+  void Check(int index, const char* call) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    EXPECT_FALSE(done) << call << " after OnDone";
+    for (const auto& [ended, reason] : ends)
+      EXPECT_NE(ended, index) << call << " after choice " << index << " ended";
+  }
+
+  const int32_t stop_on_;
+  absl::Mutex mu_;
 };
+
+// The output rank's answer: one token per sampled sequence.
+StepResult Result(uint64_t step_id, const std::vector<int32_t>& tokens, double worker_seconds = 0) {
+  StepResult result;
+  result.set_step_id(step_id);
+  result.mutable_tokens()->Add(tokens.begin(), tokens.end());
+  result.set_worker_seconds(worker_seconds);
+  return result;
+}
+
+// A logits row of `values`, as the output rank encodes it.
+void AddLogits(StepResult& result, uint64_t seq_id, const std::vector<float>& values) {
+  control::v1::LogitsRow* row = result.add_logits();
+  row->set_seq_id(seq_id);
+  row->mutable_values()->resize(values.size() * sizeof(float));
+  std::memcpy(row->mutable_values()->data(), values.data(), values.size() * sizeof(float));
+}
 
 GenerationRequest MakeRequest(const std::string& id, int prompt_len, int max_tokens) {
   GenerationRequest r;
@@ -123,7 +179,7 @@ TEST(SchedulerTest, SendsDeltasAndFeedsSampledTokensBack) {
   EXPECT_EQ(s0.scheduled(0).new_block_ids_size(), 2);  // 17 tokens in blocks of 16
   EXPECT_TRUE(s0.scheduled(0).sample());
   EXPECT_EQ(scheduler.num_free_blocks(), 6);
-  scheduler.OnStepResult(s0.step_id(), {7}, 0.001);
+  scheduler.OnStepResult(Result(s0.step_id(), {7}, 0.001));
 
   Step s1 = sink.WaitStep(1);
   EXPECT_EQ(s1.new_sequences_size(), 0);
@@ -131,9 +187,9 @@ TEST(SchedulerTest, SendsDeltasAndFeedsSampledTokensBack) {
   EXPECT_EQ(s1.scheduled(0).seq_id(), id);
   EXPECT_THAT(Ids(s1.scheduled(0).tokens()), ElementsAre(7));
   EXPECT_EQ(s1.scheduled(0).new_block_ids_size(), 0);  // token 18 fits in block 2
-  scheduler.OnStepResult(s1.step_id(), {8}, 0.001);
+  scheduler.OnStepResult(Result(s1.step_id(), {8}, 0.001));
   Step s2 = sink.WaitStep(2);
-  scheduler.OnStepResult(s2.step_id(), {9}, 0.001);
+  scheduler.OnStepResult(Result(s2.step_id(), {9}, 0.001));
 
   ASSERT_TRUE(observer->WaitDone());
   EXPECT_OK(observer->final_status);
@@ -155,16 +211,15 @@ TEST(SchedulerTest, StopsOnStopTokenIdsAndOnTheObserversStopString) {
   scheduler.Activate(8);
   auto by_id = std::make_shared<RecordingObserver>();
   ASSERT_OK(scheduler.Submit(MakeRequest("a", 3, 10), by_id));
-  scheduler.OnStepResult(sink.WaitStep(0).step_id(), {2}, 0);
+  scheduler.OnStepResult(Result(sink.WaitStep(0).step_id(), {2}, 0));
   ASSERT_TRUE(by_id->WaitDone());
   EXPECT_THAT(by_id->tokens[0], ElementsAre(2));
   EXPECT_EQ(by_id->ends[0].second, FinishReason::kStop);
 
-  auto by_string = std::make_shared<RecordingObserver>();
-  by_string->stop_on = 42;
+  auto by_string = std::make_shared<RecordingObserver>(/*stop_on=*/42);
   ASSERT_OK(scheduler.Submit(MakeRequest("b", 3, 10), by_string));
-  scheduler.OnStepResult(sink.WaitStep(1).step_id(), {41}, 0);
-  scheduler.OnStepResult(sink.WaitStep(2).step_id(), {42}, 0);
+  scheduler.OnStepResult(Result(sink.WaitStep(1).step_id(), {41}, 0));
+  scheduler.OnStepResult(Result(sink.WaitStep(2).step_id(), {42}, 0));
   ASSERT_TRUE(by_string->WaitDone());
   EXPECT_THAT(by_string->tokens[0], ElementsAre(41, 42));
   EXPECT_EQ(by_string->ends[0].second, FinishReason::kStop);
@@ -185,7 +240,7 @@ TEST(SchedulerTest, ChunksLongPromptsAndSamplesOnlyAfterTheLastChunk) {
     chunks.push_back(s.scheduled(0).tokens_size());
     EXPECT_EQ(s.scheduled(0).sample(), i == 2);
     EXPECT_EQ(s.new_sequences_size(), i == 0 ? 1 : 0);
-    scheduler.OnStepResult(s.step_id(), i == 2 ? std::vector<int32_t>{5} : std::vector<int32_t>{}, 0);
+    scheduler.OnStepResult(Result(s.step_id(), i == 2 ? std::vector<int32_t>{5} : std::vector<int32_t>{}, 0));
   }
   EXPECT_THAT(chunks, ElementsAre(8, 8, 4));
   ASSERT_TRUE(observer->WaitDone());
@@ -208,12 +263,12 @@ TEST(SchedulerTest, AdmitsInArrivalOrderWithinTheBatchAndQueueLimits) {
               StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("max_queued_requests=2")));
   EXPECT_THAT(scheduler.Submit(MakeRequest("a", 3, 1), std::make_shared<RecordingObserver>()),
               StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("\"a\"")));
-  scheduler.OnStepResult(s0.step_id(), {9}, 0);
+  scheduler.OnStepResult(Result(s0.step_id(), {9}, 0));
   Step s1 = sink.WaitStep(1);  // b, not c: arrival order
   ASSERT_EQ(s1.new_sequences_size(), 1);
   EXPECT_EQ(s1.new_sequences(0).seq_id(), s0.new_sequences(0).seq_id() + 1);
-  scheduler.OnStepResult(s1.step_id(), {9}, 0);
-  scheduler.OnStepResult(sink.WaitStep(2).step_id(), {9}, 0);
+  scheduler.OnStepResult(Result(s1.step_id(), {9}, 0));
+  scheduler.OnStepResult(Result(sink.WaitStep(2).step_id(), {9}, 0));
   EXPECT_TRUE(a->WaitDone() && b->WaitDone() && c->WaitDone());
 }
 
@@ -236,7 +291,7 @@ TEST(SchedulerTest, CancelEndsTheRequestAndFreesItsBlocksAfterTheStepInFlight) {
   ASSERT_TRUE(observer->WaitDone());
   EXPECT_THAT(observer->final_status, StatusIs(absl::StatusCode::kCancelled));
   EXPECT_EQ(scheduler.num_free_blocks(), 6);  // still in flight
-  scheduler.OnStepResult(s0.step_id(), {9}, 0);
+  scheduler.OnStepResult(Result(s0.step_id(), {9}, 0));
   EXPECT_EQ(scheduler.num_free_blocks(), 8);
   EXPECT_TRUE(observer->tokens.empty());
   EXPECT_THAT(scheduler.Cancel("a"), StatusIs(absl::StatusCode::kNotFound));
@@ -280,14 +335,390 @@ TEST(SchedulerTest, KeepsTwoDisjointMicroBatchesInFlightForAPipeline) {
   EXPECT_EQ(s1.new_sequences(0).sampling().seed(), 11u);
   EXPECT_EQ(sink.count(), 2u);  // both in flight, nothing else to run
   for (int i = 0; i < 3; ++i) {
-    scheduler.OnStepResult(sink.WaitStep(2 * i).step_id(), {9}, 0);
-    scheduler.OnStepResult(sink.WaitStep(2 * i + 1).step_id(), {9}, 0);
+    scheduler.OnStepResult(Result(sink.WaitStep(2 * i).step_id(), {9}, 0));
+    scheduler.OnStepResult(Result(sink.WaitStep(2 * i + 1).step_id(), {9}, 0));
   }
-  scheduler.OnStepResult(sink.WaitStep(6).step_id(), {9}, 0);
-  scheduler.OnStepResult(sink.WaitStep(7).step_id(), {9}, 0);
+  scheduler.OnStepResult(Result(sink.WaitStep(6).step_id(), {9}, 0));
+  scheduler.OnStepResult(Result(sink.WaitStep(7).step_id(), {9}, 0));
   ASSERT_TRUE(observer->WaitDone());
   EXPECT_EQ(observer->tokens[0].size(), 4u);
   EXPECT_EQ(observer->tokens[1].size(), 4u);
+}
+
+TEST(SchedulerTest, SubmitBatchPrefillsTheWholeBatchInOneStep) {
+  RecordingSink sink;
+  SchedulerOptions options = Options();
+  options.max_queued_requests = 3;
+  Scheduler scheduler(options, sink);
+  scheduler.Activate(16);
+  std::vector<GenerationRequest> requests = {MakeRequest("a", 3, 1), MakeRequest("b", 5, 1),
+                                             MakeRequest("c", 2, 1)};
+  std::vector<std::shared_ptr<RecordingObserver>> observers = {std::make_shared<RecordingObserver>(),
+                                                               std::make_shared<RecordingObserver>(),
+                                                               std::make_shared<RecordingObserver>()};
+  ASSERT_OK(scheduler.SubmitBatch(requests, {observers.begin(), observers.end()}));
+  Step s0 = sink.WaitStep(0);
+  ASSERT_EQ(s0.scheduled_size(), 3);
+  EXPECT_EQ(s0.new_sequences_size(), 3);
+  EXPECT_EQ(s0.scheduled(0).tokens_size(), 3);
+  EXPECT_EQ(s0.scheduled(1).tokens_size(), 5);
+  EXPECT_EQ(s0.scheduled(2).tokens_size(), 2);
+  scheduler.OnStepResult(Result(s0.step_id(), {7, 8, 9}));
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(observers[i]->WaitDone());
+    EXPECT_THAT(observers[i]->log, ElementsAre(Cat("token 0 ", 7 + i), "end 0 length", "done"));
+  }
+}
+
+TEST(SchedulerTest, SubmitBatchQueuesNothingWhenOneRequestIsRefused) {
+  RecordingSink sink;
+  Scheduler scheduler(Options(), sink);  // max_queued_requests = 2
+  scheduler.Activate(4);
+  auto observers = [](size_t n) {
+    std::vector<std::shared_ptr<GenerationObserver>> o;
+    for (size_t i = 0; i < n; ++i) o.push_back(std::make_shared<RecordingObserver>());
+    return o;
+  };
+  EXPECT_THAT(scheduler.SubmitBatch({MakeRequest("a", 3, 1), MakeRequest("a", 3, 1)}, observers(2)),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("\"a\"")));
+  EXPECT_THAT(scheduler.SubmitBatch({MakeRequest("a", 3, 1), MakeRequest("b", 80, 1)}, observers(2)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("the whole cache has 4")));
+  EXPECT_THAT(scheduler.SubmitBatch({MakeRequest("a", 3, 1), MakeRequest("b", 3, 1), MakeRequest("c", 3, 1)},
+                                    observers(3)),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("3 more came together (max_queued_requests=2)")));
+  EXPECT_EQ(sink.count(), 0u);
+  EXPECT_EQ(scheduler.num_free_blocks(), 4);
+  auto a = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(MakeRequest("a", 3, 1), a));  // "a" was never queued
+  scheduler.OnStepResult(Result(sink.WaitStep(0).step_id(), {7}));
+  ASSERT_TRUE(a->WaitDone());
+  EXPECT_OK(a->final_status);
+}
+
+std::vector<float> RandomRow(std::mt19937& rng, int size) {
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> row(size);
+  for (float& v : row) v = normal(rng);
+  return row;
+}
+
+TEST(SchedulerTest, ReturnsLogitsRowsJustBeforeTheirTokens) {
+  RecordingSink sink;
+  Scheduler scheduler(Options(), sink);
+  scheduler.Activate(16);
+  GenerationRequest with = MakeRequest("a", 3, 2);
+  with.return_logits = true;
+  with.n = 2;
+  auto observer = std::make_shared<RecordingObserver>(), plain = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(with, observer));
+  Step s0 = sink.WaitStep(0);
+  ASSERT_OK(scheduler.Submit(MakeRequest("b", 3, 1), plain));  // joins the next step
+  ASSERT_EQ(s0.new_sequences_size(), 2);
+  EXPECT_TRUE(s0.new_sequences(0).return_logits());
+  EXPECT_TRUE(s0.new_sequences(1).return_logits());
+  const uint64_t a0 = s0.new_sequences(0).seq_id(), a1 = s0.new_sequences(1).seq_id();
+
+  std::mt19937 rng(std::random_device{}());
+  constexpr int kVocab = 37;  // not a multiple of any vector width
+  const std::vector<std::vector<float>> rows = {RandomRow(rng, kVocab), RandomRow(rng, kVocab),
+                                                RandomRow(rng, kVocab), RandomRow(rng, kVocab)};
+  StepResult r0 = Result(s0.step_id(), {7, 8});
+  AddLogits(r0, a0, rows[0]);
+  AddLogits(r0, a1, rows[1]);
+  scheduler.OnStepResult(r0);
+
+  Step s1 = sink.WaitStep(1);
+  ASSERT_EQ(s1.new_sequences_size(), 1);
+  EXPECT_FALSE(s1.new_sequences(0).return_logits());
+  ASSERT_EQ(s1.scheduled_size(), 3);
+  StepResult r1 = Result(s1.step_id(), {9, 10, 11});
+  AddLogits(r1, a1, rows[3]);  // rows are matched by seq_id, not by position
+  AddLogits(r1, a0, rows[2]);
+  scheduler.OnStepResult(r1);
+
+  ASSERT_TRUE(observer->WaitDone());
+  ASSERT_TRUE(plain->WaitDone());
+  EXPECT_OK(observer->final_status);
+  EXPECT_THAT(observer->log,
+              ElementsAre("logits 0", "token 0 7", "logits 1", "token 1 8", "logits 0", "token 0 9",
+                          "end 0 length", "logits 1", "token 1 10", "end 1 length", "done"));
+  EXPECT_THAT(observer->logits[0], ElementsAre(rows[0], rows[2]));
+  EXPECT_THAT(observer->logits[1], ElementsAre(rows[1], rows[3]));
+  EXPECT_THAT(plain->log, ElementsAre("token 0 11", "end 0 length", "done"));
+}
+
+TEST(SchedulerTest, AMalformedLogitsRowFailsTheGroupNamingTheSequence) {
+  struct Case {
+    uint64_t seq_offset;  // added to the sampled sequence's id
+    int bytes;
+    std::string message;
+  };
+  for (const Case& c : {Case{5, 8, "logits row for sequence 6 that it did not sample"},
+                        Case{0, 7, "logits row for sequence 1 of 7 bytes (not float32 values)"}}) {
+    SCOPED_TRACE(c.message);
+    RecordingSink sink;
+    Scheduler scheduler(Options(), sink);
+    scheduler.Activate(8);
+    GenerationRequest request = MakeRequest("a", 3, 4);
+    request.return_logits = true;
+    auto observer = std::make_shared<RecordingObserver>();
+    ASSERT_OK(scheduler.Submit(request, observer));
+    Step s0 = sink.WaitStep(0);
+    ASSERT_EQ(s0.new_sequences(0).seq_id(), 1u);
+    StepResult result = Result(s0.step_id(), {7});
+    control::v1::LogitsRow* row = result.add_logits();
+    row->set_seq_id(s0.new_sequences(0).seq_id() + c.seq_offset);
+    row->mutable_values()->assign(c.bytes, '\0');
+    scheduler.OnStepResult(result);
+    ASSERT_TRUE(observer->WaitDone());
+    EXPECT_THAT(observer->final_status, StatusIs(absl::StatusCode::kUnavailable, HasSubstr(c.message)));
+    EXPECT_TRUE(observer->tokens.empty());
+    EXPECT_FALSE(scheduler.ready());
+  }
+}
+
+TEST(SchedulerTest, CountsStepsThatReplayedACapturedGraph) {
+  RecordingSink sink;
+  Scheduler scheduler(Options(), sink);
+  scheduler.Activate(8);
+  auto observer = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(MakeRequest("a", 3, 3), observer));
+  for (int i = 0; i < 3; ++i) {
+    StepResult result = Result(sink.WaitStep(i).step_id(), {9}, 0.25);
+    result.set_graph(i > 0);  // the prefill ran eagerly, the decode steps replayed a graph
+    scheduler.OnStepResult(result);
+  }
+  ASSERT_TRUE(observer->WaitDone());
+  const Scheduler::Stats stats = scheduler.stats();
+  EXPECT_EQ(stats.steps, 3);
+  EXPECT_EQ(stats.graph_steps, 2);
+  EXPECT_DOUBLE_EQ(stats.worker_seconds, 0.75);
+}
+
+TEST(SchedulerTest, AStopStringOnTheLastAllowedTokenEndsTheChoiceWithStop) {
+  RecordingSink sink;
+  Scheduler scheduler(Options(), sink);
+  scheduler.Activate(8);
+  auto observer = std::make_shared<RecordingObserver>(/*stop_on=*/42);
+  ASSERT_OK(scheduler.Submit(MakeRequest("a", 3, 2), observer));
+  scheduler.OnStepResult(Result(sink.WaitStep(0).step_id(), {41}));
+  scheduler.OnStepResult(Result(sink.WaitStep(1).step_id(), {42}));
+  ASSERT_TRUE(observer->WaitDone());
+  EXPECT_THAT(observer->log, ElementsAre("token 0 41", "token 0 42", "end 0 stop", "done"));
+}
+
+TEST(SchedulerTest, AChoiceThatHitAStopStringGetsNoFurtherStep) {
+  RecordingSink sink;
+  Scheduler scheduler(Options(), sink);
+  scheduler.Activate(16);
+  GenerationRequest two = MakeRequest("a", 3, 5);
+  two.n = 2;
+  auto observer = std::make_shared<RecordingObserver>(/*stop_on=*/42);
+  ASSERT_OK(scheduler.Submit(two, observer));
+  Step s0 = sink.WaitStep(0);
+  ASSERT_EQ(s0.scheduled_size(), 2);
+  scheduler.OnStepResult(Result(s0.step_id(), {42, 5}));  // choice 0 matched its stop string
+  Step s1 = sink.WaitStep(1);
+  ASSERT_EQ(s1.scheduled_size(), 1);
+  EXPECT_EQ(s1.scheduled(0).seq_id(), s0.scheduled(1).seq_id());
+  EXPECT_THAT(std::vector<uint64_t>(s1.finished().begin(), s1.finished().end()),
+              ElementsAre(s0.scheduled(0).seq_id()));
+  ASSERT_OK(scheduler.Cancel("a"));
+  ASSERT_TRUE(observer->WaitDone());
+  EXPECT_THAT(observer->log, ElementsAre("token 0 42", "token 1 5", "end 0 stop", "done"));
+}
+
+// Runs `call` on another thread and waits up to 5 s for it: false when it blocked (on a lock its caller
+// holds). A blocked call is left behind rather than hanging the test.
+bool ReturnsPromptly(std::function<void()> call) {
+  auto returned = std::make_shared<absl::Notification>();
+  std::thread([call = std::move(call), returned] {
+    call();
+    returned->Notify();
+  }).detach();
+  return returned->WaitForNotificationWithTimeout(kWait);
+}
+
+// An observer that looks at the scheduler from every callback, as a metrics exporter might.
+class CallingBackObserver : public RecordingObserver {
+ public:
+  explicit CallingBackObserver(Scheduler& scheduler) : scheduler_(scheduler) {}
+  bool OnToken(int index, int32_t token) override {
+    CallBack();
+    return RecordingObserver::OnToken(index, token);
+  }
+  void OnChoiceEnd(int index, FinishReason reason) override {
+    CallBack();
+    RecordingObserver::OnChoiceEnd(index, reason);
+  }
+  void OnDone(const absl::Status& status) override {
+    CallBack();
+    RecordingObserver::OnDone(status);
+  }
+
+ private:
+  void CallBack() {
+    // Another thread first (it would block on a lock held by this one), then this one (which would
+    // deadlock).
+    const bool returned = ReturnsPromptly([this] { (void)scheduler_.ready(), (void)scheduler_.stats(); });
+    EXPECT_TRUE(returned) << "the scheduler's lock is held during an observer call";
+    if (returned) {
+      EXPECT_GE(scheduler_.num_free_blocks(), 0);
+    }
+  }
+  Scheduler& scheduler_;
+};
+
+TEST(SchedulerTest, ObserversAreNotCalledUnderTheSchedulersLock) {
+  RecordingSink sink;
+  Scheduler scheduler(Options(), sink);
+  scheduler.Activate(16);
+  auto finished = std::make_shared<CallingBackObserver>(scheduler);
+  auto cancelled = std::make_shared<CallingBackObserver>(scheduler);
+  auto failed = std::make_shared<CallingBackObserver>(scheduler);
+  ASSERT_OK(scheduler.Submit(MakeRequest("finished", 3, 2), finished));
+  scheduler.OnStepResult(Result(sink.WaitStep(0).step_id(), {7}));
+  scheduler.OnStepResult(Result(sink.WaitStep(1).step_id(), {8}));
+  ASSERT_TRUE(finished->WaitDone());
+  EXPECT_THAT(finished->log, ElementsAre("token 0 7", "token 0 8", "end 0 length", "done"));
+
+  ASSERT_OK(scheduler.Submit(MakeRequest("cancelled", 3, 5), cancelled));
+  scheduler.OnStepResult(Result(sink.WaitStep(2).step_id(), {7}));
+  ASSERT_OK(scheduler.Cancel("cancelled"));
+  ASSERT_TRUE(cancelled->WaitDone());
+  EXPECT_THAT(cancelled->log, ElementsAre("token 0 7", "done"));
+  EXPECT_THAT(cancelled->final_status, StatusIs(absl::StatusCode::kCancelled));
+
+  ASSERT_OK(scheduler.Submit(MakeRequest("failed", 3, 5), failed));
+  scheduler.Fail(absl::UnavailableError("worker rank 0 closed its session"));
+  ASSERT_TRUE(failed->WaitDone());
+  EXPECT_THAT(failed->final_status, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("rank 0")));
+}
+
+TEST(SchedulerTest, DestroyingTheSchedulerEndsRunningAndQueuedRequestsWithUnavailable) {
+  RecordingSink sink;
+  auto running = std::make_shared<RecordingObserver>(), queued = std::make_shared<RecordingObserver>();
+  {
+    SchedulerOptions options = Options();
+    options.max_num_seqs = 1;
+    Scheduler scheduler(options, sink);
+    scheduler.Activate(8);
+    ASSERT_OK(scheduler.Submit(MakeRequest("a", 3, 5), running));
+    ASSERT_OK(scheduler.Submit(MakeRequest("b", 3, 5), queued));
+    scheduler.OnStepResult(Result(sink.WaitStep(0).step_id(), {7}));
+  }
+  ASSERT_TRUE(running->done);  // delivered by the destructor
+  ASSERT_TRUE(queued->done);
+  EXPECT_THAT(running->log, ElementsAre("token 0 7", "done"));
+  EXPECT_THAT(running->final_status, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("shutting down")));
+  EXPECT_THAT(queued->log, ElementsAre("done"));
+}
+
+// A sink that answers every step from its own thread, as the output rank's session does: one token per
+// sampled sequence, drawn from a few ordinary ones, the stop id 2 and the stop string 42.
+class AnsweringSink : public StepSink {
+ public:
+  explicit AnsweringSink(uint32_t seed) : rng_(seed) {}
+  ~AnsweringSink() override { Stop(); }
+
+  absl::Status SendStep(const std::string& serialized) override {
+    Step step;
+    EXPECT_TRUE(step.ParseFromString(serialized));
+    absl::MutexLock lock(&mu_);
+    steps_.push_back(std::move(step));
+    return absl::OkStatus();
+  }
+  void Start(Scheduler& scheduler) {
+    thread_ = std::thread([this, &scheduler] { Answer(scheduler); });
+  }
+  // Answers what is queued, then stops.
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Answer(Scheduler& scheduler) {
+    constexpr int32_t kTokens[] = {7, 8, 9, 10, 2, 42};
+    while (true) {
+      Step step;
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !steps_.empty(); };
+        mu_.Await(absl::Condition(&ready));
+        if (steps_.empty()) return;  // stop_
+        step = std::move(steps_.front());
+        steps_.pop_front();
+      }
+      std::vector<int32_t> tokens;
+      for (const auto& entry : step.scheduled()) {
+        if (entry.sample()) tokens.push_back(kTokens[rng_() % std::size(kTokens)]);
+      }
+      scheduler.OnStepResult(Result(step.step_id(), tokens));
+    }
+  }
+
+  std::mt19937 rng_;  // the answering thread's
+  absl::Mutex mu_;
+  std::deque<Step> steps_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+TEST(SchedulerTest, ConcurrentSubmitsCancelsAndResultsKeepEveryRequestsEventsInOrder) {
+  const uint32_t seed = std::random_device{}();
+  SCOPED_TRACE(Cat("seed ", seed));
+  AnsweringSink sink(seed);
+  SchedulerOptions options = Options(256);
+  options.max_queued_requests = 1000;
+  options.max_steps_in_flight = 2;
+  Scheduler scheduler(options, sink);
+  scheduler.Activate(256);
+  sink.Start(scheduler);
+
+  constexpr int kThreads = 4, kPerThread = 25;
+  std::vector<std::shared_ptr<RecordingObserver>> observers(kThreads * kPerThread);
+  std::vector<GenerationRequest> requests(observers.size());
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(seed + t);
+      for (int i = t * kPerThread; i < (t + 1) * kPerThread; ++i) {
+        requests[i] =
+            MakeRequest(Cat("r", i), 1 + static_cast<int>(rng() % 20), 1 + static_cast<int>(rng() % 6));
+        requests[i].n = 1 + static_cast<int>(rng() % 3);
+        observers[i] = std::make_shared<RecordingObserver>(/*stop_on=*/42);
+        EXPECT_OK(scheduler.Submit(requests[i], observers[i]));
+        if (rng() % 4 == 0) (void)scheduler.Cancel(Cat("r", i));  // NOT_FOUND when it ended meanwhile
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < observers.size(); ++i) {
+    SCOPED_TRACE(requests[i].id);
+    ASSERT_TRUE(observers[i]->WaitDone());
+    const RecordingObserver& o = *observers[i];
+    if (!o.final_status.ok()) {
+      EXPECT_THAT(o.final_status, StatusIs(absl::StatusCode::kCancelled));
+      continue;
+    }
+    EXPECT_EQ(static_cast<int>(o.ends.size()), requests[i].n);
+    for (const auto& [index, tokens] : o.tokens) {
+      EXPECT_LE(static_cast<int>(tokens.size()), requests[i].max_tokens);
+      const bool stopped = tokens.back() == 2 || tokens.back() == 42;
+      for (const auto& [ended, reason] : o.ends) {
+        if (ended == index) {
+          EXPECT_EQ(reason, stopped ? FinishReason::kStop : FinishReason::kLength);
+        }
+      }
+    }
+  }
+  sink.Stop();
+  EXPECT_EQ(scheduler.num_free_blocks(), 256);
 }
 
 }  // namespace

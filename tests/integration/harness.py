@@ -64,7 +64,21 @@ class Process:
 
     def _read_stderr(self):
         for line in self.proc.stderr:
-            self.stderr.append(line)
+            with self._cv:
+                self.stderr.append(line)
+                self._cv.notify_all()
+        with self._cv:
+            self._cv.notify_all()
+
+    def wait_stderr(self, text, timeout=120):
+        """Waits for a stderr line containing `text`; raises if the process exits first or after `timeout`."""
+        deadline = time.time() + timeout
+        with self._cv:
+            while not any(text in line for line in self.stderr):
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("%s: no stderr line with %r (exit %s):\n%s" % (
+                        self.args[1], text, self.proc.poll(), "".join(self.stderr)))
+                self._cv.wait(0.1)
 
     def wait_event(self, name, timeout=120):
         """Returns the first stdout JSON line with "event": name; raises if the process exits first."""

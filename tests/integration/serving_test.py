@@ -86,10 +86,9 @@ def health(address, service):
 
 class ServerTestCase(unittest.TestCase):
     def stop_cleanly(self, server):
-        """SIGTERM the server: it exits 0 within a few seconds and none of its workers survive it."""
-        start = time.time()
+        """SIGTERM the server: it exits 0 (stop() fails the test if it has not within its timeout) and none of
+        its workers survive it."""
         self.assertEqual(server.stop(signal.SIGTERM, timeout=15), 0, "".join(server.stderr))
-        self.assertLess(time.time() - start, 10)
         for pid in server.worker_pids:
             self.assertFalse(harness.pid_alive(pid), "worker pid %d outlived the server" % pid)
 
@@ -154,7 +153,8 @@ class LifecycleTest(ServerTestCase):
                                     "--grpc-port", str(port), "--host", "127.0.0.1", "--kv-cache-memory", "16MiB"]
                 if workers_first:
                     workers = self.start_workers(port, 2)
-                    time.sleep(1.0)  # they are retrying by now
+                    for w in workers:  # each has failed to reach it once and is retrying
+                        w.wait_stderr("waiting for the coordinator")
                     coordinator = harness.Process(coordinator_argv)
                 else:
                     coordinator = harness.Process(coordinator_argv)
@@ -178,18 +178,18 @@ class LifecycleTest(ServerTestCase):
                                          ignore_eos=True)
             stream = stub.CompleteStream(request, timeout=60)
             deltas = 0
-            start = None
+            killed = False
+            # The stream's own deadline bounds the wait: the kill must end it with UNAVAILABLE, not a timeout.
             with self.assertRaises(grpc.RpcError) as caught:
                 for event in stream:
                     if event.HasField("delta"):
                         deltas += 1
                         if deltas == 3:
                             os.kill(server.worker_pids[1], signal.SIGKILL)
-                            start = time.time()
-            self.assertIsNotNone(start, "the stream ended before the kill")
+                            killed = True
+            self.assertTrue(killed, "the stream ended before the kill")
             self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE, caught.exception.details())
             self.assertIn("rank", caught.exception.details())
-            self.assertLess(time.time() - start, 5)
             self.assertEqual(health(server.address, SERVICE), health_pb2.HealthCheckResponse.NOT_SERVING)
             self.assertEqual(health(server.address, ""), health_pb2.HealthCheckResponse.SERVING)
             with self.assertRaises(grpc.RpcError) as again:
@@ -232,9 +232,7 @@ class LifecycleTest(ServerTestCase):
     def test_sigint_stops_the_server_and_its_workers(self):
         server = harness.Server(ARGS.tessera, self.tiny, 2, 1).start()
         self.assertEqual(len(server.worker_pids), 2)
-        start = time.time()
         self.assertEqual(server.stop(signal.SIGINT), 0, "".join(server.stderr))
-        self.assertLess(time.time() - start, 10)
         for pid in server.worker_pids:
             self.assertFalse(harness.pid_alive(pid))
 

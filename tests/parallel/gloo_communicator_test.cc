@@ -18,7 +18,7 @@
 
 #include "core/dtype.h"
 #include "kernels/backend_factory.h"
-#include "parallel/staged_communicator.h"
+#include "worker/staged_communicator.h"
 #include "tests/util/status_matchers.h"
 #include "tests/util/test_env.h"
 

@@ -5,6 +5,7 @@ usage: .venv/bin/python tests/tools/cli_test.py --tessera build/tessera --workdi
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,31 @@ class CliTest(unittest.TestCase):
                 self.assertEqual(json_lines(graphed.stdout), json_lines(eager.stdout))
                 self.assertEqual(json_lines(graphed.stderr)[-1]["graph_steps"], 5)  # every decode step
 
+    def test_generate_runs_on_the_serving_engine_and_reports_its_figures(self):
+        args = ("generate", "--model", self.model, "--prompt-ids", "128000,40,1093", "--prompt-ids", "128000,5",
+                "--max-tokens", "4", "--stats")
+        result = run(*args, "--tp", "2")
+        stats = json_lines(result.stderr)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)  # the workers log elsewhere
+        self.assertEqual(sorted(stats[0]), ["decode_tokens_per_s", "graph_steps", "load_s", "peak_rss_bytes",
+                                            "prefill_tokens_per_s"])
+        self.assertGreater(stats[0]["decode_tokens_per_s"], 0)
+        self.assertGreater(stats[0]["peak_rss_bytes"], 1 << 20)  # a worker's, which holds the weights
+        self.assertEqual([len(line["token_ids"]) for line in json_lines(result.stdout)], [4, 4])
+
+    def test_a_worker_failing_in_generate_is_one_line_naming_its_rank_and_the_logs(self):
+        config_only = os.path.join(ARGS.workdir, "config-only")
+        run("make-model", "--preset", "tiny", "--out", config_only, "--config-only")
+        result = run("generate", "--model", config_only, "--prompt-ids", "1", "--tp", "2", check=False)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertRegex(lines[0], r"^tessera generate: rank \d: assign_shard: .*safetensors")
+        logs = re.search(r"the engine's logs are in (\S+)\)", lines[0]).group(1)
+        self.assertTrue(os.path.exists(os.path.join(logs, "workers.log")), logs)
+        self.assertIn("registered with the coordinator", open(os.path.join(logs, "workers.log")).read())
+        shutil.rmtree(logs)
+
     def test_tokenize_and_detokenize_agree_with_hugging_face(self):
         text = "Tessera's tokenizer: 12345 tokens, émojis 👩‍💻 and <|eot_id|>."
         ids = json_lines(run("tokenize", "--model", self.model, "--text", text, "--add-special-tokens").stdout)
@@ -108,7 +134,7 @@ class CliTest(unittest.TestCase):
             (("generate", "--model", self.model, "--chat", os.path.join(ARGS.workdir, "nope.json")), "nope.json"),
             (("generate", "--model", self.model, "--prompt-ids", "1,x"), "'x'"),
             (("generate", "--model", self.model, "--prompt-ids", "1", "--prefill-precision", "fp8"), "fp8"),
-            (("generate", "--model", self.model, "--prompt-ids", "1", "--graph-max-batch", "-5"), "graph_max_batch=-5"),
+            (("generate", "--model", self.model, "--prompt-ids", "1", "--graph-max-batch", "-5"), "--graph-max-batch=-5"),
             (("detokenize", "--model", self.model, "--ids", "128256"), "128256"),
             (("generate", "--model", self.model, "--prompt-ids", "1", "--device", "tpu"), "tpu"),
             (("generate", "--model", self.model, "--prompt-ids", "1", "--tp", "3"),

@@ -6,7 +6,6 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/util/status_matchers.h"
-#include "worker/generate_command.h"
 
 namespace tessera {
 namespace {
@@ -50,20 +49,6 @@ TEST(KvCacheTest, RejectsNonPositiveShape) {
   ASSERT_OK_AND_ASSIGN(auto backend, CpuBackend::Create({.num_threads = 1, .linear = {}}));
   KvCacheShape shape{.num_layers = 3, .num_blocks = 0, .block_size = 16, .num_kv_heads = 2, .head_dim = 8};
   EXPECT_THAT(KvCache::Allocate(*backend, shape), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("blocks=0")));
-}
-
-TEST(ParseTokenIdsTest, ParsesCommaSeparatedIds) {
-  std::vector<int32_t> ids;
-  ASSERT_OK(ParseTokenIds("128000,9906,11", ids));
-  EXPECT_EQ(ids, (std::vector<int32_t>{128000, 9906, 11}));
-}
-
-TEST(ParseTokenIdsTest, NamesTheBadElement) {
-  std::vector<int32_t> ids;
-  EXPECT_THAT(ParseTokenIds("1,x2,3", ids), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'x2'")));
-  EXPECT_THAT(ParseTokenIds("1,-4", ids), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'-4'")));
-  EXPECT_THAT(ParseTokenIds("1,,3", ids), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("''")));
-  EXPECT_THAT(ParseTokenIds("99999999999", ids), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

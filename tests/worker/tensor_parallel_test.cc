@@ -20,6 +20,7 @@
 #include "tests/util/status_matchers.h"
 #include "worker/checkpoint/make_model.h"
 #include "worker/model_runner.h"
+#include "worker/model_split.h"
 
 namespace tessera {
 namespace {
@@ -65,12 +66,7 @@ absl::StatusOr<RankResult> RunRank(const std::string& model, const Split& split,
                                    const std::string& store) {
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::Open(model));
   const ModelConfig& c = checkpoint.config();
-  ASSIGN_OR_RETURN(ParallelConfig parallel, ParallelConfig::Create({.num_layers = c.num_hidden_layers,
-                                                                    .num_heads = c.num_attention_heads,
-                                                                    .num_kv_heads = c.num_key_value_heads,
-                                                                    .intermediate_size = c.intermediate_size,
-                                                                    .vocab_size = c.vocab_size},
-                                                                   split.tp, split.pp, split.pp_layers));
+  ASSIGN_OR_RETURN(ParallelConfig parallel, SplitModel(c, split.tp, split.pp, split.pp_layers));
   const int tp_rank = parallel.TpRank(rank), pp_rank = parallel.PpRank(rank);
   std::unique_ptr<GlooCommunicator> tp_group, pp_group, world;
   if (split.tp > 1) {

@@ -1,6 +1,7 @@
 // RunWorker against a fake coordinator (a real gRPC Control service in the test): registration retried until
 // the coordinator comes up or the connect timeout passes, refusals returned at once, a whole session (setup,
-// a step, shutdown) ending OK, and a silent or vanished coordinator ending the worker with UNAVAILABLE.
+// a step, shutdown) ending OK, a silent or vanished coordinator ending the worker with UNAVAILABLE, and the
+// bound of the worker's queue of coordinator messages.
 #include "worker/worker_process.h"
 
 #include <gmock/gmock.h>
@@ -10,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -36,6 +38,17 @@ constexpr uint64_t kEpoch = 3;
 
 int FreePort() { return ::tessera::testing::FreeLoopbackPort(); }
 
+// Waits until `done` holds, for at most 10 s; false if it never did.
+template <typename Predicate>
+bool WaitUntil(Predicate done) {
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
 // The coordinator's side of Control, scripted by the test.
 class FakeControl final : public cv1::Control::Service {
  public:
@@ -43,6 +56,7 @@ class FakeControl final : public cv1::Control::Service {
     kScript,        // send `script` one message at a time, each after the reply to the one before
     kSilent,        // say nothing (no heartbeats either) and read until the worker leaves
     kEndWithError,  // end the session with FAILED_PRECONDITION right after `open`
+    kFlood,         // send all of `script` at once, then say nothing and read until the worker leaves
   };
   Mode mode = Mode::kScript;
   grpc::Status register_status;  // what Register answers (OK: `response`)
@@ -85,6 +99,11 @@ class FakeControl final : public cv1::Control::Service {
     Record(m);
     if (mode == Mode::kEndWithError) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "the group has failed");
+    }
+    if (mode == Mode::kFlood) {
+      for (const cv1::CoordinatorMessage& next : script) {
+        if (!stream->Write(next)) return grpc::Status::OK;
+      }
     }
     if (mode == Mode::kScript) {
       for (const cv1::CoordinatorMessage& next : script) {
@@ -245,6 +264,7 @@ TEST_F(WorkerProcessTest, ReturnsARefusedRegistrationAtOnce) {
               StatusIs(absl::StatusCode::kAlreadyExists,
                        HasSubstr("the coordinator at " + server.address() +
                                  " refused to register this worker: rank 1 is taken")));
+  std::lock_guard<std::mutex> lock(control.mu);  // the server is still up: its handler wrote under mu
   EXPECT_EQ(control.registers, 1);
 }
 
@@ -295,6 +315,54 @@ TEST_F(WorkerProcessTest, EndsTheProcessWhenStuckAfterLosingTheCoordinator) {
       run(), ::testing::ExitedWithCode(1),
       "lost the coordinator at 127.0.0.1:[0-9]+ \\(heard nothing for 500 ms\\) and the current message is "
       "still running");
+}
+
+// A coordinator that sends faster than the worker handles: the worker holds at most max_queued_messages (its
+// reader stops reading, and gRPC's flow control holds the coordinator back), hands every message to the shard
+// in order, and does not take the coordinator for lost while its reader is held back and the coordinator,
+// having sent everything, is silent for longer than the heartbeat timeout.
+TEST_F(WorkerProcessTest, HoldsAtMostMaxQueuedMessagesAndHandlesEveryMessageInOrder) {
+  constexpr int kSteps = 200;
+  constexpr int kBound = 2;
+  FakeControl control;
+  control.mode = FakeControl::Mode::kFlood;
+  control.response.set_heartbeat_timeout_ms(300);
+  for (int id = 1; id <= kSteps; ++id) {  // steps before setup: each answered by an error naming its step_id
+    cv1::Step step;
+    step.set_step_id(id);
+    control.script.push_back(Message());
+    control.script.back().set_step(step.SerializeAsString());
+  }
+  control.script.push_back(Message());
+  control.script.back().mutable_shutdown();
+  Server server(control, 0);
+  std::atomic<int> max_depth{0};
+  WorkerOptions options = Options(server.address());
+  options.max_queued_messages = kBound;
+  options.max_queue_depth_seen = &max_depth;
+  int handled = 0;
+  options.before_handle = [&] {
+    if (handled++ > 0) return;
+    // The first message takes long: until the queue behind it is full, then three heartbeat timeouts more.
+    EXPECT_TRUE(WaitUntil([&] { return max_depth.load() >= kBound; }));
+    std::this_thread::sleep_for(900ms);
+  };
+  EXPECT_OK(RunWorker(options));
+  EXPECT_EQ(max_depth.load(), kBound);
+  EXPECT_EQ(handled, kSteps + 1);
+  ASSERT_EQ(control.replies.size(), static_cast<size_t>(kSteps));
+  for (int i = 0; i < kSteps; ++i) {
+    ASSERT_TRUE(control.replies[i].has_error()) << control.replies[i].DebugString();
+    EXPECT_EQ(control.replies[i].error().code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+    EXPECT_EQ(control.replies[i].error().step_id(), static_cast<uint64_t>(i + 1));
+  }
+}
+
+TEST_F(WorkerProcessTest, RefusesAQueueBoundBelowOne) {
+  WorkerOptions options = Options("127.0.0.1:1");
+  options.max_queued_messages = 0;
+  EXPECT_THAT(RunWorker(options),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_queued_messages is 0")));
 }
 
 TEST(RequestedRankTest, TheFlagWinsOverTheLeaderWorkerSetIndex) {

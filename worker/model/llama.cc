@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "worker/model_split.h"
 #include "worker/weight_loader.h"
 
 namespace tessera {
@@ -27,12 +28,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const Checkpoint& c
   }
   RETURN_IF_ERROR(checkpoint.ValidateForLlama());
   const ModelConfig& c = checkpoint.config();
-  const ShardedShape shape{.num_layers = c.num_hidden_layers,
-                           .num_heads = c.num_attention_heads,
-                           .num_kv_heads = c.num_key_value_heads,
-                           .intermediate_size = c.intermediate_size,
-                           .vocab_size = c.vocab_size};
-  ParallelConfig whole = *ParallelConfig::Create(shape, 1, 1);
+  ParallelConfig whole = *SplitModel(c, 1, 1);
   const ParallelConfig& parallel = options.parallel != nullptr ? *options.parallel : whole;
   if (parallel.tp_size() > 1 &&
       (options.tp_group == nullptr || options.tp_group->size() != parallel.tp_size())) {

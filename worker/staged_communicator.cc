@@ -1,4 +1,4 @@
-#include "parallel/staged_communicator.h"
+#include "worker/staged_communicator.h"
 
 #include "core/check.h"
 #include "core/dtype.h"

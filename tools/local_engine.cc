@@ -1,0 +1,107 @@
+#include "tools/local_engine.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "coordinator/chat_template/model_chat_templates.h"
+#include "coordinator/tokenizer/tokenizer.h"
+#include "core/plugin.h"
+#include "core/status_macros.h"
+#include "core/str_cat.h"
+#include "core/units.h"
+#include "kernels/backend_factory.h"
+#include "worker/checkpoint/model_config.h"
+#include "worker/model_split.h"
+
+namespace tessera::tools {
+
+absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
+  CoordinatorOptions o;
+  ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::Load(a.model_dir + "/config.json"));
+  ASSIGN_OR_RETURN(GenerationConfig generation,
+                   GenerationConfig::Load(a.model_dir + "/generation_config.json"));
+  ServedModel& m = o.model;
+  m.dir = std::filesystem::absolute(a.model_dir).lexically_normal().string();
+  if (!m.dir.empty() && m.dir.back() == '/') m.dir.pop_back();
+  m.id = a.served_model_name.empty() ? std::filesystem::path(m.dir).filename().string() : a.served_model_name;
+  m.vocab_size = config.vocab_size;
+  m.max_position_embeddings = config.max_position_embeddings;
+  m.num_layers = config.num_hidden_layers;
+  m.eos_token_ids.assign(config.eos_token_ids.begin(), config.eos_token_ids.end());
+  for (int id : generation.eos_token_ids) {
+    if (std::find(m.eos_token_ids.begin(), m.eos_token_ids.end(), id) == m.eos_token_ids.end()) {
+      m.eos_token_ids.push_back(id);
+    }
+  }
+  m.default_temperature = generation.temperature;
+  m.default_top_p = generation.top_p;
+  m.default_top_k = generation.top_k;
+  m.tp_size = a.tp;
+  m.pp_size = a.pp;
+  RETURN_IF_ERROR(ParseDeviceKind(a.device).status());
+  m.device = a.device;
+  o.shape = ShardedShapeOf(config);
+  o.pp_layers = a.pp_layers;
+  if (a.grpc_port < 0 || a.grpc_port > 65535) {
+    return absl::InvalidArgumentError(Cat("--grpc-port=", a.grpc_port, " is not a port number"));
+  }
+  o.listen_address =
+      Cat(a.host.find(':') != std::string::npos ? Cat("[", a.host, "]") : a.host, ":", a.grpc_port);
+  if (!a.advertise_host.empty()) o.advertise_host = a.advertise_host;
+  ASSIGN_OR_RETURN(o.kv_cache_memory, ParseByteSize(a.kv_cache_memory));
+  o.threads_per_worker = a.threads_per_worker;
+  if (a.prefill_precision != "exact" && a.prefill_precision != "bf16") {
+    return absl::InvalidArgumentError(
+        Cat("--prefill-precision '", a.prefill_precision, "' is not exact or bf16"));
+  }
+  o.prefill_precision = a.prefill_precision;
+  if (a.graph_max_batch < -1) {
+    return absl::InvalidArgumentError(
+        Cat("--graph-max-batch=", a.graph_max_batch, " must be -1, 0 or positive"));
+  }
+  o.graph_max_batch = a.enforce_eager ? 0 : a.graph_max_batch;
+  if (a.communicator != "auto" && a.communicator != "nccl" && a.communicator != "gloo") {
+    return absl::InvalidArgumentError(Cat("--communicator '", a.communicator, "' is not auto, nccl or gloo"));
+  }
+  o.communicator = a.communicator == "auto" ? "" : a.communicator;
+  if (a.max_num_seqs <= 0 || a.max_num_batched_tokens <= 0 || a.max_queued_requests < 0) {
+    return absl::InvalidArgumentError(Cat("--max-num-seqs=", a.max_num_seqs, ", --max-num-batched-tokens=",
+                                          a.max_num_batched_tokens, " must be positive"));
+  }
+  o.scheduler.max_num_seqs = a.max_num_seqs;
+  o.scheduler.max_num_batched_tokens = a.max_num_batched_tokens;
+  o.scheduler.max_queued_requests = a.max_queued_requests;
+  ASSIGN_OR_RETURN(o.heartbeat_interval, ParseDuration(a.heartbeat_interval));
+  ASSIGN_OR_RETURN(o.heartbeat_timeout, ParseDuration(a.heartbeat_timeout));
+  ASSIGN_OR_RETURN(o.comm_timeout, ParseDuration(a.comm_timeout));
+  ASSIGN_OR_RETURN(o.startup_timeout, ParseDuration(a.startup_timeout));
+  return o;
+}
+
+absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Start(
+    const CoordinatorOptions& options, bool local_workers, const std::vector<std::string>& worker_args,
+    std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ModelChatTemplates> chat_templates,
+    std::ostream& log) {
+  std::unique_ptr<LocalEngine> engine(new LocalEngine());
+  ASSIGN_OR_RETURN(engine->coordinator_,
+                   Coordinator::Start(options, std::move(tokenizer), std::move(chat_templates), log));
+  if (local_workers) {
+    std::vector<std::string> args = {"worker", "--coordinator",
+                                     Cat("127.0.0.1:", engine->coordinator_->port()), "--device",
+                                     options.model.device};
+    args.insert(args.end(), worker_args.begin(), worker_args.end());
+    ASSIGN_OR_RETURN(
+        engine->workers_,
+        LocalWorkers::Start(ExecutablePath(), args, engine->coordinator_->parallel().world_size(), log));
+  }
+  return engine;
+}
+
+LocalEngine::~LocalEngine() { Shutdown(std::chrono::milliseconds(3000)); }
+
+void LocalEngine::Shutdown(std::chrono::milliseconds grace) {
+  if (coordinator_ != nullptr) coordinator_->Shutdown(grace);  // null when Start failed
+  if (workers_ != nullptr) workers_->Stop(grace);
+}
+
+}  // namespace tessera::tools

@@ -1,0 +1,78 @@
+// What `tessera serve`, `tessera coordinator` and `tessera generate` share: the engine's settings as flags
+// give them, how they become CoordinatorOptions, and LocalEngine, a coordinator with its tp x pp
+// `tessera worker` processes on this node. generate is a client of the same engine that serve runs.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/launcher.h"
+
+namespace tessera {
+class ModelChatTemplates;
+class Tokenizer;
+}  // namespace tessera
+
+namespace tessera::tools {
+
+// The engine's settings, as serve's flags hold them (generate fills the ones it has).
+struct ServeArgs {
+  std::string model_dir;
+  std::string served_model_name;
+  int tp = 1;
+  int pp = 1;
+  std::vector<int> pp_layers;
+  std::string device = "cpu";
+  std::string host = "0.0.0.0";
+  int grpc_port = 50051;
+  std::string advertise_host;
+  std::string kv_cache_memory = "1GiB";
+  int threads_per_worker = 0;
+  int max_num_seqs = 64;
+  int max_num_batched_tokens = 2048;
+  int max_queued_requests = 1024;
+  std::string prefill_precision = "exact";
+  int graph_max_batch = -1;
+  bool enforce_eager = false;
+  std::string communicator = "auto";
+  std::string heartbeat_interval = "500ms";
+  std::string heartbeat_timeout = "5s";
+  std::string comm_timeout = "30s";
+  std::string startup_timeout = "10m";
+};
+
+// Reads the model's config.json and generation_config.json and checks every setting. Errors:
+// INVALID_ARGUMENT naming the flag and its value, or the file; the split's error (naming the numbers).
+[[nodiscard]] absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& args);
+
+class LocalEngine {
+ public:
+  // Starts the coordinator's server and, with `local_workers`, one `tessera worker --coordinator
+  // 127.0.0.1:PORT --device DEVICE [worker_args...] --rank R` process per rank (LocalWorkers). Waits for
+  // nothing. Errors: the coordinator's (a bad split, a port in use), or a worker that cannot be started.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<LocalEngine>> Start(
+      const CoordinatorOptions& options, bool local_workers, const std::vector<std::string>& worker_args,
+      std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ModelChatTemplates> chat_templates,
+      std::ostream& log);
+  ~LocalEngine();  // Shutdown(3 s)
+
+  Coordinator& coordinator() { return *coordinator_; }
+  // Coordinator::BringUp: every worker joined, loaded and holds a KV cache.
+  [[nodiscard]] absl::Status BringUp() { return coordinator_->BringUp(); }
+  // Stops the coordinator (requests end UNAVAILABLE, workers are told to leave) and waits up to `grace` for
+  // the local workers to exit before signalling them. Idempotent; thread-safe.
+  void Shutdown(std::chrono::milliseconds grace);
+
+ private:
+  LocalEngine() = default;
+
+  std::unique_ptr<Coordinator> coordinator_;
+  std::unique_ptr<LocalWorkers> workers_;  // null without local workers
+};
+
+}  // namespace tessera::tools
