@@ -50,8 +50,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
   scheduler.max_steps_in_flight = c->parallel_.pp_size() > 1 ? c->parallel_.pp_size() : 1;
   c->scheduler_ = std::make_unique<Scheduler>(scheduler, *c->workers_);
   c->rendezvous_ = std::make_unique<RendezvousService>();
+  c->chat_ = std::make_shared<ChatRenderer>(std::move(chat_templates), options.model.dir);
   c->inference_ = std::make_unique<InferenceService>(options.model, c->tokenizer_, *c->scheduler_,
-                                                     InferenceServiceOptions(), std::move(chat_templates));
+                                                     InferenceServiceOptions(), c->chat_);
   c->models_ = std::make_unique<ModelService>(options.model, *c->scheduler_);
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -23,6 +23,7 @@ class Server;
 
 namespace tessera {
 
+class ChatRenderer;
 class ModelChatTemplates;
 class Tokenizer;
 class WorkerGroup;
@@ -78,6 +79,10 @@ class Coordinator {
   void Shutdown(std::chrono::milliseconds grace);
 
   Scheduler& scheduler() { return *scheduler_; }
+  // What every front end of this coordinator shares: the tokenizer (null without tokenizer.json) and the chat
+  // template (ChatRenderer::has_template() false without one).
+  const std::shared_ptr<const Tokenizer>& tokenizer() const { return tokenizer_; }
+  const std::shared_ptr<ChatRenderer>& chat() const { return chat_; }
 
  private:
   Coordinator(const CoordinatorOptions& options, ParallelConfig parallel, std::ostream& log);
@@ -90,6 +95,7 @@ class Coordinator {
   absl::Mutex log_mu_;
   std::ostream& log_ ABSL_GUARDED_BY(log_mu_);
   std::shared_ptr<const Tokenizer> tokenizer_;
+  std::shared_ptr<ChatRenderer> chat_;
   std::unique_ptr<WorkerGroup> workers_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<RendezvousService> rendezvous_;

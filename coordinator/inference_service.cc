@@ -43,10 +43,10 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 InferenceService::InferenceService(ServedModel model, std::shared_ptr<const Tokenizer> tokenizer,
                                    Engine& engine, InferenceServiceOptions options,
-                                   std::unique_ptr<ModelChatTemplates> chat_templates)
+                                   std::shared_ptr<ChatRenderer> chat)
     : model_(std::move(model)),
       tokenizer_(std::move(tokenizer)),
-      chat_templates_(std::move(chat_templates)),
+      chat_(std::move(chat)),
       engine_(engine),
       options_(options),
       id_prefix_(RandomPrefix()) {}
@@ -54,7 +54,7 @@ InferenceService::InferenceService(ServedModel model, std::shared_ptr<const Toke
 std::string InferenceService::NewRequestId() { return Cat(id_prefix_, "-", next_id_.fetch_add(1)); }
 
 absl::StatusOr<std::string> InferenceService::RenderChat(const v1::ChatMessages& chat) {
-  if (chat_templates_ == nullptr) {
+  if (chat_ == nullptr) {
     return absl::FailedPreconditionError(
         Cat("chat prompts need ", model_.dir, "/tokenizer_config.json with a chat_template"));
   }
@@ -65,12 +65,9 @@ absl::StatusOr<std::string> InferenceService::RenderChat(const v1::ChatMessages&
     messages.push_back({{"role", m.role()}, {"content", m.content()}});
   }
   const nlohmann::ordered_json request = {{"messages", std::move(messages)}, {"add_generation_prompt", true}};
-  absl::StatusOr<std::string> text;
-  {
-    absl::MutexLock lock(&templates_mu_);
-    text = chat_templates_->Render(request);
-  }
-  if (!text.ok()) return absl::Status(text.status().code(), Cat("chat: ", text.status().message()));
+  absl::StatusOr<std::string> text = chat_->Render(request);
+  if (!text.ok() && text.status().code() != absl::StatusCode::kFailedPrecondition)
+    return absl::Status(text.status().code(), Cat("chat: ", text.status().message()));
   return text;
 }
 

@@ -10,7 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "coordinator/chat_template/model_chat_templates.h"
+#include "coordinator/chat_renderer.h"
 #include "coordinator/completion_observer.h"
 #include "coordinator/completion_request.h"
 #include "coordinator/engine.h"
@@ -35,11 +35,11 @@ class InferenceService final : public v1::InferenceService::Service {
  public:
   // `tokenizer` is null when the model directory has no tokenizer.json: text prompts, stop strings, Tokenize
   // and Detokenize then fail with FAILED_PRECONDITION naming the file; token id prompts still work (with no
-  // text in the answers). `chat_templates` is null when the model has no tokenizer_config.json: chat prompts
+  // text in the answers). `chat` is null (or has no template) when the model has no tokenizer_config.json: chat prompts
   // then fail with FAILED_PRECONDITION.
   InferenceService(ServedModel model, std::shared_ptr<const Tokenizer> tokenizer, Engine& engine,
                    InferenceServiceOptions options = {},
-                   std::unique_ptr<ModelChatTemplates> chat_templates = nullptr);
+                   std::shared_ptr<ChatRenderer> chat = nullptr);
 
   // Errors: PrepareCompletion's (INVALID_ARGUMENT naming the field, FAILED_PRECONDITION); Engine::Submit's
   // (RESOURCE_EXHAUSTED, UNAVAILABLE, ALREADY_EXISTS for a running request_id, ...); a failed generation's
@@ -78,8 +78,7 @@ class InferenceService final : public v1::InferenceService::Service {
 
   const ServedModel model_;
   const std::shared_ptr<const Tokenizer> tokenizer_;
-  absl::Mutex templates_mu_;  // ModelChatTemplates::Render is not thread-safe
-  const std::unique_ptr<ModelChatTemplates> chat_templates_ ABSL_PT_GUARDED_BY(templates_mu_);
+  const std::shared_ptr<ChatRenderer> chat_;  // null: no chat template
   Engine& engine_;
   const InferenceServiceOptions options_;
   const std::string id_prefix_;  // random per service: ids differ across restarts

@@ -14,6 +14,7 @@ packages=(
   libgloo-dev                         # CPU collectives between worker processes
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler  # control plane and public API
   libgtest-dev libgmock-dev libbenchmark-dev
+  libboost1.81-dev                    # Boost.Beast / Asio: the OpenAI-compatible HTTP server and bench's client
   python3-venv
 )
 missing=()
@@ -29,12 +30,13 @@ fi
 
 # Test tools live in .venv/: numpy (the reference Llama), tokenizers and jinja2 (the references for our
 # tokenizer and chat templates), grpcio and its tools, health and reflection clients (the gRPC API tests),
-# and gguf (llama.cpp's reader: the oracle of import-gguf's dequantization). Each entry is
+# gguf (llama.cpp's reader: the oracle of import-gguf's dequantization), openai (the official client the HTTP
+# API is tested with) and prometheus-client (its parser checks /metrics). Each entry is
 # "pip-name:import-name".
 python_packages=(numpy:numpy tokenizers:tokenizers jinja2:jinja2 grpcio:grpc grpcio-tools:grpc_tools
                  grpcio-health-checking:grpc_health.v1.health_pb2
                  grpcio-reflection:grpc_reflection.v1alpha.reflection_pb2
-                 gguf:gguf)
+                 gguf:gguf openai:openai prometheus-client:prometheus_client)
 if [ ! -x .venv/bin/python ]; then
   py=$(command -v python3)
   "$py" -m venv .venv

@@ -58,7 +58,7 @@ class ApiTestServer {
                          ServedModel model = TestModel(),
                          std::unique_ptr<ModelChatTemplates> chat_templates = Llama31ChatTemplates())
       : inference_(model, std::move(tokenizer), engine_, InferenceServiceOptions(),
-                   std::move(chat_templates)),
+                   std::make_shared<ChatRenderer>(std::move(chat_templates), model.dir)),
         models_(model, engine_) {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
