@@ -72,6 +72,23 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::CompleteRequest& reques
 
 }  // namespace
 
+v1::CompleteRequest CompletionOfChat(const v1::ChatRequest& chat) {
+  v1::CompleteRequest request;
+  request.set_model(chat.model());
+  *request.mutable_chat()->mutable_messages() = chat.messages();
+  if (chat.has_max_tokens()) request.set_max_tokens(chat.max_tokens());
+  if (chat.has_temperature()) request.set_temperature(chat.temperature());
+  if (chat.has_top_k()) request.set_top_k(chat.top_k());
+  if (chat.has_top_p()) request.set_top_p(chat.top_p());
+  if (chat.has_seed()) request.set_seed(chat.seed());
+  *request.mutable_stop_token_ids() = chat.stop_token_ids();
+  *request.mutable_stop() = chat.stop();
+  if (chat.has_n()) request.set_n(chat.n());
+  request.set_request_id(chat.request_id());
+  request.set_ignore_eos(chat.ignore_eos());
+  return request;
+}
+
 absl::Status CheckModelName(const std::string& name, const ServedModel& model, const std::string& field) {
   if (name.empty() || name == model.id) return absl::OkStatus();
   return absl::InvalidArgumentError(

@@ -42,6 +42,11 @@ struct PreparedCompletion {
     const v1::CompleteRequest& request, const ServedModel& model, const Tokenizer* tokenizer,
     const CompletionLimits& limits, const std::string* rendered_chat = nullptr);
 
+// The CompleteRequest a ChatRequest stands for: its messages as the `chat` prompt and its sampling fields,
+// request_id and model copied (tools are the caller's: they go to the template, not to PrepareCompletion).
+// Checks nothing; PrepareCompletion does.
+[[nodiscard]] v1::CompleteRequest CompletionOfChat(const v1::ChatRequest& chat);
+
 // OK when `name` is empty or the served model's id; else INVALID_ARGUMENT naming `field`, the name and the
 // served model.
 [[nodiscard]] absl::Status CheckModelName(const std::string& name, const ServedModel& model,

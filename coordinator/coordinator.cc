@@ -7,10 +7,13 @@
 #include <algorithm>
 #include <chrono>
 
+#include "coordinator/http/http_server.h"
 #include "coordinator/inference_service.h"
+#include "coordinator/metrics.h"
 #include "coordinator/rendezvous_service.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "coordinator/worker_group.h"
+#include "core/log.h"
 #include "core/status_macros.h"
 #include "core/str_cat.h"
 
@@ -30,6 +33,8 @@ Coordinator::Coordinator(const CoordinatorOptions& options, ParallelConfig paral
 
 Coordinator::~Coordinator() { Shutdown(std::chrono::milliseconds(2000)); }
 
+std::string Coordinator::MetricsText() const { return metrics_->Render(); }
+
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
     const CoordinatorOptions& options, std::unique_ptr<Tokenizer> tokenizer,
     std::unique_ptr<ModelChatTemplates> chat_templates, std::ostream& log) {
@@ -48,7 +53,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
       [self](const absl::Status& status) { self->OnFailure(status); });
   SchedulerOptions scheduler = options.scheduler;
   scheduler.max_steps_in_flight = c->parallel_.pp_size() > 1 ? c->parallel_.pp_size() : 1;
-  c->scheduler_ = std::make_unique<Scheduler>(scheduler, *c->workers_);
+  c->metrics_ = std::make_unique<MetricsRegistry>();
+  c->engine_metrics_ = std::make_unique<EngineMetrics>(*c->metrics_, options.model.id);
+  c->scheduler_ = std::make_unique<Scheduler>(scheduler, *c->workers_, c->engine_metrics_.get());
   c->rendezvous_ = std::make_unique<RendezvousService>();
   c->chat_ = std::make_shared<ChatRenderer>(std::move(chat_templates), options.model.dir);
   c->inference_ = std::make_unique<InferenceService>(options.model, c->tokenizer_, *c->scheduler_,
@@ -68,8 +75,21 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
     return absl::UnavailableError(Cat("cannot listen on ", options.listen_address, " (port in use?)"));
   }
   c->server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
+  if (options.http_port >= 0) {
+    HttpServerOptions http;
+    const std::string& address = options.listen_address;
+    http.host = address.substr(0, address.rfind(':'));
+    if (http.host.size() >= 2 && http.host.front() == '[')
+      http.host = http.host.substr(1, http.host.size() - 2);
+    http.port = options.http_port;
+    http.threads = options.http_threads;
+    auto api = std::make_shared<const OpenAiApi>(options.model, c->tokenizer_, c->chat_);
+    ASSIGN_OR_RETURN(c->http_, HttpServer::Start(http, std::move(api), *c->scheduler_));
+  }
   return c;
 }
+
+int Coordinator::http_port() const { return http_ != nullptr ? http_->port() : -1; }
 
 absl::Status Coordinator::BringUp() {
   const int world = parallel_.world_size();
@@ -164,9 +184,9 @@ absl::Status Coordinator::BringUp() {
   return absl::OkStatus();
 }
 
-void Coordinator::Log(const std::string& line) {
-  absl::MutexLock lock(&log_mu_);
-  log_ << line << "\n" << std::flush;
+void Coordinator::Log(const std::string& line, LogLevel level) {
+  absl::MutexLock lock(&log_mu_);  // then WriteLog's own lock, a leaf
+  WriteLog(log_, level, {.component = "coordinator", .rank = -1, .request_id = ""}, line);
 }
 
 absl::StatusOr<std::vector<control::v1::Ack>> Coordinator::DrainWorkers(std::chrono::milliseconds timeout) {
@@ -180,7 +200,7 @@ absl::StatusOr<std::vector<control::v1::Ack>> Coordinator::DrainWorkers(std::chr
 }
 
 void Coordinator::OnFailure(const absl::Status& status) {
-  Log(Cat("coordinator: ", status.message(), "; not serving"));
+  Log(Cat("coordinator: ", status.message(), "; not serving"), LogLevel::kError);
   if (scheduler_ != nullptr) scheduler_->Fail(status);
   if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
 }
@@ -196,6 +216,7 @@ void Coordinator::Shutdown(std::chrono::milliseconds grace) {
   }
   if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
   if (scheduler_ != nullptr) scheduler_->Fail(absl::UnavailableError("the server is shutting down"));
+  if (http_ != nullptr) http_->Stop();  // after Fail: every HTTP request has its OnDone
   if (workers_ != nullptr) workers_->Shutdown(grace);
   if (rendezvous_ != nullptr) rendezvous_->Shutdown();
   if (server_ != nullptr)

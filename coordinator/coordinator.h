@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/served_model.h"
+#include "core/log.h"
 #include "parallel/parallel_config.h"
 #include "tessera/control/v1/control.pb.h"
 
@@ -30,12 +31,18 @@ class WorkerGroup;
 class RendezvousService;
 class InferenceService;
 class ModelService;
+class HttpServer;
+class MetricsRegistry;
+struct EngineMetrics;
 
 struct CoordinatorOptions {
   ServedModel model;
   ShardedShape shape;                        // the model's dimensions that sharding depends on
   std::vector<int> pp_layers;                // layers per stage; empty = even
   std::string listen_address = "0.0.0.0:0";  // HOST:PORT; port 0 picks a free one
+  // The OpenAI-compatible HTTP API (coordinator/http) on listen_address's host: -1 off, 0 a free port.
+  int http_port = -1;
+  int http_threads = 2;  // its io_context threads
   // How workers reach this server's rendezvous store (HOST; the port is the listening one).
   std::string advertise_host = "127.0.0.1";
   int64_t kv_cache_memory = 0;  // bytes per rank; 0 = each worker decides
@@ -63,6 +70,8 @@ class Coordinator {
   ~Coordinator();
 
   int port() const { return port_; }
+  // The HTTP API's port; -1 when it is off.
+  int http_port() const;
   const CoordinatorOptions& options() const { return options_; }
   const ParallelConfig& parallel() const { return parallel_; }
 
@@ -79,6 +88,10 @@ class Coordinator {
   void Shutdown(std::chrono::milliseconds grace);
 
   Scheduler& scheduler() { return *scheduler_; }
+  // The engine's metrics (tessera:*, labelled with the served model's id) in the Prometheus text format, for
+  // GET /metrics (Content-Type "text/plain; version=0.0.4; charset=utf-8"). Thread-safe; never blocks on the
+  // scheduler.
+  std::string MetricsText() const;
   // What every front end of this coordinator shares: the tokenizer (null without tokenizer.json) and the chat
   // template (ChatRenderer::has_template() false without one).
   const std::shared_ptr<const Tokenizer>& tokenizer() const { return tokenizer_; }
@@ -87,8 +100,9 @@ class Coordinator {
  private:
   Coordinator(const CoordinatorOptions& options, ParallelConfig parallel, std::ostream& log);
   void OnFailure(const absl::Status& status);
-  // Writes one line to the log (callers on several threads: bring-up, failure handler).
-  void Log(const std::string& line);
+  // Writes one structured line (core/log.h) to the log (callers on several threads: bring-up, failure
+  // handler).
+  void Log(const std::string& line, LogLevel level = LogLevel::kInfo);
 
   const CoordinatorOptions options_;
   const ParallelConfig parallel_;
@@ -96,12 +110,15 @@ class Coordinator {
   std::ostream& log_ ABSL_GUARDED_BY(log_mu_);
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::shared_ptr<ChatRenderer> chat_;
+  std::unique_ptr<MetricsRegistry> metrics_;       // outlives the scheduler, which records into it
+  std::unique_ptr<EngineMetrics> engine_metrics_;  // in metrics_
   std::unique_ptr<WorkerGroup> workers_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<RendezvousService> rendezvous_;
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<ModelService> models_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HttpServer> http_;  // null when off
   int port_ = 0;
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;      // a Shutdown began

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_format.h"
@@ -26,6 +27,10 @@ std::string RandomPrefix() {
   std::random_device device;
   return absl::StrFormat("cmpl-%08x%08x", device(), device());
 }
+
+// A stream delta's text: a completion's `text`, a chat message's `content`.
+void SetDeltaText(v1::TokenDelta& delta, std::string text) { delta.set_text(std::move(text)); }
+void SetDeltaText(v1::ChatDelta& delta, std::string text) { delta.set_content(std::move(text)); }
 
 void FillUsage(int prompt_tokens, int completion_tokens, v1::Usage& usage) {
   usage.set_prompt_tokens(prompt_tokens);
@@ -53,39 +58,76 @@ InferenceService::InferenceService(ServedModel model, std::shared_ptr<const Toke
 
 std::string InferenceService::NewRequestId() { return Cat(id_prefix_, "-", next_id_.fetch_add(1)); }
 
-absl::StatusOr<std::string> InferenceService::RenderChat(const v1::ChatMessages& chat) {
+absl::StatusOr<std::string> InferenceService::RenderChat(
+    const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages, const nlohmann::ordered_json* tools,
+    const std::string& field, const std::string& error_prefix) {
   if (chat_ == nullptr) {
     return absl::FailedPreconditionError(
         Cat("chat prompts need ", model_.dir, "/tokenizer_config.json with a chat_template"));
   }
-  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
-  for (int i = 0; i < chat.messages_size(); ++i) {
-    const v1::ChatMessage& m = chat.messages(i);
-    if (m.role().empty()) return absl::InvalidArgumentError(Cat("chat.messages[", i, "].role is empty"));
-    messages.push_back({{"role", m.role()}, {"content", m.content()}});
+  nlohmann::ordered_json rendered_messages = nlohmann::ordered_json::array();
+  for (int i = 0; i < messages.size(); ++i) {
+    const v1::ChatMessage& m = messages[i];
+    if (m.role().empty()) return absl::InvalidArgumentError(Cat(field, "[", i, "].role is empty"));
+    nlohmann::ordered_json message = {{"role", m.role()}, {"content", m.content()}};
+    if (!m.name().empty()) message["name"] = m.name();
+    if (!m.tool_call_id().empty()) message["tool_call_id"] = m.tool_call_id();
+    rendered_messages.push_back(std::move(message));
   }
-  const nlohmann::ordered_json request = {{"messages", std::move(messages)}, {"add_generation_prompt", true}};
+  nlohmann::ordered_json request = {{"messages", std::move(rendered_messages)},
+                                    {"add_generation_prompt", true}};
+  if (tools != nullptr) request["tools"] = *tools;
   absl::StatusOr<std::string> text = chat_->Render(request);
   if (!text.ok() && text.status().code() != absl::StatusCode::kFailedPrecondition)
-    return absl::Status(text.status().code(), Cat("chat: ", text.status().message()));
+    return absl::Status(text.status().code(), Cat(error_prefix, ": ", text.status().message()));
   return text;
 }
 
-absl::Status InferenceService::Start(const v1::CompleteRequest& request, PreparedCompletion& prepared,
-                                     std::shared_ptr<CompletionObserver>& observer) {
-  std::string rendered_chat;
-  const bool chat = request.prompt_case() == v1::CompleteRequest::kChat && !request.chat().messages().empty();
-  if (chat) {
-    ASSIGN_OR_RETURN(rendered_chat, RenderChat(request.chat()));
-  }
-  ASSIGN_OR_RETURN(prepared, PrepareCompletion(request, model_, tokenizer_.get(), options_.limits,
-                                               chat ? &rendered_chat : nullptr));
+absl::Status InferenceService::Submit(const v1::CompleteRequest& request, const std::string* rendered_chat,
+                                      PreparedCompletion& prepared,
+                                      std::shared_ptr<CompletionObserver>& observer) {
+  ASSIGN_OR_RETURN(prepared,
+                   PrepareCompletion(request, model_, tokenizer_.get(), options_.limits, rendered_chat));
   GenerationRequest& generation = prepared.request;
   if (generation.id.empty()) generation.id = NewRequestId();
   observer = std::make_shared<CompletionObserver>(tokenizer_, generation.n, prepared.stop_strings,
                                                   generation.stop_token_ids);
   GenerationRequest submitted = generation;  // the prepared one keeps its fields for the answer
   return engine_.Submit(std::move(submitted), observer);
+}
+
+absl::Status InferenceService::StartCompletion(const v1::CompleteRequest& request,
+                                               PreparedCompletion& prepared,
+                                               std::shared_ptr<CompletionObserver>& observer) {
+  if (request.prompt_case() != v1::CompleteRequest::kChat || request.chat().messages().empty()) {
+    return Submit(request, nullptr, prepared, observer);
+  }
+  ASSIGN_OR_RETURN(const std::string rendered,
+                   RenderChat(request.chat().messages(), nullptr, "chat.messages", "chat"));
+  return Submit(request, &rendered, prepared, observer);
+}
+
+absl::Status InferenceService::StartChat(const v1::ChatRequest& request, PreparedCompletion& prepared,
+                                         std::shared_ptr<CompletionObserver>& observer) {
+  if (absl::Status s = CheckModelName(request.model(), model_, "model"); !s.ok()) {
+    return absl::NotFoundError(s.message());  // OpenAI's model_not_found
+  }
+  if (request.messages().empty()) return absl::InvalidArgumentError("messages is empty");
+  std::optional<nlohmann::ordered_json> tools;
+  if (!request.tools().empty()) {
+    try {
+      tools = nlohmann::ordered_json::parse(request.tools());
+    } catch (const nlohmann::json::parse_error& e) {
+      return absl::InvalidArgumentError(Cat("tools is not valid JSON: ", e.what()));
+    }
+    if (!tools->is_array()) {
+      return absl::InvalidArgumentError(
+          Cat("tools must be a JSON array of tool definitions, got a JSON ", tools->type_name()));
+    }
+  }
+  ASSIGN_OR_RETURN(const std::string rendered,
+                   RenderChat(request.messages(), tools ? &*tools : nullptr, "messages", "messages"));
+  return Submit(CompletionOfChat(request), &rendered, prepared, observer);
 }
 
 grpc::Status InferenceService::Abandon(const grpc::ServerContext& context, const std::string& request_id) {
@@ -98,18 +140,22 @@ grpc::Status InferenceService::Abandon(const grpc::ServerContext& context, const
                       Cat("request ", request_id, " was cancelled by the client"));
 }
 
+grpc::Status InferenceService::AwaitDone(grpc::ServerContext& context, const std::string& request_id,
+                                         CompletionObserver& observer) {
+  std::optional<absl::Status> done;
+  while (!(done = observer.WaitDone(options_.cancel_poll_interval))) {
+    if (context.IsCancelled()) return Abandon(context, request_id);
+  }
+  return ToGrpcStatus(*done);
+}
+
 grpc::Status InferenceService::Complete(grpc::ServerContext* context, const v1::CompleteRequest* request,
                                         v1::CompleteResponse* response) {
   PreparedCompletion prepared;
   std::shared_ptr<CompletionObserver> observer;
-  if (absl::Status s = Start(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = StartCompletion(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
   const std::string& id = prepared.request.id;
-
-  std::optional<absl::Status> done;
-  while (!(done = observer->WaitDone(options_.cancel_poll_interval))) {
-    if (context->IsCancelled()) return Abandon(*context, id);
-  }
-  if (!done->ok()) return ToGrpcStatus(*done);
+  if (grpc::Status s = AwaitDone(*context, id, *observer); !s.ok()) return s;
 
   response->set_request_id(id);
   response->set_model(model_.id);
@@ -129,23 +175,45 @@ grpc::Status InferenceService::Complete(grpc::ServerContext* context, const v1::
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::CompleteStream(grpc::ServerContext* context,
-                                              const v1::CompleteRequest* request,
-                                              grpc::ServerWriter<v1::CompleteStreamResponse>* writer) {
+grpc::Status InferenceService::Chat(grpc::ServerContext* context, const v1::ChatRequest* request,
+                                    v1::ChatResponse* response) {
   PreparedCompletion prepared;
   std::shared_ptr<CompletionObserver> observer;
-  if (absl::Status s = Start(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = StartChat(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
+  const std::string& id = prepared.request.id;
+  if (grpc::Status s = AwaitDone(*context, id, *observer); !s.ok()) return s;
+
+  response->set_request_id(id);
+  response->set_model(model_.id);
+  std::vector<CompletionObserver::ChoiceResult> results = observer->Results();
+  for (size_t i = 0; i < results.size(); ++i) {
+    v1::ChatChoice* choice = response->add_choices();
+    choice->set_index(static_cast<int>(i));
+    choice->mutable_message()->set_role("assistant");
+    choice->mutable_message()->set_content(std::move(results[i].text));
+    choice->set_finish_reason(ToProto(results[i].finish_reason));
+    choice->mutable_token_ids()->Add(results[i].token_ids.begin(), results[i].token_ids.end());
+  }
+  FillUsage(static_cast<int>(prepared.request.prompt.size()), observer->CompletionTokens(),
+            *response->mutable_usage());
+  return grpc::Status::OK;
+}
+
+template <typename StreamResponse>
+grpc::Status InferenceService::StreamEvents(grpc::ServerContext& context, const PreparedCompletion& prepared,
+                                            CompletionObserver& observer,
+                                            grpc::ServerWriter<StreamResponse>& writer) {
   const std::string& id = prepared.request.id;
   const int prompt_tokens = static_cast<int>(prepared.request.prompt.size());
 
   // Messages gathered per wake-up go out together: all but the last with a buffer hint.
-  std::vector<v1::CompleteStreamResponse> batch;
+  std::vector<StreamResponse> batch;
   const auto flush = [&]() {
     bool ok = true;
     for (size_t i = 0; i < batch.size() && ok; ++i) {
       grpc::WriteOptions options;
       if (i + 1 < batch.size()) options.set_buffer_hint();
-      ok = writer->Write(batch[i], options);
+      ok = writer.Write(batch[i], options);
     }
     batch.clear();
     return ok;
@@ -158,22 +226,22 @@ grpc::Status InferenceService::CompleteStream(grpc::ServerContext* context,
   header->set_num_choices(prepared.request.n);
   if (prepared.echo && !prepared.prompt_text.empty()) {
     for (int i = 0; i < prepared.request.n; ++i) {
-      v1::TokenDelta* delta = batch.emplace_back().mutable_delta();
+      auto* delta = batch.emplace_back().mutable_delta();
       delta->set_index(i);
-      delta->set_text(prepared.prompt_text);
+      SetDeltaText(*delta, prepared.prompt_text);
     }
   }
-  if (!flush()) return Abandon(*context, id);
+  if (!flush()) return Abandon(context, id);
 
   while (true) {
-    if (context->IsCancelled()) return Abandon(*context, id);
-    CompletionObserver::Events events = observer->Take(options_.cancel_poll_interval);
+    if (context.IsCancelled()) return Abandon(context, id);
+    CompletionObserver::Events events = observer.Take(options_.cancel_poll_interval);
     for (CompletionObserver::ChoiceEvents& choice : events.choices) {
       if (!choice.token_ids.empty() || !choice.text.empty()) {
-        v1::TokenDelta* delta = batch.emplace_back().mutable_delta();
+        auto* delta = batch.emplace_back().mutable_delta();
         delta->set_index(choice.index);
         delta->mutable_token_ids()->Add(choice.token_ids.begin(), choice.token_ids.end());
-        delta->set_text(std::move(choice.text));
+        SetDeltaText(*delta, std::move(choice.text));
       }
       if (choice.end.has_value()) {
         v1::ChoiceEnd* end = batch.emplace_back().mutable_end();
@@ -183,12 +251,29 @@ grpc::Status InferenceService::CompleteStream(grpc::ServerContext* context,
       }
     }
     if (events.done.has_value() && events.done->ok()) {
-      FillUsage(prompt_tokens, observer->CompletionTokens(),
+      FillUsage(prompt_tokens, observer.CompletionTokens(),
                 *batch.emplace_back().mutable_trailer()->mutable_usage());
     }
-    if (!flush()) return Abandon(*context, id);
+    if (!flush()) return Abandon(context, id);
     if (events.done.has_value()) return ToGrpcStatus(*events.done);
   }
+}
+
+grpc::Status InferenceService::CompleteStream(grpc::ServerContext* context,
+                                              const v1::CompleteRequest* request,
+                                              grpc::ServerWriter<v1::CompleteStreamResponse>* writer) {
+  PreparedCompletion prepared;
+  std::shared_ptr<CompletionObserver> observer;
+  if (absl::Status s = StartCompletion(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
+  return StreamEvents(*context, prepared, *observer, *writer);
+}
+
+grpc::Status InferenceService::ChatStream(grpc::ServerContext* context, const v1::ChatRequest* request,
+                                          grpc::ServerWriter<v1::ChatStreamResponse>* writer) {
+  PreparedCompletion prepared;
+  std::shared_ptr<CompletionObserver> observer;
+  if (absl::Status s = StartChat(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
+  return StreamEvents(*context, prepared, *observer, *writer);
 }
 
 grpc::Status InferenceService::Cancel(grpc::ServerContext*, const v1::CancelRequest* request,

@@ -1,10 +1,11 @@
-// The public gRPC API (tessera.v1): InferenceService (completions, cancel, tokenize) and ModelService, over
-// an Engine. The services check and prepare requests, run the text side of generation (detokenization, stop
-// strings) on the engine's events, and answer in the API's messages and status codes.
+// The public gRPC API (tessera.v1): InferenceService (completions, chat, cancel, tokenize) and ModelService,
+// over an Engine. The services check and prepare requests, run the text side of generation (detokenization,
+// stop strings) on the engine's events, and answer in the API's messages and status codes.
 #pragma once
 
 #include <atomic>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "absl/status/status.h"
@@ -35,11 +36,10 @@ class InferenceService final : public v1::InferenceService::Service {
  public:
   // `tokenizer` is null when the model directory has no tokenizer.json: text prompts, stop strings, Tokenize
   // and Detokenize then fail with FAILED_PRECONDITION naming the file; token id prompts still work (with no
-  // text in the answers). `chat` is null (or has no template) when the model has no tokenizer_config.json: chat prompts
-  // then fail with FAILED_PRECONDITION.
+  // text in the answers). `chat` is null (or has no template) when the model has no tokenizer_config.json:
+  // chat prompts then fail with FAILED_PRECONDITION.
   InferenceService(ServedModel model, std::shared_ptr<const Tokenizer> tokenizer, Engine& engine,
-                   InferenceServiceOptions options = {},
-                   std::shared_ptr<ChatRenderer> chat = nullptr);
+                   InferenceServiceOptions options = {}, std::shared_ptr<ChatRenderer> chat = nullptr);
 
   // Errors: PrepareCompletion's (INVALID_ARGUMENT naming the field, FAILED_PRECONDITION); Engine::Submit's
   // (RESOURCE_EXHAUSTED, UNAVAILABLE, ALREADY_EXISTS for a running request_id, ...); a failed generation's
@@ -52,6 +52,18 @@ class InferenceService final : public v1::InferenceService::Service {
   // usage. An error after the header ends the stream with that status.
   grpc::Status CompleteStream(grpc::ServerContext* context, const v1::CompleteRequest* request,
                               grpc::ServerWriter<v1::CompleteStreamResponse>* writer) override;
+  // Complete for a conversation (OpenAI's chat completions): `messages` and `tools` (JSON text, an array) are
+  // rendered with the model's template (add_generation_prompt), the rest is Complete's request; each choice
+  // is an assistant message. Errors: NOT_FOUND for a `model` this server does not serve; INVALID_ARGUMENT for
+  // empty `messages`, a message without a role (messages[i].role), `tools` that is not a JSON array, a
+  // template that raises, and PrepareCompletion's field errors; FAILED_PRECONDITION without a template or a
+  // tokenizer; then Complete's engine and cancellation errors.
+  grpc::Status Chat(grpc::ServerContext* context, const v1::ChatRequest* request,
+                    v1::ChatResponse* response) override;
+  // As Chat, streamed as CompleteStream is: one StreamHeader, ChatDeltas with the new content, one ChoiceEnd
+  // per choice, one StreamTrailer with usage. An error after the header ends the stream with that status.
+  grpc::Status ChatStream(grpc::ServerContext* context, const v1::ChatRequest* request,
+                          grpc::ServerWriter<v1::ChatStreamResponse>* writer) override;
   // Engine::Cancel: NOT_FOUND when no such request is queued or running; INVALID_ARGUMENT for an empty id.
   grpc::Status Cancel(grpc::ServerContext* context, const v1::CancelRequest* request,
                       v1::CancelResponse* response) override;
@@ -65,16 +77,34 @@ class InferenceService final : public v1::InferenceService::Service {
                           v1::DetokenizeResponse* response) override;
 
  private:
-  // Prepares `request` (making a request id when it has none) and submits it with a new observer.
-  absl::Status Start(const v1::CompleteRequest& request, PreparedCompletion& prepared,
-                     std::shared_ptr<CompletionObserver>& observer);
+  // Prepares `request` (making a request id when it has none; `rendered_chat`: its chat prompt rendered, or
+  // null) and submits it with a new observer.
+  absl::Status Submit(const v1::CompleteRequest& request, const std::string* rendered_chat,
+                      PreparedCompletion& prepared, std::shared_ptr<CompletionObserver>& observer);
+  // Complete's start: renders request.chat when it is the prompt, then Submit.
+  absl::Status StartCompletion(const v1::CompleteRequest& request, PreparedCompletion& prepared,
+                               std::shared_ptr<CompletionObserver>& observer);
+  // Chat's start: checks the model, messages and tools, renders them, then Submit.
+  absl::Status StartChat(const v1::ChatRequest& request, PreparedCompletion& prepared,
+                         std::shared_ptr<CompletionObserver>& observer);
+  // Waits until the request is done; OK, its error, or Abandon's when the client gives up first.
+  grpc::Status AwaitDone(grpc::ServerContext& context, const std::string& request_id,
+                         CompletionObserver& observer);
+  // The stream of a submitted request (CompleteStreamResponse or ChatStreamResponse: header, deltas, ends,
+  // trailer); returns the call's end.
+  template <typename StreamResponse>
+  grpc::Status StreamEvents(grpc::ServerContext& context, const PreparedCompletion& prepared,
+                            CompletionObserver& observer, grpc::ServerWriter<StreamResponse>& writer);
   // The client cancelled or its deadline passed: cancels the request in the engine; returns the call's end.
   grpc::Status Abandon(const grpc::ServerContext& context, const std::string& request_id);
   // A request id no other call of this service has made.
   std::string NewRequestId();
-  // request.chat rendered with the model's template (add_generation_prompt). INVALID_ARGUMENT naming the
-  // message or the template's error; FAILED_PRECONDITION without a template.
-  absl::StatusOr<std::string> RenderChat(const v1::ChatMessages& chat);
+  // `messages` (with `tools` when not null) rendered with the model's template (add_generation_prompt).
+  // INVALID_ARGUMENT naming `field`[i].role for a message without a role, or "`error_prefix`: " and the
+  // template's error; FAILED_PRECONDITION without a template.
+  absl::StatusOr<std::string> RenderChat(const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages,
+                                         const nlohmann::ordered_json* tools, const std::string& field,
+                                         const std::string& error_prefix);
 
   const ServedModel model_;
   const std::shared_ptr<const Tokenizer> tokenizer_;

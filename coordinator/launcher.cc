@@ -7,10 +7,13 @@
 
 #include <thread>
 
+#include "core/log.h"
 #include "core/str_cat.h"
 
 namespace tessera {
 namespace {
+
+constexpr LogContext kContext{.component = "launcher", .rank = -1, .request_id = ""};
 
 // Runs in the forked child before exec: only async-signal-safe calls.
 [[noreturn]] void ExecWorker(pid_t parent, const std::vector<char*>& argv) {
@@ -71,11 +74,13 @@ bool LocalWorkers::ReapLocked() {
     }
     if (r == pids_[rank]) {
       if (WIFSIGNALED(status)) {
-        log_ << "serve: worker rank " << rank << " (pid " << pids_[rank] << ") was killed by signal "
-             << WTERMSIG(status) << "\n";
+        WriteLog(
+            log_, LogLevel::kWarning, kContext,
+            Cat("worker rank ", rank, " (pid ", pids_[rank], ") was killed by signal ", WTERMSIG(status)));
       } else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
-        log_ << "serve: worker rank " << rank << " (pid " << pids_[rank] << ") exited with status "
-             << WEXITSTATUS(status) << "\n";
+        WriteLog(
+            log_, LogLevel::kWarning, kContext,
+            Cat("worker rank ", rank, " (pid ", pids_[rank], ") exited with status ", WEXITSTATUS(status)));
       }
     }
     pids_[rank] = 0;
@@ -100,7 +105,7 @@ void LocalWorkers::Stop(std::chrono::milliseconds grace) {
   if (wait_for(std::chrono::milliseconds(2000))) return;
   for (pid_t pid : pids_) {
     if (pid != 0) {
-      log_ << "serve: worker pid " << pid << " ignored SIGTERM; killing it\n";
+      WriteLog(log_, LogLevel::kWarning, kContext, Cat("worker pid ", pid, " ignored SIGTERM; killing it"));
       kill(pid, SIGKILL);
     }
   }

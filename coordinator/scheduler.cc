@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "coordinator/metrics.h"
 #include "core/check.h"
 #include "core/str_cat.h"
 #include "tessera/control/v1/control.pb.h"
@@ -17,8 +18,8 @@ double Now() {
 
 }  // namespace
 
-Scheduler::Scheduler(const SchedulerOptions& options, StepSink& sink)
-    : options_(options), sink_(sink), blocks_(options.num_kv_blocks, options.block_size) {}
+Scheduler::Scheduler(const SchedulerOptions& options, StepSink& sink, EngineMetrics* metrics)
+    : options_(options), sink_(sink), metrics_(metrics), blocks_(options.num_kv_blocks, options.block_size) {}
 
 Scheduler::~Scheduler() {
   {
@@ -101,10 +102,13 @@ absl::Status Scheduler::SubmitBatch(std::vector<GenerationRequest> requests,
               requests.size() > 1 ? Cat(" and ", requests.size(), " more came together") : "",
               " (max_queued_requests=", options_.max_queued_requests, ")"));
     }
+    const double arrival = Now();
     for (size_t i = 0; i < requests.size(); ++i) {
       auto owned = std::make_shared<Request>();
       owned->params = std::move(requests[i]);
       owned->observer = std::move(observers[i]);
+      owned->arrival = arrival;
+      num_waiting_seqs_ += owned->params.n;
       by_id_[owned->params.id] = owned.get();
       waiting_.push_back(std::move(owned));
     }
@@ -126,6 +130,7 @@ absl::Status Scheduler::Cancel(const std::string& request_id) {
                                   [&](const std::shared_ptr<Request>& r) { return r.get() == &request; });
       dropped = std::move(*waiting);
       waiting_.erase(waiting);
+      num_waiting_seqs_ -= request.params.n;
     } else {
       for (auto& seq : request.seqs) {
         if (!seq->done) {
@@ -178,10 +183,18 @@ void Scheduler::ApplyStepResultLocked(const control::v1::StepResult& result) {
     }
     rows[sampled - step.sampled.begin()] = &row;
   }
+  const double now = Now();
   ++stats_.steps;
   if (result.graph()) ++stats_.graph_steps;
-  stats_.step_seconds += Now() - step.sent_at;
+  stats_.step_seconds += now - step.sent_at;
   stats_.worker_seconds += result.worker_seconds();
+  if (metrics_ != nullptr) {
+    metrics_->worker_step_seconds.Observe(result.worker_seconds());
+    metrics_->control_plane_seconds.Observe(std::max(0.0, now - step.sent_at - result.worker_seconds()));
+    metrics_->iteration_tokens_total.Observe(step.num_tokens);
+    if (step.num_prompt_tokens > 0) metrics_->prompt_tokens_total.Add(step.num_prompt_tokens);
+  }
+  int num_generated = 0;
   for (Seq* seq : step.scheduled) seq->in_flight = false;
   for (size_t i = 0; i < step.sampled.size(); ++i) {
     Seq& seq = *step.sampled[i];
@@ -189,6 +202,17 @@ void Scheduler::ApplyStepResultLocked(const control::v1::StepResult& result) {
     Request& request = *seq.request;
     const int32_t token = result.tokens(static_cast<int>(i));
     seq.tokens.push_back(token);
+    ++num_generated;
+    if (seq.first_token_at == 0) {
+      seq.first_token_at = now;
+      if (metrics_ != nullptr) {
+        metrics_->time_to_first_token_seconds.Observe(now - request.arrival);
+        metrics_->request_prefill_time_seconds.Observe(now - request.admitted);
+      }
+    } else if (metrics_ != nullptr) {
+      metrics_->inter_token_latency_seconds.Observe(now - seq.last_token_at);
+    }
+    seq.last_token_at = now;
     if (rows[i] != nullptr) {
       Event logits{.kind = Event::Kind::kLogits, .request = request.shared_from_this(), .index = seq.index};
       const std::string& bytes = rows[i]->values();
@@ -211,6 +235,7 @@ void Scheduler::ApplyStepResultLocked(const control::v1::StepResult& result) {
       EndChoiceLocked(seq, FinishReason::kLength);
     }
   }
+  if (metrics_ != nullptr && num_generated > 0) metrics_->generation_tokens_total.Add(num_generated);
   for (Seq* seq : step.scheduled) {
     if (seq->done && seq->reserved > 0) RetireSeqLocked(*seq);
   }
@@ -236,12 +261,17 @@ void Scheduler::FailLocked(const absl::Status& status) {
   in_flight_.clear();
   forget_.clear();
   num_running_seqs_ = 0;
+  num_waiting_seqs_ = 0;
   blocks_ = BlockManager(options_.num_kv_blocks, options_.block_size);
 }
 
 void Scheduler::EndChoiceLocked(Seq& seq, FinishReason reason) {
   seq.done = true;
   Request& request = *seq.request;
+  if (metrics_ != nullptr && seq.first_token_at > 0) {  // the choice ended at its last token
+    metrics_->e2e_request_latency_seconds.Observe(seq.last_token_at - request.arrival);
+    metrics_->request_decode_time_seconds.Observe(seq.last_token_at - seq.first_token_at);
+  }
   if (!request.finished) {
     events_.push_back({.kind = Event::Kind::kChoiceEnd,
                        .request = request.shared_from_this(),
@@ -255,6 +285,16 @@ void Scheduler::EndChoiceLocked(Seq& seq, FinishReason reason) {
 void Scheduler::FinishRequestLocked(Request& request, const absl::Status& status) {
   if (request.finished) return;
   request.finished = true;
+  // The choices still going end here (those that ended are counted when their end is delivered).
+  if (metrics_ != nullptr && !status.ok()) {
+    int open = request.params.n;
+    if (!request.seqs.empty()) {
+      open = static_cast<int>(std::count_if(request.seqs.begin(), request.seqs.end(),
+                                            [](const std::unique_ptr<Seq>& seq) { return !seq->done; }));
+    }
+    const FinishLabel label = absl::IsCancelled(status) ? FinishLabel::kAbort : FinishLabel::kError;
+    if (open > 0) metrics_->request_success(label).Add(open);
+  }
   events_.push_back({.kind = Event::Kind::kDone, .request = request.shared_from_this(), .status = status});
   auto it = by_id_.find(request.params.id);
   if (it != by_id_.end() && it->second == &request) by_id_.erase(it);  // the id may be used again
@@ -274,6 +314,10 @@ void Scheduler::AdmitLocked() {
     const int per_seq =
         blocks_.BlocksFor(static_cast<int64_t>(request.params.prompt.size()) + request.params.max_tokens);
     if (num_running_seqs_ + n > options_.max_num_seqs || !blocks_.TryReserve(n * per_seq)) return;
+    request.admitted = Now();
+    for (int i = 0; metrics_ != nullptr && i < n; ++i) {
+      metrics_->request_queue_time_seconds.Observe(request.admitted - request.arrival);
+    }
     for (int i = 0; i < n; ++i) {
       auto seq = std::make_unique<Seq>();
       seq->id = next_seq_id_++;
@@ -286,6 +330,7 @@ void Scheduler::AdmitLocked() {
     }
     request.choices_left = n;
     num_running_seqs_ += n;
+    num_waiting_seqs_ -= n;
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
@@ -317,6 +362,8 @@ bool Scheduler::FormStepLocked(std::string& serialized, Dropped& dropped) {
       if (pending <= 0) continue;
       if (budget == 0 || static_cast<int>(flight.scheduled.size()) == max_seqs) break;
       const int chunk = std::min(pending, budget);
+      flight.num_tokens += chunk;
+      flight.num_prompt_tokens += std::max(0, std::min(seq.num_sent + chunk, seq.num_prompt) - seq.num_sent);
       if (seq.num_sent == 0) {
         control::v1::NewSequence* added = step.add_new_sequences();
         added->set_seq_id(seq.id);
@@ -378,6 +425,10 @@ void Scheduler::DeliverEventsLocked(Dropped& dropped) {
         if (event.reason == FinishReason::kLength && stopped(event.request.get(), event.index)) {
           event.reason = FinishReason::kStop;
         }
+        if (metrics_ != nullptr) {  // the final reason is known only here
+          const bool stop = event.reason == FinishReason::kStop;
+          metrics_->request_success(stop ? FinishLabel::kStop : FinishLabel::kLength).Add();
+        }
         observer.OnChoiceEnd(event.index, event.reason);
         break;
       case Event::Kind::kDone:
@@ -421,8 +472,18 @@ void Scheduler::Pump() {
     stats_.send_seconds += sent;
     if (!status.ok()) FailLocked(status);
   }
+  RecordGaugesLocked();
   pumping_ = false;
   mu_.Unlock();
+}
+
+void Scheduler::RecordGaugesLocked() {
+  if (metrics_ == nullptr) return;
+  metrics_->num_requests_running.Set(num_running_seqs_);
+  metrics_->num_requests_waiting.Set(num_waiting_seqs_);
+  const int num_blocks = blocks_.num_blocks();
+  metrics_->kv_cache_usage_perc.Set(
+      num_blocks > 0 ? static_cast<double>(num_blocks - blocks_.num_free()) / num_blocks : 0.0);
 }
 
 }  // namespace tessera

@@ -15,6 +15,11 @@
 // order they happen and delivered in that order; the queue holds at most a few events per running sequence
 // and one OnDone per request, because each sequence is in at most one step and its events are delivered
 // before it is scheduled again.
+//
+// Metrics (optional): recorded where things happen, under mu_ (arrival, admission, each step result and each
+// token, each choice's end, a request's abnormal end, the gauges at the end of a pump), except the count of
+// choices by finish reason, recorded when their OnChoiceEnd is delivered (a stop string may turn a length end
+// into a stop). The metrics' locks are leaves: scheduler mu_, then a metric's lock, never the reverse.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +41,7 @@ namespace tessera {
 namespace control::v1 {
 class StepResult;
 }
+struct EngineMetrics;
 
 // Where steps go (the worker group). SendStep is called by one thread at a time, without the scheduler's
 // lock; it may block (backpressure) until the group can take the step.
@@ -58,9 +64,9 @@ struct SchedulerOptions {
 
 class Scheduler final : public Engine {
  public:
-  // `sink` must outlive the scheduler. The scheduler is not ready (Submit fails with UNAVAILABLE) until
-  // Activate.
-  Scheduler(const SchedulerOptions& options, StepSink& sink);
+  // `sink` must outlive the scheduler; so must `metrics` unless it is null (nothing is recorded). The
+  // scheduler is not ready (Submit fails with UNAVAILABLE) until Activate.
+  Scheduler(const SchedulerOptions& options, StepSink& sink, EngineMetrics* metrics = nullptr);
   // Fails what is left with UNAVAILABLE, delivers those events and waits for a thread still pumping.
   ~Scheduler() override ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -116,6 +122,8 @@ class Scheduler final : public Engine {
     std::vector<int32_t> blocks;
     bool in_flight = false;
     bool done = false;
+    double first_token_at = 0;  // steady-clock seconds; 0 = no token yet
+    double last_token_at = 0;
   };
   struct Request : std::enable_shared_from_this<Request> {
     GenerationRequest params;
@@ -123,11 +131,15 @@ class Scheduler final : public Engine {
     std::vector<std::unique_ptr<Seq>> seqs;
     int choices_left = 0;
     bool finished = false;  // OnDone is queued: no event follows
+    double arrival = 0;     // steady-clock seconds: Submit
+    double admitted = 0;    // ... admission
   };
   struct InFlight {
     std::vector<Seq*> scheduled;
     std::vector<Seq*> sampled;
     double sent_at = 0;
+    int num_tokens = 0;         // scheduled in this step
+    int num_prompt_tokens = 0;  // of num_tokens: prompt tokens (prefill chunks)
   };
   // One observer call, queued under the lock and made outside it. It holds its request (and so the
   // observer) alive until it is delivered.
@@ -159,10 +171,13 @@ class Scheduler final : public Engine {
   void FinishRequestLocked(Request& request, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RetireSeqLocked(Seq& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the gauges (running and waiting choices, KV cache usage); nothing without metrics.
+  void RecordGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool NotPumping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !pumping_; }
 
   SchedulerOptions options_ ABSL_GUARDED_BY(mu_);
   StepSink& sink_;
+  EngineMetrics* const metrics_;  // may be null; thread-safe, its locks are leaves (see the top)
   // The scheduler's only lock. It is never held while calling the sink or an observer, so it meets no other
   // lock (the sink's and the observers' are taken only with mu_ released).
   mutable absl::Mutex mu_;
@@ -180,6 +195,7 @@ class Scheduler final : public Engine {
   uint64_t next_seq_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_step_id_ ABSL_GUARDED_BY(mu_) = 1;
   int num_running_seqs_ ABSL_GUARDED_BY(mu_) = 0;
+  int num_waiting_seqs_ ABSL_GUARDED_BY(mu_) = 0;  // choices (n) of the requests in waiting_
   Stats stats_ ABSL_GUARDED_BY(mu_);
   bool pumping_ ABSL_GUARDED_BY(mu_) = false;  // a thread is in Pump's loop
 };

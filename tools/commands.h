@@ -24,6 +24,8 @@ void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands);
 void AddTextCommands(CLI::App& app, std::vector<Subcommand>& commands);
 // complete: a client of a running server.
 void AddCompleteCommand(CLI::App& app, std::vector<Subcommand>& commands);
+// bench: a load generator against a running server (tools/bench_command.h).
+void AddBenchCommand(CLI::App& app, std::vector<Subcommand>& commands);
 
 // Prints "tessera COMMAND: message" on stderr and returns 1.
 int Fail(const std::string& command, const absl::Status& status);

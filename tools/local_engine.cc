@@ -47,6 +47,10 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   }
   o.listen_address =
       Cat(a.host.find(':') != std::string::npos ? Cat("[", a.host, "]") : a.host, ":", a.grpc_port);
+  if (a.http_port < -1 || a.http_port > 65535) {
+    return absl::InvalidArgumentError(Cat("--http-port=", a.http_port, " is not a port number (-1 = off)"));
+  }
+  o.http_port = a.http_port;
   if (!a.advertise_host.empty()) o.advertise_host = a.advertise_host;
   ASSIGN_OR_RETURN(o.kv_cache_memory, ParseByteSize(a.kv_cache_memory));
   o.threads_per_worker = a.threads_per_worker;

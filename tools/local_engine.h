@@ -30,6 +30,7 @@ struct ServeArgs {
   std::string device = "cpu";
   std::string host = "0.0.0.0";
   int grpc_port = 50051;
+  int http_port = -1;  // the OpenAI-compatible HTTP API: -1 off, 0 a free port
   std::string advertise_host;
   std::string kv_cache_memory = "1GiB";
   int threads_per_worker = 0;
@@ -44,6 +45,8 @@ struct ServeArgs {
   std::string heartbeat_timeout = "5s";
   std::string comm_timeout = "30s";
   std::string startup_timeout = "10m";
+  std::string log_level = "info";  // core/log.h: debug, info, warning, error
+  bool log_requests = false;       // prompt and output text may appear in the logs
 };
 
 // Reads the model's config.json and generation_config.json and checks every setting. Errors:

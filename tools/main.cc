@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   tessera::tools::AddServeCommands(app, commands);
   tessera::tools::AddTextCommands(app, commands);
   tessera::tools::AddCompleteCommand(app, commands);
+  tessera::tools::AddBenchCommand(app, commands);
   CLI::App* help_cmd = app.add_subcommand("help", "Show this help");
 
   try {

@@ -15,6 +15,7 @@
 #include "coordinator/chat_template/model_chat_templates.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/tokenizer/tokenizer.h"
+#include "core/log.h"
 #include "core/plugin.h"
 #include "core/status_macros.h"
 #include "core/str_cat.h"
@@ -45,6 +46,10 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
   cmd->add_option("--grpc-port", a.grpc_port, "gRPC port (0 = pick a free one and print it)")
       ->capture_default_str()
       ->envname("TESSERA_GRPC_PORT");
+  cmd->add_option("--http-port", a.http_port,
+                  "OpenAI-compatible HTTP port (-1 = off, 0 = pick a free one and print it)")
+      ->capture_default_str()
+      ->envname("TESSERA_HTTP_PORT");
   cmd->add_option("--kv-cache-memory", a.kv_cache_memory, "KV cache per worker (e.g. 512MiB, 4GiB)")
       ->capture_default_str()
       ->envname("TESSERA_KV_CACHE_MEMORY");
@@ -80,6 +85,19 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
       ->capture_default_str();
   cmd->add_option("--startup-timeout", a.startup_timeout, "Bound on workers joining and loading")
       ->capture_default_str();
+  cmd->add_option("--log-level", a.log_level, "debug, info, warning or error (JSON lines on stderr)")
+      ->capture_default_str()
+      ->envname("TESSERA_LOG_LEVEL");
+  cmd->add_flag("--log-requests", a.log_requests, "Let request text (prompts, outputs) appear in the logs")
+      ->envname("TESSERA_LOG_REQUESTS");
+}
+
+// Applies --log-level and --log-requests to this process. Errors: INVALID_ARGUMENT naming the level.
+absl::Status SetUpLogs(const std::string& level, bool log_requests) {
+  ASSIGN_OR_RETURN(LogLevel parsed, ParseLogLevel(level));
+  SetLogLevel(parsed);
+  SetLogRequests(log_requests);
+  return absl::OkStatus();
 }
 
 // Blocks SIGINT and SIGTERM in this thread and every thread started after it; a dedicated thread takes them
@@ -111,6 +129,7 @@ class SignalWatcher {
 
 // Runs a coordinator until a signal; with `local_workers`, starts and stops T x P workers too.
 int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
+  if (absl::Status s = SetUpLogs(args.log_level, args.log_requests); !s.ok()) return Fail(command, s);
   absl::StatusOr<CoordinatorOptions> options = MakeCoordinatorOptions(args);
   if (!options.ok()) return Fail(command, options.status());
   options->single_node = local_workers;
@@ -130,8 +149,8 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
   bool stop = false;               // guarded by mu
   LocalEngine* running = nullptr;  // guarded by mu
   auto signals = std::make_unique<SignalWatcher>([&](int sig) {
-    std::cerr << "tessera " << command << ": " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
-              << ", shutting down\n";
+    Log(LogLevel::kInfo, {.component = command, .rank = -1, .request_id = ""},
+        Cat(sig == SIGINT ? "SIGINT" : "SIGTERM", ", shutting down"));
     LocalEngine* engine = nullptr;
     {
       absl::MutexLock lock(&mu);
@@ -141,8 +160,9 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
     // Outside the lock: a bring-up in progress ends with CANCELLED; the main thread then finishes the rest.
     if (engine != nullptr) engine->coordinator().Shutdown(std::chrono::milliseconds(3000));
   });
-  absl::StatusOr<std::unique_ptr<LocalEngine>> started = LocalEngine::Start(
-      *options, local_workers, {}, std::move(tokenizer), std::move(chat_templates), std::cerr);
+  absl::StatusOr<std::unique_ptr<LocalEngine>> started =
+      LocalEngine::Start(*options, local_workers, {"--log-level", args.log_level}, std::move(tokenizer),
+                         std::move(chat_templates), std::cerr);
   if (!started.ok()) return Fail(command, started.status());
   std::unique_ptr<LocalEngine> engine = std::move(*started);
   {
@@ -151,17 +171,20 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
     if (stop) engine->coordinator().Shutdown(std::chrono::milliseconds(3000));
   }
   const int port = engine->coordinator().port();
-  std::cout << nlohmann::json{{"event", "listening"}, {"grpc_port", port}}.dump() << std::endl;
+  nlohmann::json listening = {{"event", "listening"}, {"grpc_port", port}};
+  const int http_port = engine->coordinator().http_port();
+  if (http_port >= 0) listening["http_port"] = http_port;
+  std::cout << listening.dump() << std::endl;
   absl::Status up = engine->BringUp();
   int exit_code = 0;
   if (up.ok()) {
-    std::cout << nlohmann::json{{"event", "ready"},
-                                {"grpc_port", port},
-                                {"model", options->model.id},
-                                {"tp", options->model.tp_size},
-                                {"pp", options->model.pp_size}}
-                     .dump()
-              << std::endl;
+    nlohmann::json ready = {{"event", "ready"},
+                            {"grpc_port", port},
+                            {"model", options->model.id},
+                            {"tp", options->model.tp_size},
+                            {"pp", options->model.pp_size}};
+    if (http_port >= 0) ready["http_port"] = http_port;
+    std::cout << ready.dump() << std::endl;
     absl::MutexLock lock(&mu);
     mu.Await(absl::Condition(&stop));
   } else {
@@ -225,10 +248,15 @@ void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
   worker_cmd->add_option("--listen-host", worker->listen_host, "Address other ranks reach this one at")
       ->capture_default_str()
       ->envname("TESSERA_LISTEN_HOST");
+  auto log_level = std::make_shared<std::string>("info");
+  worker_cmd->add_option("--log-level", *log_level, "debug, info, warning or error (JSON lines)")
+      ->capture_default_str()
+      ->envname("TESSERA_LOG_LEVEL");
   auto log_file = std::make_shared<std::string>();
   worker_cmd->add_option("--log-file", *log_file, "Append the worker's log lines to FILE (default: stderr)")
       ->envname("TESSERA_WORKER_LOG_FILE");
-  commands.push_back({worker_cmd, [worker, rank, device, log_file] {
+  commands.push_back({worker_cmd, [worker, rank, device, log_file, log_level] {
+                        if (absl::Status s = SetUpLogs(*log_level, false); !s.ok()) return Fail("worker", s);
                         absl::StatusOr<int> requested = RequestedRankFromFlagOrEnv(*rank);
                         if (!requested.ok()) return Fail("worker", requested.status());
                         worker->requested_rank = *requested;

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <deque>
 #include <memory>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "core/log.h"
 #include "tessera/control/v1/control.grpc.pb.h"
 #include "worker/worker_shard.h"
 
@@ -35,19 +37,20 @@ constexpr milliseconds kCloseTimeout{
 double SecondsOf(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // Log lines from several threads, one at a time, each in one write.
+// Structured (core/log.h): one JSON object per line, component "worker" and, once registered, the rank.
 class LogSink {
  public:
   explicit LogSink(std::ostream* out) : out_(out) {}
-  void Line(const std::string& line) ABSL_LOCKS_EXCLUDED(mu_) {
+  void set_rank(int rank) { rank_.store(rank); }
+  void Line(const std::string& line, LogLevel level = LogLevel::kInfo) {
     if (out_ == nullptr) return;
-    absl::MutexLock lock(&mu_);
-    // One write per line: workers share the server's stderr, which is unbuffered.
-    *out_ << (line + "\n") << std::flush;
+    // One write per line (WriteLog's lock): workers share the server's stderr, which is unbuffered.
+    WriteLog(*out_, level, {.component = "worker", .rank = rank_.load(), .request_id = ""}, line);
   }
 
  private:
-  absl::Mutex mu_;
-  std::ostream* const out_ ABSL_PT_GUARDED_BY(mu_);
+  std::ostream* const out_;
+  std::atomic<int> rank_{-1};
 };
 
 std::string Hostname() {
@@ -190,7 +193,7 @@ class Session {
   std::unique_ptr<Stream> stream_;  // the reader thread reads it; writes go through writer_
   SessionWriter writer_;
 
-  absl::Mutex mu_;  // lock order: never held with SessionWriter::mu_ or LogSink::mu_
+  absl::Mutex mu_;  // lock order: never held with SessionWriter::mu_ or the log's lock
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);  // at most options_.max_queued_messages
   Clock::time_point last_heard_ ABSL_GUARDED_BY(mu_) = Clock::now();
   bool reader_held_back_ ABSL_GUARDED_BY(mu_) = false;  // the reader waits for room in a full queue
@@ -281,7 +284,7 @@ void Session::WatchdogLoop() {
     }
     if (cancel) context_.TryCancel();  // unblocks the reader
     if (!stuck.empty()) {
-      log_.Line(stuck);
+      log_.Line(stuck, LogLevel::kError);
       _exit(1);
     }
   }
@@ -361,7 +364,7 @@ absl::Status Session::Run() {
     absl::StrAppend(&reason, ": ", GrpcError(finished));
   }
   const std::string error = absl::StrCat("lost the coordinator at ", options_.coordinator, " (", reason, ")");
-  log_.Line(prefix_ + error);
+  log_.Line(prefix_ + error, LogLevel::kWarning);
   return absl::UnavailableError(error);
 }
 
@@ -401,6 +404,7 @@ absl::Status RunWorker(const WorkerOptions& options) {
   absl::StatusOr<cv1::RegisterResponse> registered = Register(*stub, options, log);
   if (!registered.ok()) return registered.status();
   const cv1::RegisterResponse& reg = *registered;
+  log.set_rank(reg.rank());
   log.Line(absl::StrCat("worker rank ", reg.rank(), ": registered with the coordinator at ",
                         options.coordinator, " (world ", reg.world_size(), ", epoch ", reg.epoch(), ")"));
 

@@ -1,5 +1,5 @@
-"""The public gRPC API of `tessera serve`, end to end through grpcio: Complete and CompleteStream, Cancel,
-deadlines, bad arguments, health, reflection, Tokenize / Detokenize against Hugging Face `tokenizers`, and the
+"""The public gRPC API of `tessera serve`, end to end through grpcio: Complete and CompleteStream, Chat and
+ChatStream (rendered with a template that prints tools, checked against jinja2), Cancel, deadlines, bad arguments, health, reflection, Tokenize / Detokenize against Hugging Face `tokenizers`, and the
 model list. It starts a real server on a tiny random-weight model (tp=1, pp=1) on a port the OS picks.
 
 Python stubs are generated from proto/ with grpc_tools.protoc into a temporary directory.
@@ -20,6 +20,9 @@ import time
 import unittest
 
 import grpc
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tokenizers import Tokenizer
@@ -28,6 +31,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llama-3.1-tokenizer")
 READY_TIMEOUT_S = 120
 ARGS = None
+# The served model's chat template (written over the one make-model copies): Llama 3 headers, plus the tools,
+# message names and tool call ids, so that a test sees what reached the template.
+CHAT_TEMPLATE = ("{{ bos_token }}{% if tools %}Tools: {{ tools | tojson }}\n{% endif %}"
+                 "{% for m in messages %}<|start_header_id|>{{ m.role }}"
+                 "{% if m.name is defined %} name={{ m.name }}{% endif %}"
+                 "{% if m.tool_call_id is defined %} id={{ m.tool_call_id }}{% endif %}"
+                 "<|end_header_id|>\n\n{{ m.content }}<|eot_id|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
 pb = None  # the generated modules, set by GenerateStubs
 
 
@@ -117,6 +131,15 @@ class Server:
         return clean
 
 
+def RenderChat(messages, tools=None, bos_token="<|begin_of_text|>"):
+    """CHAT_TEMPLATE rendered as Hugging Face's apply_chat_template(add_generation_prompt=True) does."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    return env.from_string(CHAT_TEMPLATE).render(messages=messages, tools=tools, documents=None,
+                                                 add_generation_prompt=True, bos_token=bos_token)
+
+
 def RunTessera(*argv):
     result = subprocess.run([ARGS.tessera, *argv], capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
@@ -136,6 +159,12 @@ class GrpcApiTest(unittest.TestCase):
         RunTessera("make-model", "--preset", "tiny", "--tokenizer", TOKENIZER_DIR, "--out", cls.model_dir,
                    "--seed", "3")
         cls.hf = Tokenizer.from_file(os.path.join(cls.model_dir, "tokenizer.json"))
+        config_path = os.path.join(cls.model_dir, "tokenizer_config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["chat_template"] = CHAT_TEMPLATE
+        with open(config_path, "w") as f:
+            json.dump(config, f)
         cls.server = Server(cls.model_dir, os.path.join(ARGS.workdir, "serve.stderr"))
         try:
             cls.channel = grpc.insecure_channel(cls.server.address)
@@ -272,6 +301,105 @@ class GrpcApiTest(unittest.TestCase):
         no_prompt = pb.inference.CompleteRequest(max_tokens=4)
         self.assertRpcError(lambda: self.inference.Complete(no_prompt, timeout=30), grpc.StatusCode.INVALID_ARGUMENT,
                             "prompt")
+
+    def ChatRequest(self, messages, **fields):
+        fields.setdefault("max_tokens", 8)
+        fields.setdefault("temperature", 0.0)
+        return pb.inference.ChatRequest(messages=[pb.inference.ChatMessage(**m) for m in messages], **fields)
+
+    def PromptTokens(self, messages, tools=None):
+        return len(self.hf.encode(RenderChat(messages, tools), add_special_tokens=False).ids)
+
+    def test_chat_answers_an_assistant_message_rendered_with_the_template(self):
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
+        response = self.inference.Chat(self.ChatRequest(messages), timeout=60)
+        self.assertTrue(response.request_id)
+        self.assertEqual(response.model, os.path.basename(self.model_dir))
+        self.assertEqual(len(response.choices), 1)
+        choice = response.choices[0]
+        self.assertEqual(choice.index, 0)
+        self.assertEqual(choice.message.role, "assistant")
+        self.assertGreater(len(choice.token_ids), 0)
+        self.assertEqual(choice.message.content, self.hf.decode(list(choice.token_ids), skip_special_tokens=True))
+        self.assertIn(choice.finish_reason, (pb.inference.FINISH_REASON_LENGTH, pb.inference.FINISH_REASON_STOP))
+        prompt_tokens = self.PromptTokens(messages)
+        self.assertEqual(response.usage.prompt_tokens, prompt_tokens)
+        self.assertEqual(response.usage.completion_tokens, len(choice.token_ids))
+        self.assertEqual(response.usage.total_tokens, prompt_tokens + len(choice.token_ids))
+        # The same conversation as a Complete chat prompt, and as the rendered ids, gives the same greedy tokens.
+        chat_prompt = pb.inference.ChatMessages(messages=[pb.inference.ChatMessage(**m) for m in messages])
+        completed = self.inference.Complete(pb.inference.CompleteRequest(chat=chat_prompt, max_tokens=8,
+                                                                         temperature=0.0), timeout=60)
+        self.assertEqual(list(completed.choices[0].token_ids), list(choice.token_ids))
+        ids = self.hf.encode(RenderChat(messages), add_special_tokens=False).ids
+        by_ids = self.inference.Complete(self.Request(token_ids=ids), timeout=60)
+        self.assertEqual(list(by_ids.choices[0].token_ids), list(choice.token_ids))
+
+    def test_chat_stream_is_header_content_deltas_ends_trailer_and_matches_chat(self):
+        messages = [{"role": "user", "content": "Count to ten."}]
+        request = self.ChatRequest(messages, max_tokens=12, ignore_eos=True)
+        unary = self.inference.Chat(request, timeout=60).choices[0]
+        events = list(self.inference.ChatStream(request, timeout=60))
+        kinds = [e.WhichOneof("event") for e in events]
+        self.assertEqual(kinds[0], "header")
+        self.assertEqual(kinds[-2:], ["end", "trailer"])
+        self.assertEqual(set(kinds[1:-2]), {"delta"})
+        header = events[0].header
+        self.assertTrue(header.request_id)
+        self.assertEqual(header.num_choices, 1)
+        self.assertEqual(header.prompt_tokens, self.PromptTokens(messages))
+        deltas = [e.delta for e in events if e.HasField("delta")]
+        self.assertEqual("".join(d.content for d in deltas), unary.message.content)
+        self.assertEqual([t for d in deltas for t in d.token_ids], list(unary.token_ids))
+        self.assertEqual(events[-2].end.finish_reason, pb.inference.FINISH_REASON_LENGTH)
+        self.assertEqual(events[-2].end.completion_tokens, 12)
+        self.assertEqual(events[-1].trailer.usage.completion_tokens, 12)
+        self.assertEqual(events[-1].trailer.usage.prompt_tokens, header.prompt_tokens)
+
+    def test_chat_n_choices_come_with_their_indices(self):
+        request = self.ChatRequest([{"role": "user", "content": "Colours?"}], n=3, temperature=1.0, seed=7,
+                                   max_tokens=4)
+        response = self.inference.Chat(request, timeout=60)
+        self.assertEqual([c.index for c in response.choices], [0, 1, 2])
+        self.assertEqual({c.message.role for c in response.choices}, {"assistant"})
+        self.assertEqual(response.usage.completion_tokens, sum(len(c.token_ids) for c in response.choices))
+        events = list(self.inference.ChatStream(request, timeout=60))
+        self.assertEqual(events[0].header.num_choices, 3)
+        self.assertEqual(sorted(e.end.index for e in events if e.HasField("end")), [0, 1, 2])
+        # The same seed samples the same choices, streamed or not.
+        for i, choice in enumerate(response.choices):
+            streamed = [t for e in events if e.HasField("delta") and e.delta.index == i for t in e.delta.token_ids]
+            self.assertEqual(streamed, list(choice.token_ids))
+
+    def test_chat_tools_names_and_tool_call_ids_reach_the_template(self):
+        messages = [{"role": "user", "content": "Weather in Paris?", "name": "ann"},
+                    {"role": "tool", "content": '{"sky": "clear"}', "tool_call_id": "call_1"}]
+        with_tools = self.inference.Chat(self.ChatRequest(messages, tools=json.dumps(TOOLS), max_tokens=2),
+                                         timeout=60)
+        self.assertEqual(with_tools.usage.prompt_tokens, self.PromptTokens(messages, TOOLS))
+        without = self.inference.Chat(self.ChatRequest(messages, max_tokens=2), timeout=60)
+        self.assertEqual(without.usage.prompt_tokens, self.PromptTokens(messages))
+        self.assertGreater(with_tools.usage.prompt_tokens, without.usage.prompt_tokens)
+        header = next(iter(self.inference.ChatStream(self.ChatRequest(messages, tools=json.dumps(TOOLS),
+                                                                      max_tokens=2), timeout=60)))
+        self.assertEqual(header.header.prompt_tokens, with_tools.usage.prompt_tokens)
+
+    def test_chat_errors_name_the_field(self):
+        user = [{"role": "user", "content": "Hi"}]
+        cases = [
+            (self.ChatRequest([]), grpc.StatusCode.INVALID_ARGUMENT, ["messages is empty"]),
+            (self.ChatRequest(user + [{"content": "no role"}]), grpc.StatusCode.INVALID_ARGUMENT,
+             ["messages[1].role is empty"]),
+            (self.ChatRequest(user, model="no-such-model"), grpc.StatusCode.NOT_FOUND, ["model", "no-such-model"]),
+            (self.ChatRequest(user, tools="[{"), grpc.StatusCode.INVALID_ARGUMENT, ["tools is not valid JSON"]),
+            (self.ChatRequest(user, tools="{}"), grpc.StatusCode.INVALID_ARGUMENT, ["tools must be a JSON array"]),
+            (self.ChatRequest(user, temperature=-1.0), grpc.StatusCode.INVALID_ARGUMENT, ["temperature"]),
+            (self.ChatRequest(user, n=17), grpc.StatusCode.INVALID_ARGUMENT, ["n must be in [1, 16]"]),
+        ]
+        for request, code, parts in cases:
+            with self.subTest(request=str(request)[:80]):
+                self.assertRpcError(lambda: self.inference.Chat(request, timeout=30), code, *parts)
+                self.assertRpcError(lambda: list(self.inference.ChatStream(request, timeout=30)), code, *parts)
 
     def test_health_reports_serving(self):
         health = health_pb2_grpc.HealthStub(self.channel)

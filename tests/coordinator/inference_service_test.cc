@@ -1,12 +1,17 @@
 // InferenceService and ModelService through the generated gRPC client stubs, on a real loopback server over a
 // scripted FakeEngine and the real Llama 3.1 tokenizer: unary and streamed completions, stop strings, echo,
 // n, error passthrough, cancellation (by the client, by deadline, by id), Tokenize / Detokenize, the model
-// list. The INVALID_ARGUMENT cases are in inference_service_validation_test.cc.
+// list; Chat and ChatStream (rendered prompts, tools and message names through the template, assistant
+// messages, content deltas). The INVALID_ARGUMENT cases are in inference_service_validation_test.cc.
 #include "coordinator/inference_service.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "tests/coordinator/api_test_server.h"
@@ -75,6 +80,66 @@ grpc::Status Complete(v1::InferenceService::Stub& stub, const v1::CompleteReques
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + timeout);
   return stub.Complete(&context, request, &response);
+}
+
+v1::ChatRequest ChatOf(std::vector<std::pair<std::string, std::string>> messages) {
+  v1::ChatRequest request;
+  for (auto& [role, content] : messages) {
+    v1::ChatMessage* m = request.add_messages();
+    m->set_role(role);
+    m->set_content(content);
+  }
+  return request;
+}
+
+struct ChatStreamed {
+  std::vector<v1::ChatStreamResponse> events;
+  grpc::Status status;
+  std::string Content(int index) const {
+    std::string content;
+    for (const auto& e : events) {
+      if (e.has_delta() && e.delta().index() == index) content += e.delta().content();
+    }
+    return content;
+  }
+  std::vector<int32_t> Tokens(int index) const {
+    std::vector<int32_t> ids;
+    for (const auto& e : events) {
+      if (e.has_delta() && e.delta().index() == index) {
+        ids.insert(ids.end(), e.delta().token_ids().begin(), e.delta().token_ids().end());
+      }
+    }
+    return ids;
+  }
+};
+
+ChatStreamed StreamChat(v1::InferenceService::Stub& stub, const v1::ChatRequest& request,
+                        std::chrono::milliseconds timeout = 10s) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  auto reader = stub.ChatStream(&context, request);
+  ChatStreamed out;
+  v1::ChatStreamResponse event;
+  while (reader->Read(&event)) out.events.push_back(event);
+  out.status = reader->Finish();
+  return out;
+}
+
+grpc::Status Chat(v1::InferenceService::Stub& stub, const v1::ChatRequest& request,
+                  v1::ChatResponse& response, std::chrono::milliseconds timeout = 10s) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  return stub.Chat(&context, request, &response);
+}
+
+// The prompt ids the Llama 3.1 template gives `messages` (add_generation_prompt), tokenized without bos.
+std::vector<int32_t> RenderedLlama31(const std::vector<std::pair<std::string, std::string>>& messages) {
+  nlohmann::ordered_json json = {{"messages", nlohmann::ordered_json::array()},
+                                 {"add_generation_prompt", true}};
+  for (const auto& [role, content] : messages)
+    json["messages"].push_back({{"role", role}, {"content", content}});
+  std::string text = Llama31ChatTemplates()->Render(json).value();
+  return Encode(text);
 }
 
 class InferenceServiceTest : public ::testing::Test {
@@ -396,6 +461,201 @@ TEST_F(InferenceServiceTest, CancelOfAnUnknownOrEmptyIdFails) {
   grpc::Status empty = stub_->Cancel(&c2, request, &response);
   EXPECT_EQ(empty.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(empty.error_message(), HasSubstr("request_id"));
+}
+
+TEST_F(InferenceServiceTest, ChatRendersTheTemplateAndAnswersAssistantMessages) {
+  std::vector<int32_t> tokens = Encode(" Paris, of course.");
+  tokens.push_back(kEotId);
+  Script({{tokens}, {Encode(" Lyon?"), FinishReason::kLength}});
+  const std::vector<std::pair<std::string, std::string>> messages = {{"system", "Be brief."},
+                                                                     {"user", "Capital of France?"}};
+  v1::ChatRequest request = ChatOf(messages);
+  request.set_n(2);
+  v1::ChatResponse response;
+  grpc::Status status = Chat(*stub_, request, response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  ASSERT_EQ(response.choices_size(), 2);
+  EXPECT_EQ(response.choices(0).index(), 0);
+  EXPECT_EQ(response.choices(0).message().role(), "assistant");
+  EXPECT_EQ(response.choices(0).message().content(), " Paris, of course.");
+  EXPECT_EQ(Ids(response.choices(0).token_ids()), tokens);
+  EXPECT_EQ(response.choices(0).finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(response.choices(1).index(), 1);
+  EXPECT_EQ(response.choices(1).message().role(), "assistant");
+  EXPECT_EQ(response.choices(1).message().content(), " Lyon?");
+  EXPECT_EQ(response.choices(1).finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(response.model(), "tiny-test");
+
+  // The engine got the rendered conversation (the template's bos only), the completion defaults and n.
+  const std::vector<int32_t> prompt = RenderedLlama31(messages);
+  const GenerationRequest r = server_.engine().requests().at(0);
+  EXPECT_EQ(r.prompt, prompt);
+  EXPECT_EQ(std::count(r.prompt.begin(), r.prompt.end(), kBosId), 1);
+  EXPECT_EQ(r.n, 2);
+  EXPECT_EQ(r.max_tokens, kTestContext - static_cast<int>(prompt.size()));
+  EXPECT_FLOAT_EQ(r.sampling.temperature, 0.6f);
+  EXPECT_THAT(r.stop_token_ids, UnorderedElementsAre(kEndOfTextId, kEotId));
+  EXPECT_EQ(response.request_id(), r.id);
+  const int completion = static_cast<int>(tokens.size() + Encode(" Lyon?").size());
+  EXPECT_EQ(response.usage().prompt_tokens(), static_cast<int>(prompt.size()));
+  EXPECT_EQ(response.usage().completion_tokens(), completion);
+  EXPECT_EQ(response.usage().total_tokens(), static_cast<int>(prompt.size()) + completion);
+}
+
+TEST_F(InferenceServiceTest, ChatPassesTheSamplingFieldsAndStopStrings) {
+  Script({{Encode(" The answer is 42. END of story")}});
+  v1::ChatRequest request = ChatOf({{"user", "Q?"}});
+  request.set_max_tokens(9);
+  request.set_temperature(0);
+  request.set_top_p(0.5f);
+  request.set_top_k(7);
+  request.set_seed(1234);
+  request.add_stop_token_ids(0);  // "!", not in the script
+  request.add_stop("42. EN");
+  request.set_ignore_eos(true);
+  request.set_request_id("chat-mine");
+  v1::ChatResponse response;
+  ASSERT_TRUE(Chat(*stub_, request, response).ok());
+  EXPECT_EQ(response.request_id(), "chat-mine");
+  EXPECT_EQ(response.choices(0).message().content(), " The answer is ");
+  EXPECT_EQ(response.choices(0).finish_reason(), v1::FINISH_REASON_STOP);
+  const GenerationRequest r = server_.engine().requests().at(0);
+  EXPECT_EQ(r.id, "chat-mine");
+  EXPECT_EQ(r.max_tokens, 9);
+  EXPECT_EQ(r.sampling.temperature, 0.0f);
+  EXPECT_EQ(r.sampling.top_p, 0.5f);
+  EXPECT_EQ(r.sampling.top_k, 7);
+  EXPECT_EQ(r.sampling.seed, 1234u);
+  EXPECT_THAT(r.stop_token_ids, ElementsAre(0));  // ignore_eos: no eos ids
+}
+
+TEST_F(InferenceServiceTest, ChatStreamSendsHeaderContentDeltasEndsAndTrailerAndMatchesChat) {
+  Script({{Encode(" Paris is nice 😀 indeed."), FinishReason::kLength},
+          {Encode(" green"), FinishReason::kLength}});
+  const std::vector<std::pair<std::string, std::string>> messages = {{"user", "Say something."}};
+  v1::ChatRequest request = ChatOf(messages);
+  request.set_n(2);
+  request.set_request_id("chat-s1");
+  const ChatStreamed streamed = StreamChat(*stub_, request);
+  ASSERT_TRUE(streamed.status.ok()) << streamed.status.error_message();
+
+  ASSERT_GE(streamed.events.size(), 6u);
+  ASSERT_TRUE(streamed.events.front().has_header());
+  const v1::StreamHeader& header = streamed.events.front().header();
+  EXPECT_EQ(header.request_id(), "chat-s1");
+  EXPECT_EQ(header.model(), "tiny-test");
+  EXPECT_EQ(header.prompt_tokens(), static_cast<int>(RenderedLlama31(messages).size()));
+  EXPECT_EQ(header.num_choices(), 2);
+  ASSERT_TRUE(streamed.events.back().has_trailer());
+  std::vector<int> ends;
+  for (size_t i = 1; i + 1 < streamed.events.size(); ++i) {
+    const v1::ChatStreamResponse& e = streamed.events[i];
+    ASSERT_TRUE(e.has_delta() || e.has_end()) << i;
+    if (!e.has_end()) continue;
+    ends.push_back(e.end().index());
+    EXPECT_EQ(e.end().finish_reason(), v1::FINISH_REASON_LENGTH);
+    for (size_t j = i + 1; j < streamed.events.size(); ++j) {  // nothing of a choice after its end
+      if (streamed.events[j].has_delta()) {
+        EXPECT_NE(streamed.events[j].delta().index(), e.end().index());
+      }
+    }
+  }
+  EXPECT_THAT(ends, UnorderedElementsAre(0, 1));
+  EXPECT_EQ(streamed.Content(0), " Paris is nice 😀 indeed.");
+  EXPECT_EQ(streamed.Tokens(0), Encode(" Paris is nice 😀 indeed."));
+  EXPECT_EQ(streamed.Content(1), " green");
+  const int completion =
+      static_cast<int>(Encode(" Paris is nice 😀 indeed.").size() + Encode(" green").size());
+  EXPECT_EQ(streamed.events.back().trailer().usage().completion_tokens(), completion);
+  EXPECT_EQ(streamed.events.back().trailer().usage().total_tokens(), header.prompt_tokens() + completion);
+
+  // The unary answer to the same request has the same content.
+  request.clear_request_id();
+  v1::ChatResponse response;
+  ASSERT_TRUE(Chat(*stub_, request, response).ok());
+  EXPECT_EQ(response.choices(0).message().content(), streamed.Content(0));
+  EXPECT_EQ(response.choices(1).message().content(), streamed.Content(1));
+}
+
+TEST_F(InferenceServiceTest, ChatErrorsPassThroughAndAClientDeadlineCancels) {
+  EngineScript script;
+  script.choices = {{Encode(" one two three four five")}};
+  script.fail_after_steps = 2;
+  script.fail_status = absl::UnavailableError("worker rank 3 (tp_rank 1, pp_rank 1) failed");
+  server_.engine().SetScript(script);
+  const ChatStreamed streamed = StreamChat(*stub_, ChatOf({{"user", "Count."}}));
+  EXPECT_EQ(streamed.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(streamed.status.error_message(), HasSubstr("rank 3"));
+  EXPECT_EQ(streamed.Tokens(0), Encode(" one two"));
+  for (const auto& e : streamed.events) EXPECT_FALSE(e.has_trailer() || e.has_end());
+  v1::ChatResponse response;
+  EXPECT_EQ(Chat(*stub_, ChatOf({{"user", "Count."}}), response).error_code(), grpc::StatusCode::UNAVAILABLE);
+
+  script = EngineScript();
+  script.choices = {{Encode(" and so on")}};
+  script.hang = true;
+  server_.engine().SetScript(script);
+  v1::ChatRequest request = ChatOf({{"user", "Go."}});
+  request.set_request_id("slow-chat");
+  EXPECT_EQ(Chat(*stub_, request, response, 300ms).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(server_.engine().WaitForCancel("slow-chat", 5s));
+  EXPECT_TRUE(server_.engine().WaitForDone("slow-chat", 5s));
+  request.set_request_id("slow-chat-stream");
+  const ChatStreamed slow = StreamChat(*stub_, request, 300ms);
+  EXPECT_EQ(slow.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_EQ(slow.Content(0), " and so on");
+  EXPECT_TRUE(server_.engine().WaitForCancel("slow-chat-stream", 5s));
+}
+
+// A template that prints tools, names and tool call ids, written to a fresh model directory.
+std::unique_ptr<ModelChatTemplates> ToolsPrintingTemplates() {
+  const std::string dir = ::testing::TempDir() + "/tools-template-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const nlohmann::ordered_json config = {
+      {"bos_token", "<|begin_of_text|>"},
+      {"chat_template",
+       "{{ bos_token }}{% if tools %}Tools: {{ tools | tojson }}\n{% endif %}"
+       "{% for m in messages %}<|start_header_id|>{{ m.role }}"
+       "{% if m.name is defined %} name={{ m.name }}{% endif %}"
+       "{% if m.tool_call_id is defined %} id={{ m.tool_call_id }}{% endif %}"
+       "<|end_header_id|>\n\n{{ m.content }}<|eot_id|>{% endfor %}"
+       "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"}};
+  std::ofstream(dir + "/tokenizer_config.json") << config.dump();
+  auto templates = ModelChatTemplates::Load(dir);
+  EXPECT_OK(templates);
+  return templates.ok() ? std::make_unique<ModelChatTemplates>(*std::move(templates)) : nullptr;
+}
+
+TEST(ChatToolsTest, ToolsNamesAndToolCallIdsReachTheTemplate) {
+  ApiTestServer server(Llama31Tokenizer(), TestModel(), ToolsPrintingTemplates());
+  server.engine().SetScript(ScriptOf({{Encode(" Sunny.")}}));
+  auto stub = server.InferenceStub();
+  v1::ChatRequest request = ChatOf({{"user", "Weather?"}, {"tool", "{\"sky\": \"clear\"}"}});
+  request.mutable_messages(0)->set_name("ann");
+  request.mutable_messages(1)->set_tool_call_id("call_1");
+  request.set_tools(R"([{"type": "function", "function": {"name": "get_weather", "parameters": {}}}])");
+  request.set_max_tokens(4);
+  v1::ChatResponse response;
+  grpc::Status status = Chat(*stub, request, response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.choices(0).message().content(), " Sunny.");
+
+  const std::string expected =
+      "<|begin_of_text|>Tools: [{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", "
+      "\"parameters\": {}}}]\n"
+      "<|start_header_id|>user name=ann<|end_header_id|>\n\nWeather?<|eot_id|>"
+      "<|start_header_id|>tool id=call_1<|end_header_id|>\n\n{\"sky\": \"clear\"}<|eot_id|>"
+      "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  ASSERT_EQ(server.engine().requests().size(), 1u);
+  EXPECT_EQ(server.engine().requests()[0].prompt, Encode(expected));
+
+  // Without tools the template sees none.
+  request.clear_tools();
+  ASSERT_TRUE(Chat(*stub, request, response).ok());
+  const std::vector<int32_t> without = server.engine().requests().at(1).prompt;
+  const std::string no_tools = "<|begin_of_text|>" + expected.substr(expected.find("<|start_header_id|>"));
+  EXPECT_EQ(without, Encode(no_tools));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // InferenceService and ModelService through the generated client stubs: every INVALID_ARGUMENT case of a
 // completion (unary and streamed; code and the field in the message; nothing reaches the engine), a model
-// without a tokenizer, Tokenize / Detokenize against the real Llama 3.1 tokenizer, ListModels / GetModel.
+// without a tokenizer, every bad Chat request (unary and streamed), Tokenize / Detokenize against the real
+// Llama 3.1 tokenizer, ListModels / GetModel.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -102,6 +103,73 @@ TEST_F(ValidationTest, EveryBadFieldIsInvalidArgumentNamingIt) {
   EXPECT_TRUE(server_.engine().requests().empty());
 }
 
+struct BadChat {
+  std::string name;
+  std::function<void(v1::ChatRequest&)> edit;
+  grpc::StatusCode code;
+  std::vector<std::string> message_parts;  // each must appear in the message
+};
+
+std::vector<BadChat> BadChats() {
+  constexpr auto kInvalid = grpc::StatusCode::INVALID_ARGUMENT;
+  return {
+      {"unknown model",
+       [](auto& r) { r.set_model("llama-9000"); },
+       grpc::StatusCode::NOT_FOUND,
+       {"model", "llama-9000", "tiny-test"}},
+      {"no messages", [](auto& r) { r.clear_messages(); }, kInvalid, {"messages is empty"}},
+      {"a message without a role",
+       [](auto& r) { r.add_messages()->set_content("Hi again"); },
+       kInvalid,
+       {"messages[1].role is empty"}},
+      {"tools that are not JSON", [](auto& r) { r.set_tools("[{\"type\": "); }, kInvalid, {"tools", "JSON"}},
+      {"tools that are not an array",
+       [](auto& r) { r.set_tools(R"({"type": "function"})"); },
+       kInvalid,
+       {"tools must be a JSON array", "object"}},
+      {"negative temperature", [](auto& r) { r.set_temperature(-0.5f); }, kInvalid, {"temperature", "-0.5"}},
+      {"zero max_tokens", [](auto& r) { r.set_max_tokens(0); }, kInvalid, {"max_tokens", "0"}},
+      {"n over the limit", [](auto& r) { r.set_n(17); }, kInvalid, {"n must be in [1, 16]", "17"}},
+      {"stop id past the vocabulary",
+       [](auto& r) { r.add_stop_token_ids(200000); },
+       kInvalid,
+       {"stop_token_ids[0] = 200000"}},
+      {"prompt + max_tokens over the context",
+       [](auto& r) { r.set_max_tokens(kTestContext); },
+       kInvalid,
+       {"max_tokens (64)", "exceeds the model's context length of 64"}},
+  };
+}
+
+TEST_F(ValidationTest, EveryBadChatRequestFailsNamingTheField) {
+  for (const BadChat& bad : BadChats()) {
+    SCOPED_TRACE(bad.name);
+    v1::ChatRequest request;
+    v1::ChatMessage* m = request.add_messages();
+    m->set_role("user");
+    m->set_content("Hello");
+    request.set_max_tokens(4);
+    bad.edit(request);
+    {
+      grpc::ClientContext context;
+      v1::ChatResponse response;
+      grpc::Status status = stub_->Chat(&context, request, &response);
+      EXPECT_EQ(status.error_code(), bad.code) << status.error_message();
+      for (const std::string& part : bad.message_parts) EXPECT_THAT(status.error_message(), HasSubstr(part));
+    }
+    {
+      grpc::ClientContext context;
+      auto reader = stub_->ChatStream(&context, request);
+      v1::ChatStreamResponse event;
+      EXPECT_FALSE(reader->Read(&event));
+      grpc::Status status = reader->Finish();
+      EXPECT_EQ(status.error_code(), bad.code) << status.error_message();
+      for (const std::string& part : bad.message_parts) EXPECT_THAT(status.error_message(), HasSubstr(part));
+    }
+  }
+  EXPECT_TRUE(server_.engine().requests().empty());
+}
+
 TEST_F(ValidationTest, TheLongestAllowedRequestFillsTheContextExactly) {
   server_.engine().SetScript(ScriptOf({{{9906}}}));
   v1::CompleteRequest request;
@@ -191,6 +259,27 @@ TEST(NoChatTemplateTest, ChatNeedsTokenizerConfig) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(status.error_message(),
               AllOf(HasSubstr("tokenizer_config.json"), HasSubstr("/models/tiny-test")));
+  EXPECT_TRUE(server.engine().requests().empty());
+}
+
+TEST(NoChatTemplateTest, ChatAndChatStreamNeedTokenizerConfig) {
+  ApiTestServer server(Llama31Tokenizer(), TestModel(), /*chat_templates=*/nullptr);
+  auto stub = server.InferenceStub();
+  v1::ChatRequest request;
+  v1::ChatMessage* m = request.add_messages();
+  m->set_role("user");
+  m->set_content("Hi");
+  grpc::ClientContext c1;
+  v1::ChatResponse response;
+  grpc::Status status = stub->Chat(&c1, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(),
+              AllOf(HasSubstr("tokenizer_config.json"), HasSubstr("/models/tiny-test")));
+  grpc::ClientContext c2;
+  auto reader = stub->ChatStream(&c2, request);
+  v1::ChatStreamResponse event;
+  EXPECT_FALSE(reader->Read(&event));
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_TRUE(server.engine().requests().empty());
 }
 

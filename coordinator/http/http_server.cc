@@ -1,0 +1,308 @@
+// HttpServer: the Beast transport. The only translation unit that includes Beast / Asio (template-heavy).
+// Each connection is a coroutine on its own strand: read a request, route it, and for a generation wait on a
+// timer that the engine's events cancel (they are posted onto the strand), or on the client closing the
+// socket, which cancels the request in the engine.
+#include "coordinator/http/http_server.h"
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <deque>
+#include <thread>
+#include <vector>
+
+#include "core/str_cat.h"
+
+namespace tessera {
+namespace {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+using Request = http::request<http::string_body>;
+constexpr auto kTuple = net::as_tuple(net::use_awaitable);
+// Bytes of a pipelined next request read while a generation runs; past this the client is no longer watched.
+constexpr size_t kMaxReadAhead = 64 << 10;
+constexpr auto kIdleTimeout = std::chrono::seconds(120);
+
+// An io_context whose pending handlers (suspended connection coroutines among them) Stop can destroy; they hold
+// EventQueues, which hold the context, so without this they would keep each other alive.
+class IoContext : public net::io_context {
+ public:
+  using net::io_context::io_context;
+  using net::io_context::shutdown;
+};
+
+// One generation's event queue on the connection's strand. Bounded by the request itself: at most one event
+// per generated token, one per choice end and one per prompt done (n * (max_tokens + 1) + prompts).
+struct EventQueue {
+  EventQueue(std::shared_ptr<IoContext> context, net::any_io_executor strand)
+      : ioc(std::move(context)), wake(strand) {}
+  const std::shared_ptr<IoContext> ioc;  // outlives `wake` (declared first: destroyed last)
+  net::steady_timer wake;                      // cancelled when an event arrives or the watch read ends
+  std::deque<ChoiceEvent> events;
+  bool reading = false;      // WatchClient's read is pending
+  bool client_gone = false;  // it ended with EOF or an error
+};
+
+// Reads from the client while a generation runs (a callback on the connection's strand, not a parallel group
+// of awaitables): EOF or an error means the client went away; bytes are its next (pipelined) request and stay
+// in `buffer`. `buffer` must outlive the read: the caller waits for `reading` to clear before leaving.
+void WatchClient(const std::shared_ptr<EventQueue>& queue, tcp::socket& socket, beast::flat_buffer& buffer) {
+  if (queue->reading || queue->client_gone || buffer.size() >= kMaxReadAhead) return;
+  queue->reading = true;
+  socket.async_read_some(buffer.prepare(4096), [queue, &buffer](beast::error_code ec, size_t n) {
+    queue->reading = false;
+    if (!ec) {
+      buffer.commit(n);
+    } else if (ec != net::error::operation_aborted) {
+      queue->client_gone = true;
+    }
+    queue->wake.cancel();
+  });
+}
+
+}  // namespace
+
+struct HttpServer::Impl {
+  Impl(const HttpServerOptions& o, std::shared_ptr<const OpenAiApi> a, Engine& e)
+      : options(o),
+        api(std::move(a)),
+        engine(e),
+        ioc(std::make_shared<IoContext>(o.threads)),
+        acceptor(*ioc) {}
+
+  const HttpServerOptions options;
+  const std::shared_ptr<const OpenAiApi> api;
+  Engine& engine;
+  std::shared_ptr<IoContext> ioc;  // shared with observers that may outlive the server
+  tcp::acceptor acceptor;
+  std::vector<std::thread> threads;
+  int port = 0;
+  bool stopped = false;  // touched by Stop's caller only
+};
+
+namespace {
+
+using Impl = HttpServer::Impl;
+
+net::awaitable<bool> WriteReply(beast::tcp_stream& stream, const Request& req, HttpReply reply) {
+  http::response<http::string_body> res;
+  res.version(req.version());
+  res.result(static_cast<unsigned>(reply.status));
+  res.set(http::field::server, "tessera");
+  res.set(http::field::content_type, reply.content_type);
+  res.keep_alive(req.keep_alive());
+  res.body() = std::move(reply.body);
+  res.prepare_payload();
+  auto [ec, n] = co_await http::async_write(stream, res, kTuple);
+  co_return !ec && req.keep_alive();
+}
+
+net::awaitable<bool> WriteChunk(beast::tcp_stream& stream, const std::string& data) {
+  auto [ec, n] = co_await net::async_write(stream, http::make_chunk(net::buffer(data)), kTuple);
+  co_return !ec;
+}
+
+// Runs one /v1/completions or /v1/chat/completions call. Returns whether the connection may serve another.
+net::awaitable<bool> Generate(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
+                              const Request& req, ApiKind kind) {
+  OpenAiCall call;
+  // Replies are named locals before co_await: GCC 12 destroys some temporaries in co_await expressions twice.
+  if (std::optional<ApiError> e = impl.api->Prepare(kind, req.body(), call)) {
+    HttpReply reply = ErrorReply(*e);
+    co_return co_await WriteReply(stream, req, std::move(reply));
+  }
+  auto queue = std::make_shared<EventQueue>(impl.ioc, co_await net::this_coro::executor);
+  auto sink = [queue, strand = queue->wake.get_executor()](ChoiceEvent event) {
+    net::post(strand, [queue, event = std::move(event)]() mutable {
+      queue->events.push_back(std::move(event));
+      queue->wake.cancel();
+    });
+  };
+  std::vector<std::string> ids;
+  for (size_t p = 0; p < call.prompts.size(); ++p) {
+    auto observer = std::make_shared<ChoiceEventObserver>(impl.api->tokenizer(), static_cast<int>(p),
+                                                          call.prompts[p], sink);
+    GenerationRequest request = call.prompts[p].request;
+    if (absl::Status s = impl.engine.Submit(std::move(request), std::move(observer)); !s.ok()) {
+      for (const std::string& id : ids) (void)impl.engine.Cancel(id);
+      HttpReply reply = ErrorReply(ErrorFromStatus(s));
+      co_return co_await WriteReply(stream, req, std::move(reply));
+    }
+    ids.push_back(call.prompts[p].request.id);
+  }
+
+  OpenAiCallState state(call);
+  bool client_gone = false;
+  if (call.stream) {
+    http::response<http::empty_body> res{http::status::ok, req.version()};
+    res.set(http::field::server, "tessera");
+    res.set(http::field::content_type, "text/event-stream");
+    res.set(http::field::cache_control, "no-cache");
+    res.keep_alive(req.keep_alive());
+    res.chunked(true);
+    http::response_serializer<http::empty_body> serializer{res};
+    auto [ec, n] = co_await http::async_write_header(stream, serializer, kTuple);
+    client_gone = ec.failed();
+    const std::string start = state.StreamStart();
+    if (!client_gone && !start.empty()) client_gone = !co_await WriteChunk(stream, start);
+  }
+  while (!client_gone) {
+    std::string out;
+    for (; !queue->events.empty(); queue->events.pop_front()) out += state.Apply(queue->events.front());
+    if (!out.empty()) {
+      client_gone = !co_await WriteChunk(stream, out);
+      continue;  // events may have come while writing
+    }
+    if (queue->client_gone) client_gone = true;
+    if (client_gone || state.done()) break;
+    WatchClient(queue, stream.socket(), buffer);
+    queue->wake.expires_at(net::steady_timer::time_point::max());
+    co_await queue->wake.async_wait(kTuple);  // an event, or the watch read ended
+  }
+  if (queue->reading) {  // stop watching; the read's bytes (if any) stay in `buffer`
+    beast::error_code ignored;
+    stream.socket().cancel(ignored);
+    while (queue->reading) {
+      queue->wake.expires_at(net::steady_timer::time_point::max());
+      co_await queue->wake.async_wait(kTuple);
+    }
+  }
+  if (client_gone) {
+    for (const std::string& id : ids) (void)impl.engine.Cancel(id);  // NOT_FOUND: it ended meanwhile
+    co_return false;
+  }
+  if (!call.stream) {
+    HttpReply reply = state.status().ok() ? state.UnaryReply() : ErrorReply(ErrorFromStatus(state.status()));
+    co_return co_await WriteReply(stream, req, std::move(reply));
+  }
+  const std::string tail =
+      state.status().ok() ? state.StreamEnd() : OpenAiCallState::StreamError(ErrorFromStatus(state.status()));
+  if (!co_await WriteChunk(stream, tail)) co_return false;
+  auto [ec, n] = co_await net::async_write(stream, http::make_chunk_last(), kTuple);
+  co_return !ec && req.keep_alive();
+}
+
+HttpReply NotFound(const std::string& target) {
+  return ErrorReply(ApiError{404, Cat("no route for ", target), "", "not_found_error", ""});
+}
+
+net::awaitable<bool> Route(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
+                           const Request& req) {
+  std::string target(req.target());
+  if (size_t q = target.find('?'); q != std::string::npos) target.resize(q);
+  const bool get = req.method() == http::verb::get, post = req.method() == http::verb::post;
+  if (target == "/v1/completions" && post)
+    co_return co_await Generate(impl, stream, buffer, req, ApiKind::kCompletion);
+  if (target == "/v1/chat/completions" && post)
+    co_return co_await Generate(impl, stream, buffer, req, ApiKind::kChat);
+  HttpReply reply;
+  if (target == "/health" && get) {
+    reply = impl.engine.ready()
+                ? HttpReply{200, "application/json", "{}"}
+                : ErrorReply(ApiError{503, "the engine is not serving", "", "service_unavailable", ""});
+  } else if (target == "/v1/models" && get) {
+    reply = impl.api->Models();
+  } else if (target == "/metrics" && get) {
+    reply = HttpReply{200, "text/plain; version=0.0.4; charset=utf-8",
+                      impl.options.metrics ? impl.options.metrics() : std::string()};
+  } else if (target == "/tokenize" && post) {
+    reply = impl.api->Tokenize(req.body());
+  } else if (target == "/detokenize" && post) {
+    reply = impl.api->Detokenize(req.body());
+  } else if (target == "/v1/completions" || target == "/v1/chat/completions" || target == "/health" ||
+             target == "/v1/models" || target == "/metrics" || target == "/tokenize" ||
+             target == "/detokenize") {
+    reply = ErrorReply(ApiError{405, Cat(std::string(req.method_string()), " is not allowed on ", target), "",
+                                "invalid_request_error", ""});
+  } else {
+    reply = NotFound(target);
+  }
+  co_return co_await WriteReply(stream, req, std::move(reply));
+}
+
+net::awaitable<void> Session(Impl& impl, tcp::socket socket) {
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer;
+  for (;;) {
+    http::request_parser<http::string_body> parser;
+    parser.body_limit(impl.options.max_body_bytes);
+    stream.expires_after(kIdleTimeout);
+    auto [ec, n] = co_await http::async_read(stream, buffer, parser, kTuple);
+    stream.expires_never();
+    if (ec == http::error::body_limit) {
+      Request req;
+      req.version(11);
+      req.keep_alive(false);
+      HttpReply reply =
+          ErrorReply(ApiError{413, Cat("the request body is over ", impl.options.max_body_bytes, " bytes"),
+                              "", "invalid_request_error", ""});
+      co_await WriteReply(stream, req, std::move(reply));
+      break;
+    }
+    if (ec) break;
+    const Request req = parser.release();
+    if (!co_await Route(impl, stream, buffer, req)) break;
+  }
+  beast::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+}
+
+net::awaitable<void> Accept(Impl& impl) {
+  for (;;) {
+    auto [ec, socket] = co_await impl.acceptor.async_accept(net::make_strand(*impl.ioc), kTuple);
+    if (ec) {
+      if (!impl.acceptor.is_open() || ec == net::error::operation_aborted) co_return;
+      continue;  // e.g. out of file descriptors: that client is dropped
+    }
+    beast::error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
+    auto executor = socket.get_executor();
+    net::co_spawn(executor, Session(impl, std::move(socket)), [](std::exception_ptr) {});
+  }
+}
+
+}  // namespace
+
+HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+int HttpServer::port() const { return impl_->port; }
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOptions& options,
+                                                              std::shared_ptr<const OpenAiApi> api,
+                                                              Engine& engine) {
+  auto impl = std::make_unique<Impl>(options, std::move(api), engine);
+  const std::string where = Cat(options.host, ":", options.port);
+  beast::error_code ec;
+  const net::ip::address address = net::ip::make_address(options.host, ec);
+  if (ec) return absl::InvalidArgumentError(Cat("HTTP host ", options.host, " is not an IP address"));
+  const tcp::endpoint endpoint(address, static_cast<unsigned short>(options.port));
+  tcp::acceptor& acceptor = impl->acceptor;
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) return absl::UnavailableError(Cat("cannot listen for HTTP on ", where, ": ", ec.message()));
+  impl->port = acceptor.local_endpoint().port();
+  net::co_spawn(*impl->ioc, Accept(*impl), [](std::exception_ptr) {});
+  for (int i = 0; i < std::max(1, options.threads); ++i) {
+    impl->threads.emplace_back([ioc = impl->ioc] { ioc->run(); });
+  }
+  return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
+}
+
+void HttpServer::Stop() {
+  if (impl_ == nullptr || impl_->stopped) return;
+  impl_->stopped = true;
+  impl_->ioc->stop();
+  for (std::thread& t : impl_->threads) t.join();
+  beast::error_code ignored;
+  impl_->acceptor.close(ignored);
+  impl_->ioc->shutdown();  // destroys the connections left (closing their sockets)
+}
+
+}  // namespace tessera

@@ -1,0 +1,46 @@
+// HttpServer: the OpenAI-compatible HTTP/1.1 front end (Boost.Beast), next to the gRPC API in the
+// coordinator. One io_context run by a few threads; each connection is a C++20 coroutine on its own strand,
+// and engine events are posted onto that strand, so thousands of streaming connections need no thread each.
+// Request parsing and response bodies live in OpenAiApi; this header keeps Boost out of its includers.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "coordinator/engine.h"
+#include "coordinator/http/openai_api.h"
+
+namespace tessera {
+
+struct HttpServerOptions {
+  std::string host = "0.0.0.0";
+  int port = 0;                          // 0: the OS picks a free one
+  int threads = 2;                       // io_context threads
+  size_t max_body_bytes = 16 << 20;      // larger request bodies: 413
+  std::function<std::string()> metrics;  // GET /metrics (Prometheus text); empty: an empty page
+};
+
+class HttpServer {
+ public:
+  // Listens and starts serving `api` over `engine` (both must outlive the server). Errors: UNAVAILABLE naming
+  // the address when it cannot listen.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const HttpServerOptions& options,
+                                                                         std::shared_ptr<const OpenAiApi> api,
+                                                                         Engine& engine);
+  ~HttpServer();  // Stop()
+
+  int port() const;
+  // Closes the listener and every connection (their requests are cancelled in the engine) and joins the
+  // threads. Idempotent; not to be called from a server thread.
+  void Stop();
+
+  struct Impl;
+
+ private:
+  explicit HttpServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tessera

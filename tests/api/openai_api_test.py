@@ -1,0 +1,437 @@
+"""The OpenAI-compatible HTTP API of `tessera serve --http-port 0`, end to end through the official `openai`
+client: completions and chat (unary and streamed, n > 1, prompt lists, stop strings, usage), errors and their
+status codes, /health, /v1/models, /metrics, /tokenize and /detokenize, a client that disconnects mid-stream
+(its KV blocks come back), and 1,000 streaming connections held open at once (raw asyncio sockets).
+
+usage: .venv/bin/python tests/api/openai_api_test.py --tessera build/tessera --workdir DIR
+"""
+import argparse
+import asyncio
+import json
+import os
+import queue
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+import openai
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llama-3.1-tokenizer")
+READY_TIMEOUT_S = 120
+ARGS = None
+# Shows what reached the template: the tools and every message.
+CHAT_TEMPLATE = ("{{ bos_token }}{% if tools %}Tools: {{ tools | tojson }}\n{% endif %}"
+                 "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+                 "{{ m.content }}<|eot_id|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+CONNECTIONS = 1000
+
+
+class Server:
+    """`tessera serve --http-port 0` as a child process; stdout is read until the ready event."""
+
+    def __init__(self, model_dir, log_path, extra=(), command="serve"):
+        self.log = open(log_path, "w")
+        argv = [ARGS.tessera, command, "--model", model_dir, "--tp", "1", "--pp", "1", "--grpc-port", "0",
+                "--http-port", "0", "--host", "127.0.0.1", *extra]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.lines = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.listening = self._await("listening")
+        self.http_port = self.listening["http_port"]
+        self.base = f"http://127.0.0.1:{self.http_port}"
+        self.ready = self._await("ready") if command == "serve" else None
+        self.base = f"http://127.0.0.1:{self.http_port}"
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _await(self, name):
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == name:
+                return event
+        self.stop()
+        with open(self.log.name, errors="replace") as f:
+            raise AssertionError(f"tessera serve printed no {name} event; stderr: {f.read()[-2000:]}")
+
+    def client(self):
+        return openai.OpenAI(base_url=self.base + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def events(self, name):
+        """The `name` events printed so far (after stop: all of them)."""
+        found = []
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return found
+            try:
+                event = json.loads(line) if line else None
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == name:
+                found.append(event)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+            clean = True
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            clean = False
+        self.reader.join(timeout=5)
+        self.log.close()
+        return clean
+
+
+def RunTessera(*argv):
+    result = subprocess.run([ARGS.tessera, *argv], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise AssertionError(f"tessera {' '.join(argv)} exited {result.returncode}: {result.stderr}")
+
+
+def Http(base, path, body=None):
+    """(status, content type, body text) of a GET (body None) or POST with a JSON body."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers.get("Content-Type"), response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read().decode()
+
+
+MODEL_DIR = None
+
+
+def setUpModule():
+    """The tiny random model every test serves, with CHAT_TEMPLATE."""
+    global MODEL_DIR
+    shutil.rmtree(ARGS.workdir, ignore_errors=True)
+    os.makedirs(ARGS.workdir)
+    MODEL_DIR = os.path.join(ARGS.workdir, "tiny")
+    RunTessera("make-model", "--preset", "tiny", "--tokenizer", TOKENIZER_DIR, "--out", MODEL_DIR, "--seed", "3")
+    config_path = os.path.join(MODEL_DIR, "tokenizer_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["chat_template"] = CHAT_TEMPLATE
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+
+
+class OpenAiApiTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.model_dir = MODEL_DIR
+        with open(os.path.join(cls.model_dir, "config.json")) as f:
+            cls.context = json.load(f)["max_position_embeddings"]
+        # Room for the 1,000 connections of one test (client and server sockets).
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        cls.server = Server(cls.model_dir, os.path.join(ARGS.workdir, "serve.stderr"),
+                            ["--max-queued-requests", str(CONNECTIONS + 64)])
+        cls.client = cls.server.client()
+        cls.model = cls.server.ready["model"]
+
+    @classmethod
+    def tearDownClass(cls):
+        clean = cls.server.stop() if hasattr(cls, "server") else True
+        if not clean:
+            raise AssertionError("tessera serve did not exit within 10 s of SIGTERM (killed)")
+
+    def Complete(self, **fields):
+        fields.setdefault("model", self.model)
+        fields.setdefault("prompt", "The capital of France is")
+        fields.setdefault("max_tokens", 8)
+        fields.setdefault("temperature", 0.0)
+        return self.client.completions.create(**fields)
+
+    def Chat(self, **fields):
+        fields.setdefault("model", self.model)
+        fields.setdefault("messages", MESSAGES)
+        fields.setdefault("max_tokens", 8)
+        fields.setdefault("temperature", 0.0)
+        return self.client.chat.completions.create(**fields)
+
+    def Tokenize(self, **body):
+        status, _, text = Http(self.server.base, "/tokenize", body)
+        self.assertEqual(status, 200, text)
+        return json.loads(text)
+
+    # --- health, models, metrics, tokenize ---
+
+    def test_health_is_ok_once_ready(self):
+        self.assertIn("http_port", self.server.ready)
+        status, _, _ = Http(self.server.base, "/health")
+        self.assertEqual(status, 200)
+
+    def test_models_lists_the_served_model(self):
+        models = self.client.models.list()
+        self.assertEqual([m.id for m in models.data], [self.model])
+        self.assertEqual(models.data[0].object, "model")
+
+    def test_metrics_is_prometheus_text(self):
+        status, content_type, _ = Http(self.server.base, "/metrics")
+        self.assertEqual(status, 200)
+        self.assertTrue(content_type.startswith("text/plain; version=0.0.4"), content_type)
+
+    def test_tokenize_and_detokenize_round_trip(self):
+        tokens = self.Tokenize(model=self.model, prompt="Hello world")
+        self.assertEqual(tokens["count"], len(tokens["tokens"]))
+        self.assertEqual(tokens["max_model_len"], self.context)
+        status, _, text = Http(self.server.base, "/detokenize", {"model": self.model, "tokens": tokens["tokens"]})
+        self.assertEqual(status, 200, text)
+        self.assertEqual(json.loads(text)["prompt"], "<|begin_of_text|>Hello world")
+        status, _, text = Http(self.server.base, "/detokenize", {"tokens": [1, 10**7]})
+        self.assertEqual(status, 400)
+        self.assertEqual(json.loads(text)["error"]["param"], "tokens")
+
+    def test_unknown_routes_are_404(self):
+        status, _, text = Http(self.server.base, "/v1/nothing")
+        self.assertEqual(status, 404)
+        self.assertIn("error", json.loads(text))
+
+    # --- completions ---
+
+    def test_completion_text_usage_and_length(self):
+        result = self.Complete(max_tokens=5, extra_body={"ignore_eos": True})
+        prompt_tokens = self.Tokenize(prompt="The capital of France is")["count"]
+        self.assertEqual(result.object, "text_completion")
+        self.assertEqual(result.model, self.model)
+        self.assertEqual(len(result.choices), 1)
+        self.assertEqual(result.choices[0].finish_reason, "length")
+        self.assertEqual(result.usage.prompt_tokens, prompt_tokens)
+        self.assertEqual(result.usage.completion_tokens, 5)
+        self.assertEqual(result.usage.total_tokens, prompt_tokens + 5)
+
+    def test_streamed_completion_equals_unary(self):
+        unary = self.Complete(max_tokens=12, extra_body={"ignore_eos": True})
+        chunks = list(self.Complete(max_tokens=12, stream=True, stream_options={"include_usage": True},
+                                    extra_body={"ignore_eos": True}))
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        self.assertEqual(text, unary.choices[0].text)
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        self.assertEqual(finishes, ["length"])
+        self.assertIsNone(chunks[0].usage)
+        self.assertEqual(chunks[-1].choices, [])
+        self.assertEqual(chunks[-1].usage.completion_tokens, 12)
+        self.assertEqual(chunks[-1].usage.prompt_tokens, unary.usage.prompt_tokens)
+
+    def test_n_choices_and_prompt_lists_are_indexed_prompt_major(self):
+        single = self.Complete(prompt="Paris is", n=2)
+        self.assertEqual([c.index for c in single.choices], [0, 1])
+        self.assertEqual(single.choices[0].text, single.choices[1].text)  # greedy
+        both = self.Complete(prompt=["Paris is", "Berlin is"], n=2)
+        self.assertEqual([c.index for c in both.choices], [0, 1, 2, 3])
+        self.assertEqual(both.choices[0].text, single.choices[0].text)
+        other = self.Complete(prompt="Berlin is")
+        self.assertEqual(both.choices[2].text, other.choices[0].text)
+        self.assertEqual(both.usage.prompt_tokens, single.usage.prompt_tokens + other.usage.prompt_tokens)
+        sampled = self.Complete(n=3, temperature=1.0, seed=7, max_tokens=6, stream=True)
+        indices = {c.choices[0].index for c in sampled if c.choices}
+        self.assertEqual(indices, {0, 1, 2})
+
+    def test_token_id_prompts(self):
+        ids = self.Tokenize(prompt="The capital of France is")["tokens"]
+        by_ids = self.Complete(prompt=ids)
+        by_text = self.Complete()
+        self.assertEqual(by_ids.choices[0].text, by_text.choices[0].text)
+        lists = self.Complete(prompt=[ids, ids])
+        self.assertEqual(len(lists.choices), 2)
+
+    def test_stop_string_cuts_the_text(self):
+        full = self.Complete(max_tokens=24, extra_body={"ignore_eos": True}).choices[0].text
+        self.assertGreater(len(full), 8, full)
+        stop = full[4:7]
+        expected = full[:full.find(stop)]
+        for stream in (False, True):
+            if stream:
+                chunks = list(self.Complete(max_tokens=24, stop=[stop], stream=True))
+                text = "".join(c.choices[0].text for c in chunks)
+                finish = chunks[-1].choices[0].finish_reason
+            else:
+                result = self.Complete(max_tokens=24, stop=stop).choices[0]
+                text, finish = result.text, result.finish_reason
+            self.assertEqual(text, expected)
+            self.assertEqual(finish, "stop")
+
+    # --- chat ---
+
+    def test_chat_unary_and_stream_agree(self):
+        unary = self.Chat(max_tokens=10)
+        self.assertEqual(unary.object, "chat.completion")
+        self.assertEqual(unary.choices[0].message.role, "assistant")
+        prompt_tokens = self.Tokenize(messages=MESSAGES)["count"]
+        self.assertEqual(unary.usage.prompt_tokens, prompt_tokens)
+        chunks = list(self.Chat(max_tokens=10, stream=True, stream_options={"include_usage": True}))
+        self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
+        self.assertEqual(chunks[0].object, "chat.completion.chunk")
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        self.assertEqual(text, unary.choices[0].message.content)
+        self.assertEqual(chunks[-1].usage.completion_tokens, unary.usage.completion_tokens)
+        self.assertEqual([c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason],
+                         [unary.choices[0].finish_reason])
+
+    def test_chat_passes_tools_to_the_template(self):
+        plain = self.Tokenize(messages=MESSAGES)["count"]
+        result = self.Chat(tools=TOOLS, max_completion_tokens=3)
+        self.assertGreater(result.usage.prompt_tokens, plain + 10)  # the tools' JSON is in the prompt
+        self.assertLessEqual(result.usage.completion_tokens, 3)
+
+    def test_chat_n_choices(self):
+        result = self.Chat(n=3, temperature=0.8, seed=1, max_tokens=4)
+        self.assertEqual([c.index for c in result.choices], [0, 1, 2])
+
+    # --- errors ---
+
+    def assertBadRequest(self, param, call, **fields):
+        with self.assertRaises(openai.BadRequestError) as caught:
+            call(**fields)
+        self.assertEqual(caught.exception.status_code, 400)
+        self.assertEqual(caught.exception.body.get("param") if isinstance(caught.exception.body, dict) else None,
+                         param, caught.exception.body)
+
+    def test_bad_fields_are_400_naming_the_param(self):
+        self.assertBadRequest("max_tokens", self.Complete, max_tokens=0)
+        self.assertBadRequest("max_tokens", self.Complete, max_tokens=self.context * 2)
+        self.assertBadRequest("temperature", self.Complete, temperature=-1.0)
+        self.assertBadRequest("top_p", self.Complete, top_p=2.0)
+        self.assertBadRequest("n", self.Complete, n=0)
+        self.assertBadRequest("prompt", self.Complete, prompt="")
+        self.assertBadRequest("prompt", self.Complete, prompt=[1, 10**7])
+        self.assertBadRequest("temperature", self.Complete, extra_body={"temperature": "hot"})
+        self.assertBadRequest("logprobs", self.Complete, logprobs=2)
+        self.assertBadRequest("logprobs", self.Chat, logprobs=True)
+        self.assertBadRequest("messages", self.Chat, messages=[])
+        self.assertBadRequest("max_completion_tokens", self.Chat, max_completion_tokens=0)
+        self.assertBadRequest("stream_options", self.Complete, stream_options={"include_usage": True})
+
+    def test_unknown_model_is_404(self):
+        for call in (self.Complete, self.Chat):
+            with self.assertRaises(openai.NotFoundError) as caught:
+                call(model="no-such-model")
+            self.assertEqual(caught.exception.body.get("code"), "model_not_found")
+
+    def test_unknown_fields_are_ignored(self):
+        result = self.Complete(user="someone", extra_body={"some_future_field": {"a": 1}})
+        self.assertEqual(len(result.choices), 1)
+
+    # --- connections ---
+
+    def test_a_thousand_streaming_connections_at_once(self):
+        body = json.dumps({"model": self.model, "messages": MESSAGES, "max_tokens": 64, "stream": True,
+                           "temperature": 0.0}).encode()
+        request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+        async def open_stream():
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.server.http_port)
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+            self.assertIn(b"text/event-stream", head)
+            data = b""
+            while b"\n\n" not in data:  # the first SSE event (chunked: size lines around it)
+                more = await reader.read(4096)
+                self.assertTrue(more, "the server closed a stream before its first event")
+                data += more
+            event = data[data.find(b"data: "):]
+            first = json.loads(event[6:event.find(b"\n\n")])
+            self.assertEqual(first["choices"][0]["delta"]["role"], "assistant")
+            return writer
+
+        async def main():
+            writers = await asyncio.wait_for(asyncio.gather(*(open_stream() for _ in range(CONNECTIONS))), 120)
+            # Every connection has its first event and is still open here.
+            self.assertEqual(len(writers), CONNECTIONS)
+            for w in writers:
+                w.close()
+            await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+
+        asyncio.run(main())
+        # The abandoned requests were cancelled: a new one is answered.
+        self.assertEqual(len(self.Complete(max_tokens=2).choices), 1)
+
+
+class NotReadyTest(unittest.TestCase):
+    def test_a_coordinator_without_workers_answers_503(self):
+        server = Server(MODEL_DIR, os.path.join(ARGS.workdir, "coordinator.stderr"), command="coordinator")
+        try:
+            status, _, text = Http(server.base, "/health")
+            self.assertEqual(status, 503, text)
+            with self.assertRaises(openai.InternalServerError) as caught:
+                server.client().completions.create(model="tiny", prompt="Hi", max_tokens=2)
+            self.assertEqual(caught.exception.status_code, 503)
+        finally:
+            self.assertTrue(server.stop(), "tessera coordinator did not exit within 10 s of SIGTERM")
+
+
+class DisconnectTest(unittest.TestCase):
+    """A client that closes its stream cancels its request: its KV blocks come back."""
+
+    def test_a_client_disconnecting_mid_stream_frees_its_kv_blocks(self):
+        model_dir = MODEL_DIR
+        # 1 MiB holds 32 blocks of 16 tokens at tp=1: one request of 512 tokens takes the whole cache.
+        server = Server(model_dir, os.path.join(ARGS.workdir, "serve-small.stderr"), ["--kv-cache-memory", "1MiB"])
+        try:
+            client = server.client()
+            model = server.ready["model"]
+            prompt = [128000, 791, 6864, 315]
+            whole_cache = dict(model=model, prompt=prompt, max_tokens=512 - len(prompt), temperature=0.0,
+                               extra_body={"ignore_eos": True})
+            stream = client.completions.create(stream=True, **whole_cache)
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].text:
+                    break
+            stream.close()  # the connection goes away mid-stream
+            # Another whole-cache request is admitted only once the first one's blocks came back.
+            again = client.completions.create(**whole_cache)
+            self.assertEqual(again.choices[0].finish_reason, "length")
+            self.assertEqual(again.usage.completion_tokens, 512 - len(prompt))
+        finally:
+            self.assertTrue(server.stop(), "tessera serve did not exit within 10 s of SIGTERM")
+        # The second request took a step per token; had the first run to its end (not cancelled), the engine
+        # would have taken as many again before admitting the second.
+        stats = server.events("stats")
+        self.assertEqual(len(stats), 1)
+        self.assertLess(stats[0]["steps"], (512 - len(prompt)) * 3 // 2, stats[0])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tessera", required=True)
+    parser.add_argument("--workdir", required=True)
+    ARGS, rest = parser.parse_known_args()
+    unittest.main(argv=[sys.argv[0], *rest], verbosity=2)

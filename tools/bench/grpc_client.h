@@ -1,0 +1,34 @@
+// The gRPC side of `tessera bench`: streamed InferenceService.CompleteStream calls over one channel, and the
+// served model's vocabulary size from ModelService.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "tessera/v1/inference.grpc.pb.h"
+#include "tools/bench/request.h"
+
+namespace tessera::tools::bench {
+
+class GrpcBenchClient : public BenchClient {
+ public:
+  // `server` is HOST:PORT; `model` empty means the served one. Connects lazily (failures show per request).
+  GrpcBenchClient(const std::string& server, const std::string& model);
+  RequestResult Send(const BenchRequest& request, Clock::time_point run_start) override;
+
+ private:
+  std::string model_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::InferenceService::Stub> stub_;  // thread-safe
+};
+
+// The served model's vocab_size from ModelService.ListModels (the first model, or the one named `model`).
+// UNAVAILABLE and the other gRPC errors pass through as "ListModels on SERVER: message"; NOT_FOUND when the
+// server lists no model (or not `model`), FAILED_PRECONDITION when it reports no vocab_size.
+[[nodiscard]] absl::StatusOr<int> QueryVocabSize(const std::string& server, const std::string& model,
+                                                 absl::Duration timeout);
+
+}  // namespace tessera::tools::bench
