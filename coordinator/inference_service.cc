@@ -7,6 +7,7 @@
 #include <random>
 
 #include "absl/strings/str_format.h"
+#include "core/log.h"
 #include "core/status_macros.h"
 #include "core/str_cat.h"
 
@@ -93,7 +94,18 @@ absl::Status InferenceService::Submit(const v1::CompleteRequest& request, const 
   observer = std::make_shared<CompletionObserver>(tokenizer_, generation.n, prepared.stop_strings,
                                                   generation.stop_token_ids);
   GenerationRequest submitted = generation;  // the prepared one keeps its fields for the answer
-  return engine_.Submit(std::move(submitted), observer);
+  absl::Status status = engine_.Submit(std::move(submitted), observer);
+  // Prompt text only with --log-requests (LogRequests()); sizes and the outcome always.
+  std::string line = Cat("grpc request: ", generation.prompt.size(), " prompt tokens, max_tokens ",
+                         generation.max_tokens, ", n ", generation.n, ": ",
+                         status.ok() ? "queued" : std::string(status.message()));
+  if (LogRequests() && tokenizer_ != nullptr) {
+    absl::StatusOr<std::string> text = tokenizer_->Decode(generation.prompt, /*skip_special_tokens=*/false);
+    if (text.ok()) line += Cat("; prompt: ", *text);
+  }
+  Log(!status.ok() || LogRequests() ? LogLevel::kInfo : LogLevel::kDebug,
+      {.component = "api", .rank = -1, .request_id = generation.id}, line);
+  return status;
 }
 
 absl::Status InferenceService::StartCompletion(const v1::CompleteRequest& request,

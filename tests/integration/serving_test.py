@@ -229,6 +229,27 @@ class LifecycleTest(ServerTestCase):
         finally:
             self.stop_cleanly(server)
 
+    def test_logs_are_json_lines_and_hold_prompt_text_only_with_log_requests(self):
+        secret = "Zanzibar pelican quartet"
+        for log_requests in (False, True):
+            with self.subTest(log_requests=log_requests):
+                extra = ["--log-level", "debug"] + (["--log-requests"] if log_requests else [])
+                server = harness.Server(ARGS.tessera, self.tiny, 2, 1, extra).start()
+                try:
+                    subprocess.run([ARGS.tessera, "complete", "--server", server.address, "--prompt", secret,
+                                    "--max-tokens", "2"], check=True, capture_output=True, timeout=60)
+                finally:
+                    self.stop_cleanly(server)
+                lines = [json.loads(line) for line in server.stderr]  # every line is one JSON object
+                components = {line.get("component") for line in lines}
+                self.assertTrue({"coordinator", "worker", "api"} <= components, components)
+                self.assertTrue(all({"ts", "level", "msg"} <= set(line) for line in lines))
+                self.assertTrue(any(line.get("rank") == 1 for line in lines))
+                requests = [line for line in lines if line.get("component") == "api"]
+                self.assertEqual(len(requests), 1, requests)
+                self.assertIn("request_id", requests[0])
+                self.assertEqual(secret in "".join(server.stderr), log_requests)
+
     def test_sigint_stops_the_server_and_its_workers(self):
         server = harness.Server(ARGS.tessera, self.tiny, 2, 1).start()
         self.assertEqual(len(server.worker_pids), 2)
