@@ -83,6 +83,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
       http.host = http.host.substr(1, http.host.size() - 2);
     http.port = options.http_port;
     http.threads = options.http_threads;
+    http.metrics = [self] { return self->MetricsText(); };
     auto api = std::make_shared<const OpenAiApi>(options.model, c->tokenizer_, c->chat_);
     ASSIGN_OR_RETURN(c->http_, HttpServer::Start(http, std::move(api), *c->scheduler_));
   }

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 
 import openai
+import prometheus_client.parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llama-3.1-tokenizer")
@@ -201,10 +202,24 @@ class OpenAiApiTest(unittest.TestCase):
         self.assertEqual([m.id for m in models.data], [self.model])
         self.assertEqual(models.data[0].object, "model")
 
-    def test_metrics_is_prometheus_text(self):
-        status, content_type, _ = Http(self.server.base, "/metrics")
+    def test_metrics_is_prometheus_text_that_counts_the_served_tokens(self):
+        self.client.completions.create(model=self.model, prompt="Count me", max_tokens=3, temperature=0)
+        status, content_type, text = Http(self.server.base, "/metrics")
         self.assertEqual(status, 200)
         self.assertTrue(content_type.startswith("text/plain; version=0.0.4"), content_type)
+        families = {f.name: f for f in prometheus_client.parser.text_string_to_metric_families(text)}
+        for name in ("tessera:num_requests_running", "tessera:num_requests_waiting", "tessera:kv_cache_usage_perc",
+                     "tessera:prompt_tokens", "tessera:generation_tokens", "tessera:request_success",
+                     "tessera:time_to_first_token_seconds", "tessera:inter_token_latency_seconds",
+                     "tessera:e2e_request_latency_seconds", "tessera:request_queue_time_seconds",
+                     "tessera:request_prefill_time_seconds", "tessera:request_decode_time_seconds",
+                     "tessera:iteration_tokens_total", "tessera:worker_step_seconds",
+                     "tessera:control_plane_seconds"):
+            self.assertIn(name, families, sorted(families))
+        value = {s.name: s.value for s in families["tessera:generation_tokens"].samples}
+        self.assertGreaterEqual(value["tessera:generation_tokens_total"], 3)
+        ttft = {s.name: s.value for s in families["tessera:time_to_first_token_seconds"].samples}
+        self.assertGreaterEqual(ttft["tessera:time_to_first_token_seconds_count"], 1)
 
     def test_tokenize_and_detokenize_round_trip(self):
         tokens = self.Tokenize(model=self.model, prompt="Hello world")
