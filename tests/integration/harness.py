@@ -149,11 +149,19 @@ class Server(Process):
                           "--grpc-port", "0", "--host", "127.0.0.1"] + extra, env=env)
         self.worker_pids = []
         self.port = None
+        self.ready = None
 
     def start(self, timeout=120):
-        self.port = self.wait_event("ready", timeout)["grpc_port"]
+        self.ready = self.wait_event("ready", timeout)
+        self.port = self.ready["grpc_port"]
         self.worker_pids = self.children()
         return self
+
+    @property
+    def http_address(self):
+        """HOST:PORT of the OpenAI-compatible HTTP API (None unless started with --http-port)."""
+        port = (self.ready or {}).get("http_port", -1)
+        return "127.0.0.1:%d" % port if port > 0 else None
 
     @property
     def address(self):

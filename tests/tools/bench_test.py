@@ -8,73 +8,19 @@ usage: .venv/bin/python tests/tools/bench_test.py --tessera build/tessera --work
 import argparse
 import json
 import os
-import queue
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import unittest
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+import harness  # noqa: E402  (the shared `tessera serve` child process)
 TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llama-3.1-tokenizer")
-READY_TIMEOUT_S = 120
 ARGS = None
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-class Server:
-    """`tessera serve` as a child process on a port the OS picks; stdout is read until the ready event."""
-
-    def __init__(self, model_dir, log_path):
-        self.log = open(log_path, "w")
-        argv = [ARGS.tessera, "serve", "--model", model_dir, "--tp", "1", "--pp", "1", "--grpc-port", "0",
-                "--http-port", "0"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.lines = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        ready = self._await_ready()
-        self.address = f"127.0.0.1:{ready['grpc_port']}"
-        self.http_address = f"127.0.0.1:{ready['http_port']}" if ready.get("http_port", -1) > 0 else None
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def _await_ready(self):
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                self.stop()
-                raise AssertionError(f"tessera serve exited with {self.proc.returncode} before it was ready")
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and event.get("event") == "ready" and "grpc_port" in event:
-                return event
-        self.stop()
-        raise AssertionError(f"tessera serve printed no ready event within {READY_TIMEOUT_S} s")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.reader.join(timeout=5)
-        self.log.close()
 
 
 def Tessera(*argv):
@@ -98,7 +44,7 @@ class BenchTest(unittest.TestCase):
                        "--seed", "3")
         if made.returncode != 0:
             raise AssertionError(f"make-model failed: {made.stderr}")
-        cls.server = Server(cls.model_dir, os.path.join(ARGS.workdir, "serve.stderr"))
+        cls.server = harness.Server(ARGS.tessera, cls.model_dir, extra=["--http-port", "0"]).start()
 
     @classmethod
     def tearDownClass(cls):
