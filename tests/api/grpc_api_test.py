@@ -9,13 +9,10 @@ usage: .venv/bin/python tests/api/grpc_api_test.py --tessera build/tessera --wor
 import argparse
 import json
 import os
-import queue
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
@@ -29,7 +26,8 @@ from tokenizers import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llama-3.1-tokenizer")
-READY_TIMEOUT_S = 120
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+import harness  # noqa: E402  (the shared `tessera serve` child process)
 ARGS = None
 # The served model's chat template (written over the one make-model copies): Llama 3 headers, plus the tools,
 # message names and tool call ids, so that a test sees what reached the template.
@@ -68,69 +66,6 @@ def GenerateStubs(out_dir):
     return modules
 
 
-class Server:
-    """`tessera serve` as a child process; its stdout is read until the ready event (and drained after)."""
-
-    def __init__(self, model_dir, log_path):
-        self.log = open(log_path, "w")
-        argv = [ARGS.tessera, "serve", "--model", model_dir, "--tp", "1", "--pp", "1", "--grpc-port", "0"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.lines = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        self.ready = self._await_ready()
-        self.address = f"127.0.0.1:{self.ready['grpc_port']}"
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def _await_ready(self):
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                self.stop()
-                raise AssertionError(f"tessera serve exited with {self.proc.returncode} before it was ready; "
-                                     f"stderr: {self.stderr_tail()}")
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and event.get("event") == "ready" and "grpc_port" in event:
-                return event
-        self.stop()
-        raise AssertionError(f"tessera serve printed no ready event within {READY_TIMEOUT_S} s; "
-                             f"stderr: {self.stderr_tail()}")
-
-    def stderr_tail(self):
-        if not self.log.closed:
-            self.log.flush()
-        with open(self.log.name, errors="replace") as f:
-            return f.read()[-2000:]
-
-    def stop(self):
-        """SIGTERM, then SIGKILL after 10 s. Returns whether it exited on SIGTERM in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-            clean = True
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            clean = False
-        self.reader.join(timeout=5)  # the pipe is at its end once the process is gone
-        if not self.reader.is_alive():
-            self.proc.stdout.close()
-        self.log.close()
-        return clean
-
-
 def RenderChat(messages, tools=None, bos_token="<|begin_of_text|>"):
     """CHAT_TEMPLATE rendered as Hugging Face's apply_chat_template(add_generation_prompt=True) does."""
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
@@ -165,7 +100,7 @@ class GrpcApiTest(unittest.TestCase):
         config["chat_template"] = CHAT_TEMPLATE
         with open(config_path, "w") as f:
             json.dump(config, f)
-        cls.server = Server(cls.model_dir, os.path.join(ARGS.workdir, "serve.stderr"))
+        cls.server = harness.Server(ARGS.tessera, cls.model_dir, extra=["--kv-cache-memory", "1GiB"]).start()
         try:
             cls.channel = grpc.insecure_channel(cls.server.address)
             grpc.channel_ready_future(cls.channel).result(timeout=30)
@@ -179,10 +114,10 @@ class GrpcApiTest(unittest.TestCase):
     def tearDownClass(cls):
         if hasattr(cls, "channel"):
             cls.channel.close()
-        clean = cls.server.stop() if hasattr(cls, "server") else True
+        code = cls.server.stop() if hasattr(cls, "server") else 0  # raises if it did not exit in time
         shutil.rmtree(cls.stubs_dir, ignore_errors=True)
-        if not clean:
-            raise AssertionError("tessera serve did not exit within 10 s of SIGTERM (killed)")
+        if code != 0:
+            raise AssertionError("tessera serve exited %d:\n%s" % (code, "".join(cls.server.stderr)))
 
     def Request(self, **fields):
         fields.setdefault("text", "The capital of France is")
