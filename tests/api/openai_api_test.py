@@ -9,14 +9,10 @@ import argparse
 import asyncio
 import json
 import os
-import queue
 import resource
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 import unittest
 import urllib.error
 import urllib.request
@@ -25,6 +21,8 @@ import openai
 import prometheus_client.parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+import harness  # noqa: E402  (the shared `tessera serve` child process)
 TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llama-3.1-tokenizer")
 READY_TIMEOUT_S = 120
 ARGS = None
@@ -40,78 +38,23 @@ MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 CONNECTIONS = 1000
 
 
-class Server:
-    """`tessera serve --http-port 0` as a child process; stdout is read until the ready event."""
+class Server(harness.Process):
+    """`tessera serve` (or `coordinator`, which has no workers and never turns ready) with the HTTP API on a
+    free port."""
 
-    def __init__(self, model_dir, log_path, extra=(), command="serve"):
-        self.log = open(log_path, "w")
-        argv = [ARGS.tessera, command, "--model", model_dir, "--tp", "1", "--pp", "1", "--grpc-port", "0",
-                "--http-port", "0", "--host", "127.0.0.1", *extra]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.lines = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        self.listening = self._await("listening")
-        self.http_port = self.listening["http_port"]
+    def __init__(self, model_dir, extra=(), command="serve"):
+        super().__init__([ARGS.tessera, command, "--model", model_dir, "--tp", "1", "--pp", "1", "--grpc-port",
+                          "0", "--http-port", "0", "--host", "127.0.0.1", *extra])
+        self.http_port = self.wait_event("listening", READY_TIMEOUT_S)["http_port"]
         self.base = f"http://127.0.0.1:{self.http_port}"
-        self.ready = self._await("ready") if command == "serve" else None
-        self.base = f"http://127.0.0.1:{self.http_port}"
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def _await(self, name):
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and event.get("event") == name:
-                return event
-        self.stop()
-        with open(self.log.name, errors="replace") as f:
-            raise AssertionError(f"tessera serve printed no {name} event; stderr: {f.read()[-2000:]}")
+        self.ready = self.wait_event("ready", READY_TIMEOUT_S) if command == "serve" else None
 
     def client(self):
         return openai.OpenAI(base_url=self.base + "/v1", api_key="unused", max_retries=0, timeout=60)
 
-    def events(self, name):
+    def printed(self, name):
         """The `name` events printed so far (after stop: all of them)."""
-        found = []
-        while True:
-            try:
-                line = self.lines.get_nowait()
-            except queue.Empty:
-                return found
-            try:
-                event = json.loads(line) if line else None
-            except ValueError:
-                continue
-            if isinstance(event, dict) and event.get("event") == name:
-                found.append(event)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-            clean = True
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            clean = False
-        self.reader.join(timeout=5)
-        self.log.close()
-        return clean
+        return [e for e in self.events if e.get("event") == name]
 
 
 def RunTessera(*argv):
@@ -160,16 +103,16 @@ class OpenAiApiTest(unittest.TestCase):
         want = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
         if soft < want:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        cls.server = Server(cls.model_dir, os.path.join(ARGS.workdir, "serve.stderr"),
+        cls.server = Server(cls.model_dir,
                             ["--max-queued-requests", str(CONNECTIONS + 64)])
         cls.client = cls.server.client()
         cls.model = cls.server.ready["model"]
 
     @classmethod
     def tearDownClass(cls):
-        clean = cls.server.stop() if hasattr(cls, "server") else True
-        if not clean:
-            raise AssertionError("tessera serve did not exit within 10 s of SIGTERM (killed)")
+        code = cls.server.stop() if hasattr(cls, "server") else 0  # raises if it did not exit in time
+        if code != 0:
+            raise AssertionError("tessera serve exited %d:\n%s" % (code, "".join(cls.server.stderr)))
 
     def Complete(self, **fields):
         fields.setdefault("model", self.model)
@@ -402,7 +345,7 @@ class OpenAiApiTest(unittest.TestCase):
 
 class NotReadyTest(unittest.TestCase):
     def test_a_coordinator_without_workers_answers_503(self):
-        server = Server(MODEL_DIR, os.path.join(ARGS.workdir, "coordinator.stderr"), command="coordinator")
+        server = Server(MODEL_DIR, command="coordinator")
         try:
             status, _, text = Http(server.base, "/health")
             self.assertEqual(status, 503, text)
@@ -410,7 +353,7 @@ class NotReadyTest(unittest.TestCase):
                 server.client().completions.create(model="tiny", prompt="Hi", max_tokens=2)
             self.assertEqual(caught.exception.status_code, 503)
         finally:
-            self.assertTrue(server.stop(), "tessera coordinator did not exit within 10 s of SIGTERM")
+            self.assertEqual(server.stop(), 0, "".join(server.stderr))
 
 
 class DisconnectTest(unittest.TestCase):
@@ -419,7 +362,7 @@ class DisconnectTest(unittest.TestCase):
     def test_a_client_disconnecting_mid_stream_frees_its_kv_blocks(self):
         model_dir = MODEL_DIR
         # 1 MiB holds 32 blocks of 16 tokens at tp=1: one request of 512 tokens takes the whole cache.
-        server = Server(model_dir, os.path.join(ARGS.workdir, "serve-small.stderr"), ["--kv-cache-memory", "1MiB"])
+        server = Server(model_dir, ["--kv-cache-memory", "1MiB"])
         try:
             client = server.client()
             model = server.ready["model"]
@@ -436,10 +379,10 @@ class DisconnectTest(unittest.TestCase):
             self.assertEqual(again.choices[0].finish_reason, "length")
             self.assertEqual(again.usage.completion_tokens, 512 - len(prompt))
         finally:
-            self.assertTrue(server.stop(), "tessera serve did not exit within 10 s of SIGTERM")
+            self.assertEqual(server.stop(), 0, "".join(server.stderr))
         # The second request took a step per token; had the first run to its end (not cancelled), the engine
         # would have taken as many again before admitting the second.
-        stats = server.events("stats")
+        stats = server.printed("stats")
         self.assertEqual(len(stats), 1)
         self.assertLess(stats[0]["steps"], (512 - len(prompt)) * 3 // 2, stats[0])
 

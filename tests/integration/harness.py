@@ -47,8 +47,10 @@ class Process:
         self.events = []
         self.stderr = []
         self._cv = threading.Condition()
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._read_stderr, daemon=True)]
+        for reader in self._readers:
+            reader.start()
 
     def _read_stdout(self):
         for line in self.proc.stdout:
@@ -114,6 +116,8 @@ class Process:
                 self.proc.kill()
                 self.proc.wait()
                 raise RuntimeError("%s did not stop within %s s" % (self.args[1], timeout))
+        for reader in self._readers:  # every line it printed is in events / stderr once stop returns
+            reader.join(10)
         return self.proc.returncode
 
     def __del__(self):
