@@ -40,7 +40,7 @@ tsan_gtests=(scheduler_test inference_service_test inference_service_validation_
              complete_command_test worker_process_test worker_shard_test worker_shard_errors_test
              gloo_communicator_test cpu_kernels_test:ThreadPoolTest.)
 tsan_helpers=(rendezvous_rank_main tessera)
-tsan_python='^(api\.grpc_api_test|integration\.serving\..*|tools\.cli_test)$'
+tsan_python='^(api\.grpc_api_test|api\.openai_api_test|tools\.bench_test|integration\.serving\..*|tools\.cli_test)$'
 tsan_skip='^integration\.serving\.MemoryTest$'  # asserts on peak RSS, which TSan's shadow memory multiplies
 
 build=build-tsan
