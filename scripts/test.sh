@@ -6,8 +6,9 @@
 # rendezvous, complete client), worker (worker_process, worker_shard), parallel (Gloo communicators), the CPU
 # ThreadPool, and the Python tests that drive the `tessera` binary (api.grpc_api_test, api.openai_api_test,
 # tools.bench_test, integration.serving.* but MemoryTest, tools.cli_test). Every TSan report of every process,
-# those Python tests' `tessera` ones too, goes to build-tsan/tsan-reports/; the run fails if a test fails or any report appears, and prints the reports. Library
-# false positives are suppressed, each with its reason, in scripts/tsan.supp.
+# those Python tests' `tessera` ones too, goes to build-tsan/tsan-reports/; the run fails if a test fails or any
+# report appears, and prints the reports. Library false positives are suppressed, each with its reason, in
+# scripts/tsan.supp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
