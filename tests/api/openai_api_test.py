@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP API of `tessera serve --http-port 0`, end to end through the official `openai`
 client: completions and chat (unary and streamed, n > 1, prompt lists, stop strings, usage), errors and their
 status codes, /health, /v1/models, /metrics, /tokenize and /detokenize, a client that disconnects mid-stream
-(its KV blocks come back), and 1,000 streaming connections held open at once (raw asyncio sockets).
+(its KV blocks come back), a full queue (429) and a killed worker (503), and 1,000 streaming connections held open at once (raw asyncio sockets).
 
 usage: .venv/bin/python tests/api/openai_api_test.py --tessera build/tessera --workdir DIR
 """
@@ -11,8 +11,11 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 import unittest
 import urllib.error
 import urllib.request
@@ -352,6 +355,70 @@ class NotReadyTest(unittest.TestCase):
             with self.assertRaises(openai.InternalServerError) as caught:
                 server.client().completions.create(model="tiny", prompt="Hi", max_tokens=2)
             self.assertEqual(caught.exception.status_code, 503)
+        finally:
+            self.assertEqual(server.stop(), 0, "".join(server.stderr))
+
+
+class OverloadAndFailureTest(unittest.TestCase):
+    """A full queue is 429 and a dead worker 503, each with OpenAI's error body, through the `openai` client."""
+
+    def Metric(self, server, name):
+        _, _, text = Http(server.base, "/metrics")
+        for family in prometheus_client.parser.text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name:
+                    return sample.value
+        raise AssertionError("no %s in /metrics" % name)
+
+    def test_a_full_queue_is_429_and_the_running_request_goes_on(self):
+        server = Server(MODEL_DIR, ["--max-num-seqs", "1", "--max-queued-requests", "1"])
+        try:
+            client = server.client()
+            model = server.ready["model"]
+            long = dict(model=model, prompt="Hi", max_tokens=400, temperature=0.0, extra_body={"ignore_eos": True})
+            running = client.completions.create(stream=True, **long)
+            next(iter(running))  # the first request holds the only sequence slot
+            waiting = []
+            thread = threading.Thread(target=lambda: waiting.append(client.completions.create(**long)))
+            thread.start()
+            deadline = time.time() + 30
+            while self.Metric(server, "tessera:num_requests_waiting") < 1:
+                self.assertLess(time.time(), deadline, "the second request never queued")
+                time.sleep(0.05)
+            with self.assertRaises(openai.RateLimitError) as caught:
+                client.completions.create(model=model, prompt="Hi", max_tokens=2)
+            self.assertEqual(caught.exception.status_code, 429)
+            self.assertIn("queue is full", caught.exception.body["message"])
+            self.assertEqual(caught.exception.body["type"], "rate_limit_error")
+            # Nobody else lost anything: the running stream and the queued request both end normally.
+            text = "".join(c.choices[0].text for c in running if c.choices)
+            self.assertTrue(text)
+            thread.join(120)
+            self.assertEqual(waiting[0].choices[0].finish_reason, "length")
+            self.assertEqual(waiting[0].usage.completion_tokens, 400)
+        finally:
+            self.assertEqual(server.stop(), 0, "".join(server.stderr))
+
+    def test_a_killed_worker_ends_streams_with_an_error_event_then_answers_503(self):
+        server = Server(MODEL_DIR, ["--heartbeat-timeout", "2s"])
+        try:
+            client = server.client()
+            model = server.ready["model"]
+            [worker] = server.children()
+            stream = client.completions.create(model=model, prompt="Hi", max_tokens=5000, temperature=0.0,
+                                               stream=True, extra_body={"ignore_eos": True})
+            # The stream has begun (200) when the worker dies: the failure arrives as an error event.
+            with self.assertRaises(openai.APIError) as caught:
+                for i, _ in enumerate(stream):
+                    if i == 2:
+                        os.kill(worker, signal.SIGKILL)
+            self.assertIn("rank", str(caught.exception))
+            status, _, text = Http(server.base, "/health")
+            self.assertEqual(status, 503, text)
+            with self.assertRaises(openai.InternalServerError) as again:
+                client.completions.create(model=model, prompt="Hi", max_tokens=2)
+            self.assertEqual(again.exception.status_code, 503)
+            self.assertEqual(again.exception.body["type"], "service_unavailable")
         finally:
             self.assertEqual(server.stop(), 0, "".join(server.stderr))
 

@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "coordinator/scheduler.h"
 #include "tessera/control/v1/control.pb.h"
+#include "tests/coordinator/recording_sink.h"
 #include "tests/util/status_matchers.h"
 
 namespace tessera {
@@ -20,6 +21,7 @@ namespace {
 
 using control::v1::Step;
 using control::v1::StepResult;
+using ::tessera::testing::RecordingSink;
 using ::testing::HasSubstr;
 
 TEST(MetricsTest, RendersAHistogramsCumulativeBucketsSumAndCount) {
@@ -107,30 +109,6 @@ TEST(MetricsTest, CountsObservationsFromManyThreads) {
 
 // The engine's metrics through a Scheduler. The sink records steps; results are fed back by the test. Every
 // call pumps on the calling thread, so each Submit / OnStepResult returns with the next step sent.
-class RecordingSink : public StepSink {
- public:
-  absl::Status SendStep(const std::string& serialized) override {
-    Step step;
-    EXPECT_TRUE(step.ParseFromString(serialized));
-    absl::MutexLock lock(&mu_);
-    steps_.push_back(step);
-    return absl::OkStatus();
-  }
-  Step last() {
-    absl::MutexLock lock(&mu_);
-    EXPECT_FALSE(steps_.empty());
-    return steps_.empty() ? Step() : steps_.back();
-  }
-  size_t count() {
-    absl::MutexLock lock(&mu_);
-    return steps_.size();
-  }
-
- private:
-  absl::Mutex mu_;
-  std::vector<Step> steps_ ABSL_GUARDED_BY(mu_);
-};
-
 class Observer : public GenerationObserver {
  public:
   explicit Observer(int32_t stop_on = -1) : stop_on_(stop_on) {}

@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "core/str_cat.h"
 #include "tessera/control/v1/control.pb.h"
+#include "tests/coordinator/recording_sink.h"
 #include "tests/util/status_matchers.h"
 
 namespace tessera {
@@ -25,42 +26,12 @@ namespace {
 
 using control::v1::Step;
 using control::v1::StepResult;
+using ::tessera::testing::RecordingSink;
 using ::tessera::testing::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 constexpr absl::Duration kWait = absl::Seconds(5);
-
-class RecordingSink : public StepSink {
- public:
-  absl::Status SendStep(const std::string& serialized) override {
-    Step step;
-    EXPECT_TRUE(step.ParseFromString(serialized));
-    absl::MutexLock lock(&mu_);
-    steps_.push_back(step);
-    return status_;
-  }
-  // Waits for the step with this index (0-based) and returns it.
-  Step WaitStep(size_t index) {
-    absl::MutexLock lock(&mu_);
-    auto arrived = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return steps_.size() > index; };
-    EXPECT_TRUE(mu_.AwaitWithTimeout(absl::Condition(&arrived), kWait)) << "step " << index << " never came";
-    return steps_.size() > index ? steps_[index] : Step();
-  }
-  size_t count() {
-    absl::MutexLock lock(&mu_);
-    return steps_.size();
-  }
-  void set_status(absl::Status status) {
-    absl::MutexLock lock(&mu_);
-    status_ = std::move(status);
-  }
-
- private:
-  absl::Mutex mu_;
-  std::vector<Step> steps_ ABSL_GUARDED_BY(mu_);
-  absl::Status status_ ABSL_GUARDED_BY(mu_);
-};
 
 // Records a request's events and checks their order as they come: OnLogits / OnToken only for a choice that
 // has not ended, OnChoiceEnd once per choice, OnDone once and last.
