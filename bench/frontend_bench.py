@@ -6,7 +6,10 @@ that both see the same machine state; a round's figures are HTTP minus gRPC from
 round and as the median (with min and max) over rounds:
   - added TTFT p50 / p99: the cost per request (parse, tokenize, first SSE chunk against the first gRPC message);
   - added ITL p50 / p99: the cost per streamed token as the client sees the gap between tokens;
-  - added per token: (added E2E mean - added TTFT mean) / (output tokens - 1), the time every further token costs.
+  - added per token: (added E2E mean - added TTFT mean) / (output tokens - 1), the time every further token costs;
+  - added server CPU per token: the `tessera serve` process's user + system CPU time over a run (from /proc)
+    divided by the tokens streamed, HTTP minus gRPC: the front end's own work per token, free of the timing
+    noise of a shared two-core machine.
 The ceiling next to them is the engine's own decode step (mean of `tessera:worker_step_seconds` and the
 control-plane time from /metrics), which both front ends share.
 
@@ -26,13 +29,22 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import harness  # noqa: E402
 
 
-def run_bench(tessera, address, backend, args, out):
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (all its threads, living and ended)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_bench(tessera, address, backend, args, out, server_pid):
+    cpu0 = cpu_seconds(server_pid)
     subprocess.run([tessera, "bench", "--server", address, "--" + backend, "--random-input-len",
                     str(args.input_len), "--random-output-len", str(args.output_len), "--num-prompts",
                     str(args.prompts), "--max-concurrency", "1", "--seed", "1", "--out", out],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
     with open(out) as f:
         report = json.load(f)
+    report["server_cpu_us_per_token"] = (cpu_seconds(server_pid) - cpu0) * 1e6 / report["total_output_tokens"]
     if report["failed"]:
         raise RuntimeError("%s run failed %d requests: %s" % (backend, report["failed"], report["first_error"]))
     return report
@@ -70,14 +82,15 @@ def main():
         http_base = "http://" + server.http_address
         # One warm-up run of each, not counted.
         for backend, address in (("grpc", server.address), ("http", server.http_address)):
-            run_bench(tessera, address, backend, args, os.path.join(work, "warm.json"))
+            run_bench(tessera, address, backend, args, os.path.join(work, "warm.json"), server.proc.pid)
         rows = []
-        print("round  TTFT p50 (ms) grpc/http  +p50   +p99 | ITL p50 (ms) grpc/http  +p50   +p99 | +per token")
+        print("round  TTFT p50 (ms) grpc/http  +p50   +p99 | ITL p50 (ms) grpc/http  +p50   +p99 | +per token"
+              " | server CPU us/token grpc/http")
         for r in range(args.rounds):
             order = (("grpc", server.address), ("http", server.http_address))
             if r % 2:
                 order = order[::-1]  # neither always runs first
-            reports = {b: run_bench(tessera, a, b, args, os.path.join(work, "%s%d.json" % (b, r))) for b, a in order}
+            reports = {b: run_bench(tessera, a, b, args, os.path.join(work, "%s%d.json" % (b, r)), server.proc.pid) for b, a in order}
             g, h = reports["grpc"], reports["http"]
             tokens = g["total_output_tokens"] / g["completed"]
             row = {
@@ -87,11 +100,13 @@ def main():
                 "itl_p99": h["itl_ms"]["p99"] - g["itl_ms"]["p99"],
                 "per_token": ((h["e2e_ms"]["mean"] - g["e2e_ms"]["mean"]) - (h["ttft_ms"]["mean"] - g["ttft_ms"]["mean"]))
                 / (tokens - 1),
+                "cpu_per_token": (h["server_cpu_us_per_token"] - g["server_cpu_us_per_token"]) / 1e3,
             }
             rows.append(row)
-            print("%5d  %8.3f / %8.3f %+6.3f %+6.3f | %7.3f / %7.3f %+6.3f %+6.3f | %+7.4f" % (
+            print("%5d  %8.3f / %8.3f %+6.3f %+6.3f | %7.3f / %7.3f %+6.3f %+6.3f | %+7.4f | %6.1f / %6.1f" % (
                 r, g["ttft_ms"]["p50"], h["ttft_ms"]["p50"], row["ttft_p50"], row["ttft_p99"], g["itl_ms"]["p50"],
-                h["itl_ms"]["p50"], row["itl_p50"], row["itl_p99"], row["per_token"]))
+                h["itl_ms"]["p50"], row["itl_p50"], row["itl_p99"], row["per_token"],
+                g["server_cpu_us_per_token"], h["server_cpu_us_per_token"]))
         worker, control = step_ms(http_base)
     finally:
         server.stop()
@@ -100,7 +115,8 @@ def main():
     summary = {}
     for key, label in (("ttft_p50", "added TTFT p50 (per request)"), ("ttft_p99", "added TTFT p99 (per request)"),
                        ("itl_p50", "added ITL p50 (per token)"), ("itl_p99", "added ITL p99 (per token)"),
-                       ("per_token", "added time per further token")):
+                       ("per_token", "added time per further token"),
+                       ("cpu_per_token", "added server CPU per token")):
         values = [row[key] for row in rows]
         summary[key] = statistics.median(values)
         print("  %-32s %+8.4f  [%+.4f, %+.4f]" % (label, summary[key], min(values), max(values)))

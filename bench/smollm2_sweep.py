@@ -1,6 +1,6 @@
 """A request-rate sweep of `tessera bench` against SmolLM2-135M-Instruct served by `tessera serve` at tp = 1 on
 this machine: one run per rate (Poisson arrivals, the same seed), a table of throughput and latency percentiles
-per rate, each run's JSON and latency-against-time chart under --workdir, and an SVG of TTFT and TPOT against the
+per rate, each run's JSON and latency-against-time chart under --workdir, and an SVG of TTFT, TPOT and ITL against the
 offered rate (--chart). Not run by CI.
 
 usage: .venv/bin/python bench/smollm2_sweep.py --build build [--rates 0.5,1,2,4,8,inf] [--num-prompts 40]
@@ -34,7 +34,7 @@ def svg_chart(points, series, title, x_label, y_label):
     """A line chart (log-scaled y) of series [(name, key)] against the points' "x" values."""
     import math
     width, height, left, right, top, bottom = 720, 420, 70, 190, 40, 50
-    xs = [p["x"] for p in points]
+    xs = list(range(len(points)))  # offered rates, evenly spaced (the last may be inf)
     ys = [p[key] for p in points for _, key in series if p[key] > 0]
     x0, x1 = min(xs), max(xs)
     y0, y1 = math.log10(min(ys)) - 0.1, math.log10(max(ys)) + 0.1
@@ -62,11 +62,11 @@ def svg_chart(points, series, title, x_label, y_label):
                 out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (left, py(v), width - right,
                                                                                         py(v)))
                 out.append('<text x="%d" y="%.1f" text-anchor="end">%g</text>' % (left - 5, py(v) + 4, v))
-    for x in xs:
-        out.append('<text x="%.1f" y="%d" text-anchor="middle">%.2f</text>' % (px(x), height - bottom + 16, x))
+    for x, p in zip(xs, points):
+        out.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (px(x), height - bottom + 16, p["rate"]))
     for i, (name, key) in enumerate(series):
         color = COLORS[i % len(COLORS)]
-        pts = [(px(p["x"]), py(p[key])) for p in points if p[key] > 0]
+        pts = [(px(x), py(p[key])) for x, p in zip(xs, points) if p[key] > 0]
         out.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (
             color, " ".join("%.1f,%.1f" % xy for xy in pts)))
         for x, y in pts:
@@ -123,8 +123,8 @@ def main():
         with open(args.chart, "w") as f:
             f.write(svg_chart(points, [("TTFT p50", "ttft_p50"), ("TTFT p99", "ttft_p99"), ("TPOT p50", "tpot_p50"),
                                        ("ITL p99", "itl_p99")],
-                              "SmolLM2-135M-Instruct, tp 1, 2 CPU cores: latency against achieved rate",
-                              "achieved request throughput (req/s)", "latency (ms, log scale)"))
+                              "SmolLM2-135M-Instruct, tp 1, 2 CPU cores: latency against offered rate",
+                              "offered request rate (req/s, Poisson)", "latency (ms, log scale)"))
         print("chart:", args.chart)
 
 

