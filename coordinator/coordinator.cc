@@ -178,7 +178,13 @@ absl::Status Coordinator::BringUp() {
                           },
                           options_.startup_timeout)
                       .status());
-  scheduler_->Activate(num_blocks);
+  const int max_model_len = scheduler_->Activate(num_blocks);
+  if (max_model_len < options_.scheduler.max_model_len) {
+    Log(Cat("coordinator: max_model_len lowered from ", options_.scheduler.max_model_len, " to ", max_model_len,
+            ": the KV cache holds ", num_blocks, " blocks of 16 tokens; raise --kv-cache-memory for longer "
+            "sequences"),
+        LogLevel::kWarning);
+  }
   server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
   Log(Cat("coordinator: serving ", model.id, " with ", num_blocks, " KV blocks per rank (",
           num_blocks * int64_t{16}, " tokens) after ", SecondsSince(t0), " s"));

@@ -1,4 +1,4 @@
-// Engine: the coordinator's generation loop. It admits requests in arrival order, owns the KV block manager,
+// Engine: the coordinator's generation loop. It admits requests by priority and arrival, owns the KV blocks,
 // forms steps (deltas against the workers' batches; up to pp micro-batches in flight), and turns the output
 // rank's sampled tokens into per-request events. It speaks token ids only; text (detokenization, stop strings)
 // is the caller's, through GenerationObserver.
@@ -7,17 +7,29 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 
 namespace tessera {
 
+// vLLM's sampling parameters (their definitions: kernels/sampler.h). Zero values are "off" unless noted.
 struct SamplingParams {
   float temperature = 0.0f;  // 0 = greedy
   int top_k = 0;             // 0 = off
   float top_p = 1.0f;        // 1 = off
   uint64_t seed = 0;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;  // 1 = off
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  std::vector<std::pair<int32_t, float>> logit_bias;  // (token id, bias added to its logit)
+  int min_tokens = 0;  // stop ids cannot be sampled before this many tokens
+  // OnLogprobs before each OnToken: the token's log-probability and top_logprobs alternatives (0..20).
+  bool logprobs = false;
+  int top_logprobs = 0;
+  bool prompt_logprobs = false;  // OnPromptLogprobs once, before the first token (turns prefix caching off)
 };
 
 // A validated request: fields are already range-checked by the API layer.
@@ -25,10 +37,23 @@ struct GenerationRequest {
   std::string id;
   std::vector<int32_t> prompt;          // non-empty, ids inside the vocabulary
   int max_tokens = 16;                  // > 0; prompt + max_tokens <= the context length
+  // max_tokens was not given (it is the rest of the context): the engine lowers it to its max_model_len
+  // instead of refusing the request.
+  bool max_tokens_is_default = false;
   SamplingParams sampling;              // choice i samples with seed + i
   std::vector<int32_t> stop_token_ids;  // ends a choice (kStop) when sampled; eos ids are included by the caller
   int n = 1;                            // choices
+  int priority = 0;                     // lower runs first; equal priorities in arrival order
   bool return_logits = false;           // OnLogits before each OnToken (tools and tests: a vocab row each)
+};
+
+// A token's log-probability under the model (log-softmax of the raw logits), its rank (1 = most likely) and
+// the most likely tokens with theirs, most likely first.
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0.0f;
+  int rank = 0;
+  std::vector<std::pair<int32_t, float>> top;
 };
 
 enum class FinishReason { kLength, kStop };
@@ -45,6 +70,14 @@ class GenerationObserver {
   // With GenerationRequest::return_logits: the float32 logits (`size` = the vocabulary) that choice `index`'s
   // next token is drawn from, just before that OnToken.
   virtual void OnLogits(int /*index*/, const float* /*values*/, int64_t /*size*/) {}
+  // With SamplingParams::logprobs: the log-probability of choice `index`'s next token, just before its OnToken.
+  virtual void OnLogprobs(int /*index*/, const TokenLogprob& /*logprob*/) {}
+  // With SamplingParams::prompt_logprobs: prompt tokens 1..L-1 given the tokens before each, once, before
+  // any OnToken (the first prompt token has none).
+  virtual void OnPromptLogprobs(const std::vector<TokenLogprob>& /*entries*/) {}
+  // How many prompt tokens came from the prefix cache (their keys and values were not computed again), once,
+  // before any OnToken.
+  virtual void OnCachedTokens(int /*cached_tokens*/) {}
   // `reason` is kStop for a stop token id / eos (the token was passed to OnToken) or a stop string.
   virtual void OnChoiceEnd(int index, FinishReason reason) = 0;
   // The request is over: OK after every choice ended; CANCELLED after Cancel; UNAVAILABLE when a worker

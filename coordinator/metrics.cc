@@ -332,6 +332,17 @@ EngineMetrics::EngineMetrics(MetricsRegistry& r, const std::string& model_name)
           r.AddHistogram("tessera:control_plane_seconds",
                          "Histogram of one step's round trip minus the output rank's time in it, in seconds.",
                          {"model_name"}, kStepBuckets)
-              .histogram({model_name})) {}
+              .histogram({model_name})),
+      num_preemptions_total(r.AddCounter("tessera:num_preemptions_total",
+                                         "Cumulative number of preemption from the engine.", {"model_name"})
+                                .counter({model_name})),
+      prefix_cache_queries_total(
+          r.AddCounter("tessera:prefix_cache_queries_total",
+                       "Prefix cache queries, in terms of number of queried tokens.", {"model_name"})
+              .counter({model_name})),
+      prefix_cache_hits_total(r.AddCounter("tessera:prefix_cache_hits_total",
+                                           "Prefix cache hits, in terms of number of cached tokens.",
+                                           {"model_name"})
+                                  .counter({model_name})) {}
 
 }  // namespace tessera

@@ -160,6 +160,9 @@ struct EngineMetrics {
   Histogram& iteration_tokens_total;        // tokens scheduled in one step
   Histogram& worker_step_seconds;           // the output rank's worker_seconds of one step
   Histogram& control_plane_seconds;         // one step's round trip minus its worker_seconds
+  Counter& num_preemptions_total;           // sequences preempted (blocks freed, resumed later)
+  Counter& prefix_cache_queries_total;      // prompt tokens looked up in the prefix cache
+  Counter& prefix_cache_hits_total;         // of them, found in the cache
 
   Counter& request_success(FinishLabel label) { return *request_success_total[static_cast<int>(label)]; }
 };

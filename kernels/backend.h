@@ -45,14 +45,57 @@ struct RopeParams {
   int original_max_position_embeddings = 8192;
 };
 
-// One row's sampling request. temperature <= 0 means greedy (argmax). top_k <= 0 and top_p >= 1 disable
-// those filters. The random draw depends only on (seed, step), never on the rest of the batch.
+// One {token, bias} entry of a row's logit_bias: the bias is added to that token's logit.
+struct LogitBias {
+  int32_t token;
+  float bias;
+};
+
+// The most alternatives a row may ask logprobs for (SamplingRow::top_logprobs).
+inline constexpr int kMaxTopLogprobs = 20;
+
+// One row's sampling request; the exact definitions are in kernels/sampler.h. temperature <= 0 means greedy
+// (argmax). top_k <= 0, top_p >= 1 and min_p <= 0 disable those filters; repetition_penalty 1 (or <= 0),
+// presence_penalty 0 and frequency_penalty 0 disable the penalties. The random draw depends only on
+// (seed, step), never on the rest of the batch. Pointers are non-owning: the caller keeps what they point
+// at alive for the Sample call.
 struct SamplingRow {
   float temperature = 0.0f;
   int top_k = 0;
   float top_p = 1.0f;
   uint64_t seed = 0;
   uint64_t step = 0;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;  // over prompt and generated tokens
+  float presence_penalty = 0.0f;    // over generated tokens
+  float frequency_penalty = 0.0f;   // over generated tokens
+  // The sequence's tokens (prompt, then generated), for the penalties: tokens[0, num_prompt_tokens) are the
+  // prompt, the rest generated. Ids outside [0, vocab) are ignored.
+  const int32_t* tokens = nullptr;
+  int64_t num_tokens = 0;
+  int64_t num_prompt_tokens = 0;
+  const LogitBias* logit_bias = nullptr;  // ids outside [0, vocab) are ignored
+  int64_t num_logit_bias = 0;
+  // Ids that cannot be drawn (logit -inf): the stop ids while fewer than min_tokens have been generated.
+  // Ids outside [0, vocab) are ignored.
+  const int32_t* banned_ids = nullptr;
+  int64_t num_banned_ids = 0;
+  // -1: no logprobs. 0..kMaxTopLogprobs: the sampled token's logprob and rank, and this many alternatives
+  // (larger values are clamped to kMaxTopLogprobs).
+  int top_logprobs = -1;
+};
+
+// The logprobs of one sampled (or given) token, from log_softmax of the RAW logits (before penalties, bias,
+// banned ids and temperature), in double: logprob, rank (1 + the number of other ids whose raw logit is
+// >= the token's: equal logits share the worse rank, as vLLM counts), and the num_top most likely ids (raw
+// logit descending, ties to the lower id) with their logprobs.
+struct SampleLogprobs {
+  int32_t token = -1;
+  double logprob = 0.0;
+  int64_t rank = 0;
+  int num_top = 0;
+  int32_t top_ids[kMaxTopLogprobs] = {};
+  double top_logprobs[kMaxTopLogprobs] = {};
 };
 
 enum class DeviceKind { kCpu, kCuda };
@@ -133,8 +176,17 @@ class Backend {
   // out = a + b, elementwise (out may alias a or b).
   virtual void Add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
 
-  // Chooses one token per row of logits [S, V] (F32) as rows[s] says; writes host int32 out_ids[S].
-  virtual void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) = 0;
+  // Chooses one token per row of logits [S, V] (F32) as rows[s] says; writes host int32 out_ids[S]. For each
+  // row with top_logprobs >= 0, fills host out_logprobs[s] (the other entries are left as they are);
+  // out_logprobs may be null when no row asks. Every backend gives the same tokens as kernels/sampler.h's
+  // SampleRow (see the backend for rare boundary differences). Overriding classes add
+  // `using Backend::Sample;` to keep the three-argument form.
+  virtual void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids,
+                      SampleLogprobs* out_logprobs) = 0;
+  // Sample without logprobs (no row may ask for them: CHECKed by the backend).
+  void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) {
+    Sample(logits, rows, out_ids, nullptr);
+  }
 
   // Waits for every queued operation.
   virtual void Synchronize() = 0;

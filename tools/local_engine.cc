@@ -75,6 +75,16 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   o.scheduler.max_num_seqs = a.max_num_seqs;
   o.scheduler.max_num_batched_tokens = a.max_num_batched_tokens;
   o.scheduler.max_queued_requests = a.max_queued_requests;
+  if (a.max_model_len < 0 || a.max_model_len > o.model.max_position_embeddings) {
+    return absl::InvalidArgumentError(Cat("--max-model-len=", a.max_model_len, " must be in [0, ",
+                                          o.model.max_position_embeddings,
+                                          "] (the model's max_position_embeddings; 0 = that)"));
+  }
+  if (a.max_model_len > 0) o.model.max_position_embeddings = a.max_model_len;  // what requests are checked against
+  o.scheduler.max_model_len = o.model.max_position_embeddings;
+  o.scheduler.enable_prefix_caching = a.enable_prefix_caching;
+  ASSIGN_OR_RETURN(const std::chrono::milliseconds queue_time, ParseDuration(a.max_queue_time));
+  o.scheduler.max_queue_time_seconds = static_cast<double>(queue_time.count()) / 1000.0;
   ASSIGN_OR_RETURN(o.heartbeat_interval, ParseDuration(a.heartbeat_interval));
   ASSIGN_OR_RETURN(o.heartbeat_timeout, ParseDuration(a.heartbeat_timeout));
   ASSIGN_OR_RETURN(o.comm_timeout, ParseDuration(a.comm_timeout));

@@ -37,6 +37,9 @@ struct ServeArgs {
   int max_num_seqs = 64;
   int max_num_batched_tokens = 2048;
   int max_queued_requests = 1024;
+  int max_model_len = 0;              // 0: the model's max_position_embeddings
+  bool enable_prefix_caching = true;
+  std::string max_queue_time = "0s";  // 0: requests wait as long as it takes
   std::string prefill_precision = "exact";
   int graph_max_batch = -1;
   bool enforce_eager = false;

@@ -64,6 +64,16 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
   cmd->add_option("--max-queued-requests", a.max_queued_requests,
                   "Requests waiting for admission; more are refused with RESOURCE_EXHAUSTED")
       ->capture_default_str();
+  cmd->add_option("--max-model-len", a.max_model_len,
+                  "Longest sequence, prompt + max_tokens (0 = the model's; lowered to what the KV cache holds)")
+      ->capture_default_str()
+      ->envname("TESSERA_MAX_MODEL_LEN");
+  cmd->add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", a.enable_prefix_caching,
+                "Reuse the KV blocks of prompts that start the same way (on by default)")
+      ->envname("TESSERA_ENABLE_PREFIX_CACHING");
+  cmd->add_option("--max-queue-time", a.max_queue_time,
+                  "A request waiting longer for admission fails with RESOURCE_EXHAUSTED / 429 (0 = no limit)")
+      ->capture_default_str();
   cmd->add_option("--prefill-precision", a.prefill_precision, "exact or bf16 (CPU prefill GEMMs)")
       ->capture_default_str();
   cmd->add_option("--graph-max-batch", a.graph_max_batch,
@@ -182,7 +192,9 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
                             {"grpc_port", port},
                             {"model", options->model.id},
                             {"tp", options->model.tp_size},
-                            {"pp", options->model.pp_size}};
+                            {"pp", options->model.pp_size},
+                            {"kv_blocks", engine->coordinator().scheduler().num_blocks()},
+                            {"max_model_len", engine->coordinator().scheduler().max_model_len()}};
     if (http_port >= 0) ready["http_port"] = http_port;
     std::cout << ready.dump() << std::endl;
     absl::MutexLock lock(&mu);
@@ -201,7 +213,11 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
                                 {"worker_ms", 1e3 * stats.worker_seconds / stats.steps},
                                 {"send_ms", 1e3 * stats.send_seconds / stats.steps},
                                 {"control_plane_ms",
-                                 1e3 * (stats.step_seconds - stats.worker_seconds) / stats.steps}}
+                                 1e3 * (stats.step_seconds - stats.worker_seconds) / stats.steps},
+                                {"schedule_us", 1e6 * stats.schedule_seconds / stats.steps},
+                                {"preemptions", stats.preemptions},
+                                {"prefix_cache_queries", stats.prefix_queries},
+                                {"prefix_cache_hits", stats.prefix_hits}}
                      .dump()
               << std::endl;
   }

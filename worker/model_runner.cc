@@ -102,6 +102,27 @@ absl::Status ModelRunner::AllocateKvCache(int num_blocks) {
   return absl::OkStatus();
 }
 
+absl::Status ModelRunner::CopyKvBlocks(const std::vector<std::pair<int32_t, int32_t>>& copies) {
+  if (copies.empty()) return absl::OkStatus();
+  if (!kv_cache_) return absl::FailedPreconditionError("block copies before the KV cache is allocated");
+  const int num_blocks = kv_cache_->shape().num_blocks;
+  for (const auto& [src, dst] : copies) {
+    if (src < 0 || src >= num_blocks || dst < 0 || dst >= num_blocks || src == dst) {
+      return absl::InvalidArgumentError(absl::StrCat("block copy ", src, " -> ", dst,
+                                                     ": ids must differ and lie in [0, ", num_blocks, ")"));
+    }
+  }
+  for (const auto& [src, dst] : copies) {
+    for (int layer = 0; layer < kv_cache_->shape().num_layers; ++layer) {
+      for (Tensor* pool : {&kv_cache_->key(layer), &kv_cache_->value(layer)}) {
+        Tensor to = pool->Rows(dst, 1);
+        backend_.Copy(pool->Rows(src, 1), to);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ModelRunner::CaptureGraphs() {
   if (graph_sizes_.empty()) return absl::OkStatus();
   if (!kv_cache_) return absl::FailedPreconditionError("CaptureGraphs before the KV cache is allocated");
@@ -317,17 +338,31 @@ absl::StatusOr<Tensor> ModelRunner::Forward(const std::vector<Sequence*>& seqs) 
 }
 
 void ModelRunner::Sample(const Tensor& logits, const std::vector<Sequence*>& seqs,
-                         std::vector<int32_t>& tokens) {
+                         std::vector<int32_t>& tokens, bool want_logprobs) {
   tokens.resize(seqs.size());
   if (seqs.empty()) return;
   TESSERA_CHECK(logits.dim(0) == static_cast<int64_t>(seqs.size()));
   sampling_rows_.clear();
+  bool any_logprobs = false;
   for (const Sequence* seq : seqs) {
     SamplingRow row = seq->sampling;
-    row.step = seq->tokens.size() - seq->num_prompt_tokens;
+    const int64_t generated = static_cast<int64_t>(seq->tokens.size()) - seq->num_prompt_tokens;
+    row.step = static_cast<uint64_t>(generated);
+    row.tokens = seq->tokens.data();  // the pointers stay valid: sequences are not changed during the call
+    row.num_tokens = static_cast<int64_t>(seq->tokens.size());
+    row.num_prompt_tokens = seq->num_prompt_tokens;
+    row.logit_bias = seq->logit_bias.data();
+    row.num_logit_bias = static_cast<int64_t>(seq->logit_bias.size());
+    const bool banned = generated < seq->min_tokens;
+    row.banned_ids = banned ? seq->stop_token_ids.data() : nullptr;
+    row.num_banned_ids = banned ? static_cast<int64_t>(seq->stop_token_ids.size()) : 0;
+    if (!want_logprobs) row.top_logprobs = -1;
+    any_logprobs = any_logprobs || row.top_logprobs >= 0;
     sampling_rows_.push_back(row);
   }
-  backend_.Sample(logits, sampling_rows_.data(), tokens.data());
+  if (any_logprobs) sampled_logprobs_.resize(seqs.size());
+  backend_.Sample(logits, sampling_rows_.data(), tokens.data(),
+                  any_logprobs ? sampled_logprobs_.data() : nullptr);
 }
 
 void ModelRunner::SampleAndAppend(const Tensor& logits, const std::vector<Sequence*>& seqs) {

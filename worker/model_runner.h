@@ -27,7 +27,12 @@ struct Sequence {
   int num_prompt_tokens = 0;
   int num_computed_tokens = 0;       // leading tokens whose keys and values are in the KV cache
   std::vector<int32_t> block_table;  // KV blocks holding tokens [16 * i, 16 * i + 16)
+  // The row's scalars (top_logprobs -1: no logprobs); ModelRunner::Sample sets its pointers and step from
+  // the fields here.
   SamplingRow sampling;
+  std::vector<LogitBias> logit_bias;
+  std::vector<int32_t> stop_token_ids;  // cannot be drawn while fewer than min_tokens have been generated
+  int min_tokens = 0;
 };
 
 struct ModelRunnerOptions {
@@ -59,6 +64,10 @@ class ModelRunner {
   [[nodiscard]] absl::Status AllocateKvCache(int num_blocks);
   // 0 before AllocateKvCache.
   int num_kv_blocks() const { return kv_cache_ ? kv_cache_->shape().num_blocks : 0; }
+  // Copies every layer's keys and values of block src into block dst for each (src, dst), in order: the
+  // copy-on-write of a block shared by forked sequences. Errors (nothing copied): FAILED_PRECONDITION before
+  // AllocateKvCache; INVALID_ARGUMENT naming a block id outside [0, num_kv_blocks) or a copy onto itself.
+  [[nodiscard]] absl::Status CopyKvBlocks(const std::vector<std::pair<int32_t, int32_t>>& copies);
 
   // Captures the decode-step graphs, one per batch size (after AllocateKvCache; nothing to do when graphs are
   // off). Each is warmed up with one eager step of padding rows (no KV cache slot is written) whose
@@ -87,9 +96,14 @@ class ModelRunner {
   [[nodiscard]] absl::StatusOr<Tensor> Forward(const std::vector<Sequence*>& seqs);
 
   // Samples one token per row of `logits` ([seqs.size(), vocab], as Forward returned it or rows of it) with
-  // each sequence's SamplingRow (step = tokens generated so far) into `tokens` (resized to seqs.size()).
-  // Sequences are not changed.
-  void Sample(const Tensor& logits, const std::vector<Sequence*>& seqs, std::vector<int32_t>& tokens);
+  // each sequence's SamplingRow (step = tokens generated so far; the penalties over its tokens; its logit
+  // bias; its stop_token_ids banned while fewer than min_tokens tokens have been generated) into `tokens`
+  // (resized to seqs.size()). With `want_logprobs`, the rows whose sampling.top_logprobs >= 0 also get their
+  // token's raw logprobs in sampled_logprobs()[row]; without, none are computed. Sequences are not changed.
+  void Sample(const Tensor& logits, const std::vector<Sequence*>& seqs, std::vector<int32_t>& tokens,
+              bool want_logprobs = false);
+  // After Sample(..., true): entry s for each row s whose sequence asked for logprobs (others unspecified).
+  const std::vector<SampleLogprobs>& sampled_logprobs() const { return sampled_logprobs_; }
   // Sample, then appends each token to its sequence.
   void SampleAndAppend(const Tensor& logits, const std::vector<Sequence*>& seqs);
 
@@ -124,6 +138,7 @@ class ModelRunner {
   std::vector<int32_t> staging_;  // host_ packed for one copy to device_meta_ (or the graph layout's head)
   std::vector<SamplingRow> sampling_rows_;
   std::vector<int32_t> sampled_;
+  std::vector<SampleLogprobs> sampled_logprobs_;
 };
 
 }  // namespace tessera

@@ -408,7 +408,34 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
     seq.sampling.top_k = sp.top_k();
     seq.sampling.top_p = sp.top_p() > 0 ? sp.top_p() : 1.0f;  // proto3's unset 0 means off, like 1
     seq.sampling.seed = sp.seed();
+    seq.sampling.min_p = sp.min_p();
+    seq.sampling.repetition_penalty = sp.repetition_penalty() > 0 ? sp.repetition_penalty() : 1.0f;  // 0: off
+    seq.sampling.presence_penalty = sp.presence_penalty();
+    seq.sampling.frequency_penalty = sp.frequency_penalty();
+    seq.sampling.top_logprobs = sp.logprobs() ? std::clamp(sp.top_logprobs(), 0, kMaxTopLogprobs) : -1;
+    seq.logit_bias.clear();
+    for (const auto& [token, bias] : sp.logit_bias()) seq.logit_bias.push_back({token, bias});
+    std::sort(seq.logit_bias.begin(), seq.logit_bias.end(),  // the map's order is unspecified
+              [](const LogitBias& a, const LogitBias& b) { return a.token < b.token; });
+    seq.stop_token_ids.assign(sp.stop_token_ids().begin(), sp.stop_token_ids().end());
+    seq.min_tokens = sp.min_tokens();
     it->second.return_logits = n.return_logits();
+    // A cached or shared prefix: in the blocks the first scheduled entry brings, computed already.
+    for (int32_t token : n.cached_tokens()) {
+      if (token < 0 || token >= runner_->config().vocab_size) {
+        return fail(absl::InvalidArgumentError(absl::StrCat("new sequence ", n.seq_id(), ": cached token ", token,
+                                                            " is outside the vocabulary [0, ",
+                                                            runner_->config().vocab_size, ")")));
+      }
+    }
+    seq.tokens.assign(n.cached_tokens().begin(), n.cached_tokens().end());
+    seq.num_computed_tokens = n.cached_tokens_size();
+  }
+  if (step.copies_size() > 0) {
+    block_copies_.clear();
+    for (const cv1::BlockCopy& c : step.copies()) block_copies_.emplace_back(c.src(), c.dst());
+    absl::Status copied = runner_->CopyKvBlocks(block_copies_);
+    if (!copied.ok()) return fail(copied);
   }
   for (const cv1::ScheduledSequence& s : step.scheduled()) {
     auto it = seqs_.find(s.seq_id());
@@ -448,8 +475,19 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
         const uint64_t id = step.scheduled(i).seq_id();
         if (seqs_.at(id).return_logits) AddLogitsRow(id, logits->Rows(i, 1), result);
       }
-      runner_->Sample(logits->Rows(begin, end - begin), sample_run_, sampled_);
+      runner_->Sample(logits->Rows(begin, end - begin), sample_run_, sampled_, /*want_logprobs=*/true);
       result.mutable_tokens()->Add(sampled_.begin(), sampled_.end());
+      for (int i = begin; i < end; ++i) {  // the logprobs of the sequences that asked, in step order
+        if (batch_[i]->sampling.top_logprobs < 0) continue;
+        const SampleLogprobs& lp = runner_->sampled_logprobs()[i - begin];
+        cv1::TokenLogprobs* out = result.add_logprobs();
+        out->set_seq_id(step.scheduled(i).seq_id());
+        out->set_token(lp.token);
+        out->set_logprob(static_cast<float>(lp.logprob));
+        out->set_rank(static_cast<int32_t>(lp.rank));
+        out->mutable_top_ids()->Add(lp.top_ids, lp.top_ids + lp.num_top);
+        for (int j = 0; j < lp.num_top; ++j) out->add_top_logprobs(static_cast<float>(lp.top_logprobs[j]));
+      }
       begin = end;
     }
     result.set_worker_seconds(Seconds(received, Clock::now()));

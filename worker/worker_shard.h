@@ -144,6 +144,7 @@ class WorkerShard {
   std::vector<Appended> appended_;
   std::vector<Sequence*> batch_;
   std::vector<Sequence*> sample_run_;
+  std::vector<std::pair<int32_t, int32_t>> block_copies_;  // a step's copy-on-write copies
   std::vector<int32_t> sampled_;
 };
 

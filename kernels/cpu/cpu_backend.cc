@@ -283,17 +283,21 @@ void CpuBackend::Add(const Tensor& a, const Tensor& b, Tensor& out) {
   });
 }
 
-void CpuBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) {
+void CpuBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids,
+                        SampleLogprobs* out_logprobs) {
   TESSERA_CHECK(capture_ == nullptr);  // not capturable
   TESSERA_CHECK(logits.dtype() == DType::kF32 && logits.ndim() == 2);
   const int64_t num_rows = logits.dim(0);
   const int64_t vocab = logits.dim(1);
+  for (int64_t r = 0; r < num_rows && out_logprobs == nullptr; ++r) TESSERA_CHECK(rows[r].top_logprobs < 0);
   const float* l = logits.data_as<float>();
+  // Rows are handed out one at a time (each is independent of the others: batch invariance).
   std::atomic<int64_t> next{0};
   pool_->RunOnAll([&](int thread) {
     SampleScratch& scratch = sample_scratch_[thread];
     for (int64_t r = next.fetch_add(1); r < num_rows; r = next.fetch_add(1)) {
-      out_ids[r] = SampleRow(l + r * vocab, vocab, rows[r], scratch);
+      out_ids[r] = SampleRow(l + r * vocab, vocab, rows[r], scratch,
+                             out_logprobs != nullptr ? out_logprobs + r : nullptr);
     }
   });
 }

@@ -55,7 +55,9 @@ class CpuBackend final : public Backend {
                       Tensor& out) override;
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void Add(const Tensor& a, const Tensor& b, Tensor& out) override;
-  void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) override;
+  using Backend::Sample;
+  void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids,
+              SampleLogprobs* out_logprobs) override;
   void Synchronize() override;
 
   // Step graphs on the CPU: the captured calls are kept as a list and replayed one after another. They save

@@ -90,6 +90,8 @@ struct CudaBackend::Impl {
   PinnedBuffer sample_ids_host;
   DeviceBuffer sample_params;
   DeviceBuffer sample_ids;
+  std::vector<float> sample_row_host;  // [V] one host-sampled row's logits
+  SampleScratch sample_scratch;        // for the rows sampled on the host
 
   void Activate() const { CUDA_CHECK(cudaSetDevice(device)); }
   // Grows `buffer` to at least `bytes` (never inside a capture).
@@ -366,7 +368,25 @@ void CudaBackend::Add(const Tensor& a, const Tensor& b, Tensor& out) {
   CheckLaunch();
 }
 
-void CudaBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) {
+namespace {
+
+// Rows the device kernel samples: greedy rows whose logits are not changed and that want no logprobs. Every
+// other row (random ones, and any row with penalties, logit bias, banned ids or logprobs) is copied to the
+// host and sampled by kernels/sampler.h's SampleRow, the definition: the simplest way to keep one definition
+// until sampler.cu implements it (id-order draw over weight-threshold sets, Exp32 weights). Rows are
+// independent either way, so tokens do not depend on the batch.
+bool DeviceSamples(const SamplingRow& row) {
+  const bool greedy = !(row.temperature >= kGreedyBelowTemperature);
+  const bool penalties =
+      row.num_tokens > 0 && ((row.repetition_penalty > 0.0f && row.repetition_penalty != 1.0f) ||
+                             row.presence_penalty != 0.0f || row.frequency_penalty != 0.0f);
+  return greedy && !penalties && row.num_logit_bias == 0 && row.num_banned_ids == 0 && row.top_logprobs < 0;
+}
+
+}  // namespace
+
+void CudaBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids,
+                         SampleLogprobs* out_logprobs) {
   TESSERA_CHECK(logits.dtype() == DType::kF32 && logits.ndim() == 2);
   TESSERA_CHECK(!impl_->capturing);
   const int64_t num_rows = logits.dim(0);
@@ -392,10 +412,12 @@ void CudaBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t*
     im.sample_capacity = capacity;
   }
   auto* params = static_cast<cuda::SampleParams*>(im.sample_params_host.data());
+  bool any_host = false;
   for (int64_t r = 0; r < num_rows; ++r) {
-    const SamplingRow& row = rows[r];
-    params[r] = cuda::SampleParams{row.temperature, row.top_k, row.top_p, 0,
-                                   row.temperature > 0.0f ? SampleUniform(row.seed, row.step) : 0.0};
+    TESSERA_CHECK(out_logprobs != nullptr || rows[r].top_logprobs < 0);
+    // Host rows get a greedy launch too (cheap; the result is replaced below).
+    params[r] = cuda::SampleParams{0.0f, 0, 1.0f, 0, 0.0};
+    any_host = any_host || !DeviceSamples(rows[r]);
   }
   const size_t params_bytes = static_cast<size_t>(num_rows) * sizeof(cuda::SampleParams);
   CUDA_CHECK(cudaMemcpyAsync(im.sample_params.data(), params, params_bytes, cudaMemcpyHostToDevice,
@@ -409,6 +431,17 @@ void CudaBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t*
                              im.stream.get()));
   CUDA_CHECK(cudaStreamSynchronize(im.stream.get()));
   std::memcpy(out_ids, im.sample_ids_host.data(), static_cast<size_t>(num_rows) * sizeof(int32_t));
+  if (!any_host) return;
+  im.sample_row_host.resize(static_cast<size_t>(vocab));
+  const size_t row_bytes = static_cast<size_t>(vocab) * sizeof(float);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    if (DeviceSamples(rows[r])) continue;
+    CUDA_CHECK(cudaMemcpyAsync(im.sample_row_host.data(), logits.data_as<float>() + r * vocab, row_bytes,
+                               cudaMemcpyDeviceToHost, im.stream.get()));
+    CUDA_CHECK(cudaStreamSynchronize(im.stream.get()));
+    out_ids[r] = SampleRow(im.sample_row_host.data(), vocab, rows[r], im.sample_scratch,
+                           out_logprobs != nullptr ? out_logprobs + r : nullptr);
+  }
 }
 
 void CudaBackend::Synchronize() {

@@ -79,10 +79,12 @@ class CudaBackend final : public Backend {
                       Tensor& out) override;
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void Add(const Tensor& a, const Tensor& b, Tensor& out) override;
-  // Synchronous (waits for the stream). Same semantics and the same uniform draw as the CPU sampler (see
-  // kernels/cuda/sampler.cu for the one difference: fixed-point sums, so a draw within ~1e-12 of a boundary
-  // may differ); argmax is exactly the CPU's.
-  void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) override;
+  // Synchronous (waits for the stream). Greedy rows without penalties, bias, banned ids or logprobs are
+  // sampled on the device (argmax, exactly the CPU's); every other row is copied to the host and sampled by
+  // kernels/sampler.h's SampleRow, so tokens are exactly the CPU backend's.
+  using Backend::Sample;
+  void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids,
+              SampleLogprobs* out_logprobs) override;
   void Synchronize() override;
 
   // The rows go in one cudaMemcpy2DAsync.

@@ -1,4 +1,9 @@
-// Sampling, one 1024-thread block per row, with the CPU sampler's semantics (kernels/sampler.h):
+// NOTE: CudaBackend::Sample now launches this kernel for greedy rows only (temperature 0); random rows are
+// sampled on the host by kernels/sampler.h's SampleRow, whose definition changed (Exp32 weights, kept sets
+// that are weight thresholds with ties kept, an id-order draw). The random path below implements the
+// previous definition and must be ported (the radix selects carry over) before random rows return here.
+//
+// Sampling, one 1024-thread block per row, with the previous CPU sampler's semantics:
 // greedy = first index of the maximum; otherwise p_i = exp((l_i - max) / T) in fp64, top-k (ties to the lower
 // id), then top-p over the top-k set, then an inverse-CDF draw with the host's SampleUniform(seed, step).
 //

@@ -27,6 +27,9 @@ EXPECTED = {
     "tessera:iteration_tokens_total": "histogram",
     "tessera:worker_step_seconds": "histogram",
     "tessera:control_plane_seconds": "histogram",
+    "tessera:num_preemptions": "counter",
+    "tessera:prefix_cache_queries": "counter",
+    "tessera:prefix_cache_hits": "counter",
 }
 
 

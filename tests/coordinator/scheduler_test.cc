@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <deque>
@@ -65,9 +66,19 @@ class RecordingObserver : public GenerationObserver {
     final_status = status;
     log.push_back("done");
   }
+  void OnCachedTokens(int cached) override {
+    absl::MutexLock lock(&mu_);
+    EXPECT_EQ(cached_tokens, -1) << "OnCachedTokens twice";
+    EXPECT_TRUE(tokens.empty()) << "OnCachedTokens after a token";
+    cached_tokens = cached;
+  }
   bool WaitDone() {
     absl::MutexLock lock(&mu_);
     return mu_.AwaitWithTimeout(absl::Condition(&done), kWait);
+  }
+  bool IsDone() {
+    absl::MutexLock lock(&mu_);
+    return done;
   }
 
   // Read these once OnDone came.
@@ -77,6 +88,7 @@ class RecordingObserver : public GenerationObserver {
   std::vector<std::string> log;
   bool done = false;
   absl::Status final_status;
+  int cached_tokens = -1;
 
  private:
   void Check(int index, const char* call) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -246,9 +258,19 @@ TEST(SchedulerTest, AdmitsInArrivalOrderWithinTheBatchAndQueueLimits) {
 TEST(SchedulerTest, RejectsARequestLargerThanTheWholeCache) {
   RecordingSink sink;
   Scheduler scheduler(Options(), sink);
-  scheduler.Activate(2);
+  EXPECT_EQ(scheduler.Activate(2), 32);  // max_model_len: what 2 blocks of 16 tokens hold
   EXPECT_THAT(scheduler.Submit(MakeRequest("a", 30, 3), std::make_shared<RecordingObserver>()),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("the whole cache has 2")));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("the prompt (30 tokens) + max_tokens (3) = 33 tokens exceeds max_model_len=32")));
+  // A max_tokens that was not given is the rest of what the cache holds instead.
+  GenerationRequest rest = MakeRequest("b", 30, 3);
+  rest.max_tokens_is_default = true;
+  auto observer = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(rest, observer));
+  scheduler.OnStepResult(Result(sink.WaitStep(0).step_id(), {7}));
+  scheduler.OnStepResult(Result(sink.WaitStep(1).step_id(), {7}));
+  ASSERT_TRUE(observer->WaitDone());
+  EXPECT_THAT(observer->log, ElementsAre("token 0 7", "token 0 7", "end 0 length", "done"));
 }
 
 TEST(SchedulerTest, CancelEndsTheRequestAndFreesItsBlocksAfterTheStepInFlight) {
@@ -293,7 +315,7 @@ TEST(SchedulerTest, KeepsTwoDisjointMicroBatchesInFlightForAPipeline) {
   options.max_steps_in_flight = 2;
   Scheduler scheduler(options, sink);
   scheduler.Activate(16);
-  GenerationRequest two = MakeRequest("a", 3, 4);
+  GenerationRequest two = MakeRequest("a", 1, 4);  // one prompt token: nothing to share, no fork
   two.n = 2;
   two.sampling.seed = 10;
   auto observer = std::make_shared<RecordingObserver>();
@@ -353,7 +375,7 @@ TEST(SchedulerTest, SubmitBatchQueuesNothingWhenOneRequestIsRefused) {
   EXPECT_THAT(scheduler.SubmitBatch({MakeRequest("a", 3, 1), MakeRequest("a", 3, 1)}, observers(2)),
               StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("\"a\"")));
   EXPECT_THAT(scheduler.SubmitBatch({MakeRequest("a", 3, 1), MakeRequest("b", 80, 1)}, observers(2)),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("the whole cache has 4")));
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("exceeds max_model_len=64")));
   EXPECT_THAT(scheduler.SubmitBatch({MakeRequest("a", 3, 1), MakeRequest("b", 3, 1), MakeRequest("c", 3, 1)},
                                     observers(3)),
               StatusIs(absl::StatusCode::kResourceExhausted,
@@ -378,7 +400,7 @@ TEST(SchedulerTest, ReturnsLogitsRowsJustBeforeTheirTokens) {
   RecordingSink sink;
   Scheduler scheduler(Options(), sink);
   scheduler.Activate(16);
-  GenerationRequest with = MakeRequest("a", 3, 2);
+  GenerationRequest with = MakeRequest("a", 1, 2);  // one prompt token: both choices start at once
   with.return_logits = true;
   with.n = 2;
   auto observer = std::make_shared<RecordingObserver>(), plain = std::make_shared<RecordingObserver>();
@@ -483,7 +505,7 @@ TEST(SchedulerTest, AChoiceThatHitAStopStringGetsNoFurtherStep) {
   RecordingSink sink;
   Scheduler scheduler(Options(), sink);
   scheduler.Activate(16);
-  GenerationRequest two = MakeRequest("a", 3, 5);
+  GenerationRequest two = MakeRequest("a", 1, 5);  // one prompt token: both choices start at once
   two.n = 2;
   auto observer = std::make_shared<RecordingObserver>(/*stop_on=*/42);
   ASSERT_OK(scheduler.Submit(two, observer));
@@ -690,6 +712,208 @@ TEST(SchedulerTest, ConcurrentSubmitsCancelsAndResultsKeepEveryRequestsEventsInO
   }
   sink.Stop();
   EXPECT_EQ(scheduler.num_free_blocks(), 256);
+}
+
+// Answers every step from `first` on (token `token` for each sampled sequence) until every observer is done;
+// returns the steps it answered.
+std::vector<Step> Drive(RecordingSink& sink, Scheduler& scheduler,
+                        const std::vector<std::shared_ptr<RecordingObserver>>& observers, size_t first = 0,
+                        int32_t token = 7) {
+  std::vector<Step> steps;
+  auto all_done = [&] {
+    return std::all_of(observers.begin(), observers.end(), [](const auto& o) { return o->IsDone(); });
+  };
+  for (size_t k = first; !all_done() && k < first + 10000; ++k) {
+    Step step = sink.WaitStep(k);
+    if (step.step_id() == 0) break;  // none came (WaitStep failed the test)
+    std::vector<int32_t> tokens;
+    for (const auto& s : step.scheduled()) {
+      if (s.sample()) tokens.push_back(token);
+    }
+    steps.push_back(step);
+    scheduler.OnStepResult(Result(step.step_id(), tokens));
+  }
+  return steps;
+}
+
+TEST(SchedulerTest, PreemptsTheNewestWhenTheCacheIsFullAndResumesItFromItsTokenLog) {
+  RecordingSink sink;
+  SchedulerOptions options = Options();
+  options.enable_prefix_caching = false;  // the resumed sequence computes everything again
+  Scheduler scheduler(options, sink);
+  scheduler.Activate(4);  // 64 tokens: one sequence of 60, not two
+  auto a = std::make_shared<RecordingObserver>(), b = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.SubmitBatch({MakeRequest("a", 20, 40), MakeRequest("b", 20, 40)}, {a, b}));
+  const std::vector<Step> steps = Drive(sink, scheduler, {a, b});
+  ASSERT_TRUE(a->done && b->done);
+  for (const auto& o : {a, b}) {
+    EXPECT_OK(o->final_status);
+    EXPECT_EQ(o->tokens[0].size(), 40u);
+    EXPECT_THAT(o->ends, ElementsAre(std::make_pair(0, FinishReason::kLength)));
+  }
+  EXPECT_GT(scheduler.stats().preemptions, 0);
+  EXPECT_EQ(scheduler.num_free_blocks(), 4);  // nothing leaked
+  // b was forgotten, then added again under a new id with its whole token log (prompt + tokens so far) to
+  // prefill, and sampled on from there.
+  ASSERT_EQ(steps[0].new_sequences_size(), 2);
+  const uint64_t b_first = steps[0].new_sequences(1).seq_id();
+  uint64_t b_again = 0;
+  bool forgotten = false;
+  for (const Step& step : steps) {
+    for (uint64_t f : step.finished()) forgotten |= f == b_first;
+    for (const auto& n : step.new_sequences()) {
+      if (n.seq_id() > b_first) {
+        EXPECT_TRUE(forgotten) << "b came back before it was forgotten";
+        EXPECT_EQ(n.num_prompt_tokens(), 20);  // generated tokens count as generated, not prompt
+        b_again = n.seq_id();
+      }
+    }
+    for (const auto& s : step.scheduled()) {
+      if (s.seq_id() == b_again && s.new_block_ids_size() > 0 && s.tokens_size() > 1) {
+        EXPECT_EQ(s.tokens(0), 100);  // the prefill starts again from the prompt's first token
+      }
+    }
+  }
+  EXPECT_NE(b_again, 0u);
+  EXPECT_TRUE(forgotten);
+}
+
+TEST(SchedulerTest, ASecondRequestSharingAPrefixReusesItsCachedBlocks) {
+  for (bool caching : {true, false}) {
+    SCOPED_TRACE(caching ? "prefix caching" : "no prefix caching");
+    RecordingSink sink;
+    SchedulerOptions options = Options();
+    options.enable_prefix_caching = caching;
+    Scheduler scheduler(options, sink);
+    scheduler.Activate(16);
+    auto first = std::make_shared<RecordingObserver>(), second = std::make_shared<RecordingObserver>();
+    ASSERT_OK(scheduler.Submit(MakeRequest("a", 50, 2), first));  // 3 full blocks and 2 tokens
+    const size_t steps = Drive(sink, scheduler, {first}).size();
+    GenerationRequest shared = MakeRequest("b", 52, 2);
+    shared.prompt[50] = 9;  // the same 3 blocks, a different tail
+    ASSERT_OK(scheduler.Submit(shared, second));
+    const Step step = sink.WaitStep(steps);
+    Drive(sink, scheduler, {second}, steps);
+    ASSERT_TRUE(second->done);
+    EXPECT_EQ(first->cached_tokens, 0);
+    EXPECT_EQ(second->cached_tokens, caching ? 48 : 0);
+    ASSERT_EQ(step.new_sequences_size(), 1);
+    EXPECT_EQ(step.new_sequences(0).cached_tokens_size(), caching ? 48 : 0);
+    EXPECT_EQ(step.new_sequences(0).num_prompt_tokens(), 52);
+    EXPECT_EQ(step.scheduled(0).tokens_size(), caching ? 4 : 52);  // only the rest is computed
+    EXPECT_EQ(step.scheduled(0).new_block_ids_size(), 4);           // the cached blocks come first
+    EXPECT_EQ(scheduler.stats().prefix_hits, caching ? 48 : 0);
+    EXPECT_EQ(second->tokens[0], first->tokens[0]);
+    EXPECT_EQ(scheduler.num_free_blocks(), 16);
+  }
+}
+
+TEST(SchedulerTest, NChoicesPrefillThePromptOnceThenForkCopyingTheSharedPartialBlock) {
+  RecordingSink sink;
+  Scheduler scheduler(Options(), sink);
+  scheduler.Activate(16);
+  GenerationRequest three = MakeRequest("a", 20, 3);
+  three.n = 3;
+  three.sampling.seed = 10;
+  auto observer = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(three, observer));
+  const Step prefill = sink.WaitStep(0);
+  ASSERT_EQ(prefill.scheduled_size(), 1);
+  EXPECT_EQ(prefill.scheduled(0).tokens_size(), 19);  // all but the last prompt token
+  EXPECT_FALSE(prefill.scheduled(0).sample());
+  scheduler.OnStepResult(Result(prefill.step_id(), {}));
+  const Step fork = sink.WaitStep(1);
+  ASSERT_EQ(fork.scheduled_size(), 3);
+  ASSERT_EQ(fork.new_sequences_size(), 2);
+  ASSERT_EQ(fork.copies_size(), 2);  // tokens 16..18 sit in a shared partial block: each child copies it
+  const std::vector<int32_t> parent_blocks = Ids(prefill.scheduled(0).new_block_ids());
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(fork.new_sequences(i).sampling().seed(), 11u + i);
+    EXPECT_EQ(fork.new_sequences(i).cached_tokens_size(), 19);
+    EXPECT_EQ(fork.copies(i).src(), parent_blocks[1]);
+    const std::vector<int32_t> child = Ids(fork.scheduled(1 + i).new_block_ids());
+    ASSERT_EQ(child.size(), 2u);
+    EXPECT_EQ(child[0], parent_blocks[0]);  // the full block is shared
+    EXPECT_EQ(child[1], fork.copies(i).dst());
+  }
+  for (const auto& s : fork.scheduled()) {
+    EXPECT_THAT(Ids(s.tokens()), ElementsAre(119));  // the last prompt token, in every choice
+    EXPECT_TRUE(s.sample());
+  }
+  Drive(sink, scheduler, {observer}, 1);
+  ASSERT_TRUE(observer->done);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(observer->tokens[i].size(), 3u);
+  EXPECT_EQ(scheduler.num_free_blocks(), 16);
+}
+
+TEST(SchedulerTest, AdmitsByPriorityThenArrival) {
+  RecordingSink sink;
+  SchedulerOptions options = Options();
+  options.max_num_seqs = 1;
+  options.max_queued_requests = 8;
+  Scheduler scheduler(options, sink);
+  scheduler.Activate(16);
+  std::vector<std::shared_ptr<RecordingObserver>> o;
+  std::vector<GenerationRequest> requests;
+  for (int priority : {0, 5, 5, -1}) {
+    requests.push_back(MakeRequest(Cat("p", o.size()), 3 + static_cast<int>(o.size()), 1));
+    requests.back().priority = priority;
+    o.push_back(std::make_shared<RecordingObserver>());
+  }
+  ASSERT_OK(scheduler.Submit(requests[0], o[0]));  // runs first: it came alone
+  for (int i = 1; i < 4; ++i) ASSERT_OK(scheduler.Submit(requests[i], o[i]));
+  std::vector<int> started;  // prompt lengths (3 + i names request i), in the order they started
+  for (const Step& step : Drive(sink, scheduler, o)) {
+    for (const auto& n : step.new_sequences()) started.push_back(n.num_prompt_tokens());
+  }
+  // p0 (running), then p3 (priority -1), then p1 and p2 (priority 5) in arrival order.
+  EXPECT_THAT(started, ElementsAre(3, 6, 4, 5));
+  for (auto& observer : o) EXPECT_OK(observer->final_status);
+}
+
+TEST(SchedulerTest, ARequestWaitingLongerThanMaxQueueTimeFailsWithResourceExhausted) {
+  RecordingSink sink;
+  SchedulerOptions options = Options();
+  options.max_num_seqs = 1;
+  options.max_queue_time_seconds = 0.05;
+  Scheduler scheduler(options, sink);
+  scheduler.Activate(16);
+  auto running = std::make_shared<RecordingObserver>(), waiting = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(MakeRequest("a", 3, 3), running));
+  ASSERT_OK(scheduler.Submit(MakeRequest("b", 3, 3), waiting));
+  const Step s0 = sink.WaitStep(0);
+  absl::SleepFor(absl::Milliseconds(100));
+  scheduler.OnStepResult(Result(s0.step_id(), {7}));  // the next pump expires b
+  ASSERT_TRUE(waiting->WaitDone());
+  EXPECT_THAT(waiting->final_status,
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("max_queue_time=0.05 s")));
+  Drive(sink, scheduler, {running}, 1);
+  EXPECT_OK(running->final_status);
+  EXPECT_EQ(scheduler.num_free_blocks(), 16);
+}
+
+TEST(SchedulerTest, CancelMidPrefillFreesExactlyItsOwnBlocks) {
+  RecordingSink sink;
+  SchedulerOptions options = Options();
+  options.max_num_batched_tokens = 32;  // a prompt of 100 takes 4 chunks
+  Scheduler scheduler(options, sink);
+  scheduler.Activate(16);
+  auto other = std::make_shared<RecordingObserver>(), cancelled = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(MakeRequest("other", 20, 50), other));
+  const Step s0 = sink.WaitStep(0);
+  ASSERT_OK(scheduler.Submit(MakeRequest("long", 100, 5), cancelled));  // waits for the step in flight
+  scheduler.OnStepResult(Result(s0.step_id(), {7}));  // other decodes from here (2 blocks)
+  const Step chunk = sink.WaitStep(1);
+  ASSERT_EQ(chunk.scheduled_size(), 2);
+  EXPECT_EQ(chunk.scheduled(1).tokens_size(), 31);  // what the decode left of the budget
+  ASSERT_OK(scheduler.Cancel("long"));
+  EXPECT_EQ(scheduler.num_free_blocks(), 16 - 2 - 2);  // its chunk is in flight: its blocks too
+  scheduler.OnStepResult(Result(chunk.step_id(), {7}));
+  EXPECT_EQ(scheduler.num_free_blocks(), 16 - 2);  // only other's blocks are held
+  ASSERT_TRUE(cancelled->WaitDone());
+  EXPECT_THAT(cancelled->final_status, StatusIs(absl::StatusCode::kCancelled));
+  Drive(sink, scheduler, {other}, 2);
+  EXPECT_EQ(scheduler.num_free_blocks(), 16);
 }
 
 }  // namespace
