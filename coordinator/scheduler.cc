@@ -274,8 +274,13 @@ void Scheduler::ApplyStepResultLocked(const control::v1::StepResult& result) {
                               [&](const Seq* seq) { return seq->id == entry.seq_id(); });
     if (found == step.scheduled.end()) continue;
     Request& request = *(*found)->request;
-    if (request.prompt_logprobs_sent || (*found)->index != 0) continue;  // a resumed or forked prefill again
-    for (const control::v1::TokenLogprobs& e : entry.entries()) request.prompt_logprobs.push_back(FromProto(e));
+    if (request.prompt_logprobs_sent || (*found)->index != 0) continue;
+    // In position order from 1; a prefill repeated after a preemption sends positions already held.
+    for (int k = 0; k < entry.entries_size(); ++k) {
+      if (entry.first_position() + k == static_cast<int>(request.prompt_logprobs.size()) + 1) {
+        request.prompt_logprobs.push_back(FromProto(entry.entries(k)));
+      }
+    }
   }
   std::vector<Request*> forks;
   for (size_t i = 0; i < step.scheduled.size(); ++i) {
@@ -545,6 +550,7 @@ int Scheduler::ScheduleSeqLocked(Seq& seq, int budget, bool may_preempt, control
     if (!request.params.sampling.prompt_logprobs) blocks_.Lookup(seq.tokens.data(), target, match_);
     const int cached = static_cast<int>(match_.num_tokens);
     chunk = std::min(target - cached, budget);
+    if (request.params.sampling.prompt_logprobs && seq.index == 0) chunk = std::min(chunk, 1);  // see below
     if (chunk <= 0 || !blocks_.Allocate(seq.blocks, match_, cached + chunk, new_ids_)) return 0;
     seq.num_sent = seq.num_computed = cached;
     stats_.prefix_queries += match_.num_queried;
@@ -559,6 +565,9 @@ int Scheduler::ScheduleSeqLocked(Seq& seq, int budget, bool may_preempt, control
     }
   } else {
     chunk = std::min(PendingLocked(seq), budget);
+    // Prompt logprobs come from the logits of each prompt position: the workers return one row per sequence
+    // and step, so such a prompt is computed one token a step.
+    if (request.params.sampling.prompt_logprobs && seq.index == 0 && seq.num_sent < seq.num_prompt) chunk = 1;
     if (chunk <= 0) return 0;
     const size_t copies = copies_.size();
     while (!blocks_.Grow(seq.blocks, seq.num_sent + chunk, new_ids_, copies_)) {

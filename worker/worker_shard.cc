@@ -348,6 +348,28 @@ void WorkerShard::AddLogitsRow(uint64_t seq_id, const Tensor& row, cv1::StepResu
   backend_->CopyToHost(values.data(), row.data(), row.nbytes());
 }
 
+void WorkerShard::AddPromptLogprobs(uint64_t seq_id, const Entry& entry, const Tensor& row,
+                                    cv1::StepResult& result) {
+  const Sequence& seq = entry.seq;
+  const int next = seq.num_computed_tokens;  // the token after the last position computed
+  if (entry.prompt_logprobs < 0 || next >= seq.num_prompt_tokens) return;
+  const int64_t vocab = row.numel();
+  host_row_.resize(static_cast<size_t>(vocab));
+  backend_->CopyToHost(host_row_.data(), row.data(), row.nbytes());
+  SampleLogprobs lp;
+  ComputeTokenLogprobs(host_row_.data(), vocab, seq.tokens[next], entry.prompt_logprobs, logprob_scratch_, lp);
+  cv1::PromptLogprobs* out = result.add_prompt_logprobs();
+  out->set_seq_id(seq_id);
+  out->set_first_position(next);
+  cv1::TokenLogprobs* e = out->add_entries();
+  e->set_seq_id(seq_id);
+  e->set_token(lp.token);
+  e->set_logprob(static_cast<float>(lp.logprob));
+  e->set_rank(static_cast<int32_t>(lp.rank));
+  e->mutable_top_ids()->Add(lp.top_ids, lp.top_ids + lp.num_top);
+  for (int j = 0; j < lp.num_top; ++j) e->add_top_logprobs(static_cast<float>(lp.top_logprobs[j]));
+}
+
 void WorkerShard::UndoStep() {
   for (const Appended& a : appended_) {
     a.seq->tokens.resize(a.num_tokens);
@@ -420,6 +442,7 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
     seq.stop_token_ids.assign(sp.stop_token_ids().begin(), sp.stop_token_ids().end());
     seq.min_tokens = sp.min_tokens();
     it->second.return_logits = n.return_logits();
+    it->second.prompt_logprobs = sp.prompt_logprobs() ? std::clamp(sp.top_logprobs(), 0, kMaxTopLogprobs) : -1;
     // A cached or shared prefix: in the blocks the first scheduled entry brings, computed already.
     for (int32_t token : n.cached_tokens()) {
       if (token < 0 || token >= runner_->config().vocab_size) {
@@ -461,6 +484,10 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
   if (!logits.ok()) return fail(logits.status());
   result.set_graph(runner_->graph_steps() > graph_steps);
   if (output_rank) {
+    for (int i = 0; i < step.scheduled_size(); ++i) {  // prompt logprobs, from the rows of prompt positions
+      const Entry& entry = seqs_.at(step.scheduled(i).seq_id());
+      if (entry.prompt_logprobs >= 0) AddPromptLogprobs(step.scheduled(i).seq_id(), entry, logits->Rows(i, 1), result);
+    }
     // Sample runs of consecutive sampled rows (chunked prompts' rows are skipped), keeping step order.
     const int n = step.scheduled_size();
     for (int begin = 0; begin < n;) {

@@ -19,6 +19,7 @@
 #include "parallel/communicator.h"
 #include "parallel/parallel_config.h"
 #include "tessera/control/v1/control.pb.h"
+#include "kernels/sampler.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/model_runner.h"
 
@@ -112,7 +113,13 @@ class WorkerShard {
     Sequence seq;
     uint64_t scheduled_mark = 0;  // the step_counter_ of the last step that scheduled it
     bool return_logits = false;   // the output rank returns the rows its tokens are sampled from
+    // The output rank returns the logprob of the prompt token after each prompt position computed (with
+    // this many alternatives; -1: none). The coordinator computes such prompts one token a step.
+    int prompt_logprobs = -1;
   };
+  // Appends, for a sequence with prompt_logprobs whose last computed position p is followed by a prompt
+  // token, that token's logprobs from `row` (position p's logits).
+  void AddPromptLogprobs(uint64_t seq_id, const Entry& entry, const Tensor& row, control::v1::StepResult& result);
   // Appends `row` (one sequence's float32 logits, before sampling touches them) to the result.
   void AddLogitsRow(uint64_t seq_id, const Tensor& row, control::v1::StepResult& result);
   // What a step changed, so that a failed step can be undone.
@@ -145,6 +152,8 @@ class WorkerShard {
   std::vector<Sequence*> batch_;
   std::vector<Sequence*> sample_run_;
   std::vector<std::pair<int32_t, int32_t>> block_copies_;  // a step's copy-on-write copies
+  std::vector<float> host_row_;                             // one logits row on the host
+  SampleScratch logprob_scratch_;
   std::vector<int32_t> sampled_;
 };
 

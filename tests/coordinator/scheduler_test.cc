@@ -66,6 +66,15 @@ class RecordingObserver : public GenerationObserver {
     final_status = status;
     log.push_back("done");
   }
+  void OnPromptLogprobs(const std::vector<TokenLogprob>& entries) override {
+    absl::MutexLock lock(&mu_);
+    EXPECT_TRUE(tokens.empty()) << "OnPromptLogprobs after a token";
+    for (const TokenLogprob& e : entries) prompt_logprobs.push_back(e.token);
+  }
+  void OnLogprobs(int index, const TokenLogprob& logprob) override {
+    absl::MutexLock lock(&mu_);
+    log.push_back(Cat("logprob ", index, " ", logprob.token, " ", logprob.logprob));
+  }
   void OnCachedTokens(int cached) override {
     absl::MutexLock lock(&mu_);
     EXPECT_EQ(cached_tokens, -1) << "OnCachedTokens twice";
@@ -89,6 +98,7 @@ class RecordingObserver : public GenerationObserver {
   bool done = false;
   absl::Status final_status;
   int cached_tokens = -1;
+  std::vector<int32_t> prompt_logprobs;  // the tokens of OnPromptLogprobs' entries
 
  private:
   void Check(int index, const char* call) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -914,6 +924,47 @@ TEST(SchedulerTest, CancelMidPrefillFreesExactlyItsOwnBlocks) {
   EXPECT_THAT(cancelled->final_status, StatusIs(absl::StatusCode::kCancelled));
   Drive(sink, scheduler, {other}, 2);
   EXPECT_EQ(scheduler.num_free_blocks(), 16);
+}
+
+TEST(SchedulerTest, PromptLogprobsComputeThePromptOneTokenAStepAndArriveOnceBeforeTheFirstToken) {
+  RecordingSink sink;
+  Scheduler scheduler(Options(), sink);
+  scheduler.Activate(16);
+  GenerationRequest r = MakeRequest("a", 4, 1);
+  r.sampling.prompt_logprobs = true;
+  r.sampling.logprobs = true;
+  auto observer = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(r, observer));
+  for (int k = 0; k < 4; ++k) {
+    const Step step = sink.WaitStep(k);
+    ASSERT_EQ(step.scheduled_size(), 1);
+    ASSERT_EQ(step.scheduled(0).tokens_size(), 1);  // one prompt position a step
+    EXPECT_EQ(step.scheduled(0).tokens(0), 100 + k);
+    if (k == 0) {
+      EXPECT_TRUE(step.new_sequences(0).sampling().prompt_logprobs());
+    }
+    StepResult result = Result(step.step_id(), k == 3 ? std::vector<int32_t>{7} : std::vector<int32_t>{});
+    const uint64_t id = step.scheduled(0).seq_id();
+    if (k < 3) {  // position k's logits give prompt token k + 1; the first one is sent twice, as after a resume
+      for (int repeat = 0; repeat < (k == 0 ? 2 : 1); ++repeat) {
+        control::v1::PromptLogprobs* p = result.add_prompt_logprobs();
+        p->set_seq_id(id);
+        p->set_first_position(k + 1);
+        control::v1::TokenLogprobs* e = p->add_entries();
+        e->set_token(101 + k);
+        e->set_logprob(-1.5f);
+      }
+    } else {
+      control::v1::TokenLogprobs* e = result.add_logprobs();
+      e->set_seq_id(id);
+      e->set_token(7);
+      e->set_logprob(-0.25f);
+    }
+    scheduler.OnStepResult(result);
+  }
+  ASSERT_TRUE(observer->WaitDone());
+  EXPECT_THAT(observer->prompt_logprobs, ElementsAre(101, 102, 103));
+  EXPECT_THAT(observer->log, ElementsAre("logprob 0 7 -0.25", "token 0 7", "end 0 length", "done"));
 }
 
 }  // namespace
