@@ -3,6 +3,7 @@
 #include "coordinator/completion_request.h"
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "core/status_macros.h"
@@ -29,7 +30,56 @@ absl::Status CheckSampling(const v1::CompleteRequest& request, const CompletionL
   if (request.has_n() && (request.n() < 1 || request.n() > limits.max_n)) {
     return absl::InvalidArgumentError(Cat("n must be in [1, ", limits.max_n, "], got ", request.n()));
   }
+  // vLLM's ranges (SamplingParams._verify_args).
+  if (request.has_min_p() && !(request.min_p() >= 0.0f && request.min_p() <= 1.0f)) {
+    return absl::InvalidArgumentError(Cat("min_p must be in [0, 1] (0 = off), got ", request.min_p()));
+  }
+  if (request.has_repetition_penalty() &&
+      !(request.repetition_penalty() > 0.0f && std::isfinite(request.repetition_penalty()))) {
+    return absl::InvalidArgumentError(
+        Cat("repetition_penalty must be > 0 (1 = off), got ", request.repetition_penalty()));
+  }
+  if (request.has_presence_penalty() &&
+      !(request.presence_penalty() >= -2.0f && request.presence_penalty() <= 2.0f)) {
+    return absl::InvalidArgumentError(
+        Cat("presence_penalty must be in [-2, 2] (0 = off), got ", request.presence_penalty()));
+  }
+  if (request.has_frequency_penalty() &&
+      !(request.frequency_penalty() >= -2.0f && request.frequency_penalty() <= 2.0f)) {
+    return absl::InvalidArgumentError(
+        Cat("frequency_penalty must be in [-2, 2] (0 = off), got ", request.frequency_penalty()));
+  }
+  if (request.has_min_tokens() && request.min_tokens() < 0) {
+    return absl::InvalidArgumentError(Cat("min_tokens must be >= 0, got ", request.min_tokens()));
+  }
+  if (request.has_top_logprobs()) {
+    if (request.top_logprobs() < 0 || request.top_logprobs() > kMaxTopLogprobs) {
+      return absl::InvalidArgumentError(
+          Cat("top_logprobs must be in [0, ", kMaxTopLogprobs, "], got ", request.top_logprobs()));
+    }
+    if (request.top_logprobs() > 0 && !request.logprobs()) {
+      return absl::InvalidArgumentError("top_logprobs needs logprobs to be set");
+    }
+  }
   return absl::OkStatus();
+}
+
+// logit_bias: ids inside the vocabulary, biases in [-100, 100]; the entries sorted by id (the map's order is
+// unspecified), the smallest offending id named first.
+absl::StatusOr<std::vector<std::pair<int32_t, float>>> LogitBias(const v1::CompleteRequest& request,
+                                                                 int vocab_size) {
+  std::vector<std::pair<int32_t, float>> bias(request.logit_bias().begin(), request.logit_bias().end());
+  std::sort(bias.begin(), bias.end());
+  for (const auto& [id, value] : bias) {
+    if (id < 0 || id >= vocab_size) {
+      return absl::InvalidArgumentError(
+          Cat("logit_bias token id ", id, " is outside the vocabulary [0, ", vocab_size, ")"));
+    }
+    if (!(value >= -100.0f && value <= 100.0f)) {
+      return absl::InvalidArgumentError(Cat("logit_bias[", id, "] = ", value, " is outside [-100, 100]"));
+    }
+  }
+  return bias;
 }
 
 absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::CompleteRequest& request, const ServedModel& model,
@@ -86,6 +136,15 @@ v1::CompleteRequest CompletionOfChat(const v1::ChatRequest& chat) {
   if (chat.has_n()) request.set_n(chat.n());
   request.set_request_id(chat.request_id());
   request.set_ignore_eos(chat.ignore_eos());
+  if (chat.has_min_p()) request.set_min_p(chat.min_p());
+  if (chat.has_repetition_penalty()) request.set_repetition_penalty(chat.repetition_penalty());
+  if (chat.has_presence_penalty()) request.set_presence_penalty(chat.presence_penalty());
+  if (chat.has_frequency_penalty()) request.set_frequency_penalty(chat.frequency_penalty());
+  *request.mutable_logit_bias() = chat.logit_bias();
+  if (chat.has_min_tokens()) request.set_min_tokens(chat.min_tokens());
+  request.set_logprobs(chat.logprobs());
+  if (chat.has_top_logprobs()) request.set_top_logprobs(chat.top_logprobs());
+  if (chat.has_priority()) request.set_priority(chat.priority());
   return request;
 }
 
@@ -122,6 +181,8 @@ absl::StatusOr<PreparedCompletion> PrepareCompletion(const v1::CompleteRequest& 
   RETURN_IF_ERROR(CheckSampling(request, limits));
   std::vector<int32_t> stop_ids(request.stop_token_ids().begin(), request.stop_token_ids().end());
   RETURN_IF_ERROR(CheckTokenIds(stop_ids, model.vocab_size, "stop_token_ids"));
+  using LogitBiasList = std::vector<std::pair<int32_t, float>>;
+  ASSIGN_OR_RETURN(LogitBiasList logit_bias, LogitBias(request, model.vocab_size));
 
   PreparedCompletion prepared;
   for (const std::string& stop : request.stop()) {
@@ -135,14 +196,18 @@ absl::StatusOr<PreparedCompletion> PrepareCompletion(const v1::CompleteRequest& 
   const int context = model.max_position_embeddings;
   if (prompt_len >= context) {
     return absl::InvalidArgumentError(Cat("prompt has ", prompt_len,
-                                          " tokens but the model's context length is ", context,
-                                          ": no room left to generate"));
+                                          " tokens but max_model_len (the served context length) is ",
+                                          context, ": no room left to generate"));
   }
   const int max_tokens = request.has_max_tokens() ? request.max_tokens() : context - prompt_len;
   if (static_cast<int64_t>(prompt_len) + max_tokens > context) {
     return absl::InvalidArgumentError(Cat("prompt (", prompt_len, " tokens) + max_tokens (", max_tokens,
                                           ") = ", static_cast<int64_t>(prompt_len) + max_tokens,
-                                          " exceeds the model's context length of ", context));
+                                          " exceeds max_model_len (the served context length) of ", context));
+  }
+  if (request.min_tokens() > max_tokens) {
+    return absl::InvalidArgumentError(
+        Cat("min_tokens must be in [0, max_tokens = ", max_tokens, "], got ", request.min_tokens()));
   }
 
   prepared.echo = request.echo();
@@ -162,6 +227,7 @@ absl::StatusOr<PreparedCompletion> PrepareCompletion(const v1::CompleteRequest& 
   out.id = request.request_id();
   out.prompt = std::move(prompt);
   out.max_tokens = max_tokens;
+  out.max_tokens_is_default = !request.has_max_tokens();
   out.n = request.has_n() ? request.n() : 1;
   SamplingParams& sampling = out.sampling;
   sampling.temperature =
@@ -174,6 +240,17 @@ absl::StatusOr<PreparedCompletion> PrepareCompletion(const v1::CompleteRequest& 
     std::random_device device;
     sampling.seed = (static_cast<uint64_t>(device()) << 32) | device();
   }
+  sampling.min_p = request.min_p();
+  sampling.repetition_penalty = request.has_repetition_penalty() ? request.repetition_penalty() : 1.0f;
+  sampling.presence_penalty = request.presence_penalty();
+  sampling.frequency_penalty = request.frequency_penalty();
+  sampling.logit_bias = std::move(logit_bias);
+  sampling.min_tokens = request.min_tokens();
+  sampling.logprobs = request.logprobs();
+  sampling.top_logprobs = request.logprobs() ? request.top_logprobs() : 0;
+  // OpenAI completions: echo with logprobs returns the prompt's logprobs too.
+  sampling.prompt_logprobs = request.logprobs() && request.echo();
+  out.priority = request.priority();
   out.stop_token_ids = std::move(stop_ids);
   if (!request.ignore_eos()) {
     for (int32_t eos : model.eos_token_ids) {

@@ -16,6 +16,9 @@
 
 namespace tessera {
 
+// The most alternatives top_logprobs may ask for (vLLM's default max_logprobs).
+inline constexpr int kMaxTopLogprobs = 20;
+
 struct CompletionLimits {
   int max_n = 16;  // choices per request
 };
@@ -28,16 +31,20 @@ struct PreparedCompletion {
       prompt_text;  // with echo: the text prompt as given, or the prompt ids decoded (special tokens kept)
 };
 
-// Checks `request` and prepares it. Errors (each message names the field and, for ranges, the numbers):
-// INVALID_ARGUMENT for a `model` this server does not serve, a missing or empty prompt, prompt or stop token
-// ids outside [0, vocab_size), max_tokens <= 0, temperature < 0, top_p outside (0, 1], top_k < 0, n outside
-// [1, limits.max_n], a prompt as long as the context or longer, prompt + max_tokens over the context, and
-// text that is not valid UTF-8; FAILED_PRECONDITION for a text prompt or stop strings when `tokenizer` is
-// null (the model directory has no tokenizer.json). Unset max_tokens is the rest of the context; unset
-// temperature / top_p / top_k take the model's generation_config.json defaults, else greedy; unset seed is
-// random; eos ids join the stop ids unless ignore_eos. A chat prompt is `rendered_chat` (the caller renders
-// request.chat with the model's template; null: FAILED_PRECONDITION, the model has no template), encoded
-// without special tokens. Thread-safe.
+// Checks `request` and prepares it. Errors (each message starts with the field's name and, for ranges, gives
+// the range and the value): INVALID_ARGUMENT for a `model` this server does not serve, a missing or empty
+// prompt, prompt or stop token ids outside [0, vocab_size), max_tokens <= 0, temperature < 0, top_p outside
+// (0, 1], top_k < 0, n outside [1, limits.max_n], min_p outside [0, 1], repetition_penalty <= 0 (or not
+// finite), presence_penalty / frequency_penalty outside [-2, 2], logit_bias ids outside [0, vocab_size) or
+// biases outside [-100, 100], min_tokens outside [0, max_tokens], top_logprobs outside [0, kMaxTopLogprobs]
+// or above 0 without logprobs, a prompt as long as the context or longer, prompt + max_tokens over the
+// context, and text that is not valid UTF-8; FAILED_PRECONDITION for a text prompt or stop strings when
+// `tokenizer` is null (the model directory has no tokenizer.json). Unset max_tokens is the rest of the
+// context; unset temperature / top_p / top_k take the model's generation_config.json defaults, else greedy;
+// unset seed is random; repetition_penalty defaults to 1 and the other new sampling fields to 0 / off; eos
+// ids join the stop ids unless ignore_eos; logprobs with echo also asks the prompt's logprobs. A chat prompt
+// is `rendered_chat` (the caller renders request.chat with the model's template; null: FAILED_PRECONDITION,
+// the model has no template), encoded without special tokens. Thread-safe.
 [[nodiscard]] absl::StatusOr<PreparedCompletion> PrepareCompletion(
     const v1::CompleteRequest& request, const ServedModel& model, const Tokenizer* tokenizer,
     const CompletionLimits& limits, const std::string* rendered_chat = nullptr);

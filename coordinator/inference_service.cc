@@ -33,11 +33,42 @@ std::string RandomPrefix() {
 void SetDeltaText(v1::TokenDelta& delta, std::string text) { delta.set_text(std::move(text)); }
 void SetDeltaText(v1::ChatDelta& delta, std::string text) { delta.set_content(std::move(text)); }
 
-void FillUsage(int prompt_tokens, int completion_tokens, v1::Usage& usage) {
+void FillUsage(int prompt_tokens, int completion_tokens, int cached_tokens, v1::Usage& usage) {
   usage.set_prompt_tokens(prompt_tokens);
   usage.set_completion_tokens(completion_tokens);
   usage.set_total_tokens(prompt_tokens + completion_tokens);
+  usage.set_cached_tokens(cached_tokens);
 }
+
+void AddLogprobs(const std::vector<TokenLogprob>& logprobs,
+                 google::protobuf::RepeatedPtrField<v1::TokenLogprob>& out) {
+  for (const TokenLogprob& lp : logprobs) {
+    v1::TokenLogprob* entry = out.Add();
+    entry->set_token_id(lp.token);
+    entry->set_logprob(lp.logprob);
+    entry->set_rank(lp.rank);
+    for (const auto& [token, logprob] : lp.top) {
+      v1::TopLogprob* top = entry->add_top_logprobs();
+      top->set_token_id(token);
+      top->set_logprob(logprob);
+    }
+  }
+}
+
+// The prompt's logprobs, one per prompt token: the first without a logprob, then `entries` (tokens 1..L-1).
+void AddPromptLogprobs(const std::vector<int32_t>& prompt, const std::vector<TokenLogprob>& entries,
+                       google::protobuf::RepeatedPtrField<v1::TokenLogprob>& out) {
+  if (prompt.empty()) return;
+  out.Add()->set_token_id(prompt[0]);
+  AddLogprobs(entries, out);
+}
+
+// The echo delta's prompt logprobs: a completion's TokenDelta has them, a ChatDelta (no echo) does not.
+void SetDeltaPromptLogprobs(v1::TokenDelta& delta, const std::vector<int32_t>& prompt,
+                            const std::vector<TokenLogprob>& entries) {
+  AddPromptLogprobs(prompt, entries, *delta.mutable_prompt_logprobs());
+}
+void SetDeltaPromptLogprobs(v1::ChatDelta&, const std::vector<int32_t>&, const std::vector<TokenLogprob>&) {}
 
 }  // namespace
 
@@ -96,9 +127,9 @@ absl::Status InferenceService::Submit(const v1::CompleteRequest& request, const 
   GenerationRequest submitted = generation;  // the prepared one keeps its fields for the answer
   absl::Status status = engine_.Submit(std::move(submitted), observer);
   // Prompt text only with --log-requests (LogRequests()); sizes and the outcome always.
-  std::string line = Cat("grpc request: ", generation.prompt.size(), " prompt tokens, max_tokens ",
-                         generation.max_tokens, ", n ", generation.n, ": ",
-                         status.ok() ? "queued" : std::string(status.message()));
+  std::string line =
+      Cat("grpc request: ", generation.prompt.size(), " prompt tokens, max_tokens ", generation.max_tokens,
+          ", n ", generation.n, ": ", status.ok() ? "queued" : std::string(status.message()));
   if (LogRequests() && tokenizer_ != nullptr) {
     absl::StatusOr<std::string> text = tokenizer_->Decode(generation.prompt, /*skip_special_tokens=*/false);
     if (text.ok()) line += Cat("; prompt: ", *text);
@@ -181,9 +212,14 @@ grpc::Status InferenceService::Complete(grpc::ServerContext* context, const v1::
     if (prepared.echo) {
       choice->mutable_prompt_token_ids()->Add(prepared.request.prompt.begin(), prepared.request.prompt.end());
     }
+    AddLogprobs(results[i].logprobs, *choice->mutable_logprobs());
+    if (prepared.request.sampling.prompt_logprobs) {
+      AddPromptLogprobs(prepared.request.prompt, observer->PromptLogprobs(),
+                        *choice->mutable_prompt_logprobs());
+    }
   }
   FillUsage(static_cast<int>(prepared.request.prompt.size()), observer->CompletionTokens(),
-            *response->mutable_usage());
+            observer->CachedTokens(), *response->mutable_usage());
   return grpc::Status::OK;
 }
 
@@ -205,9 +241,10 @@ grpc::Status InferenceService::Chat(grpc::ServerContext* context, const v1::Chat
     choice->mutable_message()->set_content(std::move(results[i].text));
     choice->set_finish_reason(ToProto(results[i].finish_reason));
     choice->mutable_token_ids()->Add(results[i].token_ids.begin(), results[i].token_ids.end());
+    AddLogprobs(results[i].logprobs, *choice->mutable_logprobs());
   }
   FillUsage(static_cast<int>(prepared.request.prompt.size()), observer->CompletionTokens(),
-            *response->mutable_usage());
+            observer->CachedTokens(), *response->mutable_usage());
   return grpc::Status::OK;
 }
 
@@ -236,23 +273,30 @@ grpc::Status InferenceService::StreamEvents(grpc::ServerContext& context, const 
   header->set_model(model_.id);
   header->set_prompt_tokens(prompt_tokens);
   header->set_num_choices(prepared.request.n);
-  if (prepared.echo && !prepared.prompt_text.empty()) {
+  // The echo deltas: at once, or with the prompt's logprobs once they came (before any token).
+  const bool echo_waits = prepared.echo && prepared.request.sampling.prompt_logprobs;
+  const auto echo = [&](const std::vector<TokenLogprob>* prompt_logprobs) {
     for (int i = 0; i < prepared.request.n; ++i) {
       auto* delta = batch.emplace_back().mutable_delta();
       delta->set_index(i);
       SetDeltaText(*delta, prepared.prompt_text);
+      if (prompt_logprobs != nullptr)
+        SetDeltaPromptLogprobs(*delta, prepared.request.prompt, *prompt_logprobs);
     }
-  }
+  };
+  if (prepared.echo && !echo_waits && !prepared.prompt_text.empty()) echo(nullptr);
   if (!flush()) return Abandon(context, id);
 
   while (true) {
     if (context.IsCancelled()) return Abandon(context, id);
     CompletionObserver::Events events = observer.Take(options_.cancel_poll_interval);
+    if (echo_waits && events.prompt_logprobs.has_value()) echo(&*events.prompt_logprobs);
     for (CompletionObserver::ChoiceEvents& choice : events.choices) {
       if (!choice.token_ids.empty() || !choice.text.empty()) {
         auto* delta = batch.emplace_back().mutable_delta();
         delta->set_index(choice.index);
         delta->mutable_token_ids()->Add(choice.token_ids.begin(), choice.token_ids.end());
+        AddLogprobs(choice.logprobs, *delta->mutable_logprobs());
         SetDeltaText(*delta, std::move(choice.text));
       }
       if (choice.end.has_value()) {
@@ -263,7 +307,7 @@ grpc::Status InferenceService::StreamEvents(grpc::ServerContext& context, const 
       }
     }
     if (events.done.has_value() && events.done->ok()) {
-      FillUsage(prompt_tokens, observer.CompletionTokens(),
+      FillUsage(prompt_tokens, observer.CompletionTokens(), observer.CachedTokens(),
                 *batch.emplace_back().mutable_trailer()->mutable_usage());
     }
     if (!flush()) return Abandon(context, id);

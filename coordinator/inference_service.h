@@ -44,12 +44,15 @@ class InferenceService final : public v1::InferenceService::Service {
   // Errors: PrepareCompletion's (INVALID_ARGUMENT naming the field, FAILED_PRECONDITION); Engine::Submit's
   // (RESOURCE_EXHAUSTED, UNAVAILABLE, ALREADY_EXISTS for a running request_id, ...); a failed generation's
   // (UNAVAILABLE for a failed worker, CANCELLED after Cancel). When the client cancels or its deadline passes
-  // the request is cancelled in the engine (its KV blocks freed) and the call ends.
+  // the request is cancelled in the engine (its KV blocks freed) and the call ends. With logprobs each choice
+  // carries one TokenLogprob per token id (and, with echo too, one per prompt token); usage.cached_tokens is
+  // the engine's count of prompt tokens found in the prefix cache.
   grpc::Status Complete(grpc::ServerContext* context, const v1::CompleteRequest* request,
                         v1::CompleteResponse* response) override;
   // As Complete, streamed: one StreamHeader, TokenDeltas as tokens arrive (with echo, a first delta per
-  // choice holds the prompt text), one ChoiceEnd per choice after its last delta, one StreamTrailer with
-  // usage. An error after the header ends the stream with that status.
+  // choice holds the prompt text; with logprobs too it waits for the prompt's logprobs and carries them), one
+  // ChoiceEnd per choice after its last delta, one StreamTrailer with usage. Each delta carries the logprobs
+  // of its token ids. An error after the header ends the stream with that status.
   grpc::Status CompleteStream(grpc::ServerContext* context, const v1::CompleteRequest* request,
                               grpc::ServerWriter<v1::CompleteStreamResponse>* writer) override;
   // Complete for a conversation (OpenAI's chat completions): `messages` and `tools` (JSON text, an array) are

@@ -603,6 +603,9 @@ int Scheduler::ScheduleSeqLocked(Seq& seq, int budget, bool may_preempt, control
     sp->set_logprobs(p.logprobs);
     sp->set_top_logprobs(p.top_logprobs);
     sp->set_prompt_logprobs(p.prompt_logprobs && seq.index == 0);
+    if (p.prompt_logprobs && seq.index == 0) {
+      added->mutable_prompt_tokens()->Add(seq.tokens.begin(), seq.tokens.begin() + seq.num_prompt);
+    }
     added->set_return_logits(request.params.return_logits);
   }
   control::v1::ScheduledSequence* entry = step.add_scheduled();

@@ -352,12 +352,12 @@ void WorkerShard::AddPromptLogprobs(uint64_t seq_id, const Entry& entry, const T
                                     cv1::StepResult& result) {
   const Sequence& seq = entry.seq;
   const int next = seq.num_computed_tokens;  // the token after the last position computed
-  if (entry.prompt_logprobs < 0 || next >= seq.num_prompt_tokens) return;
+  if (entry.prompt_logprobs < 0 || next >= static_cast<int>(entry.prompt.size())) return;
   const int64_t vocab = row.numel();
   host_row_.resize(static_cast<size_t>(vocab));
   backend_->CopyToHost(host_row_.data(), row.data(), row.nbytes());
   SampleLogprobs lp;
-  ComputeTokenLogprobs(host_row_.data(), vocab, seq.tokens[next], entry.prompt_logprobs, logprob_scratch_, lp);
+  ComputeTokenLogprobs(host_row_.data(), vocab, entry.prompt[next], entry.prompt_logprobs, logprob_scratch_, lp);
   cv1::PromptLogprobs* out = result.add_prompt_logprobs();
   out->set_seq_id(seq_id);
   out->set_first_position(next);
@@ -443,6 +443,14 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
     seq.min_tokens = sp.min_tokens();
     it->second.return_logits = n.return_logits();
     it->second.prompt_logprobs = sp.prompt_logprobs() ? std::clamp(sp.top_logprobs(), 0, kMaxTopLogprobs) : -1;
+    it->second.prompt.assign(n.prompt_tokens().begin(), n.prompt_tokens().end());
+    for (int32_t token : it->second.prompt) {
+      if (token < 0 || token >= runner_->config().vocab_size) {
+        return fail(absl::InvalidArgumentError(absl::StrCat("new sequence ", n.seq_id(), ": prompt token ", token,
+                                                            " is outside the vocabulary [0, ",
+                                                            runner_->config().vocab_size, ")")));
+      }
+    }
     // A cached or shared prefix: in the blocks the first scheduled entry brings, computed already.
     for (int32_t token : n.cached_tokens()) {
       if (token < 0 || token >= runner_->config().vocab_size) {

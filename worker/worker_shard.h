@@ -116,6 +116,7 @@ class WorkerShard {
     // The output rank returns the logprob of the prompt token after each prompt position computed (with
     // this many alternatives; -1: none). The coordinator computes such prompts one token a step.
     int prompt_logprobs = -1;
+    std::vector<int32_t> prompt;  // with prompt_logprobs: the whole prompt
   };
   // Appends, for a sequence with prompt_logprobs whose last computed position p is followed by a prompt
   // token, that token's logprobs from `row` (position p's logits).

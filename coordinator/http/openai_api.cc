@@ -1,6 +1,7 @@
 // OpenAiApi: OpenAI JSON -> v1::CompleteRequest -> PrepareCompletion, and engine events -> OpenAI JSON.
 #include "coordinator/http/openai_api.h"
 
+#include <charconv>
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -148,7 +149,9 @@ std::string ParamOf(const absl::Status& status, ApiKind kind, const std::string&
   const std::string prompt = kind == ApiKind::kChat ? "messages" : "prompt";
   auto starts = [&](std::string_view p) { return m.substr(0, p.size()) == p; };
   if (starts("max_tokens") || starts("prompt (")) return max_tokens_name;
-  for (const char* name : {"temperature", "top_p", "top_k", "stop_token_ids", "model"}) {
+  if (starts("top_logprobs")) return kind == ApiKind::kChat ? "top_logprobs" : "logprobs";
+  for (const char* name : {"temperature", "top_p", "top_k", "stop_token_ids", "model", "min_p", "min_tokens",
+                           "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias"}) {
     if (starts(name)) return name;
   }
   if (starts("n must")) return "n";
@@ -214,6 +217,8 @@ ChoiceEventObserver::ChoiceEventObserver(std::shared_ptr<const Tokenizer> tokeni
     : tokenizer_(std::move(tokenizer)),
       prompt_(prompt),
       ended_(prepared.request.n, false),
+      next_logprob_(prepared.request.n),
+      has_next_logprob_(prepared.request.n, false),
       sink_(std::move(sink)) {
   texts_.reserve(prepared.request.n);
   for (int i = 0; i < prepared.request.n; ++i) {
@@ -222,16 +227,39 @@ ChoiceEventObserver::ChoiceEventObserver(std::shared_ptr<const Tokenizer> tokeni
 }
 
 bool ChoiceEventObserver::OnToken(int index, int32_t token) {
-  if (index < 0 || index >= static_cast<int>(texts_.size()) || ended_[index]) return true;
-  if (texts_[index].stopped()) return true;
+  if (index < 0 || index >= static_cast<int>(texts_.size())) return true;
+  const bool has_logprob = has_next_logprob_[index];
+  has_next_logprob_[index] = false;
+  if (ended_[index] || texts_[index].stopped()) return true;
   CompletionText::Delta delta = texts_[index].Add(token);
   ChoiceEvent e;
   e.prompt = prompt_;
   e.choice = index;
   e.text = std::move(delta.text);
   e.new_tokens = 1;
+  if (has_logprob) e.logprobs.push_back(std::move(next_logprob_[index]));
   sink_(std::move(e));
   return delta.stop;
+}
+
+void ChoiceEventObserver::OnLogprobs(int index, const TokenLogprob& logprob) {
+  if (index < 0 || index >= static_cast<int>(texts_.size())) return;
+  next_logprob_[index] = logprob;
+  has_next_logprob_[index] = true;
+}
+
+void ChoiceEventObserver::OnPromptLogprobs(const std::vector<TokenLogprob>& entries) {
+  ChoiceEvent e;
+  e.prompt = prompt_;
+  e.prompt_logprobs = entries;
+  sink_(std::move(e));
+}
+
+void ChoiceEventObserver::OnCachedTokens(int cached_tokens) {
+  ChoiceEvent e;
+  e.prompt = prompt_;
+  e.cached_tokens = cached_tokens;
+  sink_(std::move(e));
 }
 
 void ChoiceEventObserver::OnChoiceEnd(int index, FinishReason reason) {
@@ -255,15 +283,107 @@ void ChoiceEventObserver::OnDone(const absl::Status& status) {
 // --- OpenAiCallState ---
 
 OpenAiCallState::OpenAiCallState(const OpenAiCall& call)
-    : call_(call), choices_(call.prompts.size() * call.n) {
+    : call_(call), choices_(call.prompts.size() * call.n), prompt_logprobs_(call.prompts.size()) {
   for (size_t p = 0; p < call.prompts.size(); ++p) {
     if (!call.prompts[p].echo) continue;
     for (int i = 0; i < call.n; ++i) choices_[p * call.n + i].text = call.prompts[p].prompt_text;
   }
 }
 
-std::string OpenAiCallState::Chunk(int index, const std::string& text,
-                                   std::optional<FinishReason> end) const {
+// --- logprobs ---
+
+namespace {
+
+// OpenAI's JSON has no -inf: vLLM sends -9999.0 instead.
+json LogprobValue(float logprob) { return std::max(logprob, -9999.0f); }
+
+int CodePoints(const std::string& s) {
+  int count = 0;
+  for (unsigned char c : s) count += (c & 0xC0) != 0x80;
+  return count;
+}
+
+}  // namespace
+
+// How a logprob's token is spelled: the tokenizer's decode of the id alone, special tokens kept (vLLM's
+// spelling; a byte-level piece that is not whole UTF-8 on its own decodes to U+FFFD), and its raw bytes.
+static std::string TokenText(const Tokenizer* tokenizer, int32_t id) {
+  if (tokenizer == nullptr) return Cat("token_id:", id);
+  absl::StatusOr<std::string> text = tokenizer->Decode({id}, /*skip_special_tokens=*/false);
+  return text.ok() ? *std::move(text) : Cat("token_id:", id);
+}
+
+static json TokenBytes(const Tokenizer* tokenizer, int32_t id) {
+  json bytes = json::array();
+  std::string raw;
+  if (tokenizer != nullptr) {
+    absl::StatusOr<std::string_view> piece = tokenizer->DecodedBytes(id, /*skip_special_tokens=*/false);
+    if (piece.ok()) raw = std::string(*piece);
+  }
+  if (raw.empty()) raw = TokenText(tokenizer, id);
+  for (unsigned char c : raw) bytes.push_back(static_cast<int>(c));
+  return bytes;
+}
+
+json OpenAiCallState::LogprobsJson(int index, const std::vector<TokenLogprob>* prompt_logprobs,
+                                   const std::vector<TokenLogprob>& logprobs, size_t begin, size_t end,
+                                   int& text_offset) const {
+  const PreparedCompletion& prepared = call_.prompts[index / call_.n];
+  if (!prepared.request.sampling.logprobs) return nullptr;
+  const Tokenizer* tokenizer = call_.tokenizer.get();
+  if (call_.kind == ApiKind::kChat) {
+    // {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}
+    json content = json::array();
+    for (size_t k = begin; k < end; ++k) {
+      const TokenLogprob& lp = logprobs[k];
+      json top = json::array();
+      for (const auto& [id, logprob] : lp.top) {
+        top.push_back({{"token", TokenText(tokenizer, id)},
+                       {"logprob", LogprobValue(logprob)},
+                       {"bytes", TokenBytes(tokenizer, id)}});
+      }
+      content.push_back({{"token", TokenText(tokenizer, lp.token)},
+                         {"logprob", LogprobValue(lp.logprob)},
+                         {"bytes", TokenBytes(tokenizer, lp.token)},
+                         {"top_logprobs", std::move(top)}});
+    }
+    return {{"content", std::move(content)}};
+  }
+  // {tokens, token_logprobs, top_logprobs, text_offset}; top_logprobs[i] maps the most likely tokens and the
+  // sampled one (OpenAI's "up to logprobs + 1") to their logprobs.
+  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(),
+       offsets = json::array();
+  auto add = [&](int32_t id, json logprob, json top) {
+    std::string text = TokenText(tokenizer, id);
+    offsets.push_back(text_offset);
+    text_offset += CodePoints(text);
+    tokens.push_back(std::move(text));
+    token_logprobs.push_back(std::move(logprob));
+    top_logprobs.push_back(std::move(top));
+  };
+  auto add_entry = [&](const TokenLogprob& lp) {
+    json top = json::object();
+    for (const auto& [id, logprob] : lp.top) {
+      std::string text = TokenText(tokenizer, id);
+      if (!top.contains(text)) top[text] = LogprobValue(logprob);  // two ids may spell the same
+    }
+    std::string sampled = TokenText(tokenizer, lp.token);
+    if (!top.contains(sampled)) top[sampled] = LogprobValue(lp.logprob);
+    add(lp.token, LogprobValue(lp.logprob), std::move(top));
+  };
+  if (prompt_logprobs != nullptr && !prepared.request.prompt.empty()) {
+    add(prepared.request.prompt[0], nullptr, nullptr);  // the first prompt token has no logprob
+    for (const TokenLogprob& lp : *prompt_logprobs) add_entry(lp);
+  }
+  for (size_t k = begin; k < end; ++k) add_entry(logprobs[k]);
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(token_logprobs)},
+          {"top_logprobs", std::move(top_logprobs)},
+          {"text_offset", std::move(offsets)}};
+}
+
+std::string OpenAiCallState::Chunk(int index, const std::string& text, std::optional<FinishReason> end,
+                                   json logprobs) const {
   json choice = {{"index", index}};
   if (call_.kind == ApiKind::kChat) {
     json delta = json::object();
@@ -272,7 +392,7 @@ std::string OpenAiCallState::Chunk(int index, const std::string& text,
   } else {
     choice["text"] = text;
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = std::move(logprobs);
   choice["finish_reason"] = end ? json(FinishName(*end)) : json(nullptr);
   json chunk = {{"id", call_.id},
                 {"object", call_.kind == ApiKind::kChat ? "chat.completion.chunk" : "text_completion"},
@@ -289,13 +409,14 @@ std::string OpenAiCallState::StreamStart() const {
     for (int i = 0; i < call_.n; ++i) {
       const int index = static_cast<int>(p) * call_.n + i;
       if (call_.kind == ApiKind::kChat) {
-        std::string chunk = Chunk(index, "", std::nullopt);
+        std::string chunk = Chunk(index, "", std::nullopt, nullptr);
         // The first delta carries the role: {"content": ""} -> {"role": "assistant", "content": ""}.
         const std::string plain = R"("delta":{"content":""})";
         chunk.replace(chunk.find(plain), plain.size(), R"("delta":{"role":"assistant","content":""})");
         out += chunk;
-      } else if (call_.prompts[p].echo && !call_.prompts[p].prompt_text.empty()) {
-        out += Chunk(index, call_.prompts[p].prompt_text, std::nullopt);
+      } else if (call_.prompts[p].echo && !call_.prompts[p].prompt_text.empty() &&
+                 !call_.prompts[p].request.sampling.prompt_logprobs) {
+        out += Chunk(index, call_.prompts[p].prompt_text, std::nullopt, nullptr);
       }
     }
   }
@@ -308,14 +429,35 @@ std::string OpenAiCallState::Apply(const ChoiceEvent& event) {
     if (!event.done->ok() && status_.ok()) status_ = *event.done;
     return "";
   }
+  if (event.cached_tokens) {
+    cached_tokens_ += *event.cached_tokens;
+    return "";
+  }
+  if (event.prompt_logprobs) {
+    if (event.prompt < 0 || event.prompt >= static_cast<int>(call_.prompts.size())) return "";
+    prompt_logprobs_[event.prompt] = *event.prompt_logprobs;
+    const PreparedCompletion& prepared = call_.prompts[event.prompt];
+    if (!call_.stream || !prepared.echo || call_.kind != ApiKind::kCompletion) return "";
+    std::string out;  // the echo chunks StreamStart held back
+    for (int i = 0; i < call_.n; ++i) {
+      const int index = event.prompt * call_.n + i;
+      json logprobs =
+          LogprobsJson(index, &prompt_logprobs_[event.prompt], {}, 0, 0, choices_[index].text_offset);
+      out += Chunk(index, prepared.prompt_text, std::nullopt, std::move(logprobs));
+    }
+    return out;
+  }
   const int index = event.prompt * call_.n + event.choice;
   if (event.prompt < 0 || index < 0 || index >= static_cast<int>(choices_.size())) return "";
   Choice& c = choices_[index];
   c.text += event.text;
   c.tokens += event.new_tokens;
+  c.logprobs.insert(c.logprobs.end(), event.logprobs.begin(), event.logprobs.end());
   if (event.end) c.end = event.end;
   if (!call_.stream || (event.text.empty() && !event.end)) return "";
-  return Chunk(index, event.text, event.end);
+  json logprobs = LogprobsJson(index, nullptr, c.logprobs, c.logprobs_sent, c.logprobs.size(), c.text_offset);
+  c.logprobs_sent = c.logprobs.size();
+  return Chunk(index, event.text, event.end, std::move(logprobs));
 }
 
 int OpenAiCallState::PromptTokens() const {
@@ -330,10 +472,11 @@ int OpenAiCallState::CompletionTokens() const {
   return tokens;
 }
 
-static json UsageJson(int prompt_tokens, int completion_tokens) {
+static json UsageJson(int prompt_tokens, int completion_tokens, int cached_tokens) {
   return {{"prompt_tokens", prompt_tokens},
           {"completion_tokens", completion_tokens},
-          {"total_tokens", prompt_tokens + completion_tokens}};
+          {"total_tokens", prompt_tokens + completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}}};
 }
 
 std::string OpenAiCallState::StreamEnd() const {
@@ -344,7 +487,7 @@ std::string OpenAiCallState::StreamEnd() const {
                   {"created", call_.created},
                   {"model", call_.model},
                   {"choices", json::array()},
-                  {"usage", UsageJson(PromptTokens(), CompletionTokens())}};
+                  {"usage", UsageJson(PromptTokens(), CompletionTokens(), cached_tokens_)}};
     out = Cat("data: ", chunk.dump(), "\n\n");
   }
   return out + "data: [DONE]\n\n";
@@ -364,7 +507,13 @@ HttpReply OpenAiCallState::UnaryReply() const {
     } else {
       choice["text"] = c.text;
     }
-    choice["logprobs"] = nullptr;
+    const int p = static_cast<int>(i) / call_.n;
+    const PreparedCompletion& prepared = call_.prompts[p];
+    const bool with_prompt =
+        call_.kind == ApiKind::kCompletion && prepared.echo && prepared.request.sampling.prompt_logprobs;
+    int text_offset = 0;
+    choice["logprobs"] = LogprobsJson(static_cast<int>(i), with_prompt ? &prompt_logprobs_[p] : nullptr,
+                                      c.logprobs, 0, c.logprobs.size(), text_offset);
     choice["finish_reason"] = FinishName(c.end.value_or(FinishReason::kLength));
     choices.push_back(std::move(choice));
   }
@@ -373,7 +522,7 @@ HttpReply OpenAiCallState::UnaryReply() const {
                {"created", call_.created},
                {"model", call_.model},
                {"choices", std::move(choices)},
-               {"usage", UsageJson(PromptTokens(), CompletionTokens())}};
+               {"usage", UsageJson(PromptTokens(), CompletionTokens(), cached_tokens_)}};
   return HttpReply{200, "application/json", body.dump(-1, ' ', false, json::error_handler_t::replace)};
 }
 
@@ -473,14 +622,60 @@ std::optional<ApiError> OpenAiApi::Prepare(ApiKind kind, std::string_view body_t
     if (!call.stream)
       return BadRequest("'stream_options' is only allowed with 'stream': true", "stream_options");
   }
-  // Log probabilities: the engine returns none, so asking for them is refused rather than ignored.
-  if (const json* lp = Field(body, "logprobs")) {
-    if (!(lp->is_boolean() && !lp->get<bool>())) {
-      return BadRequest("'logprobs' is not supported by this server", "logprobs");
+  // Log probabilities. Completions: `logprobs` is the number of alternatives (0..20); chat: `logprobs` is a
+  // boolean and `top_logprobs` the number.
+  if (kind == ApiKind::kCompletion) {
+    if (const json* lp = Field(body, "logprobs"); lp != nullptr && !(lp->is_boolean() && !lp->get<bool>())) {
+      if (!lp->is_number_integer() || lp->get<int64_t>() < 0 || lp->get<int64_t>() > kMaxTopLogprobs) {
+        return BadRequest(Cat("'logprobs' must be an integer in [0, ", kMaxTopLogprobs,
+                              "] (the number of alternatives per token), got ", lp->dump()),
+                          "logprobs");
+      }
+      shared.set_logprobs(true);
+      shared.set_top_logprobs(lp->get<int32_t>());
     }
+  } else {
+    bool logprobs = false;
+    if (auto e = ReadBool(body, "logprobs", logprobs)) return e;
+    shared.set_logprobs(logprobs);
+    std::optional<int32_t> top_logprobs;
+    if (auto e = ReadInt32(body, "top_logprobs", top_logprobs)) return e;
+    if (top_logprobs) shared.set_top_logprobs(*top_logprobs);
   }
-  if (Field(body, "top_logprobs") != nullptr) {
-    return BadRequest("'top_logprobs' is not supported by this server", "top_logprobs");
+  // OpenAI's penalties and logit_bias, vLLM's min_p, repetition_penalty, min_tokens and priority.
+  for (const auto& [name, setter] :
+       std::initializer_list<std::pair<const char*, void (v1::CompleteRequest::*)(float)>>{
+           {"presence_penalty", &v1::CompleteRequest::set_presence_penalty},
+           {"frequency_penalty", &v1::CompleteRequest::set_frequency_penalty},
+           {"repetition_penalty", &v1::CompleteRequest::set_repetition_penalty},
+           {"min_p", &v1::CompleteRequest::set_min_p}}) {
+    std::optional<double> value;
+    if (auto e = ReadNumber(body, name, value)) return e;
+    if (value) (shared.*setter)(static_cast<float>(*value));
+  }
+  std::optional<int32_t> min_tokens, priority;
+  if (auto e = ReadInt32(body, "min_tokens", min_tokens)) return e;
+  if (min_tokens) shared.set_min_tokens(*min_tokens);
+  if (auto e = ReadInt32(body, "priority", priority)) return e;
+  if (priority) shared.set_priority(*priority);
+  if (const json* bias = Field(body, "logit_bias")) {
+    const char* kShape = "'logit_bias' must be an object mapping token ids (as strings) to numbers";
+    if (!bias->is_object()) return BadRequest(kShape, "logit_bias");
+    for (const auto& [key, value] : bias->items()) {
+      int64_t id = 0;
+      const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+      if (ec != std::errc() || end != key.data() + key.size() || key.empty()) {
+        return BadRequest(Cat(kShape, "; \"", key, "\" is not a token id"), "logit_bias");
+      }
+      if (!value.is_number())
+        return BadRequest(Cat(kShape, "; \"", key, "\" maps to ", value.dump()), "logit_bias");
+      if (id < INT32_MIN || id > INT32_MAX) {
+        return BadRequest(
+            Cat("logit_bias token id ", key, " is outside the vocabulary [0, ", model_.vocab_size, ")"),
+            "logit_bias");
+      }
+      (*shared.mutable_logit_bias())[static_cast<int32_t>(id)] = static_cast<float>(value.get<double>());
+    }
   }
   if (const json* user = Field(body, "user"); user != nullptr && !user->is_string()) {
     return BadRequest("'user' must be a string", "user");
@@ -513,6 +708,7 @@ std::optional<ApiError> OpenAiApi::Prepare(ApiKind kind, std::string_view body_t
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
           .count();
   call.n = n.value_or(1);
+  call.tokenizer = tokenizer_;
   call.prompts.clear();
   for (size_t p = 0; p < prompts.size(); ++p) {
     v1::CompleteRequest request = shared;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -60,34 +61,48 @@ struct OpenAiCall {
   bool include_usage = false;  // stream_options.include_usage
   int n = 1;
   std::vector<PreparedCompletion> prompts;
+  // Spells logprobs' tokens (null: "token_id:N", vLLM's return_tokens_as_token_ids spelling).
+  std::shared_ptr<const Tokenizer> tokenizer;
 };
 
 // One engine event of one choice, as ChoiceEventObserver hands it on.
 struct ChoiceEvent {
   int prompt = 0;
-  int choice = 0;                    // within its prompt
-  std::string text;                  // text that became final
-  int new_tokens = 0;                // tokens this event adds to the choice
-  std::optional<FinishReason> end;   // the choice ended
-  std::optional<absl::Status> done;  // the prompt's request is over (no choice fields then)
+  int choice = 0;                      // within its prompt
+  std::string text;                    // text that became final
+  int new_tokens = 0;                  // tokens this event adds to the choice
+  std::optional<FinishReason> end;     // the choice ended
+  std::optional<absl::Status> done;    // the prompt's request is over (no choice fields then)
+  std::vector<TokenLogprob> logprobs;  // with logprobs: one per new token
+  // Other events of the prompt's request, with no choice fields: the prompt's logprobs (tokens 1..L-1, with
+  // echo and logprobs) and the prompt tokens found in the prefix cache.
+  std::optional<std::vector<TokenLogprob>> prompt_logprobs;
+  std::optional<int> cached_tokens;
 };
 
 // The GenerationObserver of one prompt's engine request: on the engine thread it turns tokens into text
 // (CompletionText: stop strings, held-back UTF-8) and hands each event to `sink`, which must return quickly
 // (the HTTP server posts it to the connection's strand). Events of one request reach `sink` in order.
+// A token's logprob reaches `sink` with its token (a token after a stop, and its logprob, are dropped).
 class ChoiceEventObserver final : public GenerationObserver {
  public:
   ChoiceEventObserver(std::shared_ptr<const Tokenizer> tokenizer, int prompt,
                       const PreparedCompletion& prepared, std::function<void(ChoiceEvent)> sink);
   bool OnToken(int index, int32_t token) override;
+  void OnLogprobs(int index, const TokenLogprob& logprob) override;
+  void OnPromptLogprobs(const std::vector<TokenLogprob>& entries) override;
+  void OnCachedTokens(int cached_tokens) override;
   void OnChoiceEnd(int index, FinishReason reason) override;
   void OnDone(const absl::Status& status) override;
 
  private:
   const std::shared_ptr<const Tokenizer> tokenizer_;  // kept alive for texts_
   const int prompt_;
-  std::vector<CompletionText> texts_;  // by choice; engine thread only
+  // By choice; engine thread only.
+  std::vector<CompletionText> texts_;
   std::vector<bool> ended_;
+  std::vector<TokenLogprob> next_logprob_;  // OnLogprobs' entry for the choice's next OnToken
+  std::vector<bool> has_next_logprob_;
   const std::function<void(ChoiceEvent)> sink_;
 };
 
@@ -97,9 +112,12 @@ class OpenAiCallState {
  public:
   explicit OpenAiCallState(const OpenAiCall& call);
   // The SSE text to send once the requests are queued: chat sends each choice's role delta; a completion with
-  // echo sends each choice's prompt text. May be empty.
+  // echo sends each choice's prompt text (with logprobs too, that waits for the prompt's logprobs, which
+  // Apply sends with it). May be empty.
   std::string StreamStart() const;
-  // Applies `event`; returns the SSE text it makes (empty when unary or nothing to say).
+  // Applies `event`; returns the SSE text it makes (empty when unary or nothing to say). A chunk carries the
+  // logprobs of every token since the previous chunk of its choice (a token whose text is held back sends
+  // nothing; its logprob goes with the next chunk).
   std::string Apply(const ChoiceEvent& event);
   // Every prompt's request is over.
   bool done() const { return prompts_done_ == static_cast<int>(call_.prompts.size()); }
@@ -117,13 +135,26 @@ class OpenAiCallState {
     std::string text;
     int tokens = 0;
     std::optional<FinishReason> end;
+    std::vector<TokenLogprob> logprobs;  // with logprobs: one per token
+    size_t logprobs_sent = 0;            // streaming: how many went out in chunks
+    int text_offset = 0;                 // streaming completions: text_offset of the next token
   };
-  std::string Chunk(int index, const std::string& text, std::optional<FinishReason> end) const;
+  // `logprobs`: the chunk's choice's "logprobs" value (null when none).
+  std::string Chunk(int index, const std::string& text, std::optional<FinishReason> end,
+                    nlohmann::ordered_json logprobs) const;
+  // The "logprobs" value of choice `index` for its logprobs [begin, end) (and the prompt's first, when
+  // `prompt_logprobs` is not null: the prompt's tokens 1..L-1); null when the request did not ask for them.
+  // Completions' text_offset counts on from `text_offset`, which is advanced.
+  nlohmann::ordered_json LogprobsJson(int index, const std::vector<TokenLogprob>* prompt_logprobs,
+                                      const std::vector<TokenLogprob>& logprobs, size_t begin, size_t end,
+                                      int& text_offset) const;
   int PromptTokens() const;
   int CompletionTokens() const;
 
   const OpenAiCall& call_;
-  std::vector<Choice> choices_;  // by response index
+  std::vector<Choice> choices_;                             // by response index
+  std::vector<std::vector<TokenLogprob>> prompt_logprobs_;  // by prompt (with echo and logprobs)
+  int cached_tokens_ = 0;                                   // over every prompt
   int prompts_done_ = 0;
   absl::Status status_;
 };

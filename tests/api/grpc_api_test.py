@@ -1,6 +1,7 @@
 """The public gRPC API of `tessera serve`, end to end through grpcio: Complete and CompleteStream, Chat and
-ChatStream (rendered with a template that prints tools, checked against jinja2), Cancel, deadlines, bad arguments, health, reflection, Tokenize / Detokenize against Hugging Face `tokenizers`, and the
-model list. It starts a real server on a tiny random-weight model (tp=1, pp=1) on a port the OS picks.
+ChatStream (rendered with a template that prints tools, checked against jinja2), Cancel, deadlines, bad arguments, health, reflection, Tokenize / Detokenize against Hugging Face `tokenizers`, the
+model list, logprobs (with and without echo), logit_bias, min_tokens, penalties and cached prompt tokens (with and
+without prefix caching). It starts a real server on a tiny random-weight model (tp=1, pp=1) on a port the OS picks.
 
 Python stubs are generated from proto/ with grpc_tools.protoc into a temporary directory.
 
@@ -226,6 +227,16 @@ class GrpcApiTest(unittest.TestCase):
             (dict(top_k=-1), ["top_k"]),
             (dict(n=17), ["n must be in [1, 16]"]),
             (dict(max_tokens=200000), ["max_tokens (200000)", "131072"]),
+            (dict(min_p=1.5), ["min_p must be in [0, 1]", "1.5"]),
+            (dict(repetition_penalty=0.0), ["repetition_penalty must be > 0"]),
+            (dict(presence_penalty=2.5), ["presence_penalty must be in [-2, 2]", "2.5"]),
+            (dict(frequency_penalty=-3.0), ["frequency_penalty must be in [-2, 2]", "-3"]),
+            (dict(logit_bias={128256: 1.0}), ["logit_bias token id 128256 is outside the vocabulary [0, 128256)"]),
+            (dict(logit_bias={5: 101.0}), ["logit_bias[5] = 101 is outside [-100, 100]"]),
+            (dict(min_tokens=-1), ["min_tokens must be >= 0"]),
+            (dict(min_tokens=9), ["min_tokens must be in [0, max_tokens = 8], got 9"]),
+            (dict(logprobs=True, top_logprobs=21), ["top_logprobs must be in [0, 20], got 21"]),
+            (dict(top_logprobs=3), ["top_logprobs needs logprobs"]),
         ]
         for fields, parts in cases:
             with self.subTest(fields=fields):
@@ -330,11 +341,91 @@ class GrpcApiTest(unittest.TestCase):
             (self.ChatRequest(user, tools="{}"), grpc.StatusCode.INVALID_ARGUMENT, ["tools must be a JSON array"]),
             (self.ChatRequest(user, temperature=-1.0), grpc.StatusCode.INVALID_ARGUMENT, ["temperature"]),
             (self.ChatRequest(user, n=17), grpc.StatusCode.INVALID_ARGUMENT, ["n must be in [1, 16]"]),
+            (self.ChatRequest(user, presence_penalty=3.0), grpc.StatusCode.INVALID_ARGUMENT, ["presence_penalty"]),
+            (self.ChatRequest(user, logprobs=True, top_logprobs=30), grpc.StatusCode.INVALID_ARGUMENT,
+             ["top_logprobs must be in [0, 20]"]),
         ]
         for request, code, parts in cases:
             with self.subTest(request=str(request)[:80]):
                 self.assertRpcError(lambda: self.inference.Chat(request, timeout=30), code, *parts)
                 self.assertRpcError(lambda: list(self.inference.ChatStream(request, timeout=30)), code, *parts)
+
+    # --- logprobs, sampling parameters, cached tokens ---
+
+    def assertGreedyLogprobs(self, token_ids, logprobs, top):
+        """One logprob per token id, rank 1 with the top-1 entry's logprob (greedy), `top` alternatives sorted."""
+        self.assertEqual(len(logprobs), len(token_ids))
+        for token, lp in zip(token_ids, logprobs):
+            self.assertEqual(lp.token_id, token)
+            self.assertTrue(lp.HasField("logprob"))
+            self.assertLessEqual(lp.logprob, 0.0)
+            self.assertEqual(lp.rank, 1)
+            self.assertEqual(len(lp.top_logprobs), top)
+            values = [t.logprob for t in lp.top_logprobs]
+            self.assertEqual(values, sorted(values, reverse=True))
+            self.assertEqual(lp.top_logprobs[0].token_id, token)
+            self.assertEqual(lp.top_logprobs[0].logprob, lp.logprob)
+
+    def test_logprobs_are_returned_unary_and_streamed_alike(self):
+        request = self.Request(max_tokens=10, ignore_eos=True, logprobs=True, top_logprobs=4)
+        unary = self.inference.Complete(request, timeout=60).choices[0]
+        self.assertGreedyLogprobs(unary.token_ids, unary.logprobs, 4)
+        self.assertEqual(len(unary.prompt_logprobs), 0)  # no echo
+        deltas = [e.delta for e in self.Stream(request) if e.HasField("delta")]
+        for d in deltas:
+            self.assertEqual(len(d.logprobs), len(d.token_ids))
+        self.assertEqual([lp.SerializeToString() for d in deltas for lp in d.logprobs],
+                         [lp.SerializeToString() for lp in unary.logprobs])
+        plain = self.inference.Complete(self.Request(max_tokens=4), timeout=60).choices[0]
+        self.assertEqual(len(plain.logprobs), 0)
+
+    def test_chat_logprobs_are_returned_unary_and_streamed_alike(self):
+        request = self.ChatRequest([{"role": "user", "content": "Hi"}], max_tokens=8, ignore_eos=True, logprobs=True,
+                                   top_logprobs=2)
+        unary = self.inference.Chat(request, timeout=60).choices[0]
+        self.assertGreedyLogprobs(unary.token_ids, unary.logprobs, 2)
+        deltas = [e.delta for e in self.inference.ChatStream(request, timeout=60) if e.HasField("delta")]
+        self.assertEqual([lp.SerializeToString() for d in deltas for lp in d.logprobs],
+                         [lp.SerializeToString() for lp in unary.logprobs])
+
+    def test_logit_bias_of_100_makes_greedy_output_that_token(self):
+        response = self.inference.Complete(self.Request(max_tokens=3, ignore_eos=True, logit_bias={1234: 100.0}),
+                                           timeout=60)
+        self.assertEqual(list(response.choices[0].token_ids), [1234, 1234, 1234])
+
+    def test_min_tokens_holds_back_eos(self):
+        eos = {128009: 100.0}  # <|eot_id|>, an eos id of the model, made the greedy choice
+        plain = self.inference.Complete(self.Request(max_tokens=12, logit_bias=eos), timeout=60).choices[0]
+        self.assertEqual(list(plain.token_ids), [128009])
+        held = self.inference.Complete(self.Request(max_tokens=12, logit_bias=eos, min_tokens=5), timeout=60).choices[0]
+        self.assertGreaterEqual(len(held.token_ids), 5)
+        self.assertEqual(len(held.token_ids), 6)  # banned for 5 tokens, then sampled as the 6th
+        self.assertEqual(held.token_ids[-1], 128009)
+        self.assertNotIn(128009, held.token_ids[:-1])
+        self.assertEqual(held.finish_reason, pb.inference.FINISH_REASON_STOP)
+
+    def test_penalties_change_greedy_output(self):
+        base = list(self.inference.Complete(self.Request(max_tokens=16, ignore_eos=True), timeout=60).choices[0].token_ids)
+        for penalty in (dict(presence_penalty=2.0), dict(frequency_penalty=2.0), dict(repetition_penalty=2.0)):
+            with self.subTest(**penalty):
+                ids = self.inference.Complete(self.Request(max_tokens=16, ignore_eos=True, **penalty),
+                                              timeout=60).choices[0].token_ids
+                self.assertNotEqual(list(ids), base)
+        same = self.inference.Complete(self.Request(max_tokens=16, ignore_eos=True, min_p=0.5, priority=3),
+                                       timeout=60).choices[0].token_ids
+        self.assertEqual(list(same), base)
+
+    def test_cached_tokens_report_the_prefix_cache_hits(self):
+        prompt = list(range(3000, 3100))  # 100 tokens no other test sends
+        first = self.inference.Complete(self.Request(token_ids=prompt, max_tokens=6), timeout=60)
+        self.assertEqual(first.usage.cached_tokens, 0)
+        second = self.inference.Complete(self.Request(token_ids=prompt, max_tokens=6), timeout=60)
+        # Six full blocks of 16 come from the cache; the last token is always computed.
+        self.assertEqual(second.usage.cached_tokens, 96)
+        self.assertEqual(list(second.choices[0].token_ids), list(first.choices[0].token_ids))
+        self.assertEqual(second.choices[0].text, first.choices[0].text)
+        events = self.Stream(self.Request(token_ids=prompt, max_tokens=6))
+        self.assertEqual(events[-1].trailer.usage.cached_tokens, 96)
 
     def test_health_reports_serving(self):
         health = health_pb2_grpc.HealthStub(self.channel)
@@ -379,6 +470,68 @@ class GrpcApiTest(unittest.TestCase):
         self.assertEqual(self.models.GetModel(pb.model.GetModelRequest(id=model.id), timeout=10).id, model.id)
         self.assertRpcError(lambda: self.models.GetModel(pb.model.GetModelRequest(id="no-such-model"), timeout=10),
                             grpc.StatusCode.NOT_FOUND, "no-such-model")
+
+
+class SecondServerTest(unittest.TestCase):
+    """Servers of their own: one without prefix caching, and echo + logprobs (the prompt's logprobs, a separate
+    path through the workers)."""
+
+    @classmethod
+    def setUpClass(cls):
+        global pb
+        cls.stubs_dir = tempfile.mkdtemp(prefix="tessera-stubs-")
+        if pb is None:
+            pb = GenerateStubs(cls.stubs_dir)
+        cls.model_dir = os.path.join(ARGS.workdir, "tiny")
+        if not os.path.exists(cls.model_dir):
+            os.makedirs(ARGS.workdir, exist_ok=True)
+            RunTessera("make-model", "--preset", "tiny", "--tokenizer", TOKENIZER_DIR, "--out", cls.model_dir,
+                       "--seed", "3")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.stubs_dir, ignore_errors=True)
+
+    def Serve(self, extra):
+        server = harness.Server(ARGS.tessera, self.model_dir, extra=extra).start()
+        channel = grpc.insecure_channel(server.address)
+        grpc.channel_ready_future(channel).result(timeout=30)
+        return server, channel, pb.inference_grpc.InferenceServiceStub(channel)
+
+    def test_cached_tokens_are_zero_without_prefix_caching(self):
+        server, channel, inference = self.Serve(["--no-enable-prefix-caching"])
+        try:
+            request = pb.inference.CompleteRequest(token_ids=pb.inference.TokenIds(ids=list(range(3000, 3100))),
+                                                   max_tokens=4, temperature=0.0)
+            for _ in range(2):
+                self.assertEqual(inference.Complete(request, timeout=60).usage.cached_tokens, 0)
+        finally:
+            channel.close()
+            self.assertEqual(server.stop(), 0, "".join(server.stderr))
+
+    def test_echo_with_logprobs_returns_the_prompts_logprobs_first_unset(self):
+        server, channel, inference = self.Serve([])
+        try:
+            request = pb.inference.CompleteRequest(text="The capital of France is", max_tokens=5, temperature=0.0,
+                                                   ignore_eos=True, echo=True, logprobs=True, top_logprobs=2)
+            choice = inference.Complete(request, timeout=60).choices[0]
+            self.assertEqual(len(choice.prompt_logprobs), len(choice.prompt_token_ids))
+            self.assertEqual([lp.token_id for lp in choice.prompt_logprobs], list(choice.prompt_token_ids))
+            self.assertFalse(choice.prompt_logprobs[0].HasField("logprob"))
+            self.assertEqual(choice.prompt_logprobs[0].rank, 0)
+            for lp in choice.prompt_logprobs[1:]:
+                self.assertTrue(lp.HasField("logprob"))
+                self.assertGreaterEqual(lp.rank, 1)
+                self.assertEqual(len(lp.top_logprobs), 2)
+            self.assertEqual(len(choice.logprobs), len(choice.token_ids))
+            events = list(inference.CompleteStream(request, timeout=60))
+            echo = events[1].delta
+            self.assertEqual(echo.text, "The capital of France is")
+            self.assertEqual([lp.SerializeToString() for lp in echo.prompt_logprobs],
+                             [lp.SerializeToString() for lp in choice.prompt_logprobs])
+        finally:
+            channel.close()
+            self.assertEqual(server.stop(), 0, "".join(server.stderr))
 
 
 if __name__ == "__main__":

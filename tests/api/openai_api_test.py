@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP API of `tessera serve --http-port 0`, end to end through the official `openai`
-client: completions and chat (unary and streamed, n > 1, prompt lists, stop strings, usage), errors and their
+client: completions and chat (unary and streamed, n > 1, prompt lists, stop strings, usage, logprobs with and
+without echo, logit_bias, min_tokens, penalties, cached prompt tokens with and without prefix caching), errors and their
 status codes, /health, /v1/models, /metrics, /tokenize and /detokenize, a client that disconnects mid-stream
 (its KV blocks come back), a full queue (429) and a killed worker (503), and 1,000 streaming connections held open at once (raw asyncio sockets).
 
@@ -292,8 +293,20 @@ class OpenAiApiTest(unittest.TestCase):
         self.assertBadRequest("prompt", self.Complete, prompt="")
         self.assertBadRequest("prompt", self.Complete, prompt=[1, 10**7])
         self.assertBadRequest("temperature", self.Complete, extra_body={"temperature": "hot"})
-        self.assertBadRequest("logprobs", self.Complete, logprobs=2)
-        self.assertBadRequest("logprobs", self.Chat, logprobs=True)
+        self.assertBadRequest("logprobs", self.Complete, logprobs=21)
+        self.assertBadRequest("logprobs", self.Complete, logprobs=-1)
+        self.assertBadRequest("top_logprobs", self.Chat, logprobs=True, top_logprobs=21)
+        self.assertBadRequest("top_logprobs", self.Chat, top_logprobs=2)  # without logprobs
+        self.assertBadRequest("presence_penalty", self.Complete, presence_penalty=2.5)
+        self.assertBadRequest("frequency_penalty", self.Chat, frequency_penalty=-3)
+        self.assertBadRequest("repetition_penalty", self.Complete, extra_body={"repetition_penalty": 0})
+        self.assertBadRequest("min_p", self.Complete, extra_body={"min_p": 1.5})
+        self.assertBadRequest("logit_bias", self.Complete, logit_bias={"128256": 1})
+        self.assertBadRequest("logit_bias", self.Chat, logit_bias={"5": 101})
+        self.assertBadRequest("logit_bias", self.Complete, logit_bias={"five": 1})
+        self.assertBadRequest("min_tokens", self.Complete, extra_body={"min_tokens": -1})
+        self.assertBadRequest("min_tokens", self.Complete, max_tokens=4, extra_body={"min_tokens": 5})
+        self.assertBadRequest("priority", self.Complete, extra_body={"priority": "high"})
         self.assertBadRequest("messages", self.Chat, messages=[])
         self.assertBadRequest("max_completion_tokens", self.Chat, max_completion_tokens=0)
         self.assertBadRequest("stream_options", self.Complete, stream_options={"include_usage": True})
@@ -307,6 +320,97 @@ class OpenAiApiTest(unittest.TestCase):
     def test_unknown_fields_are_ignored(self):
         result = self.Complete(user="someone", extra_body={"some_future_field": {"a": 1}})
         self.assertEqual(len(result.choices), 1)
+
+    # --- logprobs, sampling parameters, cached tokens ---
+
+    def test_completion_logprobs_stream_equals_unary_and_greedy_tokens_are_the_top_one(self):
+        fields = dict(max_tokens=10, logprobs=3, extra_body={"ignore_eos": True})
+        unary = self.Complete(**fields)
+        lp = unary.choices[0].logprobs
+        self.assertEqual(len(lp.tokens), unary.usage.completion_tokens)
+        self.assertEqual(len(lp.token_logprobs), len(lp.tokens))
+        self.assertEqual("".join(lp.tokens), unary.choices[0].text)  # plain tokens, no stop: the text
+        offset = 0
+        for token, logprob, top, text_offset in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, lp.text_offset):
+            self.assertEqual(text_offset, offset)
+            offset += len(token)
+            self.assertLessEqual(logprob, 0.0)
+            # Greedy: the sampled token is the most likely one, so it is among the 3 and has the top logprob.
+            self.assertLessEqual(len(top), 3)
+            self.assertEqual(top[token], logprob)
+            self.assertEqual(max(top.values()), logprob)
+        chunks = list(self.Complete(stream=True, **fields))
+        streamed = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for chunk in chunks:
+            for name in streamed:
+                streamed[name] += getattr(chunk.choices[0].logprobs, name) if chunk.choices[0].logprobs else []
+        self.assertEqual(streamed, {name: getattr(lp, name) for name in streamed})
+        self.assertIsNone(self.Complete().choices[0].logprobs)  # not asked: null
+
+    def test_chat_logprobs_stream_equals_unary_with_sorted_top_logprobs(self):
+        fields = dict(max_tokens=10, logprobs=True, top_logprobs=5, extra_body={"ignore_eos": True})
+        unary = self.Chat(**fields)
+        content = unary.choices[0].logprobs.content
+        self.assertEqual(len(content), unary.usage.completion_tokens)
+        self.assertEqual(b"".join(bytes(c.bytes) for c in content).decode("utf-8", errors="replace"),
+                         unary.choices[0].message.content)
+        for entry in content:
+            self.assertEqual(len(entry.top_logprobs), 5)
+            values = [t.logprob for t in entry.top_logprobs]
+            self.assertEqual(values, sorted(values, reverse=True))
+            self.assertEqual(entry.top_logprobs[0].token, entry.token)  # greedy: rank 1
+            self.assertEqual(entry.top_logprobs[0].logprob, entry.logprob)
+        streamed = [c for chunk in self.Chat(stream=True, **fields)
+                    if chunk.choices and chunk.choices[0].logprobs
+                    for c in chunk.choices[0].logprobs.content]
+        self.assertEqual([c.model_dump() for c in streamed], [c.model_dump() for c in content])
+        self.assertIsNone(self.Chat(logprobs=False).choices[0].logprobs)
+
+    def test_logit_bias_of_100_makes_greedy_output_that_token(self):
+        status, _, text = Http(self.server.base, "/detokenize", {"tokens": [1234, 1234, 1234]})
+        self.assertEqual(status, 200, text)
+        result = self.Complete(max_tokens=3, logit_bias={"1234": 100}, extra_body={"ignore_eos": True})
+        self.assertEqual(result.choices[0].text, json.loads(text)["prompt"])
+        chat = self.Chat(max_tokens=3, logit_bias={"1234": 100}, extra_body={"ignore_eos": True})
+        self.assertEqual(chat.choices[0].message.content, json.loads(text)["prompt"])
+
+    def test_min_tokens_holds_back_eos(self):
+        eos = {"128009": 100}  # <|eot_id|>, an eos id of the model, made the greedy choice
+        plain = self.Complete(max_tokens=12, logit_bias=eos)
+        self.assertEqual((plain.usage.completion_tokens, plain.choices[0].finish_reason), (1, "stop"))
+        held = self.Complete(max_tokens=12, logit_bias=eos, extra_body={"min_tokens": 5})
+        self.assertGreaterEqual(held.usage.completion_tokens, 5)
+        # eos is banned for 5 tokens, then sampled (and counted) as the 6th.
+        self.assertEqual((held.usage.completion_tokens, held.choices[0].finish_reason), (6, "stop"))
+        chat = self.Chat(max_tokens=12, logit_bias=eos, extra_body={"min_tokens": 3})
+        self.assertEqual(chat.usage.completion_tokens, 4)
+
+    def test_penalties_change_greedy_output_and_min_p_priority_are_accepted(self):
+        fields = dict(max_tokens=16, extra_body={"ignore_eos": True})
+        base = self.Complete(**fields).choices[0].text
+        for name, extra in (("presence_penalty", {"presence_penalty": 2.0}),
+                            ("frequency_penalty", {"frequency_penalty": 2.0}),
+                            ("repetition_penalty", {"extra_body": {"ignore_eos": True, "repetition_penalty": 2.0}})):
+            with self.subTest(name):
+                merged = dict(fields, **extra)
+                self.assertNotEqual(self.Complete(**merged).choices[0].text, base)
+        # min_p keeps the most likely token, so greedy output stays; priority only orders the queue.
+        same = self.Complete(max_tokens=16, extra_body={"ignore_eos": True, "min_p": 0.5, "priority": -1})
+        self.assertEqual(same.choices[0].text, base)
+        chat = self.Chat(presence_penalty=1.0, frequency_penalty=1.0, extra_body={"repetition_penalty": 1.3})
+        self.assertEqual(len(chat.choices), 1)
+
+    def test_cached_tokens_report_the_prefix_cache_hits(self):
+        prompt = list(range(2000, 2100))  # 100 tokens no other test sends
+        first = self.Complete(prompt=prompt, max_tokens=6)
+        self.assertEqual(first.usage.prompt_tokens_details.cached_tokens, 0)
+        second = self.Complete(prompt=prompt, max_tokens=6)
+        # Six full blocks of 16 come from the cache; the last token is always computed.
+        self.assertEqual(second.usage.prompt_tokens_details.cached_tokens, 96)
+        self.assertEqual(second.choices[0].text, first.choices[0].text)
+        chunks = list(self.Complete(prompt=prompt, max_tokens=6, stream=True, stream_options={"include_usage": True}))
+        self.assertEqual(chunks[-1].usage.prompt_tokens_details.cached_tokens, 96)
+        self.assertEqual("".join(c.choices[0].text for c in chunks if c.choices), first.choices[0].text)
 
     # --- connections ---
 
@@ -344,6 +448,60 @@ class OpenAiApiTest(unittest.TestCase):
         asyncio.run(main())
         # The abandoned requests were cancelled: a new one is answered.
         self.assertEqual(len(self.Complete(max_tokens=2).choices), 1)
+
+
+class PromptLogprobsTest(unittest.TestCase):
+    """echo + logprobs on /v1/completions: the prompt's logprobs come first, the first one null. Its own server:
+    prompt logprobs are a separate path through the workers."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server(MODEL_DIR)
+        cls.client = cls.server.client()
+        cls.model = cls.server.ready["model"]
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.server.stop()
+        if code != 0:
+            raise AssertionError("tessera serve exited %d:\n%s" % (code, "".join(cls.server.stderr)))
+
+    def test_echo_with_logprobs_returns_the_prompts_logprobs_first_null(self):
+        fields = dict(model=self.model, prompt="The capital of France is", max_tokens=5, temperature=0.0,
+                      logprobs=2, echo=True, extra_body={"ignore_eos": True})
+        unary = self.client.completions.create(**fields)
+        lp = unary.choices[0].logprobs
+        prompt_tokens = unary.usage.prompt_tokens
+        self.assertEqual(len(lp.tokens), prompt_tokens + 5)
+        self.assertEqual(lp.tokens[0], "<|begin_of_text|>")
+        self.assertIsNone(lp.token_logprobs[0])
+        self.assertIsNone(lp.top_logprobs[0])
+        for logprob, top in zip(lp.token_logprobs[1:], lp.top_logprobs[1:]):
+            self.assertLessEqual(logprob, 0.0)
+            self.assertIn(logprob, top.values())  # the prompt token's own logprob is in its dict
+            self.assertLessEqual(len(top), 3)
+        self.assertTrue(unary.choices[0].text.startswith("The capital of France is"))
+        chunks = list(self.client.completions.create(stream=True, **fields))
+        self.assertEqual(chunks[0].choices[0].text, "The capital of France is")
+        self.assertEqual(len(chunks[0].choices[0].logprobs.tokens), prompt_tokens)
+        tokens = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+        logprobs = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.token_logprobs]
+        self.assertEqual(tokens, lp.tokens)
+        self.assertEqual(logprobs, lp.token_logprobs)
+
+
+class NoPrefixCachingTest(unittest.TestCase):
+    def test_cached_tokens_are_zero_without_prefix_caching(self):
+        server = Server(MODEL_DIR, ["--no-enable-prefix-caching"])
+        try:
+            client = server.client()
+            prompt = list(range(2000, 2100))
+            for _ in range(2):
+                result = client.completions.create(model=server.ready["model"], prompt=prompt, max_tokens=4,
+                                                   temperature=0.0)
+                self.assertEqual(result.usage.prompt_tokens_details.cached_tokens, 0)
+        finally:
+            self.assertEqual(server.stop(), 0, "".join(server.stderr))
 
 
 class NotReadyTest(unittest.TestCase):

@@ -1,6 +1,8 @@
 // FakeEngine: a scripted Engine for the API layer's tests. Each submitted request plays its script on its own
-// thread, calling the observer as the real engine does (tokens step by step over every choice, a choice ends
-// at a stop id, a "stop now" answer, max_tokens or the end of its script, then OnDone), and honours Cancel.
+// thread, calling the observer as the real engine does (OnCachedTokens, OnPromptLogprobs when asked, then
+// tokens step by step over every choice, each after its OnLogprobs when asked; a choice ends at a stop id, a
+// "stop now" answer, max_tokens or the end of its script, then OnDone), and honours Cancel. Its logprobs are
+// FakeLogprob's.
 #pragma once
 
 #include <algorithm>
@@ -30,7 +32,20 @@ struct EngineScript {
   absl::Status fail_status = absl::UnavailableError("worker 1 failed");
   bool hang = false;  // after the scripted tokens, wait for Cancel instead of ending the choices
   std::chrono::milliseconds step_delay{1};
+  int cached_tokens = 0;  // OnCachedTokens' count
 };
+
+// The logprob FakeEngine reports for `token` at position `position` (of the prompt, or of a choice's output):
+// logprob -(position + 1) / 8, rank 1, and `top` alternatives: the token itself, then token + 1, + 2, ...
+// each an eighth less likely.
+inline TokenLogprob FakeLogprob(int32_t token, int position, int top) {
+  TokenLogprob lp;
+  lp.token = token;
+  lp.logprob = -static_cast<float>(position + 1) / 8;
+  lp.rank = 1;
+  for (int k = 0; k < top; ++k) lp.top.emplace_back(token + k, lp.logprob - static_cast<float>(k) / 8);
+  return lp;
+}
 
 // A script that plays `choices` to the end.
 inline EngineScript ScriptOf(std::vector<ScriptedChoice> choices) {
@@ -125,6 +140,14 @@ class FakeEngine final : public Engine {
   void Play(const GenerationRequest& request, GenerationObserver& observer, const EngineScript& script)
       ABSL_LOCKS_EXCLUDED(mu_) {
     std::vector<bool> ended(request.n, false);
+    observer.OnCachedTokens(script.cached_tokens);
+    if (request.sampling.prompt_logprobs) {
+      std::vector<TokenLogprob> entries;
+      for (size_t k = 1; k < request.prompt.size(); ++k) {
+        entries.push_back(FakeLogprob(request.prompt[k], static_cast<int>(k), request.sampling.top_logprobs));
+      }
+      observer.OnPromptLogprobs(entries);
+    }
     for (int step = 0;; ++step) {
       if (Cancelled(request.id)) return Finish(request.id, observer, absl::CancelledError("cancelled"));
       if (step == script.fail_after_steps) return Finish(request.id, observer, script.fail_status);
@@ -142,6 +165,9 @@ class FakeEngine final : public Engine {
         const int32_t token = choice.tokens[step];
         const bool stop_id = std::find(request.stop_token_ids.begin(), request.stop_token_ids.end(), token) !=
                              request.stop_token_ids.end();
+        if (request.sampling.logprobs) {
+          observer.OnLogprobs(i, FakeLogprob(token, step, request.sampling.top_logprobs));
+        }
         const bool stop_now = observer.OnToken(i, token);
         if (stop_id || stop_now || step + 1 == request.max_tokens) {
           observer.OnChoiceEnd(i, stop_id || stop_now ? FinishReason::kStop : FinishReason::kLength);

@@ -215,6 +215,157 @@ TEST_F(InferenceServiceTest, RequestFieldsOverrideTheDefaults) {
   EXPECT_EQ(r.sampling.top_k, 7);
   EXPECT_EQ(r.sampling.seed, 1234u);
   EXPECT_THAT(r.stop_token_ids, ElementsAre(13));  // ignore_eos: no eos ids
+  // The sampling fields added later keep their defaults when unset.
+  EXPECT_EQ(r.sampling.min_p, 0.0f);
+  EXPECT_EQ(r.sampling.repetition_penalty, 1.0f);
+  EXPECT_EQ(r.sampling.presence_penalty, 0.0f);
+  EXPECT_EQ(r.sampling.frequency_penalty, 0.0f);
+  EXPECT_THAT(r.sampling.logit_bias, IsEmpty());
+  EXPECT_EQ(r.sampling.min_tokens, 0);
+  EXPECT_FALSE(r.sampling.logprobs);
+  EXPECT_EQ(r.sampling.top_logprobs, 0);
+  EXPECT_FALSE(r.sampling.prompt_logprobs);
+  EXPECT_EQ(r.priority, 0);
+}
+
+TEST_F(InferenceServiceTest, NewSamplingFieldsReachTheEngineRequest) {
+  Script({{Encode(" ok")}});
+  v1::CompleteRequest request = TextRequest("Hi");
+  request.set_min_p(0.25f);
+  request.set_repetition_penalty(1.5f);
+  request.set_presence_penalty(-0.5f);
+  request.set_frequency_penalty(2.0f);
+  (*request.mutable_logit_bias())[300] = -100.0f;
+  (*request.mutable_logit_bias())[7] = 4.5f;
+  request.set_min_tokens(3);
+  request.set_logprobs(true);
+  request.set_top_logprobs(5);
+  request.set_priority(-2);
+  v1::CompleteResponse response;
+  ASSERT_TRUE(Complete(*stub_, request, response).ok());
+  const GenerationRequest r = server_.engine().requests().at(0);
+  EXPECT_EQ(r.sampling.min_p, 0.25f);
+  EXPECT_EQ(r.sampling.repetition_penalty, 1.5f);
+  EXPECT_EQ(r.sampling.presence_penalty, -0.5f);
+  EXPECT_EQ(r.sampling.frequency_penalty, 2.0f);
+  EXPECT_THAT(r.sampling.logit_bias, ElementsAre(std::make_pair(7, 4.5f), std::make_pair(300, -100.0f)));
+  EXPECT_EQ(r.sampling.min_tokens, 3);
+  EXPECT_TRUE(r.sampling.logprobs);
+  EXPECT_EQ(r.sampling.top_logprobs, 5);
+  EXPECT_FALSE(r.sampling.prompt_logprobs);  // no echo
+  EXPECT_EQ(r.priority, -2);
+}
+
+// Checks that `logprobs` are FakeEngine's for `tokens` (positions from 0) with `top` alternatives each.
+void ExpectFakeLogprobs(const google::protobuf::RepeatedPtrField<v1::TokenLogprob>& logprobs,
+                        const std::vector<int32_t>& tokens, int top, int first_position = 0) {
+  ASSERT_EQ(logprobs.size(), static_cast<int>(tokens.size()));
+  for (int k = 0; k < logprobs.size(); ++k) {
+    SCOPED_TRACE(k);
+    const TokenLogprob want = FakeLogprob(tokens[k], first_position + k, top);
+    const v1::TokenLogprob& got = logprobs[k];
+    EXPECT_EQ(got.token_id(), tokens[k]);
+    EXPECT_TRUE(got.has_logprob());
+    EXPECT_FLOAT_EQ(got.logprob(), want.logprob);
+    EXPECT_EQ(got.rank(), 1);
+    ASSERT_EQ(got.top_logprobs_size(), top);
+    for (int t = 0; t < top; ++t) {
+      EXPECT_EQ(got.top_logprobs(t).token_id(), want.top[t].first);
+      EXPECT_FLOAT_EQ(got.top_logprobs(t).logprob(), want.top[t].second);
+    }
+  }
+}
+
+TEST_F(InferenceServiceTest, LogprobsAndCachedTokensAreAnsweredUnaryAndStreamed) {
+  const std::vector<int32_t> tokens = Encode(" Paris is nice 😀 indeed.");
+  EngineScript script = ScriptOf({{tokens}});
+  script.cached_tokens = 3;
+  server_.engine().SetScript(script);
+  v1::CompleteRequest request = TextRequest("The capital of France is");
+  request.set_logprobs(true);
+  request.set_top_logprobs(2);
+  v1::CompleteResponse response;
+  ASSERT_TRUE(Complete(*stub_, request, response).ok());
+  ExpectFakeLogprobs(response.choices(0).logprobs(), tokens, 2);
+  EXPECT_EQ(response.choices(0).prompt_logprobs_size(), 0);
+  EXPECT_EQ(response.usage().cached_tokens(), 3);
+
+  const Streamed streamed = Stream(*stub_, request);
+  ASSERT_TRUE(streamed.status.ok()) << streamed.status.error_message();
+  google::protobuf::RepeatedPtrField<v1::TokenLogprob> logprobs;
+  for (const auto& e : streamed.events) {
+    if (!e.has_delta()) continue;
+    EXPECT_EQ(e.delta().logprobs_size(), e.delta().token_ids_size());  // each delta carries its tokens'
+    logprobs.MergeFrom(e.delta().logprobs());
+  }
+  ExpectFakeLogprobs(logprobs, tokens, 2);
+  EXPECT_EQ(streamed.events.back().trailer().usage().cached_tokens(), 3);
+
+  // Without logprobs there are none.
+  request.set_logprobs(false);
+  request.clear_top_logprobs();
+  ASSERT_TRUE(Complete(*stub_, request, response).ok());
+  EXPECT_EQ(response.choices(0).logprobs_size(), 0);
+}
+
+TEST_F(InferenceServiceTest, LogprobsStayAlignedWithTheTokenIdsWhenAStopStringCuts) {
+  const std::vector<int32_t> tokens = Encode(" The answer is 42. END of story");
+  Script({{tokens}});
+  v1::CompleteRequest request = TextRequest("Q:");
+  request.add_stop("42. EN");
+  request.set_logprobs(true);
+  v1::CompleteResponse response;
+  ASSERT_TRUE(Complete(*stub_, request, response).ok());
+  EXPECT_EQ(response.choices(0).text(), " The answer is ");
+  const std::vector<int32_t> kept(tokens.begin(), tokens.begin() + 7);
+  EXPECT_EQ(Ids(response.choices(0).token_ids()), kept);
+  ExpectFakeLogprobs(response.choices(0).logprobs(), kept, 0);
+
+  const Streamed streamed = Stream(*stub_, request);
+  ASSERT_TRUE(streamed.status.ok());
+  google::protobuf::RepeatedPtrField<v1::TokenLogprob> logprobs;
+  for (const auto& e : streamed.events) {
+    if (e.has_delta()) logprobs.MergeFrom(e.delta().logprobs());
+  }
+  EXPECT_EQ(streamed.Tokens(0), kept);
+  ExpectFakeLogprobs(logprobs, kept, 0);
+}
+
+TEST_F(InferenceServiceTest, EchoWithLogprobsReturnsThePromptsLogprobsFirstOneUnset) {
+  const std::vector<int32_t> tokens = Encode(" world");
+  Script({{tokens}});
+  v1::CompleteRequest request = TextRequest("Hello there");
+  request.set_echo(true);
+  request.set_logprobs(true);
+  request.set_top_logprobs(1);
+  const std::vector<int32_t> prompt = Encode("Hello there", true);
+  v1::CompleteResponse response;
+  ASSERT_TRUE(Complete(*stub_, request, response).ok());
+  EXPECT_TRUE(server_.engine().requests().at(0).sampling.prompt_logprobs);
+  const v1::Choice& choice = response.choices(0);
+  ExpectFakeLogprobs(choice.logprobs(), tokens, 1);
+  ASSERT_EQ(choice.prompt_logprobs_size(), static_cast<int>(prompt.size()));
+  EXPECT_EQ(choice.prompt_logprobs(0).token_id(), prompt[0]);
+  EXPECT_FALSE(choice.prompt_logprobs(0).has_logprob());
+  EXPECT_EQ(choice.prompt_logprobs(0).rank(), 0);
+  google::protobuf::RepeatedPtrField<v1::TokenLogprob> rest(choice.prompt_logprobs().begin() + 1,
+                                                            choice.prompt_logprobs().end());
+  ExpectFakeLogprobs(rest, std::vector<int32_t>(prompt.begin() + 1, prompt.end()), 1, 1);
+
+  // Streamed: the echo delta waits for the prompt's logprobs and carries them, before any token.
+  const Streamed streamed = Stream(*stub_, request);
+  ASSERT_TRUE(streamed.status.ok());
+  ASSERT_TRUE(streamed.events.at(1).has_delta());
+  const v1::TokenDelta& echo = streamed.events[1].delta();
+  EXPECT_EQ(echo.text(), "Hello there");
+  EXPECT_THAT(echo.token_ids(), IsEmpty());
+  ASSERT_EQ(echo.prompt_logprobs_size(), static_cast<int>(prompt.size()));
+  EXPECT_FALSE(echo.prompt_logprobs(0).has_logprob());
+  for (int k = 0; k < echo.prompt_logprobs_size(); ++k) {
+    EXPECT_EQ(echo.prompt_logprobs(k).SerializeAsString(), choice.prompt_logprobs(k).SerializeAsString())
+        << k;
+  }
+  EXPECT_EQ(streamed.Text(0), "Hello there world");
 }
 
 TEST_F(InferenceServiceTest, GeneratedRequestIdsDiffer) {
@@ -362,7 +513,7 @@ TEST_F(InferenceServiceTest, SubmitErrorsPassThrough) {
   EXPECT_THAT(status.error_message(), HasSubstr("queue is full"));
   const Streamed streamed = Stream(*stub_, TextRequest("Hi"));
   EXPECT_EQ(streamed.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_THAT(streamed.events, IsEmpty());
+  EXPECT_TRUE(streamed.events.empty()) << streamed.events.size();
 }
 
 TEST_F(InferenceServiceTest, AWorkerFailureMidStreamEndsTheCallUnavailable) {
@@ -515,6 +666,15 @@ TEST_F(InferenceServiceTest, ChatPassesTheSamplingFieldsAndStopStrings) {
   request.add_stop("42. EN");
   request.set_ignore_eos(true);
   request.set_request_id("chat-mine");
+  request.set_min_p(0.1f);
+  request.set_repetition_penalty(1.25f);
+  request.set_presence_penalty(0.5f);
+  request.set_frequency_penalty(-1.0f);
+  (*request.mutable_logit_bias())[42] = 10.0f;
+  request.set_min_tokens(2);
+  request.set_logprobs(true);
+  request.set_top_logprobs(3);
+  request.set_priority(5);
   v1::ChatResponse response;
   ASSERT_TRUE(Chat(*stub_, request, response).ok());
   EXPECT_EQ(response.request_id(), "chat-mine");
@@ -528,6 +688,27 @@ TEST_F(InferenceServiceTest, ChatPassesTheSamplingFieldsAndStopStrings) {
   EXPECT_EQ(r.sampling.top_k, 7);
   EXPECT_EQ(r.sampling.seed, 1234u);
   EXPECT_THAT(r.stop_token_ids, ElementsAre(0));  // ignore_eos: no eos ids
+  EXPECT_EQ(r.sampling.min_p, 0.1f);
+  EXPECT_EQ(r.sampling.repetition_penalty, 1.25f);
+  EXPECT_EQ(r.sampling.presence_penalty, 0.5f);
+  EXPECT_EQ(r.sampling.frequency_penalty, -1.0f);
+  EXPECT_THAT(r.sampling.logit_bias, ElementsAre(std::make_pair(42, 10.0f)));
+  EXPECT_EQ(r.sampling.min_tokens, 2);
+  EXPECT_TRUE(r.sampling.logprobs);
+  EXPECT_EQ(r.sampling.top_logprobs, 3);
+  EXPECT_FALSE(r.sampling.prompt_logprobs);
+  EXPECT_EQ(r.priority, 5);
+  // The logprobs of the kept tokens (the stop string's last token included), as Complete's.
+  const std::vector<int32_t> kept = Ids(response.choices(0).token_ids());
+  ExpectFakeLogprobs(response.choices(0).logprobs(), kept, 3);
+
+  const ChatStreamed streamed = StreamChat(*stub_, request);
+  ASSERT_TRUE(streamed.status.ok());
+  google::protobuf::RepeatedPtrField<v1::TokenLogprob> logprobs;
+  for (const auto& e : streamed.events) {
+    if (e.has_delta()) logprobs.MergeFrom(e.delta().logprobs());
+  }
+  ExpectFakeLogprobs(logprobs, kept, 3);
 }
 
 TEST_F(InferenceServiceTest, ChatStreamSendsHeaderContentDeltasEndsAndTrailerAndMatchesChat) {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <nlohmann/json.hpp>
 
@@ -60,6 +61,48 @@ std::vector<BadRequest> BadRequests() {
       {"stop id past the vocabulary",
        [](auto& r) { r.add_stop_token_ids(200000); },
        {"stop_token_ids[0] = 200000"}},
+      {"min_p over one", [](auto& r) { r.set_min_p(1.5f); }, {"min_p must be in [0, 1]", "1.5"}},
+      {"negative min_p", [](auto& r) { r.set_min_p(-0.1f); }, {"min_p must be in [0, 1]", "-0.1"}},
+      {"zero repetition_penalty",
+       [](auto& r) { r.set_repetition_penalty(0); },
+       {"repetition_penalty must be > 0"}},
+      {"NaN repetition_penalty",
+       [](auto& r) { r.set_repetition_penalty(std::nanf("")); },
+       {"repetition_penalty must be > 0"}},
+      {"presence_penalty over two",
+       [](auto& r) { r.set_presence_penalty(2.5f); },
+       {"presence_penalty must be in [-2, 2]", "2.5"}},
+      {"frequency_penalty under minus two",
+       [](auto& r) { r.set_frequency_penalty(-3); },
+       {"frequency_penalty must be in [-2, 2]", "-3"}},
+      {"logit_bias id past the vocabulary",
+       [](auto& r) { (*r.mutable_logit_bias())[128256] = 1; },
+       {"logit_bias token id 128256 is outside the vocabulary [0, 128256)"}},
+      {"logit_bias negative id",
+       [](auto& r) { (*r.mutable_logit_bias())[-1] = 1; },
+       {"logit_bias token id -1"}},
+      {"logit_bias over 100",
+       [](auto& r) { (*r.mutable_logit_bias())[5] = 100.5f; },
+       {"logit_bias[5] = 100.5 is outside [-100, 100]"}},
+      {"negative min_tokens", [](auto& r) { r.set_min_tokens(-1); }, {"min_tokens must be >= 0", "-1"}},
+      {"min_tokens over max_tokens",
+       [](auto& r) { r.set_min_tokens(5); },
+       {"min_tokens must be in [0, max_tokens = 4], got 5"}},
+      {"top_logprobs over 20",
+       [](auto& r) {
+         r.set_logprobs(true);
+         r.set_top_logprobs(21);
+       },
+       {"top_logprobs must be in [0, 20], got 21"}},
+      {"negative top_logprobs",
+       [](auto& r) {
+         r.set_logprobs(true);
+         r.set_top_logprobs(-1);
+       },
+       {"top_logprobs must be in [0, 20], got -1"}},
+      {"top_logprobs without logprobs",
+       [](auto& r) { r.set_top_logprobs(3); },
+       {"top_logprobs needs logprobs"}},
       {"prompt as long as the context",
        then(ids(std::vector<int32_t>(kTestContext, 9906)), [](auto& r) { r.clear_max_tokens(); }),
        {"prompt", "64 tokens", "context", "64"}},
@@ -130,6 +173,31 @@ std::vector<BadChat> BadChats() {
       {"negative temperature", [](auto& r) { r.set_temperature(-0.5f); }, kInvalid, {"temperature", "-0.5"}},
       {"zero max_tokens", [](auto& r) { r.set_max_tokens(0); }, kInvalid, {"max_tokens", "0"}},
       {"n over the limit", [](auto& r) { r.set_n(17); }, kInvalid, {"n must be in [1, 16]", "17"}},
+      {"min_p over one", [](auto& r) { r.set_min_p(2); }, kInvalid, {"min_p must be in [0, 1]"}},
+      {"negative repetition_penalty",
+       [](auto& r) { r.set_repetition_penalty(-1); },
+       kInvalid,
+       {"repetition_penalty must be > 0"}},
+      {"presence_penalty out of range",
+       [](auto& r) { r.set_presence_penalty(-2.5f); },
+       kInvalid,
+       {"presence_penalty must be in [-2, 2]"}},
+      {"frequency_penalty out of range",
+       [](auto& r) { r.set_frequency_penalty(3); },
+       kInvalid,
+       {"frequency_penalty must be in [-2, 2]"}},
+      {"logit_bias out of range",
+       [](auto& r) { (*r.mutable_logit_bias())[1] = -101; },
+       kInvalid,
+       {"logit_bias[1] = -101 is outside [-100, 100]"}},
+      {"negative min_tokens", [](auto& r) { r.set_min_tokens(-2); }, kInvalid, {"min_tokens must be >= 0"}},
+      {"top_logprobs over 20",
+       [](auto& r) {
+         r.set_logprobs(true);
+         r.set_top_logprobs(25);
+       },
+       kInvalid,
+       {"top_logprobs must be in [0, 20], got 25"}},
       {"stop id past the vocabulary",
        [](auto& r) { r.add_stop_token_ids(200000); },
        kInvalid,
@@ -137,7 +205,7 @@ std::vector<BadChat> BadChats() {
       {"prompt + max_tokens over the context",
        [](auto& r) { r.set_max_tokens(kTestContext); },
        kInvalid,
-       {"max_tokens (64)", "exceeds the model's context length of 64"}},
+       {"max_tokens (64)", "exceeds max_model_len (the served context length) of 64"}},
   };
 }
 

@@ -229,8 +229,10 @@ TEST(SchedulerMetricsTest, CountsNChoicesAsRequestsAndALengthEndTurnedStopByASto
   ASSERT_OK(scheduler.Submit(MakeRequest("a", 3, 1, /*n=*/2), std::make_shared<Observer>(/*stop_on=*/41)));
   EXPECT_EQ(metrics.num_requests_running.value(), 2);
   EXPECT_EQ(metrics.prompt_tokens_total.value(), 0);  // counted when the step's result comes
-  scheduler.OnStepResult(Result(sink.last(), {41, 5}, 0));
-  EXPECT_EQ(metrics.prompt_tokens_total.value(), 6);  // each choice prefills its own copy
+  scheduler.OnStepResult(Result(sink.last(), {}, 0));  // the prompt but its last token, once
+  EXPECT_EQ(metrics.prompt_tokens_total.value(), 2);
+  scheduler.OnStepResult(Result(sink.last(), {41, 5}, 0));  // the fork: each choice computes the last token
+  EXPECT_EQ(metrics.prompt_tokens_total.value(), 4);
   EXPECT_EQ(metrics.request_success(FinishLabel::kStop).value(), 1);
   EXPECT_EQ(metrics.request_success(FinishLabel::kLength).value(), 1);
   EXPECT_EQ(Count(metrics.time_to_first_token_seconds), 2u);
@@ -252,8 +254,9 @@ TEST(SchedulerMetricsTest, CountsCancelledChoicesAsAbortAndAFailedGroupsAsError)
   EXPECT_EQ(metrics.num_requests_waiting.value(), 0);
   ASSERT_OK(scheduler.Cancel("running"));
   EXPECT_EQ(metrics.request_success(FinishLabel::kAbort).value(), 3);
-  EXPECT_EQ(metrics.num_requests_running.value(), 2);  // in flight until the step's result
-  scheduler.OnStepResult(Result(sink.last(), {7, 7}, 0));
+  // The prompt's prefill is in flight until its result; the second choice was never forked from it.
+  EXPECT_EQ(metrics.num_requests_running.value(), 1);
+  scheduler.OnStepResult(Result(sink.last(), {}, 0));
   EXPECT_EQ(metrics.num_requests_running.value(), 0);
   EXPECT_EQ(metrics.generation_tokens_total.value(), 0);  // tokens of ended choices are dropped
 

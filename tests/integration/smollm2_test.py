@@ -176,6 +176,38 @@ class ServeTest(unittest.TestCase):
         self.serve_and_compare(1, 3)
 
 
+class LogprobsTest(unittest.TestCase):
+    """Logprobs through `tessera serve` against transformers on the same (bf16-rounded) weights: at every greedy
+    step the reference's `margins` (top-1 minus top-2 logit) must equal the difference of the two most likely
+    logprobs (a logprob difference is a logit difference) within 1e-3, the sampled token must be the most likely
+    (rank 1) and carry the top-1 logprob."""
+
+    def test_every_steps_top2_logprob_gap_matches_the_reference_margins(self):
+        server = harness.Server(ARGS.tessera, MODEL, 1, 1).start(timeout=300)
+        try:
+            pb, pb_grpc, _, _ = harness.stubs()
+            stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(server.address))
+            compared = 0
+            for ref in REFS:
+                request = pb.CompleteRequest(token_ids=pb.TokenIds(ids=ref["prompt_ids"]),
+                                             max_tokens=len(ref["output_ids"]), temperature=0, logprobs=True,
+                                             top_logprobs=2)
+                choice = stub.Complete(request, timeout=300).choices[0]
+                for k, (token, entry) in enumerate(zip(choice.token_ids, choice.logprobs)):
+                    self.assertEqual(entry.token_id, token)
+                    self.assertEqual(entry.rank, 1)
+                    top = [t.logprob for t in entry.top_logprobs]
+                    self.assertAlmostEqual(entry.logprob, top[0], places=6)
+                    self.assertAlmostEqual(top[0] - top[1], ref["margins"][k], delta=1e-3,
+                                           msg="prompt %s step %d" % (ref["id"], k))
+                    compared += 1
+                    if token != ref["output_ids"][k]:
+                        break  # a near tie broken the other way (see compare); later steps differ
+            self.assertGreater(compared, 100)
+        finally:
+            self.assertEqual(server.stop(), 0, "".join(server.stderr))
+
+
 def main():
     global ARGS, MODEL, REFS
     parser = argparse.ArgumentParser()
