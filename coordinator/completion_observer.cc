@@ -43,8 +43,8 @@ void CompletionObserver::OnLogprobs(int index, const TokenLogprob& logprob) {
 
 void CompletionObserver::OnPromptLogprobs(const std::vector<TokenLogprob>& entries) {
   absl::MutexLock lock(&mu_);
-  if (prompt_logprobs_.has_value()) return;
-  prompt_logprobs_ = entries;
+  if (prompt_logprobs_ != nullptr) return;
+  prompt_logprobs_ = std::make_shared<const std::vector<TokenLogprob>>(entries);
   news_ = true;
 }
 
@@ -80,8 +80,8 @@ CompletionObserver::Events CompletionObserver::Take(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   mu_.AwaitWithTimeout(absl::Condition(&news_), timeout);
   news_ = false;
-  if (prompt_logprobs_.has_value() && !prompt_logprobs_taken_) {
-    events.prompt_logprobs = *prompt_logprobs_;
+  if (prompt_logprobs_ != nullptr && !prompt_logprobs_taken_) {
+    events.prompt_logprobs = prompt_logprobs_;
     prompt_logprobs_taken_ = true;
   }
   for (size_t i = 0; i < choices_.size(); ++i) {
@@ -135,7 +135,7 @@ int CompletionObserver::CompletionTokens() const {
 
 std::vector<TokenLogprob> CompletionObserver::PromptLogprobs() const {
   absl::MutexLock lock(&mu_);
-  return prompt_logprobs_.value_or(std::vector<TokenLogprob>());
+  return prompt_logprobs_ != nullptr ? *prompt_logprobs_ : std::vector<TokenLogprob>();
 }
 
 int CompletionObserver::CachedTokens() const {

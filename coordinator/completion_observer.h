@@ -47,7 +47,8 @@ class CompletionObserver final : public GenerationObserver {
   };
   struct Events {
     // OnPromptLogprobs' entries, in the first Take after they came (before any choice's first tokens).
-    std::optional<std::vector<TokenLogprob>> prompt_logprobs;
+    // (A shared pointer, not an optional vector: GCC 12 -O1 reports a false maybe-uninitialized on the latter.)
+    std::shared_ptr<const std::vector<TokenLogprob>> prompt_logprobs;
     std::vector<ChoiceEvents> choices;  // choices with news, by index
     std::optional<absl::Status> done;   // OnDone's status, once it came (and in every later Take)
   };
@@ -97,7 +98,7 @@ class CompletionObserver final : public GenerationObserver {
   std::vector<Choice> choices_;             // fixed size
   bool news_ ABSL_GUARDED_BY(mu_) = false;  // something changed since the last Take
   std::optional<absl::Status> done_ ABSL_GUARDED_BY(mu_);
-  std::optional<std::vector<TokenLogprob>> prompt_logprobs_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const std::vector<TokenLogprob>> prompt_logprobs_ ABSL_GUARDED_BY(mu_);
   bool prompt_logprobs_taken_ ABSL_GUARDED_BY(mu_) = false;
   int cached_tokens_ ABSL_GUARDED_BY(mu_) = 0;
 };

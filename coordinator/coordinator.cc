@@ -33,7 +33,13 @@ Coordinator::Coordinator(const CoordinatorOptions& options, ParallelConfig paral
 
 Coordinator::~Coordinator() { Shutdown(std::chrono::milliseconds(2000)); }
 
-std::string Coordinator::MetricsText() const { return metrics_->Render(); }
+std::string Coordinator::MetricsText() const {
+  const std::vector<double> busy = workers_->busy_seconds();
+  for (size_t rank = 0; rank < busy.size() && rank < busy_gauges_.size(); ++rank) {
+    busy_gauges_[rank]->Set(busy[rank]);
+  }
+  return metrics_->Render();
+}
 
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
     const CoordinatorOptions& options, std::unique_ptr<Tokenizer> tokenizer,
@@ -55,6 +61,13 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
   scheduler.max_steps_in_flight = c->parallel_.pp_size() > 1 ? c->parallel_.pp_size() : 1;
   c->metrics_ = std::make_unique<MetricsRegistry>();
   c->engine_metrics_ = std::make_unique<EngineMetrics>(*c->metrics_, options.model.id);
+  MetricFamily& busy = c->metrics_->AddGauge(
+      "tessera:worker_busy_seconds",
+      "Seconds the rank has spent computing steps (from its heartbeats): its rate is the stage's utilisation.",
+      {"model_name", "rank"});
+  for (int rank = 0; rank < c->parallel_.world_size(); ++rank) {
+    c->busy_gauges_.push_back(&busy.gauge({options.model.id, std::to_string(rank)}));
+  }
   c->scheduler_ = std::make_unique<Scheduler>(scheduler, *c->workers_, c->engine_metrics_.get());
   c->rendezvous_ = std::make_unique<RendezvousService>();
   c->chat_ = std::make_shared<ChatRenderer>(std::move(chat_templates), options.model.dir);

@@ -32,6 +32,7 @@ class RendezvousService;
 class InferenceService;
 class ModelService;
 class HttpServer;
+class Gauge;
 class MetricsRegistry;
 struct EngineMetrics;
 
@@ -112,6 +113,7 @@ class Coordinator {
   std::shared_ptr<ChatRenderer> chat_;
   std::unique_ptr<MetricsRegistry> metrics_;       // outlives the scheduler, which records into it
   std::unique_ptr<EngineMetrics> engine_metrics_;  // in metrics_
+  std::vector<Gauge*> busy_gauges_;                 // in metrics_: tessera:worker_busy_seconds by rank
   std::unique_ptr<WorkerGroup> workers_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<RendezvousService> rendezvous_;

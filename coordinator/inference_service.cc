@@ -290,7 +290,7 @@ grpc::Status InferenceService::StreamEvents(grpc::ServerContext& context, const 
   while (true) {
     if (context.IsCancelled()) return Abandon(context, id);
     CompletionObserver::Events events = observer.Take(options_.cancel_poll_interval);
-    if (echo_waits && events.prompt_logprobs.has_value()) echo(&*events.prompt_logprobs);
+    if (echo_waits && events.prompt_logprobs != nullptr) echo(events.prompt_logprobs.get());
     for (CompletionObserver::ChoiceEvents& choice : events.choices) {
       if (!choice.token_ids.empty() || !choice.text.empty()) {
         auto* delta = batch.emplace_back().mutable_delta();

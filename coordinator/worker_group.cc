@@ -51,6 +51,14 @@ std::string WorkerGroup::Describe(int rank) const {
   return DescribeLocked(rank);
 }
 
+std::vector<double> WorkerGroup::busy_seconds() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<double> busy;
+  busy.reserve(workers_.size());
+  for (const Worker& w : workers_) busy.push_back(w.busy_seconds);
+  return busy;
+}
+
 WorkerGroup::Stats WorkerGroup::stats() const {
   absl::MutexLock lock(&mu_);
   return stats_;
@@ -169,6 +177,7 @@ grpc::Status WorkerGroup::Session(grpc::ServerContext*,
     {
       absl::MutexLock lock(&mu_);
       workers_[rank].last_seen = Clock::now();
+      if (message.has_heartbeat()) workers_[rank].busy_seconds = message.heartbeat().busy_seconds();
       if (message.has_ack()) {
         workers_[rank].acked = true;
         workers_[rank].ack = message.ack();

@@ -74,6 +74,8 @@ class WorkerGroup final : public control::v1::Control::Service, public StepSink 
     int senders_waiting = 0;
   };
   Stats stats() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Each rank's compute time so far, from its latest heartbeat (0 before the first), by rank.
+  std::vector<double> busy_seconds() const ABSL_LOCKS_EXCLUDED(mu_);
 
   grpc::Status Register(grpc::ServerContext* context, const control::v1::RegisterRequest* request,
                         control::v1::RegisterResponse* response) override ABSL_LOCKS_EXCLUDED(mu_);
@@ -98,6 +100,7 @@ class WorkerGroup final : public control::v1::Control::Service, public StepSink 
     std::chrono::steady_clock::time_point last_seen;
     bool acked = false;
     control::v1::Ack ack;
+    double busy_seconds = 0;  // from its heartbeats
   };
   // What to do with a message for a worker whose outbox is full.
   enum class WhenFull {

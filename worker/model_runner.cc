@@ -1,6 +1,7 @@
 #include "worker/model_runner.h"
 
 #include <algorithm>
+#include <chrono>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -320,6 +321,7 @@ absl::StatusOr<Tensor> ModelRunner::Forward(const std::vector<Sequence*>& seqs) 
     Tensor input = model_->StageInput(host_.num_tokens());
     RETURN_IF_ERROR(pp_group_->Recv(input, pp_rank - 1));
   }
+  const auto compute_start = std::chrono::steady_clock::now();
   Tensor out;
   if (graph != nullptr) {
     RETURN_IF_ERROR(graph->Replay(backend_));
@@ -330,8 +332,11 @@ absl::StatusOr<Tensor> ModelRunner::Forward(const std::vector<Sequence*>& seqs) 
   }
   if (!model_->is_last_stage()) {
     backend_.Synchronize();
+    compute_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count();
     RETURN_IF_ERROR(pp_group_->Send(out, pp_rank + 1));
     out = Tensor();
+  } else {
+    compute_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count();
   }
   for (Sequence* seq : seqs) seq->num_computed_tokens = static_cast<int>(seq->tokens.size());
   return out;

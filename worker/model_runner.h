@@ -80,6 +80,9 @@ class ModelRunner {
   int num_graphs() const { return static_cast<int>(graphs_.size()); }
   // Forward steps that replayed a graph so far.
   int64_t graph_steps() const { return graph_steps_; }
+  // Seconds spent computing steps so far: each Forward from its input (after the previous stage's hidden
+  // states arrived) until its output is ready (before it is sent on).
+  double compute_seconds() const { return compute_seconds_; }
 
   // One forward step: for each sequence, its tokens [num_computed_tokens, tokens.size()) are computed
   // (a prompt, part of one, or one decode token; prefill and decode mix freely) into the KV blocks of its
@@ -134,6 +137,7 @@ class ModelRunner {
   std::vector<int> graph_sizes_;      // ascending
   std::vector<CapturedStep> graphs_;  // graphs_[i] serves graph_sizes_[i] rows
   int64_t graph_steps_ = 0;
+  double compute_seconds_ = 0;
   // Per-step scratch, kept to reuse its capacity.
   std::vector<int32_t> staging_;  // host_ packed for one copy to device_meta_ (or the graph layout's head)
   std::vector<SamplingRow> sampling_rows_;

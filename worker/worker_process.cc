@@ -187,7 +187,7 @@ class Session {
   const milliseconds timeout_;
   const std::string prefix_;  // "worker rank R: "
   grpc::Channel& channel_;
-  WorkerShard& shard_;  // Run's thread only
+  WorkerShard& shard_;  // Run's thread only, but for busy_seconds() (the heartbeat thread)
   LogSink& log_;
   grpc::ClientContext context_;     // TryCancel is thread-safe
   std::unique_ptr<Stream> stream_;  // the reader thread reads it; writes go through writer_
@@ -247,6 +247,7 @@ void Session::HeartbeatLoop() {
     beat.mutable_heartbeat()->set_sent_unix_ms(
         std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
             .count());
+    beat.mutable_heartbeat()->set_busy_seconds(shard_.busy_seconds());
     if (!writer_.Write(beat)) {
       absl::MutexLock lock(&mu_);
       if (!stopping_ && !closing_) MarkLost("a heartbeat could not be written");

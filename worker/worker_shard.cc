@@ -489,6 +489,7 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
   if (batch_.empty()) return absl::OkStatus();
   const int64_t graph_steps = runner_->graph_steps();
   absl::StatusOr<Tensor> logits = runner_->Forward(batch_);
+  busy_seconds_.store(runner_->compute_seconds(), std::memory_order_relaxed);
   if (!logits.ok()) return fail(logits.status());
   result.set_graph(runner_->graph_steps() > graph_steps);
   if (output_rank) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -82,6 +83,9 @@ class WorkerShard {
 
   // True once a shutdown message was handled: the transport closes the session.
   bool done() const { return done_; }
+  // The runner's compute time so far (ModelRunner::compute_seconds), updated after each step; thread-safe (the
+  // heartbeat thread reads it).
+  double busy_seconds() const { return busy_seconds_.load(std::memory_order_relaxed); }
   int rank() const { return options_.rank; }
   uint64_t epoch() const { return options_.epoch; }
   // The sequences this worker keeps (for tests).
@@ -144,6 +148,7 @@ class WorkerShard {
   std::unique_ptr<Communicator> tp_group_;  // when tp > 1: this stage's TP ranks
   std::unique_ptr<Communicator> pp_group_;  // when pp > 1: this TP rank's pipeline
   std::unique_ptr<ModelRunner> runner_;
+  std::atomic<double> busy_seconds_{0};
   std::unordered_map<uint64_t, Entry> seqs_;  // the batch every rank keeps, by seq_id
   uint64_t step_counter_ = 0;
   // Per-step scratch, kept to reuse its capacity.

@@ -251,7 +251,7 @@ void ChoiceEventObserver::OnLogprobs(int index, const TokenLogprob& logprob) {
 void ChoiceEventObserver::OnPromptLogprobs(const std::vector<TokenLogprob>& entries) {
   ChoiceEvent e;
   e.prompt = prompt_;
-  e.prompt_logprobs = entries;
+  e.prompt_logprobs = std::make_shared<const std::vector<TokenLogprob>>(entries);
   sink_(std::move(e));
 }
 

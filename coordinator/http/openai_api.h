@@ -76,7 +76,8 @@ struct ChoiceEvent {
   std::vector<TokenLogprob> logprobs;  // with logprobs: one per new token
   // Other events of the prompt's request, with no choice fields: the prompt's logprobs (tokens 1..L-1, with
   // echo and logprobs) and the prompt tokens found in the prefix cache.
-  std::optional<std::vector<TokenLogprob>> prompt_logprobs;
+  // (A shared pointer, not an optional vector: GCC 12 -O1 reports a false maybe-uninitialized on the latter.)
+  std::shared_ptr<const std::vector<TokenLogprob>> prompt_logprobs;
   std::optional<int> cached_tokens;
 };
 

@@ -73,6 +73,7 @@ class PreemptionTest(unittest.TestCase):
             self.assertGreater(metric(server, "tessera:num_preemptions_total"), 0)
             self.assertEqual(metric(server, "tessera:kv_cache_usage_perc"), 0.0)  # no block leaked
             self.assertEqual(metric(server, "tessera:num_requests_running"), 0.0)
+            self.assertGreater(metric(server, "tessera:worker_busy_seconds"), 0.0)  # rank 0, from its heartbeats
         finally:
             self.assertEqual(server.stop(), 0, "".join(server.stderr))
 
