@@ -3,13 +3,13 @@
 
 namespace tessera {
 
-CompletionObserver::CompletionObserver(std::shared_ptr<const Tokenizer> tokenizer, int n,
+CompletionObserver::CompletionObserver(std::shared_ptr<const Tokenizer> tokenizer, int n, int min_tokens,
                                        const std::vector<std::string>& stop_strings,
                                        const std::vector<int32_t>& stop_token_ids)
     : tokenizer_(std::move(tokenizer)) {
   choices_.reserve(n);
   for (int i = 0; i < n; ++i) {
-    choices_.emplace_back(CompletionText(tokenizer_.get(), stop_strings, stop_token_ids));
+    choices_.emplace_back(CompletionText(tokenizer_.get(), stop_strings, stop_token_ids, min_tokens));
   }
 }
 

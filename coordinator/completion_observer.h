@@ -20,9 +20,10 @@ namespace tessera {
 
 class CompletionObserver final : public GenerationObserver {
  public:
-  // `n` choices, each with its own CompletionText over `tokenizer` (may be null: no text) and the stops. The
+  // `n` choices, each with its own CompletionText over `tokenizer` (may be null: no text) and the stops (stop
+  // strings count only after `min_tokens` tokens). The
   // observer keeps the tokenizer alive (the engine may hold it after the call is over).
-  CompletionObserver(std::shared_ptr<const Tokenizer> tokenizer, int n,
+  CompletionObserver(std::shared_ptr<const Tokenizer> tokenizer, int n, int min_tokens,
                      const std::vector<std::string>& stop_strings,
                      const std::vector<int32_t>& stop_token_ids);
 

@@ -4,11 +4,11 @@
 namespace tessera {
 
 CompletionText::CompletionText(const Tokenizer* tokenizer, std::vector<std::string> stop_strings,
-                               const std::vector<int32_t>& stop_token_ids)
+                               const std::vector<int32_t>& stop_token_ids, int min_tokens)
     : stop_token_ids_(stop_token_ids.begin(), stop_token_ids.end()) {
   if (tokenizer != nullptr) {
     detokenizer_.emplace(*tokenizer, /*skip_special_tokens=*/true);
-    detokenizer_->SetStopStrings(std::move(stop_strings));
+    detokenizer_->SetStopStrings(std::move(stop_strings), min_tokens);
   }
 }
 

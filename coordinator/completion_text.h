@@ -27,8 +27,10 @@ class CompletionText {
  public:
   // `tokenizer` may be null (the model has no tokenizer.json): then there is no text, and only stop token ids
   // end the choice (stop strings cannot match). Empty stop strings are ignored.
+  // `min_tokens`: stop strings do not end the choice within its first min_tokens tokens (vLLM's min_tokens;
+  // the engine keeps stop token ids from being sampled that early).
   CompletionText(const Tokenizer* tokenizer, std::vector<std::string> stop_strings,
-                 const std::vector<int32_t>& stop_token_ids);
+                 const std::vector<int32_t>& stop_token_ids, int min_tokens = 0);
 
   struct Delta {
     std::string text;   // text that became final with this token (often "")

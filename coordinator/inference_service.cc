@@ -122,7 +122,8 @@ absl::Status InferenceService::Submit(const v1::CompleteRequest& request, const 
                    PrepareCompletion(request, model_, tokenizer_.get(), options_.limits, rendered_chat));
   GenerationRequest& generation = prepared.request;
   if (generation.id.empty()) generation.id = NewRequestId();
-  observer = std::make_shared<CompletionObserver>(tokenizer_, generation.n, prepared.stop_strings,
+  observer = std::make_shared<CompletionObserver>(tokenizer_, generation.n, generation.sampling.min_tokens,
+                                                  prepared.stop_strings,
                                                   generation.stop_token_ids);
   GenerationRequest submitted = generation;  // the prepared one keeps its fields for the answer
   absl::Status status = engine_.Submit(std::move(submitted), observer);

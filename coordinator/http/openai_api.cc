@@ -222,7 +222,8 @@ ChoiceEventObserver::ChoiceEventObserver(std::shared_ptr<const Tokenizer> tokeni
       sink_(std::move(sink)) {
   texts_.reserve(prepared.request.n);
   for (int i = 0; i < prepared.request.n; ++i) {
-    texts_.emplace_back(tokenizer_.get(), prepared.stop_strings, prepared.request.stop_token_ids);
+    texts_.emplace_back(tokenizer_.get(), prepared.stop_strings, prepared.request.stop_token_ids,
+                        prepared.request.sampling.min_tokens);
   }
 }
 

@@ -8,7 +8,8 @@
 
 namespace tessera {
 
-void IncrementalDetokenizer::SetStopStrings(std::vector<std::string> stop_strings) {
+void IncrementalDetokenizer::SetStopStrings(std::vector<std::string> stop_strings, int min_tokens) {
+  min_tokens_ = min_tokens;
   stop_strings_.clear();
   for (std::string& s : stop_strings) {
     if (!s.empty()) stop_strings_.push_back(std::move(s));
@@ -18,6 +19,7 @@ void IncrementalDetokenizer::SetStopStrings(std::vector<std::string> stop_string
 absl::StatusOr<std::string> IncrementalDetokenizer::Add(int32_t id) {
   ASSIGN_OR_RETURN(std::string_view bytes, tokenizer_.DecodedBytes(id, skip_special_tokens_));
   if (stopped_ || flushed_) return std::string();
+  ++num_added_;
   pending_bytes_.append(bytes);
   const size_t tail = tokenizer_internal::IncompleteUtf8Suffix(pending_bytes_);
   tokenizer_internal::AppendUtf8Lossy(
@@ -37,8 +39,10 @@ std::string IncrementalDetokenizer::Flush() {
 
 std::string IncrementalDetokenizer::Release(bool at_end) {
   // Earliest complete stop string in held_ (none can start in emitted text: its start would have been held).
+  // Within the first min_tokens tokens, stop strings do not count yet.
+  const bool checking = num_added_ > min_tokens_;
   size_t stop_pos = std::string::npos;
-  for (size_t i = 0; i < stop_strings_.size(); ++i) {
+  for (size_t i = 0; checking && i < stop_strings_.size(); ++i) {
     const size_t pos = held_.find(stop_strings_[i]);
     if (pos < stop_pos) {
       stop_pos = pos;
@@ -54,7 +58,7 @@ std::string IncrementalDetokenizer::Release(bool at_end) {
   } else {
     // Hold back the longest suffix of held_ that is a proper prefix of a stop string.
     size_t keep = 0;
-    if (!at_end) {
+    if (!at_end && checking) {
       for (const std::string& stop : stop_strings_) {
         for (size_t len = std::min(stop.size() - 1, held_.size()); len > keep; --len) {
           if (held_.compare(held_.size() - len, len, stop, 0, len) == 0) {

@@ -28,8 +28,10 @@ class IncrementalDetokenizer {
   IncrementalDetokenizer(const Tokenizer& tokenizer, bool skip_special_tokens)
       : tokenizer_(tokenizer), skip_special_tokens_(skip_special_tokens) {}
 
-  // Sets the stop strings (empty ones are ignored). Call before the first Add.
-  void SetStopStrings(std::vector<std::string> stop_strings);
+  // Sets the stop strings (empty ones are ignored) and how many tokens are added before they count: as vLLM's
+  // min_tokens, the text of the first `min_tokens` tokens is neither searched nor held back, and a stop string
+  // matches only in the text that follows (one spanning that boundary does not). Call before the first Add.
+  void SetStopStrings(std::vector<std::string> stop_strings, int min_tokens = 0);
 
   // Adds one id and returns the text that became final (possibly ""). Errors: INVALID_ARGUMENT naming an id
   // outside the vocabulary; the state is then unchanged.
@@ -58,6 +60,8 @@ class IncrementalDetokenizer {
   bool stopped_ = false;
   bool flushed_ = false;
   int stop_index_ = -1;
+  int min_tokens_ = 0;
+  int num_added_ = 0;  // tokens added so far
 };
 
 }  // namespace tessera

@@ -31,8 +31,8 @@ struct Fed {
 };
 
 Fed Feed(const std::vector<int32_t>& ids, std::vector<std::string> stops,
-         std::vector<int32_t> stop_ids = {}) {
-  CompletionText completion(&Llama3(), std::move(stops), stop_ids);
+         std::vector<int32_t> stop_ids = {}, int min_tokens = 0) {
+  CompletionText completion(&Llama3(), std::move(stops), stop_ids, min_tokens);
   Fed run;
   for (size_t i = 0; i < ids.size(); ++i) {
     CompletionText::Delta delta = completion.Add(ids[i]);
@@ -85,6 +85,24 @@ TEST(CompletionTextTest, EndsAtAStopStringSpanningTokensAndDropsItAndWhatFollows
   EXPECT_EQ(run.deltas[5], "");  // "42."
   EXPECT_EQ(run.deltas[6], "");
   EXPECT_EQ(run.finish, "");
+}
+
+TEST(CompletionTextTest, StopStringsCountOnlyAfterMinTokens) {
+  // Tokens: a | b | a | b | a (each letter its own token with the spaces: " a" and " b").
+  const std::vector<int32_t> ids = Encode(" a b a b a");
+  ASSERT_EQ(ids.size(), 5u);
+  // " b" first appears in token 1; with min_tokens 2 it is neither matched nor held there, and the stop string
+  // ends the choice at its next appearance, token 3.
+  Fed early = Feed(ids, {" b"});
+  EXPECT_EQ(early.stopped_at, 1);
+  EXPECT_EQ(early.text, " a");
+  Fed later = Feed(ids, {" b"}, {}, /*min_tokens=*/2);
+  EXPECT_EQ(later.stopped_at, 3);
+  EXPECT_EQ(later.deltas[1], " b");  // within min_tokens: released at once
+  EXPECT_EQ(later.text, " a b a");
+  Fed never = Feed(ids, {" b"}, {}, /*min_tokens=*/5);
+  EXPECT_EQ(never.stopped_at, -1);
+  EXPECT_EQ(never.text, " a b a b a");
 }
 
 TEST(CompletionTextTest, ReleasesHeldTextWhenTheTeaseIsNotMatched) {
