@@ -221,8 +221,9 @@ absl::StatusOr<std::vector<control::v1::Ack>> Coordinator::DrainWorkers(std::chr
 
 void Coordinator::OnFailure(const absl::Status& status) {
   Log(Cat("coordinator: ", status.message(), "; not serving"), LogLevel::kError);
-  if (scheduler_ != nullptr) scheduler_->Fail(status);
+  // Readiness first: a client whose request ends with UNAVAILABLE must then find the service NOT_SERVING.
   if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
+  if (scheduler_ != nullptr) scheduler_->Fail(status);
 }
 
 void Coordinator::Shutdown(std::chrono::milliseconds grace) {
