@@ -741,7 +741,10 @@ void Scheduler::DeliverEventsLocked(Dropped& dropped) {
         break;
     }
   }
-  batch.clear();  // the requests it held are released outside the lock
+  // The requests the events held are released here, outside the lock, except those with a stopped choice:
+  // `dropped` keeps them alive for the loop below (Pump releases them after unlocking).
+  for (const auto& [request, index] : stops) dropped.push_back(request->shared_from_this());
+  batch.clear();
   mu_.Lock();
   for (const auto& [request, index] : stops) {
     Seq& seq = *request->seqs[index];
