@@ -229,13 +229,23 @@ void Scheduler::ApplyStepResultLocked(const control::v1::StepResult& result) {
                                 " tokens for ", step.sampled.size(), " sampled sequences")));
     return;
   }
+  // The index in step.sampled of a sequence id. The worker answers rows and logprobs in step order, so each
+  // search starts after the previous match (linear over a step), wrapping around for any other order.
+  size_t cursor = 0;
   auto sampled_index = [&](uint64_t seq_id) {
-    auto found = std::find_if(step.sampled.begin(), step.sampled.end(),
-                              [&](const Seq* seq) { return seq->id == seq_id; });
-    return found == step.sampled.end() ? -1 : static_cast<int>(found - step.sampled.begin());
+    const size_t n = step.sampled.size();
+    for (size_t k = 0; k < n; ++k) {
+      const size_t i = (cursor + k) % n;
+      if (step.sampled[i]->id == seq_id) {
+        cursor = i + 1;
+        return static_cast<int>(i);
+      }
+    }
+    return -1;
   };
-  // The logits rows and logprobs by sampled sequence.
-  std::vector<const control::v1::LogitsRow*> rows(step.sampled.size(), nullptr);
+  // The logits rows and logprobs by sampled sequence (left empty when the result has none: the common case).
+  std::vector<const control::v1::LogitsRow*> rows;
+  if (result.logits_size() > 0) rows.assign(step.sampled.size(), nullptr);
   for (const control::v1::LogitsRow& row : result.logits()) {
     const int i = sampled_index(row.seq_id());
     if (i < 0 || row.values().size() % sizeof(float) != 0) {
@@ -246,7 +256,9 @@ void Scheduler::ApplyStepResultLocked(const control::v1::StepResult& result) {
     }
     rows[i] = &row;
   }
-  std::vector<const control::v1::TokenLogprobs*> logprobs(step.sampled.size(), nullptr);
+  std::vector<const control::v1::TokenLogprobs*> logprobs;
+  if (result.logprobs_size() > 0) logprobs.assign(step.sampled.size(), nullptr);
+  cursor = 0;
   for (const control::v1::TokenLogprobs& entry : result.logprobs()) {
     const int i = sampled_index(entry.seq_id());
     if (i < 0 || entry.token() != result.tokens(i)) {
@@ -315,14 +327,14 @@ void Scheduler::ApplyStepResultLocked(const control::v1::StepResult& result) {
       metrics_->inter_token_latency_seconds.Observe(now - seq.last_token_at);
     }
     seq.last_token_at = now;
-    if (rows[i] != nullptr) {
+    if (!rows.empty() && rows[i] != nullptr) {
       Event event{.kind = Event::Kind::kLogits, .request = request.shared_from_this(), .index = seq.index};
       const std::string& bytes = rows[i]->values();
       event.logits.resize(bytes.size() / sizeof(float));
       std::memcpy(event.logits.data(), bytes.data(), bytes.size());
       events_.push_back(std::move(event));
     }
-    if (logprobs[i] != nullptr) {
+    if (!logprobs.empty() && logprobs[i] != nullptr) {
       Event event{.kind = Event::Kind::kLogprobs, .request = request.shared_from_this(), .index = seq.index};
       event.logprobs.push_back(FromProto(*logprobs[i]));
       events_.push_back(std::move(event));
