@@ -226,6 +226,12 @@ void Coordinator::OnFailure(const absl::Status& status) {
   if (scheduler_ != nullptr) scheduler_->Fail(status);
 }
 
+void Coordinator::BeginDrain() {
+  // Readiness first, so that a load balancer stops sending before the refusals begin.
+  if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
+  if (scheduler_ != nullptr) scheduler_->StartDraining();
+}
+
 void Coordinator::Shutdown(std::chrono::milliseconds grace) {
   {
     absl::MutexLock lock(&shutdown_mu_);

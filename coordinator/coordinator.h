@@ -12,6 +12,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/served_model.h"
 #include "core/log.h"
@@ -83,6 +84,11 @@ class Coordinator {
   // Waits until every worker has finished the steps sent so far (a drain) and returns each rank's Ack, by
   // rank (peak_rss_bytes: its peak resident set). Errors: as WorkerGroup::RunPhase.
   [[nodiscard]] absl::StatusOr<std::vector<control::v1::Ack>> DrainWorkers(std::chrono::milliseconds timeout);
+  // A graceful stop (SIGTERM) begins: readiness turns NOT_SERVING at once (liveness, service "", stays
+  // SERVING) and new requests are refused with UNAVAILABLE (HTTP 503); accepted ones go on. Idempotent.
+  void BeginDrain();
+  // After BeginDrain: waits up to `timeout` for the accepted requests to end; returns how many are left.
+  int WaitDrained(absl::Duration timeout) { return scheduler_->WaitIdle(timeout); }
   // Stops everything: requests end with UNAVAILABLE, workers are told to shut down (up to `grace` for them to
   // leave), the server stops. Idempotent; thread-safe: a call while another is in progress returns when that
   // one has finished (so that the caller may then destroy the coordinator).
@@ -113,7 +119,7 @@ class Coordinator {
   std::shared_ptr<ChatRenderer> chat_;
   std::unique_ptr<MetricsRegistry> metrics_;       // outlives the scheduler, which records into it
   std::unique_ptr<EngineMetrics> engine_metrics_;  // in metrics_
-  std::vector<Gauge*> busy_gauges_;                 // in metrics_: tessera:worker_busy_seconds by rank
+  std::vector<Gauge*> busy_gauges_;                // in metrics_: tessera:worker_busy_seconds by rank
   std::unique_ptr<WorkerGroup> workers_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<RendezvousService> rendezvous_;

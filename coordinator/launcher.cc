@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <thread>
 
 #include "core/log.h"
@@ -32,10 +33,11 @@ constexpr LogContext kContext{.component = "launcher", .rank = -1, .request_id =
 
 absl::StatusOr<std::unique_ptr<LocalWorkers>> LocalWorkers::Start(const std::string& executable,
                                                                   const std::vector<std::string>& args,
-                                                                  int count, std::ostream& log) {
+                                                                  int count, std::ostream& log,
+                                                                  int first_rank) {
   std::vector<pid_t> pids;
   const pid_t self = getpid();
-  for (int rank = 0; rank < count; ++rank) {
+  for (int rank = first_rank; rank < first_rank + count; ++rank) {
     std::vector<std::string> strings = {executable};
     strings.insert(strings.end(), args.begin(), args.end());
     strings.push_back("--rank");
@@ -46,13 +48,13 @@ absl::StatusOr<std::unique_ptr<LocalWorkers>> LocalWorkers::Start(const std::str
     const pid_t pid = fork();
     if (pid == 0) ExecWorker(self, argv);
     if (pid < 0) {
-      std::unique_ptr<LocalWorkers> started(new LocalWorkers(std::move(pids), log));
+      std::unique_ptr<LocalWorkers> started(new LocalWorkers(std::move(pids), log, first_rank));
       started->Stop(std::chrono::milliseconds(0));
       return absl::InternalError(Cat("cannot start worker rank ", rank, " (", executable, ")"));
     }
     pids.push_back(pid);
   }
-  return std::unique_ptr<LocalWorkers>(new LocalWorkers(std::move(pids), log));
+  return std::unique_ptr<LocalWorkers>(new LocalWorkers(std::move(pids), log, first_rank));
 }
 
 LocalWorkers::~LocalWorkers() { Stop(std::chrono::milliseconds(2000)); }
@@ -62,28 +64,36 @@ std::vector<pid_t> LocalWorkers::pids() const {
   return pids_;
 }
 
+int LocalWorkers::Reap(bool* failed) {
+  absl::MutexLock lock(&mu_);
+  ReapLocked();
+  *failed = failed_;
+  return static_cast<int>(std::count_if(pids_.begin(), pids_.end(), [](pid_t pid) { return pid != 0; }));
+}
+
 bool LocalWorkers::ReapLocked() {
   bool all_done = true;
-  for (size_t rank = 0; rank < pids_.size(); ++rank) {
-    if (pids_[rank] == 0) continue;
+  for (size_t i = 0; i < pids_.size(); ++i) {
+    if (pids_[i] == 0) continue;
+    const int rank = first_rank_ + static_cast<int>(i);
     int status = 0;
-    const pid_t r = waitpid(pids_[rank], &status, WNOHANG);
+    const pid_t r = waitpid(pids_[i], &status, WNOHANG);
     if (r == 0) {
       all_done = false;
       continue;
     }
-    if (r == pids_[rank]) {
+    if (r == pids_[i]) {
       if (WIFSIGNALED(status)) {
-        WriteLog(
-            log_, LogLevel::kWarning, kContext,
-            Cat("worker rank ", rank, " (pid ", pids_[rank], ") was killed by signal ", WTERMSIG(status)));
+        failed_ = true;
+        WriteLog(log_, LogLevel::kWarning, kContext,
+                 Cat("worker rank ", rank, " (pid ", pids_[i], ") was killed by signal ", WTERMSIG(status)));
       } else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
-        WriteLog(
-            log_, LogLevel::kWarning, kContext,
-            Cat("worker rank ", rank, " (pid ", pids_[rank], ") exited with status ", WEXITSTATUS(status)));
+        failed_ = true;
+        WriteLog(log_, LogLevel::kWarning, kContext,
+                 Cat("worker rank ", rank, " (pid ", pids_[i], ") exited with status ", WEXITSTATUS(status)));
       }
     }
-    pids_[rank] = 0;
+    pids_[i] = 0;
   }
   return all_done;
 }

@@ -50,7 +50,26 @@ Scheduler::~Scheduler() {
 
 bool Scheduler::ready() const {
   absl::MutexLock lock(&mu_);
-  return ready_ && failure_.ok() && !stopping_;
+  return ready_ && failure_.ok() && !stopping_ && !draining_;
+}
+
+void Scheduler::StartDraining() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+}
+
+int Scheduler::NumUnfinishedLocked() const {
+  return static_cast<int>(waiting_.size()) +
+         static_cast<int>(std::count_if(running_.begin(), running_.end(),
+                                        [](const std::shared_ptr<Request>& r) { return !r->finished; }));
+}
+
+bool Scheduler::IdleLocked() const { return NumUnfinishedLocked() == 0 && events_.empty() && !pumping_; }
+
+int Scheduler::WaitIdle(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(this, &Scheduler::IdleLocked), timeout);
+  return NumUnfinishedLocked();
 }
 
 int Scheduler::Activate(int num_kv_blocks) {
@@ -113,6 +132,10 @@ absl::Status Scheduler::SubmitBatch(std::vector<GenerationRequest> requests,
     absl::MutexLock lock(&mu_);
     if (!failure_.ok()) return absl::UnavailableError(failure_.message());
     if (stopping_) return absl::UnavailableError("the server is shutting down");
+    if (draining_) {
+      return absl::UnavailableError(
+          "the server is draining before it stops: send the request to another replica");
+    }
     if (!ready_) return absl::UnavailableError("not serving yet: the workers are still loading the model");
     for (size_t i = 0; i < requests.size(); ++i) {
       GenerationRequest& request = requests[i];

@@ -42,6 +42,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "coordinator/kv_block_pool.h"
 #include "coordinator/engine.h"
 
@@ -113,6 +114,12 @@ class Scheduler final : public Engine {
   // The group is broken (a worker died, a step failed): every request ends with UNAVAILABLE carrying
   // `status`'s message; later Submits fail the same way.
   void Fail(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
+  // A graceful stop begins: later Submits fail with UNAVAILABLE ("draining") and ready() turns false; the
+  // requests already accepted (running or waiting) go on to their end.
+  void StartDraining() ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits up to `timeout` until no request is running or waiting (or the group has failed); returns how many
+  // requests are left (0: idle).
+  int WaitIdle(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Control-plane figures for benchmarks: steps completed, and the sum over them of (time from handing the
   // step to the sink until its result was processed) and of the output rank's worker_seconds.
@@ -230,6 +237,9 @@ class Scheduler final : public Engine {
   // Sets the gauges (running and waiting choices, KV cache usage); nothing without metrics.
   void RecordGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool NotPumping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !pumping_; }
+  // No request is waiting or unfinished, and every event has been delivered.
+  bool IdleLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int NumUnfinishedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Lower runs first: priority, then arrival, then choice.
   static bool RanksBefore(const Seq& a, const Seq& b);
 
@@ -240,6 +250,7 @@ class Scheduler final : public Engine {
   // lock (the sink's and the observers' are taken only with mu_ released).
   mutable absl::Mutex mu_;
   bool ready_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;  // StartDraining: Submit refuses
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status failure_ ABSL_GUARDED_BY(mu_);  // set once the group failed
   KvBlockPool blocks_ ABSL_GUARDED_BY(mu_);

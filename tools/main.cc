@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   tessera::tools::AddTextCommands(app, commands);
   tessera::tools::AddCompleteCommand(app, commands);
   tessera::tools::AddBenchCommand(app, commands);
+  tessera::tools::AddPlanCommand(app, commands);
   CLI::App* help_cmd = app.add_subcommand("help", "Show this help");
 
   try {

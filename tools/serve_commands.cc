@@ -1,6 +1,8 @@
 // serve, coordinator and worker: the processes of a serving deployment. serve runs a coordinator and T x P
 // local workers; coordinator and worker are the same two halves for several nodes. SIGINT / SIGTERM stop
 // everything, children included.
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -11,9 +13,11 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/synchronization/mutex.h"
 #include "coordinator/chat_template/model_chat_templates.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/launcher.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "core/log.h"
 #include "core/plugin.h"
@@ -57,15 +61,20 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
                   "CPU threads per worker (0 = cores / workers)")
       ->capture_default_str()
       ->envname("TESSERA_THREADS_PER_WORKER");
-  cmd->add_option("--max-num-seqs", a.max_num_seqs, "Sequences in the running batch")->capture_default_str();
+  cmd->add_option("--max-num-seqs", a.max_num_seqs, "Sequences in the running batch")
+      ->capture_default_str()
+      ->envname("TESSERA_MAX_NUM_SEQS");
   cmd->add_option("--max-num-batched-tokens", a.max_num_batched_tokens,
                   "Tokens in one step (longer prompts are prefilled in chunks)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->envname("TESSERA_MAX_NUM_BATCHED_TOKENS");
   cmd->add_option("--max-queued-requests", a.max_queued_requests,
                   "Requests waiting for admission; more are refused with RESOURCE_EXHAUSTED")
-      ->capture_default_str();
-  cmd->add_option("--max-model-len", a.max_model_len,
-                  "Longest sequence, prompt + max_tokens (0 = the model's; lowered to what the KV cache holds)")
+      ->capture_default_str()
+      ->envname("TESSERA_MAX_QUEUED_REQUESTS");
+  cmd->add_option(
+         "--max-model-len", a.max_model_len,
+         "Longest sequence, prompt + max_tokens (0 = the model's; lowered to what the KV cache holds)")
       ->capture_default_str()
       ->envname("TESSERA_MAX_MODEL_LEN");
   cmd->add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", a.enable_prefix_caching,
@@ -73,7 +82,8 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
       ->envname("TESSERA_ENABLE_PREFIX_CACHING");
   cmd->add_option("--max-queue-time", a.max_queue_time,
                   "A request waiting longer for admission fails with RESOURCE_EXHAUSTED / 429 (0 = no limit)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->envname("TESSERA_MAX_QUEUE_TIME");
   cmd->add_option("--prefill-precision", a.prefill_precision, "exact or bf16 (CPU prefill GEMMs)")
       ->capture_default_str();
   cmd->add_option("--graph-max-batch", a.graph_max_batch,
@@ -86,15 +96,24 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
          "--communicator", a.communicator,
          "CUDA tensors between ranks: nccl, gloo (staged through host memory; ranks sharing a GPU) or "
          "auto (nccl, or gloo when one node has fewer GPUs than ranks)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->envname("TESSERA_COMMUNICATOR");
   cmd->add_option("--heartbeat-interval", a.heartbeat_interval, "Between heartbeats")->capture_default_str();
   cmd->add_option("--heartbeat-timeout", a.heartbeat_timeout, "Silence after which a worker counts as failed")
       ->capture_default_str()
       ->envname("TESSERA_HEARTBEAT_TIMEOUT");
   cmd->add_option("--comm-timeout", a.comm_timeout, "Bound on rendezvous and every collective")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->envname("TESSERA_COMM_TIMEOUT");
   cmd->add_option("--startup-timeout", a.startup_timeout, "Bound on workers joining and loading")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->envname("TESSERA_STARTUP_TIMEOUT");
+  cmd->add_option(
+         "--drain-timeout", a.drain_timeout,
+         "SIGTERM / SIGINT: readiness turns NOT_SERVING, new requests are refused and accepted ones get "
+         "this long to finish before everything stops (a second signal stops at once)")
+      ->capture_default_str()
+      ->envname("TESSERA_DRAIN_TIMEOUT");
   cmd->add_option("--log-level", a.log_level, "debug, info, warning or error (JSON lines on stderr)")
       ->capture_default_str()
       ->envname("TESSERA_LOG_LEVEL");
@@ -111,18 +130,22 @@ absl::Status SetUpLogs(const std::string& level, bool log_requests) {
 }
 
 // Blocks SIGINT and SIGTERM in this thread and every thread started after it; a dedicated thread takes them
-// with sigwait and calls `on_signal` once. Destroying it releases that thread.
+// with sigwait and calls `on_signal(signal, count)` for each (count: how many came before it). Destroying it
+// releases that thread.
 class SignalWatcher {
  public:
-  explicit SignalWatcher(std::function<void(int)> on_signal) {
+  explicit SignalWatcher(std::function<void(int, int)> on_signal) {
     sigemptyset(&set_);
     sigaddset(&set_, SIGINT);
     sigaddset(&set_, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set_, nullptr);
     thread_ = std::thread([this, on_signal] {
-      int sig = 0;
-      sigwait(&set_, &sig);
-      if (!released_) on_signal(sig);
+      for (int count = 0;; ++count) {
+        int sig = 0;
+        sigwait(&set_, &sig);
+        if (released_) return;
+        on_signal(sig, count);
+      }
     });
   }
   ~SignalWatcher() {
@@ -137,12 +160,43 @@ class SignalWatcher {
   std::thread thread_;
 };
 
-// Runs a coordinator until a signal; with `local_workers`, starts and stops T x P workers too.
-int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
+const char* SignalName(int sig) { return sig == SIGINT ? "SIGINT" : "SIGTERM"; }
+
+// The coordinator's --local-ranks against the LeaderWorkerSet group: the group's pods run the same number of
+// ranks each, so LWS_GROUP_SIZE x local ranks must be the world. Errors: INVALID_ARGUMENT naming both.
+absl::Status CheckLocalRanks(int local_ranks, int world_size) {
+  if (local_ranks < 0 || local_ranks > world_size) {
+    return absl::InvalidArgumentError(
+        Cat("--local-ranks=", local_ranks, " must be in [0, ", world_size, "] (tp x pp)"));
+  }
+  const char* group = std::getenv("LWS_GROUP_SIZE");
+  if (local_ranks == 0 || group == nullptr || *group == '\0') return absl::OkStatus();
+  int pods = 0;
+  if (!absl::SimpleAtoi(group, &pods) || pods <= 0) {
+    return absl::InvalidArgumentError(Cat("LWS_GROUP_SIZE=\"", group, "\" is not a positive integer"));
+  }
+  if (int64_t{pods} * local_ranks != world_size) {
+    return absl::InvalidArgumentError(Cat("LWS_GROUP_SIZE=", pods, " pods x --local-ranks ", local_ranks,
+                                          " = ", int64_t{pods} * local_ranks,
+                                          " ranks, but tp x pp = ", world_size));
+  }
+  return absl::OkStatus();
+}
+
+// Runs a coordinator until a signal, with `local_ranks` of its workers (-1: all) as child processes. The
+// first SIGTERM / SIGINT after bring-up drains (up to --drain-timeout); a second one, or one during bring-up,
+// stops at once.
+int RunServing(const char* command, const ServeArgs& args, int local_ranks) {
   if (absl::Status s = SetUpLogs(args.log_level, args.log_requests); !s.ok()) return Fail(command, s);
   absl::StatusOr<CoordinatorOptions> options = MakeCoordinatorOptions(args);
   if (!options.ok()) return Fail(command, options.status());
-  options->single_node = local_workers;
+  absl::StatusOr<std::chrono::milliseconds> drain_timeout = ParseDuration(args.drain_timeout);
+  if (!drain_timeout.ok()) return Fail(command, drain_timeout.status());
+  const int world = options->model.tp_size * options->model.pp_size;
+  if (local_ranks >= 0) {
+    if (absl::Status s = CheckLocalRanks(local_ranks, world); !s.ok()) return Fail(command, s);
+  }
+  options->single_node = local_ranks < 0 || local_ranks == world;
   std::unique_ptr<Tokenizer> tokenizer;
   if (std::filesystem::exists(args.model_dir + "/tokenizer.json")) {
     absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = Tokenizer::Load(args.model_dir);
@@ -155,23 +209,34 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
     if (!loaded.ok()) return Fail(command, loaded.status());
     chat_templates = std::make_unique<ModelChatTemplates>(*std::move(loaded));
   }
+  const LogContext context{.component = command, .rank = -1, .request_id = ""};
   absl::Mutex mu;
-  bool stop = false;               // guarded by mu
+  bool stop = false;               // guarded by mu: a signal came
+  bool serving = false;            // guarded by mu: bring-up finished; a first signal drains
   LocalEngine* running = nullptr;  // guarded by mu
-  auto signals = std::make_unique<SignalWatcher>([&](int sig) {
-    Log(LogLevel::kInfo, {.component = command, .rank = -1, .request_id = ""},
-        Cat(sig == SIGINT ? "SIGINT" : "SIGTERM", ", shutting down"));
+  auto signals = std::make_unique<SignalWatcher>([&](int sig, int count) {
     LocalEngine* engine = nullptr;
+    bool drain = false;
     {
       absl::MutexLock lock(&mu);
       stop = true;
       engine = running;
+      drain = serving && count == 0 && drain_timeout->count() > 0;
     }
-    // Outside the lock: a bring-up in progress ends with CANCELLED; the main thread then finishes the rest.
+    if (drain) {
+      Log(LogLevel::kInfo, context,
+          Cat(SignalName(sig),
+              ": draining: readiness NOT_SERVING, new requests refused, accepted ones get up to ",
+              drain_timeout->count() / 1000.0, " s (a second signal stops at once)"));
+      return;  // the main thread drains
+    }
+    Log(LogLevel::kInfo, context, Cat(SignalName(sig), ", shutting down"));
+    // Outside the lock: a bring-up in progress ends with CANCELLED, a drain with every request UNAVAILABLE;
+    // the main thread then finishes the rest.
     if (engine != nullptr) engine->coordinator().Shutdown(std::chrono::milliseconds(3000));
   });
   absl::StatusOr<std::unique_ptr<LocalEngine>> started =
-      LocalEngine::Start(*options, local_workers, {"--log-level", args.log_level}, std::move(tokenizer),
+      LocalEngine::Start(*options, local_ranks, {"--log-level", args.log_level}, std::move(tokenizer),
                          std::move(chat_templates), std::cerr);
   if (!started.ok()) return Fail(command, started.status());
   std::unique_ptr<LocalEngine> engine = std::move(*started);
@@ -197,8 +262,26 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
                             {"max_model_len", engine->coordinator().scheduler().max_model_len()}};
     if (http_port >= 0) ready["http_port"] = http_port;
     std::cout << ready.dump() << std::endl;
-    absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(&stop));
+    bool drain = false;
+    {
+      absl::MutexLock lock(&mu);
+      serving = !stop;
+      mu.Await(absl::Condition(&stop));
+      drain = serving && drain_timeout->count() > 0;
+    }
+    if (drain) {
+      const auto t0 = std::chrono::steady_clock::now();
+      engine->coordinator().BeginDrain();
+      const int left = engine->coordinator().WaitDrained(absl::FromChrono(*drain_timeout));
+      const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (left == 0) {
+        Log(LogLevel::kInfo, context, Cat("drained in ", took, " s; stopping"));
+      } else {
+        Log(LogLevel::kWarning, context,
+            Cat("--drain-timeout ", drain_timeout->count() / 1000.0, " s passed with ", left,
+                " requests unfinished; they end UNAVAILABLE"));
+      }
+    }
   } else {
     absl::MutexLock lock(&mu);
     if (!stop) exit_code = Fail(command, up);
@@ -226,6 +309,137 @@ int RunServing(const char* command, const ServeArgs& args, bool local_workers) {
   return exit_code;
 }
 
+struct WorkerArgs {
+  WorkerOptions options;
+  int rank = -1;
+  int local_ranks = 1;
+  std::string device = "cpu";
+  int health_port = -1;
+  std::string drain_timeout = "30s";
+  std::string log_level = "info";
+  std::string log_file;
+};
+
+// grpc.health.v1 alone on `port` (all interfaces), service "" SERVING: the liveness of a worker pod. Errors:
+// UNAVAILABLE naming the port when it cannot listen.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartHealthServer(int port) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int bound = 0;
+  builder.AddListeningPort(Cat("0.0.0.0:", port), grpc::InsecureServerCredentials(), &bound);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || bound == 0) {
+    return absl::UnavailableError(Cat("--health-port ", port, ": cannot listen on 0.0.0.0:", port));
+  }
+  server->GetHealthCheckService()->SetServingStatus(true);
+  return server;
+}
+
+// `tessera worker`: one rank in this process, or --local-ranks N > 1 child processes (one rank each, ranks
+// first .. first+N-1) supervised until they all leave; the command fails as soon as one of them fails (the
+// pod restarts). SIGTERM / SIGINT: stay until the coordinator ends the session (it drains first), at most
+// --drain-timeout + 5 s; a second signal ends it at once.
+int RunWorkerCommand(WorkerArgs& a) {
+  if (absl::Status s = SetUpLogs(a.log_level, false); !s.ok()) return Fail("worker", s);
+  if (a.local_ranks < 1) {
+    return Fail("worker", absl::InvalidArgumentError(Cat("--local-ranks=", a.local_ranks, " must be >= 1")));
+  }
+  absl::StatusOr<std::chrono::milliseconds> drain = ParseDuration(a.drain_timeout);
+  if (!drain.ok()) return Fail("worker", drain.status());
+  absl::StatusOr<DeviceKind> kind = ParseDeviceKind(a.device);
+  if (!kind.ok()) return Fail("worker", kind.status());
+  a.options.device = *kind;
+  int first = a.rank;
+  if (first < 0) {
+    absl::StatusOr<int> index = RequestedRankFromFlagOrEnv(-1);
+    if (!index.ok()) return Fail("worker", index.status());
+    first = *index < 0 ? -1 : *index * a.local_ranks;
+  }
+  if (a.local_ranks > 1 && first < 0) {
+    return Fail("worker", absl::InvalidArgumentError(
+                              Cat("--local-ranks ", a.local_ranks,
+                                  " needs --rank (the first rank) or "
+                                  "LWS_WORKER_INDEX (the first is LWS_WORKER_INDEX x --local-ranks)")));
+  }
+  std::ofstream log;
+  if (!a.log_file.empty()) {
+    log.open(a.log_file, std::ios::app);
+    if (!log) {
+      return Fail("worker", absl::InvalidArgumentError(Cat("--log-file ", a.log_file, " cannot be opened")));
+    }
+  }
+  std::ostream& out = a.log_file.empty() ? std::cerr : log;
+  const LogContext context{.component = "worker", .rank = a.local_ranks == 1 ? first : -1, .request_id = ""};
+  std::unique_ptr<SignalWatcher> signals;
+  if (drain->count() > 0) {
+    const int64_t bound_s = (drain->count() + 999) / 1000 + 5;
+    signals = std::make_unique<SignalWatcher>([&out, context, bound_s](int sig, int count) {
+      if (count > 0) {
+        WriteLog(out, LogLevel::kWarning, context, Cat(SignalName(sig), " again: stopping at once"));
+        _exit(1);  // children (if any) follow through PR_SET_PDEATHSIG
+      }
+      WriteLog(
+          out, LogLevel::kInfo, context,
+          Cat(SignalName(sig), ": serving until the coordinator ends the session, at most ", bound_s, " s"));
+      alarm(static_cast<unsigned>(bound_s));  // SIGALRM's default action ends the process
+    });
+  }
+  std::unique_ptr<grpc::Server> health;
+  if (a.health_port >= 0) {
+    absl::StatusOr<std::unique_ptr<grpc::Server>> started = StartHealthServer(a.health_port);
+    if (!started.ok()) return Fail("worker", started.status());
+    health = std::move(*started);
+  }
+  int code = 0;
+  if (a.local_ranks == 1) {
+    a.options.requested_rank = first;
+    a.options.log = &out;
+    absl::Status s = RunWorker(a.options);
+    code = s.ok() ? 0 : Fail("worker", s);
+  } else {
+    std::vector<std::string> args = {"worker",
+                                     "--coordinator",
+                                     a.options.coordinator,
+                                     "--device",
+                                     a.device,
+                                     "--listen-host",
+                                     a.options.listen_host,
+                                     "--local-ranks",
+                                     "1",
+                                     "--health-port",
+                                     "-1",
+                                     "--drain-timeout",
+                                     "0s",
+                                     "--log-level",
+                                     a.log_level};
+    if (a.options.device_index >= 0) {
+      return Fail("worker",
+                  absl::InvalidArgumentError("--gpu cannot be combined with --local-ranks > 1 (each "
+                                             "rank takes the GPU rank modulo the GPUs)"));
+    }
+    if (!a.log_file.empty()) {
+      args.push_back("--log-file");
+      args.push_back(a.log_file);
+    }
+    absl::StatusOr<std::unique_ptr<LocalWorkers>> children =
+        LocalWorkers::Start(ExecutablePath(), args, a.local_ranks, out, first);
+    if (!children.ok()) return Fail("worker", children.status());
+    WriteLog(
+        out, LogLevel::kInfo, context,
+        Cat("running ranks ", first, "-", first + a.local_ranks - 1, " as ", a.local_ranks, " processes"));
+    bool failed = false;
+    while ((*children)->Reap(&failed) > 0 && !failed)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (failed) {
+      (*children)->Stop(std::chrono::milliseconds(0));
+      code = Fail("worker", absl::UnavailableError(Cat("a rank of ", first, "-", first + a.local_ranks - 1,
+                                                       " failed; stopped the others")));
+    }
+  }
+  if (health != nullptr) health->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+  return code;
+}
+
 }  // namespace
 
 void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
@@ -233,7 +447,7 @@ void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
   CLI::App* serve_cmd =
       app.add_subcommand("serve", "Serve a model on this node: a coordinator and T x P workers");
   AddServeOptions(serve_cmd, *serve);
-  commands.push_back({serve_cmd, [serve] { return RunServing("serve", *serve, /*local_workers=*/true); }});
+  commands.push_back({serve_cmd, [serve] { return RunServing("serve", *serve, /*local_ranks=*/-1); }});
 
   auto coord = std::make_shared<ServeArgs>();
   CLI::App* coord_cmd = app.add_subcommand(
@@ -243,54 +457,57 @@ void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
       ->add_option("--advertise-host", coord->advertise_host,
                    "How workers reach this host for the rendezvous store (default 127.0.0.1)")
       ->envname("TESSERA_ADVERTISE_HOST");
-  commands.push_back(
-      {coord_cmd, [coord] { return RunServing("coordinator", *coord, /*local_workers=*/false); }});
+  coord_cmd
+      ->add_option("--local-ranks", coord->local_ranks,
+                   "Also run ranks 0 .. N-1 here as worker processes (the leader pod's GPUs); with "
+                   "LWS_GROUP_SIZE set, LWS_GROUP_SIZE x N must be tp x pp")
+      ->capture_default_str()
+      ->envname("TESSERA_LOCAL_RANKS");
+  commands.push_back({coord_cmd, [coord] { return RunServing("coordinator", *coord, coord->local_ranks); }});
 
-  auto worker = std::make_shared<WorkerOptions>();
-  auto rank = std::make_shared<int>(-1);
-  auto device = std::make_shared<std::string>("cpu");
-  CLI::App* worker_cmd = app.add_subcommand("worker", "Join a coordinator as one rank");
-  worker_cmd->add_option("--coordinator", worker->coordinator, "HOST:PORT of the coordinator")
+  auto worker = std::make_shared<WorkerArgs>();
+  CLI::App* worker_cmd =
+      app.add_subcommand("worker", "Join a coordinator as one rank, or as several (--local-ranks)");
+  worker_cmd->add_option("--coordinator", worker->options.coordinator, "HOST:PORT of the coordinator")
       ->required()
       ->envname("TESSERA_COORDINATOR");
-  worker_cmd->add_option("--rank", *rank,
-                         "This worker's rank (default: LWS_WORKER_INDEX, else registration order)");
-  worker_cmd->add_option("--device", *device, "cpu or cuda")
+  worker_cmd->add_option("--rank", worker->rank,
+                         "This worker's rank, or the first of --local-ranks (default: LWS_WORKER_INDEX x "
+                         "--local-ranks, else registration order)");
+  worker_cmd
+      ->add_option("--local-ranks", worker->local_ranks,
+                   "Ranks this command runs, one process each (a pod's GPUs)")
+      ->capture_default_str()
+      ->envname("TESSERA_LOCAL_RANKS");
+  worker_cmd->add_option("--device", worker->device, "cpu or cuda")
       ->capture_default_str()
       ->envname("TESSERA_DEVICE");
   worker_cmd
-      ->add_option("--gpu", worker->device_index, "CUDA: the GPU to use (default: rank modulo the GPUs)")
+      ->add_option("--gpu", worker->options.device_index,
+                   "CUDA: the GPU to use (default: rank modulo the GPUs)")
       ->envname("TESSERA_GPU");
-  worker_cmd->add_option("--listen-host", worker->listen_host, "Address other ranks reach this one at")
+  worker_cmd
+      ->add_option("--listen-host", worker->options.listen_host, "Address other ranks reach this one at")
       ->capture_default_str()
       ->envname("TESSERA_LISTEN_HOST");
-  auto log_level = std::make_shared<std::string>("info");
-  worker_cmd->add_option("--log-level", *log_level, "debug, info, warning or error (JSON lines)")
+  worker_cmd
+      ->add_option("--health-port", worker->health_port,
+                   "grpc.health.v1 on this port (service \"\" SERVING while the worker runs); -1 = off")
+      ->capture_default_str()
+      ->envname("TESSERA_HEALTH_PORT");
+  worker_cmd
+      ->add_option("--drain-timeout", worker->drain_timeout,
+                   "SIGTERM / SIGINT: keep serving until the coordinator ends the session, at most this "
+                   "long plus 5 s (0: stop at once)")
+      ->capture_default_str()
+      ->envname("TESSERA_DRAIN_TIMEOUT");
+  worker_cmd->add_option("--log-level", worker->log_level, "debug, info, warning or error (JSON lines)")
       ->capture_default_str()
       ->envname("TESSERA_LOG_LEVEL");
-  auto log_file = std::make_shared<std::string>();
-  worker_cmd->add_option("--log-file", *log_file, "Append the worker's log lines to FILE (default: stderr)")
+  worker_cmd
+      ->add_option("--log-file", worker->log_file, "Append the worker's log lines to FILE (default: stderr)")
       ->envname("TESSERA_WORKER_LOG_FILE");
-  commands.push_back({worker_cmd, [worker, rank, device, log_file, log_level] {
-                        if (absl::Status s = SetUpLogs(*log_level, false); !s.ok()) return Fail("worker", s);
-                        absl::StatusOr<int> requested = RequestedRankFromFlagOrEnv(*rank);
-                        if (!requested.ok()) return Fail("worker", requested.status());
-                        worker->requested_rank = *requested;
-                        absl::StatusOr<DeviceKind> kind = ParseDeviceKind(*device);
-                        if (!kind.ok()) return Fail("worker", kind.status());
-                        worker->device = *kind;
-                        std::ofstream log;
-                        if (!log_file->empty()) {
-                          log.open(*log_file, std::ios::app);
-                          if (!log) {
-                            return Fail("worker", absl::InvalidArgumentError(
-                                                      Cat("--log-file ", *log_file, " cannot be opened")));
-                          }
-                        }
-                        worker->log = log_file->empty() ? &std::cerr : &log;
-                        absl::Status s = RunWorker(*worker);
-                        return s.ok() ? 0 : Fail("worker", s);
-                      }});
+  commands.push_back({worker_cmd, [worker] { return RunWorkerCommand(*worker); }});
 }
 
 }  // namespace tessera::tools

@@ -258,6 +258,99 @@ class LifecycleTest(ServerTestCase):
             self.assertFalse(harness.pid_alive(pid))
 
 
+class DrainTest(ServerTestCase):
+    """SIGTERM (what Kubernetes sends before it kills a pod) drains: readiness turns NOT_SERVING at once, new
+    requests are refused over gRPC and HTTP, the streams already running finish within --drain-timeout, then
+    everything stops; a second signal stops at once."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tiny, _ = make_models()
+
+    def open_stream(self, server, max_tokens):
+        pb, stub = inference_stub(server.address)
+        request = pb.CompleteRequest(token_ids=pb.TokenIds(ids=TINY_PROMPTS[0]), max_tokens=max_tokens,
+                                     ignore_eos=True, temperature=0.0)
+        return pb, stub, stub.CompleteStream(request, timeout=120)
+
+    def http_status(self, server, method, path, body=None):
+        import http.client
+        conn = http.client.HTTPConnection(server.http_address, timeout=10)
+        conn.request(method, path, body=json.dumps(body) if body else None,
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        payload = response.read()
+        conn.close()
+        return response.status, payload
+
+    def wait_not_serving(self, server):
+        """Seconds until readiness reads NOT_SERVING (polled every 10 ms)."""
+        start = time.time()
+        while health(server.address, SERVICE) != health_pb2.HealthCheckResponse.NOT_SERVING:
+            self.assertLess(time.time() - start, 2, "readiness still SERVING 2 s after SIGTERM")
+            time.sleep(0.01)
+        return time.time() - start
+
+    def test_sigterm_mid_stream_lets_the_stream_finish_and_refuses_new_requests(self):
+        server = harness.Server(ARGS.tessera, self.tiny, 2, 1, ["--http-port", "0", "--drain-timeout", "60s"]).start()
+        pb, stub, stream = self.open_stream(server, 1500)
+        tokens = []
+        signalled = None
+        for event in stream:
+            if event.HasField("delta"):
+                tokens += event.delta.token_ids
+                if signalled is None and len(tokens) >= 3:
+                    server.proc.send_signal(signal.SIGTERM)
+                    signalled = time.time()
+                    print("readiness NOT_SERVING %.3f s after SIGTERM" % self.wait_not_serving(server),
+                          file=sys.stderr)
+                    self.assertEqual(health(server.address, ""), health_pb2.HealthCheckResponse.SERVING)
+                    with self.assertRaises(grpc.RpcError) as refused:
+                        complete_ids(server.address, TINY_PROMPTS[1])
+                    self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAVAILABLE)
+                    self.assertIn("draining", refused.exception.details())
+                    status, _ = self.http_status(server, "GET", "/health")
+                    self.assertEqual(status, 503)
+                    status, payload = self.http_status(server, "POST", "/v1/completions",
+                                                       {"model": "tiny", "prompt": [1, 2, 3], "max_tokens": 2})
+                    self.assertEqual(status, 503, payload)
+            elif event.HasField("end"):
+                self.assertEqual(event.end.finish_reason, pb.FINISH_REASON_LENGTH)
+        self.assertIsNotNone(signalled, "the stream ended before the signal")
+        self.assertEqual(len(tokens), 1500)  # the whole answer, after the signal
+        self.assertEqual(server.proc.wait(30), 0, "".join(server.stderr))
+        print("stream finished and server stopped %.2f s after SIGTERM" % (time.time() - signalled),
+              file=sys.stderr)
+        self.assertTrue(any("drained in" in line for line in server.stderr), "".join(server.stderr[-5:]))
+        self.stop_cleanly(server)  # exited 0 already; no worker survives it
+
+    def test_drain_timeout_bounds_the_wait_and_a_second_signal_stops_at_once(self):
+        for second_signal in (False, True):
+            with self.subTest(second_signal=second_signal):
+                server = harness.Server(ARGS.tessera, self.tiny, 1, 1,
+                                        ["--drain-timeout", "60s" if second_signal else "1s"]).start()
+                _, _, stream = self.open_stream(server, 20000)
+                signalled = None
+                with self.assertRaises(grpc.RpcError) as caught:
+                    for event in stream:
+                        if event.HasField("delta") and signalled is None:
+                            server.proc.send_signal(signal.SIGTERM)
+                            signalled = time.time()
+                            if second_signal:
+                                self.wait_not_serving(server)
+                                server.proc.send_signal(signal.SIGTERM)
+                self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE, caught.exception.details())
+                ended = time.time() - signalled
+                self.assertEqual(server.proc.wait(30), 0, "".join(server.stderr))
+                print("second_signal=%s: the stream ended %.2f s after the first SIGTERM" % (second_signal, ended),
+                      file=sys.stderr)
+                self.assertLess(ended, 20)
+                if not second_signal:
+                    self.assertTrue(any("--drain-timeout 1 s passed with 1 requests unfinished" in line
+                                        for line in server.stderr), "".join(server.stderr[-5:]))
+                self.stop_cleanly(server)
+
+
 class MemoryTest(ServerTestCase):
     """Each rank reads only its slices: its peak resident set stays within 1.2x its shard plus its KV cache."""
 

@@ -1,0 +1,398 @@
+"""The Kubernetes manifests really run: renders the two-node overlay (Llama 3.1 405B, tp 8 x pp 2, a
+LeaderWorkerSet group of 2 pods) with `kubectl kustomize`, and starts every pod of one group as local processes
+exactly as the manifests write them: each container's command, args and environment (ConfigMaps through envFrom
+and configMapKeyRef, the downward API, `$(VAR)` expansion as the kubelet does it), with the variables the
+LeaderWorkerSet controller injects (LWS_LEADER_ADDRESS, LWS_GROUP_SIZE, LWS_WORKER_INDEX) filled in for one
+group. Then it runs each container's probes as written, takes a completion through the Service's ports (gRPC and
+the OpenAI HTTP API with the `openai` client), and finally deletes the group as Kubernetes does: SIGTERM to
+every pod in the middle of a stream, which must still complete, each pod gone within its
+terminationGracePeriodSeconds.
+
+What differs from a cluster, and only that ("images and GPUs aside"):
+- `tessera` (the image's binary) is this build's; the pods share this machine's loopback, so addresses from
+  the network (LWS_LEADER_ADDRESS, status.podIP) are 127.0.0.1;
+- TESSERA_DEVICE is cpu and TESSERA_KV_CACHE_MEMORY small (GPU memory sizes on a CPU), nvidia.com/gpu ignored;
+- a volume's mountPath is a folder under the work directory (paths in args and env are rewritten the same
+  way), and the model volume holds a tiny random Llama with the 405B's head ratios (16 heads over 8 KV heads)
+  under the directory name the overlay gives.
+A changed flag name, a wrong or misspelt environment variable, a probe on the wrong port or service, or a
+Service that selects the wrong pods makes this test fail.
+
+usage: .venv/bin/python tests/deploy/manifests_run_test.py --tessera build/tools/tessera --workdir DIR
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+import harness  # noqa: E402  (the tessera.v1 stubs)
+
+ARGS = None
+OVERLAY = os.path.join(REPO, "deploy", "kubernetes", "overlays", "llama-3.1-405b")
+TOKENIZER_DIR = os.path.join(REPO, "tests", "data", "llama-3.1-tokenizer")
+# GPU-sized settings replaced for a CPU run (see the module's docstring).
+HARDWARE_ENV = {"TESSERA_DEVICE": "cpu", "TESSERA_KV_CACHE_MEMORY": "16MiB"}
+TINY_405B_RATIOS = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
+    "num_hidden_layers": 4, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 16,
+    "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+    "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128009, "torch_dtype": "bfloat16",
+    "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192}}
+LWS_LABEL = "leaderworkerset.sigs.k8s.io/"
+
+
+def render(overlay):
+    venv_kubectl = os.path.join(REPO, ".venv", "bin", "kubectl")  # scripts/setup.sh unpacks Debian's there
+    kubectl = ARGS.kubectl or (venv_kubectl if os.path.exists(venv_kubectl) else shutil.which("kubectl"))
+    if kubectl is None:
+        raise RuntimeError("kubectl not found (scripts/setup.sh installs Debian's kubernetes-client)")
+    out = subprocess.run([kubectl, "kustomize", overlay], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError("kubectl kustomize %s failed: %s" % (overlay, out.stderr))
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def expand(text, env):
+    """The kubelet's $(VAR) expansion: $(NAME) becomes NAME's value when NAME is defined, else stays as it is;
+    $$ is a literal $."""
+    def one(m):
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", one, text)
+
+
+class Pod:
+    """One pod of the group: its template, index, labels, the one container's resolved argv and environment."""
+
+    def __init__(self, name, template, index, lws, config_maps, mounts_root):
+        self.name = name
+        self.index = index
+        self.spec = template["spec"]
+        containers = self.spec["containers"]
+        if len(containers) != 1:
+            raise AssertionError("%s: expected one container, found %d" % (name, len(containers)))
+        self.container = containers[0]
+        self.labels = dict(template.get("metadata", {}).get("labels", {}))
+        self.labels.update({LWS_LABEL + "name": lws["metadata"]["name"], LWS_LABEL + "group-index": "0",
+                            LWS_LABEL + "worker-index": str(index)})
+        size = lws["spec"]["leaderWorkerTemplate"]["size"]
+        ns = lws["metadata"].get("namespace", "default")
+        # What the controller injects; the leader's DNS name (<lws>-<group>.<lws>.<namespace>) is this machine.
+        self.dns_name = "%s-0.%s.%s" % (lws["metadata"]["name"], lws["metadata"]["name"], ns)
+        env = {"LWS_LEADER_ADDRESS": "127.0.0.1", "LWS_GROUP_SIZE": str(size), "LWS_WORKER_INDEX": str(index)}
+        for source in self.container.get("envFrom", []):
+            ref = source.get("configMapRef")
+            if ref is None:
+                raise AssertionError("%s: envFrom %s is not a ConfigMap" % (name, source))
+            data = config_maps[ref["name"]]
+            env.update({source.get("prefix", "") + k: str(v) for k, v in data.items()})
+        for var in self.container.get("env", []):
+            if "value" in var:
+                env[var["name"]] = expand(str(var["value"]), env)
+            elif "valueFrom" in var:
+                env[var["name"]] = self.value_from(var["valueFrom"], config_maps)
+            else:
+                env[var["name"]] = ""
+        self.mounts = {}  # mountPath -> local folder
+        volumes = {v["name"]: v for v in self.spec.get("volumes", [])}
+        for mount in self.container.get("volumeMounts", []):
+            volume = volumes[mount["name"]]
+            shared = "persistentVolumeClaim" in volume or "hostPath" in volume
+            local = os.path.join(mounts_root, "shared" if shared else "pod-%d" % index,
+                                 mount["mountPath"].strip("/"))
+            os.makedirs(local, exist_ok=True)
+            self.mounts[mount["mountPath"].rstrip("/")] = local
+        for key, value in HARDWARE_ENV.items():
+            if key in env:
+                env[key] = value
+        self.env = {k: self.local_path(v) for k, v in env.items()}
+        command = self.container.get("command")
+        if not command:
+            raise AssertionError("%s: the container has no command (the image's entry point is not assumed)" % name)
+        argv = [expand(a, self.env) for a in command + self.container.get("args", [])]
+        if argv[0] != "tessera":
+            raise AssertionError("%s: command %s does not run tessera" % (name, argv))
+        self.argv = [ARGS.tessera] + [self.local_path(a) for a in argv[1:]]
+        self.process = None
+        self.output = []
+
+    def value_from(self, source, config_maps):
+        if "fieldRef" in source:
+            field = source["fieldRef"]["fieldPath"]
+            known = {"status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1", "metadata.name": self.name,
+                     "metadata.namespace": "default", "spec.nodeName": "localhost"}
+            if field not in known:
+                raise AssertionError("%s: fieldRef %s is not one this test fills" % (self.name, field))
+            return known[field]
+        if "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            return str(config_maps[ref["name"]][ref["key"]])
+        if "resourceFieldRef" in source:
+            return "1"
+        raise AssertionError("%s: valueFrom %s is not supported by this test" % (self.name, source))
+
+    def local_path(self, value):
+        for path, local in self.mounts.items():
+            if value == path or value.startswith(path + "/"):
+                return local + value[len(path):]
+        return value
+
+    def start(self, log_dir):
+        log = open(os.path.join(log_dir, "%s.log" % self.name), "w")
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env}
+        # Its own session: a signal reaches this pod's main process only, as in a container.
+        self.process = subprocess.Popen(self.argv, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        self.log_path = log.name
+        log.close()
+
+    def log_tail(self, lines=30):
+        with open(self.log_path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+
+    def kill_all(self):
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+
+def grpc_health(port, service):
+    channel = grpc.insecure_channel("127.0.0.1:%d" % port)
+    try:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                         timeout=5).status
+    finally:
+        channel.close()
+
+
+def container_port(container, port):
+    """A probe's or Service's port (a number or a container port's name) as a number."""
+    if isinstance(port, int):
+        return port
+    if isinstance(port, str) and port.isdigit():
+        return int(port)
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return p["containerPort"]
+    raise AssertionError("no container port named %r" % port)
+
+
+def probe_once(pod, probe):
+    """Runs one probe as the kubelet would; True on success."""
+    try:
+        if "grpc" in probe:
+            port = container_port(pod.container, probe["grpc"]["port"])
+            return grpc_health(port, probe["grpc"].get("service", "")) == health_pb2.HealthCheckResponse.SERVING
+        if "httpGet" in probe:
+            import http.client
+            conn = http.client.HTTPConnection("127.0.0.1", container_port(pod.container, probe["httpGet"]["port"]),
+                                              timeout=5)
+            conn.request("GET", probe["httpGet"].get("path", "/"))
+            status = conn.getresponse().status
+            conn.close()
+            return 200 <= status < 400
+        if "tcpSocket" in probe:
+            with socket.create_connection(("127.0.0.1", container_port(pod.container, probe["tcpSocket"]["port"])),
+                                          timeout=5):
+                return True
+        if "exec" in probe:
+            return subprocess.run(probe["exec"]["command"], env=pod.env, timeout=30).returncode == 0
+    except (grpc.RpcError, OSError, subprocess.TimeoutExpired):
+        return False
+    raise AssertionError("%s: a probe with no handler: %s" % (pod.name, probe))
+
+
+def wait_probe(pod, kind, limit):
+    """Polls the container's `kind` probe (every periodSeconds after initialDelaySeconds) until it succeeds, for
+    at most failureThreshold periods (startup) or `limit` seconds; returns the seconds it took."""
+    probe = pod.container.get(kind)
+    if probe is None:
+        raise AssertionError("%s has no %s" % (pod.name, kind))
+    start = time.time()
+    period = probe.get("periodSeconds", 10)
+    budget = probe.get("initialDelaySeconds", 0) + period * probe.get("failureThreshold", 3)
+    # A failing startup probe restarts the container after failureThreshold periods; readiness has no end.
+    deadline = start + (min(budget, limit) if kind == "startupProbe" else limit)
+    time.sleep(min(probe.get("initialDelaySeconds", 0), 1))
+    while not probe_once(pod, probe):
+        if pod.process.poll() is not None:
+            raise AssertionError("%s exited (%s) before its %s succeeded:\n%s" % (
+                pod.name, pod.process.returncode, kind, pod.log_tail()))
+        if time.time() > deadline:
+            raise AssertionError("%s: %s still failing after %.0f s:\n%s" % (
+                pod.name, kind, time.time() - start, pod.log_tail()))
+        time.sleep(min(period, 0.5))  # faster than the kubelet; the outcome is the same
+    return time.time() - start
+
+
+def port_free(port):
+    """Whether a server can listen on `port` (with SO_REUSEADDR, as gRPC and Beast do: connections of an
+    earlier run in TIME_WAIT do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+class ManifestsRunTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        docs = render(ARGS.overlay)
+        cls.config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+        [cls.lws] = [d for d in docs if d["kind"] == "LeaderWorkerSet"]
+        cls.services = [d for d in docs if d["kind"] == "Service"]
+        os.makedirs(ARGS.workdir, exist_ok=True)
+        cls.mounts_root = os.path.join(ARGS.workdir, "mounts")
+        shutil.rmtree(cls.mounts_root, ignore_errors=True)
+        template = cls.lws["spec"]["leaderWorkerTemplate"]
+        size = template["size"]
+        leader_template = template.get("leaderTemplate", template["workerTemplate"])
+        name = cls.lws["metadata"]["name"]
+        cls.pods = [Pod("%s-0" % name, leader_template, 0, cls.lws, cls.config_maps, cls.mounts_root)]
+        cls.pods += [Pod("%s-0-%d" % (name, i), template["workerTemplate"], i, cls.lws, cls.config_maps,
+                         cls.mounts_root) for i in range(1, size)]
+        cls.leader = cls.pods[0]
+        model = cls.leader.env["TESSERA_MODEL"]
+        if not os.path.exists(os.path.join(model, "config.json")):
+            config = os.path.join(ARGS.workdir, "tiny405_config.json")
+            with open(config, "w") as f:
+                json.dump(TINY_405B_RATIOS, f)
+            subprocess.run([ARGS.tessera, "make-model", "--config", config, "--out", model, "--seed", "5",
+                            "--tokenizer", TOKENIZER_DIR], check=True, capture_output=True, timeout=300)
+        cls.log_dir = os.path.join(ARGS.workdir, "logs")
+        os.makedirs(cls.log_dir, exist_ok=True)
+
+    def setUp(self):
+        # ctest's timeout (SIGTERM) or Ctrl-C must not leave the pods running on the manifests' fixed ports.
+        def stop(sig, frame):
+            self.tearDown()
+            sys.exit(128 + sig)
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def tearDown(self):
+        for pod in self.pods:
+            pod.kill_all()
+
+    def test_the_two_node_overlay_serves_and_drains_as_written(self):
+        leader, workers = self.leader, self.pods[1:]
+        self.assertEqual(len(self.pods), 2, "the 405B overlay is a group of two pods")
+        for pod in self.pods:
+            print("%s: %s" % (pod.name, " ".join(pod.argv[1:])), file=sys.stderr)
+            print("  env: %s" % " ".join("%s=%s" % kv for kv in sorted(pod.env.items())
+                                          if kv[0].startswith(("TESSERA_", "LWS_"))), file=sys.stderr)
+        ports = {container_port(p.container, port["containerPort"])
+                 for p in self.pods for port in p.container.get("ports", [])}
+        busy = [p for p in sorted(ports) if not port_free(p)]
+        if busy:
+            self.fail("ports %s that the manifests use are taken on this machine" % busy)
+
+        # The Service: selects the leader only, and its target ports are the leader's container ports.
+        [service] = [s for s in self.services if s["spec"].get("selector")]
+        selector = service["spec"]["selector"]
+        self.assertTrue(all(leader.labels.get(k) == v for k, v in selector.items()),
+                        "Service %s selects %s, not the leader (%s)" % (service["metadata"]["name"], selector,
+                                                                       leader.labels))
+        for w in workers:
+            self.assertFalse(all(w.labels.get(k) == v for k, v in selector.items()),
+                             "Service selects worker pod %s too" % w.name)
+        targets = {p["name"]: container_port(leader.container, p.get("targetPort", p["port"]))
+                   for p in service["spec"]["ports"]}
+        self.assertEqual(set(targets), {"grpc", "http"}, service["spec"]["ports"])
+
+        start = time.time()
+        for pod in reversed(self.pods):  # workers first: any order works
+            pod.start(self.log_dir)
+        for pod in self.pods:
+            took = wait_probe(pod, "startupProbe", 60)  # these processes answer within a second
+            print("%s: startupProbe passed after %.1f s" % (pod.name, took), file=sys.stderr)
+        took = wait_probe(leader, "readinessProbe", 180)
+        print("leader ready %.1f s after the pods started" % (time.time() - start), file=sys.stderr)
+        for pod in self.pods:
+            for kind in ("readinessProbe", "livenessProbe"):
+                if kind in pod.container:
+                    self.assertTrue(probe_once(pod, pod.container[kind]), "%s: %s" % (pod.name, kind))
+
+        # A completion through each of the Service's ports.
+        pb, pb_grpc, _, _ = harness.stubs()
+        channel = grpc.insecure_channel("127.0.0.1:%d" % targets["grpc"])
+        stub = pb_grpc.InferenceServiceStub(channel)
+        served = leader.env.get("TESSERA_SERVED_MODEL_NAME") or os.path.basename(leader.env["TESSERA_MODEL"])
+        answer = stub.Complete(pb.CompleteRequest(model=served, text="The capital of France is", max_tokens=8,
+                                                  temperature=0.0, ignore_eos=True), timeout=120)
+        self.assertEqual(len(answer.choices[0].token_ids), 8)
+        import openai
+        client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % targets["http"], api_key="unused")
+        self.assertEqual([m.id for m in client.models.list().data], [served])
+        text = client.completions.create(model=served, prompt="The capital of France is", max_tokens=8,
+                                         temperature=0, extra_body={"ignore_eos": True})
+        self.assertEqual(text.choices[0].text, answer.choices[0].text)
+
+        # Deleting the group: every pod gets SIGTERM at once, mid-stream. The stream still completes; readiness
+        # turns NOT_SERVING; each pod is gone within its grace period.
+        request = pb.CompleteRequest(model=served, text="Once upon a time", max_tokens=200, temperature=0.0,
+                                     ignore_eos=True)
+        tokens = 0
+        signalled = None
+        for event in stub.CompleteStream(request, timeout=300):
+            if event.HasField("delta"):
+                tokens += len(event.delta.token_ids)
+                if signalled is None:
+                    for pod in self.pods:
+                        pod.process.send_signal(signal.SIGTERM)
+                    signalled = time.time()
+                    readiness = leader.container["readinessProbe"]
+                    deadline = time.time() + 2
+                    while probe_once(leader, readiness):
+                        self.assertLess(time.time(), deadline, "the leader still ready 2 s after SIGTERM")
+                        time.sleep(0.01)
+                    self.assertTrue(probe_once(leader, leader.container["livenessProbe"]),
+                                    "the leader must stay live while it drains")
+        channel.close()
+        self.assertEqual(tokens, 200)
+        for pod in self.pods:
+            grace = pod.spec.get("terminationGracePeriodSeconds", 30)
+            try:
+                code = pod.process.wait(max(1, grace - (time.time() - signalled)))
+            except subprocess.TimeoutExpired:
+                self.fail("%s outlived its terminationGracePeriodSeconds (%s s):\n%s" % (pod.name, grace,
+                                                                                       pod.log_tail()))
+            self.assertEqual(code, 0, "%s exited %s:\n%s" % (pod.name, code, pod.log_tail()))
+        print("every pod gone %.1f s after SIGTERM" % (time.time() - signalled), file=sys.stderr)
+        time.sleep(0.5)
+        leftovers = subprocess.run(["pgrep", "-f", "--", "--coordinator 127.0.0.1:%d" % targets["grpc"]],
+                                   capture_output=True, text=True).stdout.split()
+        self.assertEqual(leftovers, [], "worker processes outlived their pods")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tessera", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--kubectl", default=None)
+    parser.add_argument("--overlay", default=OVERLAY, help="another copy of the two-node overlay (to see it fail)")
+    ARGS, rest = parser.parse_known_args()
+    ARGS.tessera = os.path.abspath(ARGS.tessera)
+    unittest.main(argv=[sys.argv[0], *rest], verbosity=2)
