@@ -145,6 +145,7 @@ v1::CompleteRequest CompletionOfChat(const v1::ChatRequest& chat) {
   request.set_logprobs(chat.logprobs());
   if (chat.has_top_logprobs()) request.set_top_logprobs(chat.top_logprobs());
   if (chat.has_priority()) request.set_priority(chat.priority());
+  request.set_resumable(chat.resumable());
   return request;
 }
 

@@ -59,6 +59,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
       [self](const absl::Status& status) { self->OnFailure(status); });
   SchedulerOptions scheduler = options.scheduler;
   scheduler.max_steps_in_flight = c->parallel_.pp_size() > 1 ? c->parallel_.pp_size() : 1;
+  scheduler.suspend_on_send_failure = options.replacement_timeout.count() > 0;
   c->metrics_ = std::make_unique<MetricsRegistry>();
   c->engine_metrics_ = std::make_unique<EngineMetrics>(*c->metrics_, options.model.id);
   MetricFamily& busy = c->metrics_->AddGauge(
@@ -71,8 +72,13 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
   c->scheduler_ = std::make_unique<Scheduler>(scheduler, *c->workers_, c->engine_metrics_.get());
   c->rendezvous_ = std::make_unique<RendezvousService>();
   c->chat_ = std::make_shared<ChatRenderer>(std::move(chat_templates), options.model.dir);
+  if (options.resume_window.count() > 0) {
+    StreamJournalStoreOptions journals;
+    journals.window = absl::FromChrono(options.resume_window);
+    c->journals_ = std::make_unique<StreamJournalStore>(*c->scheduler_, journals);
+  }
   c->inference_ = std::make_unique<InferenceService>(options.model, c->tokenizer_, *c->scheduler_,
-                                                     InferenceServiceOptions(), c->chat_);
+                                                     InferenceServiceOptions(), c->chat_, c->journals_.get());
   c->models_ = std::make_unique<ModelService>(options.model, *c->scheduler_);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -97,15 +103,71 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
     http.port = options.http_port;
     http.threads = options.http_threads;
     http.metrics = [self] { return self->MetricsText(); };
-    auto api = std::make_shared<const OpenAiApi>(options.model, c->tokenizer_, c->chat_);
-    ASSIGN_OR_RETURN(c->http_, HttpServer::Start(http, std::move(api), *c->scheduler_));
+    OpenAiApiOptions api_options;
+    api_options.resumable_streams = c->journals_ != nullptr;
+    auto api = std::make_shared<const OpenAiApi>(options.model, c->tokenizer_, c->chat_, api_options);
+    ASSIGN_OR_RETURN(c->http_, HttpServer::Start(http, std::move(api), *c->scheduler_, c->journals_.get()));
   }
   return c;
 }
 
 int Coordinator::http_port() const { return http_ != nullptr ? http_->port() : -1; }
 
+CoordinatorMessage Coordinator::AssignShardMessage(int rank) const {
+  const SchedulerOptions& limits = options_.scheduler;
+  CoordinatorMessage m;
+  auto* shard = m.mutable_assign_shard();
+  shard->set_model_dir(options_.model.dir);
+  shard->set_rank(rank);
+  shard->set_tp_size(parallel_.tp_size());
+  shard->set_pp_size(parallel_.pp_size());
+  for (int p = 0; p < parallel_.pp_size(); ++p) {
+    shard->add_pp_layers(static_cast<int>(parallel_.StageLayers(p).size()));
+  }
+  shard->set_device(options_.model.device);
+  shard->set_num_threads(options_.threads_per_worker);
+  shard->set_max_num_tokens(limits.max_num_batched_tokens);
+  shard->set_max_num_seqs(limits.max_num_seqs);
+  shard->set_prefill_precision(options_.prefill_precision);
+  if (options_.graph_max_batch >= 0) shard->set_graph_max_batch(options_.graph_max_batch);
+  shard->set_communicator(options_.communicator);
+  shard->set_single_node(options_.single_node);
+  return m;
+}
+
+CoordinatorMessage Coordinator::InitCommMessage() const {
+  CoordinatorMessage m;
+  auto* comm = m.mutable_init_comm();
+  comm->set_store_address(Cat(options_.advertise_host, ":", port_));
+  comm->set_group_prefix(Cat("epoch", workers_->epoch()));  // a new epoch's groups never meet the old ones
+  comm->set_timeout_ms(options_.comm_timeout.count());
+  return m;
+}
+
 absl::Status Coordinator::BringUp() {
+  // A worker lost while the group comes up (killed, crashed while loading) does not end the start-up: every
+  // rank is dropped and started again (tessera serve restarts its children; elsewhere they rejoin), at most
+  // kMaxStartAttempts times. Any other error (a bad checkpoint, a split that does not fit) ends it at once.
+  constexpr int kMaxStartAttempts = 3;
+  for (int attempt = 1;; ++attempt) {
+    absl::Status status = BringUpOnce();
+    if (status.ok() || !absl::IsUnavailable(status) || attempt == kMaxStartAttempts ||
+        options_.replacement_timeout.count() == 0) {
+      return status;
+    }
+    Log(Cat("coordinator: start-up attempt ", attempt, " failed: ", status.message(), "; starting every rank again"),
+        LogLevel::kWarning);
+    ASSIGN_OR_RETURN(WorkerGroup::Recovery recovery,
+                     workers_->BeginRecovery(std::chrono::seconds(10), /*drop_all=*/true));
+    rendezvous_->RetireAllBut(Cat("epoch", recovery.new_epoch, "/"));
+    if (options_.replace_rank) {
+      for (int rank : recovery.vacant) options_.replace_rank(rank, /*kill=*/true);
+    }
+    scheduler_->Resume();  // clears the failure the lost worker reported (nothing runs before Activate)
+  }
+}
+
+absl::Status Coordinator::BringUpOnce() {
   const int world = parallel_.world_size();
   const auto t0 = Clock::now();
   Log(Cat("coordinator: waiting for ", world, " workers on port ", port_));
@@ -113,46 +175,10 @@ absl::Status Coordinator::BringUp() {
   Log(Cat("coordinator: ", world, " workers joined in ", SecondsSince(t0), " s (", parallel_.ToString(),
           ")"));
   const ServedModel& model = options_.model;
-  const SchedulerOptions& limits = options_.scheduler;
-  RETURN_IF_ERROR(workers_
-                      ->RunPhase(
-                          [&](int rank) {
-                            CoordinatorMessage m;
-                            auto* shard = m.mutable_assign_shard();
-                            shard->set_model_dir(model.dir);
-                            shard->set_rank(rank);
-                            shard->set_tp_size(parallel_.tp_size());
-                            shard->set_pp_size(parallel_.pp_size());
-                            for (int p = 0; p < parallel_.pp_size(); ++p) {
-                              shard->add_pp_layers(static_cast<int>(parallel_.StageLayers(p).size()));
-                            }
-                            shard->set_device(model.device);
-                            shard->set_num_threads(options_.threads_per_worker);
-                            shard->set_max_num_tokens(limits.max_num_batched_tokens);
-                            shard->set_max_num_seqs(limits.max_num_seqs);
-                            shard->set_prefill_precision(options_.prefill_precision);
-                            if (options_.graph_max_batch >= 0) {
-                              shard->set_graph_max_batch(options_.graph_max_batch);
-                            }
-                            shard->set_communicator(options_.communicator);
-                            shard->set_single_node(options_.single_node);
-                            return m;
-                          },
-                          options_.startup_timeout)
-                      .status());
-  const std::string prefix = Cat("epoch", workers_->epoch());
-  RETURN_IF_ERROR(workers_
-                      ->RunPhase(
-                          [&](int) {
-                            CoordinatorMessage m;
-                            auto* comm = m.mutable_init_comm();
-                            comm->set_store_address(Cat(options_.advertise_host, ":", port_));
-                            comm->set_group_prefix(prefix);
-                            comm->set_timeout_ms(options_.comm_timeout.count());
-                            return m;
-                          },
-                          options_.startup_timeout)
-                      .status());
+  RETURN_IF_ERROR(
+      workers_->RunPhase([&](int rank) { return AssignShardMessage(rank); }, options_.startup_timeout).status());
+  RETURN_IF_ERROR(
+      workers_->RunPhase([&](int) { return InitCommMessage(); }, options_.startup_timeout).status());
   const auto t_load = Clock::now();
   ASSIGN_OR_RETURN(std::vector<control::v1::Ack> loaded, workers_->RunPhase(
                                                              [](int) {
@@ -191,6 +217,7 @@ absl::Status Coordinator::BringUp() {
                           },
                           options_.startup_timeout)
                       .status());
+  num_kv_blocks_ = num_blocks;
   const int max_model_len = scheduler_->Activate(num_blocks);
   if (max_model_len < options_.scheduler.max_model_len) {
     Log(Cat("coordinator: max_model_len lowered from ", options_.scheduler.max_model_len, " to ", max_model_len,
@@ -199,6 +226,10 @@ absl::Status Coordinator::BringUp() {
         LogLevel::kWarning);
   }
   server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
+  {
+    absl::MutexLock lock(&recovery_mu_);
+    serving_ = true;
+  }
   Log(Cat("coordinator: serving ", model.id, " with ", num_blocks, " KV blocks per rank (",
           num_blocks * int64_t{16}, " tokens) after ", SecondsSince(t0), " s"));
   return absl::OkStatus();
@@ -220,10 +251,176 @@ absl::StatusOr<std::vector<control::v1::Ack>> Coordinator::DrainWorkers(std::chr
 }
 
 void Coordinator::OnFailure(const absl::Status& status) {
-  Log(Cat("coordinator: ", status.message(), "; not serving"), LogLevel::kError);
   // Readiness first: a client whose request ends with UNAVAILABLE must then find the service NOT_SERVING.
   if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
-  if (scheduler_ != nullptr) scheduler_->Fail(status);
+  bool recover = false;
+  {
+    absl::MutexLock lock(&recovery_mu_);
+    absl::MutexLock shutdown(&shutdown_mu_);
+    if (serving_ && !shut_down_ && options_.replacement_timeout.count() > 0) {
+      recover = true;
+      scheduler_->Suspend();  // before the recovery can resume it
+      if (recovering_) {
+        failed_again_ = true;  // the running recovery starts over
+      } else {
+        recovering_ = true;
+        if (recovery_thread_.joinable()) recovery_thread_.join();  // the last recovery's, finished
+        recovery_thread_ = std::thread([this] { RecoverLoop(); });
+      }
+    }
+  }
+  if (!recover) {
+    Log(Cat("coordinator: ", status.message(), "; not serving"), LogLevel::kError);
+    if (scheduler_ != nullptr) scheduler_->Fail(status);
+    return;
+  }
+  Log(Cat("coordinator: ", status.message(), "; re-forming the group (requests wait)"), LogLevel::kWarning);
+}
+
+void Coordinator::RecoverLoop() {
+  const Clock::time_point detected = Clock::now();
+  Clock::time_point deadline = detected + options_.replacement_timeout;
+  bool failed_requests = false;
+  RecoveryState state;  // across attempts
+  for (int attempt = 1;; ++attempt) {
+    {
+      absl::MutexLock lock(&recovery_mu_);
+      failed_again_ = false;
+    }
+    const absl::Status status = RecoverOnce(deadline, state);
+    bool again = false;
+    {
+      absl::MutexLock lock(&recovery_mu_);
+      absl::MutexLock shutdown(&shutdown_mu_);
+      if (shut_down_) {
+        recovering_ = false;
+        return;
+      }
+      again = failed_again_;
+      if (status.ok() && !again) {
+        recovering_ = false;  // a failure from here on starts a new recovery (and suspends after this)
+        scheduler_->Resume();
+        server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
+      }
+    }
+    if (status.ok() && !again) {
+      Log(Cat("coordinator: the group is whole again in epoch ", workers_->epoch(), ", ", SecondsSince(detected),
+              " s after the failure (", attempt, attempt == 1 ? " attempt" : " attempts",
+              "); requests continue"));
+      return;
+    }
+    Log(Cat("coordinator: recovery attempt ", attempt, " failed: ",
+            status.ok() ? "another failure came" : std::string(status.message())),
+        LogLevel::kWarning);
+    if (Clock::now() >= deadline) {
+      if (!failed_requests) {
+        // The requests cannot wait any longer; the group still recovers when its ranks come back.
+        scheduler_->Fail(absl::UnavailableError(
+            Cat("no replacement for the lost workers within --replacement-timeout (",
+                options_.replacement_timeout.count(), " ms): ", status.message())));
+        failed_requests = true;
+      }
+      deadline = Clock::now() + options_.startup_timeout;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+absl::Status Coordinator::RecoverOnce(Clock::time_point deadline, RecoveryState& state) {
+  const auto t0 = Clock::now();
+  std::vector<int>& to_set_up = state.to_set_up;
+  // A replacement an earlier attempt began to set up starts again from a new process (its setup cannot be
+  // resumed half-way); one that joined but was not yet set up just waits for this attempt.
+  ASSIGN_OR_RETURN(WorkerGroup::Recovery recovery,
+                   workers_->BeginRecovery(std::chrono::seconds(10), /*drop_all=*/false, state.setup_begun));
+  state.setup_begun.clear();
+  rendezvous_->RetireAllBut(Cat("epoch", recovery.new_epoch, "/"));  // a rank joining an old group gives up
+  for (int rank : recovery.lost) {
+    if (std::find(to_set_up.begin(), to_set_up.end(), rank) == to_set_up.end()) to_set_up.push_back(rank);
+  }
+  std::sort(to_set_up.begin(), to_set_up.end());
+  std::string lost;
+  for (int rank : recovery.lost) lost += Cat(lost.empty() ? "" : ", ", rank);
+  Log(Cat("coordinator: epoch ", recovery.old_epoch, " -> ", recovery.new_epoch,
+          recovery.lost.empty() ? "; no rank lost" : Cat("; replacing rank(s) ", lost)));
+  if (options_.replace_rank) {
+    // The lost ranks' processes are replaced (killed first: one may be stopped or stuck); a vacant rank whose
+    // replacement died before it joined is started again.
+    for (int rank : recovery.vacant) {
+      const bool lost_now = std::binary_search(recovery.lost.begin(), recovery.lost.end(), rank);
+      options_.replace_rank(rank, /*kill=*/lost_now);
+    }
+  }
+  // The survivors finish what they were doing (a step whose collective lost its peer fails within
+  // --comm-timeout), forget their sequences, close their communicators and move to the new epoch.
+  const auto t_reset = Clock::now();
+  RETURN_IF_ERROR(workers_
+                      ->RunPhase(
+                          [&](int) {
+                            CoordinatorMessage m;
+                            m.set_epoch(recovery.old_epoch);
+                            m.mutable_reset()->set_new_epoch(recovery.new_epoch);
+                            return m;
+                          },
+                          options_.comm_timeout + std::chrono::seconds(10), recovery.survivors)
+                      .status());
+  const auto t_join = Clock::now();
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - t_join);
+  RETURN_IF_ERROR(workers_->WaitForWorkers(std::max(left, std::chrono::milliseconds(1))));
+  const auto t_setup = Clock::now();
+  state.setup_begun = to_set_up;
+  if (!to_set_up.empty()) {
+    RETURN_IF_ERROR(workers_
+                        ->RunPhase([&](int rank) { return AssignShardMessage(rank); }, options_.startup_timeout,
+                                   to_set_up)
+                        .status());
+  }
+  RETURN_IF_ERROR(
+      workers_->RunPhase([&](int) { return InitCommMessage(); }, options_.startup_timeout).status());
+  const auto t_load = Clock::now();
+  if (!to_set_up.empty()) {
+    RETURN_IF_ERROR(workers_
+                        ->RunPhase(
+                            [](int) {
+                              CoordinatorMessage m;
+                              m.mutable_load_weights();
+                              return m;
+                            },
+                            options_.startup_timeout, to_set_up)
+                        .status());
+    ASSIGN_OR_RETURN(std::vector<control::v1::Ack> profiled,
+                     workers_->RunPhase(
+                         [&](int) {
+                           CoordinatorMessage m;
+                           m.mutable_profile_memory()->set_kv_cache_memory_bytes(options_.kv_cache_memory);
+                           return m;
+                         },
+                         options_.startup_timeout, to_set_up));
+    for (int rank : to_set_up) {
+      if (profiled[rank].max_kv_blocks() < num_kv_blocks_) {
+        return absl::ResourceExhaustedError(Cat("replacement rank ", rank, " holds ",
+                                                profiled[rank].max_kv_blocks(), " KV blocks, the group ",
+                                                num_kv_blocks_, "; raise --kv-cache-memory"));
+      }
+    }
+    RETURN_IF_ERROR(workers_
+                        ->RunPhase(
+                            [&](int) {
+                              CoordinatorMessage m;
+                              m.mutable_allocate_kv_cache()->set_num_blocks(num_kv_blocks_);
+                              m.mutable_allocate_kv_cache()->set_skip_graphs(true);
+                              return m;
+                            },
+                            options_.startup_timeout, to_set_up)
+                        .status());
+  }
+  auto secs = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  to_set_up.clear();
+  state.setup_begun.clear();
+  Log(Cat("coordinator: re-formed in ", secs(t0, Clock::now()), " s: survivors reset ", secs(t_reset, t_join),
+          " s, replacements joined ", secs(t_join, t_setup), " s, communicators and loading ",
+          secs(t_setup, Clock::now()), " s (of which loading ", secs(t_load, Clock::now()), " s)"));
+  return absl::OkStatus();
 }
 
 void Coordinator::BeginDrain() {
@@ -244,7 +441,13 @@ void Coordinator::Shutdown(std::chrono::milliseconds grace) {
   if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
   if (scheduler_ != nullptr) scheduler_->Fail(absl::UnavailableError("the server is shutting down"));
   if (http_ != nullptr) http_->Stop();  // after Fail: every HTTP request has its OnDone
-  if (workers_ != nullptr) workers_->Shutdown(grace);
+  if (workers_ != nullptr) workers_->Shutdown(grace);  // a recovery in progress ends with CANCELLED
+  std::thread recovery;
+  {
+    absl::MutexLock lock(&recovery_mu_);
+    recovery = std::move(recovery_thread_);
+  }
+  if (recovery.joinable()) recovery.join();
   if (rendezvous_ != nullptr) rendezvous_->Shutdown();
   if (server_ != nullptr)
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));

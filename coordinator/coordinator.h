@@ -4,9 +4,11 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <ostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -33,6 +35,7 @@ class RendezvousService;
 class InferenceService;
 class ModelService;
 class HttpServer;
+class StreamJournalStore;
 class Gauge;
 class MetricsRegistry;
 struct EngineMetrics;
@@ -45,6 +48,9 @@ struct CoordinatorOptions {
   // The OpenAI-compatible HTTP API (coordinator/http) on listen_address's host: -1 off, 0 a free port.
   int http_port = -1;
   int http_threads = 2;  // its io_context threads
+  // Resumable streams (gRPC and HTTP) are kept this long after their client left or their end, whichever is
+  // later, for the client to reattach; 0: resumption off (resumable requests are refused).
+  std::chrono::milliseconds resume_window{60000};
   // How workers reach this server's rendezvous store (HOST; the port is the listening one).
   std::string advertise_host = "127.0.0.1";
   int64_t kv_cache_memory = 0;  // bytes per rank; 0 = each worker decides
@@ -56,13 +62,23 @@ struct CoordinatorOptions {
   bool single_node = false;    // every worker runs on this node (tessera serve)
   SchedulerOptions scheduler;  // num_kv_blocks and max_steps_in_flight are set by the coordinator
   std::chrono::milliseconds heartbeat_interval{500};
-  std::chrono::milliseconds heartbeat_timeout{5000};
+  std::chrono::milliseconds heartbeat_timeout{2000};
   std::chrono::milliseconds comm_timeout{30000};      // rendezvous and every collective
   std::chrono::milliseconds startup_timeout{600000};  // workers joining, loading
+  // A lost worker (exited, killed, silent past heartbeat_timeout) is replaced and its requests go on: the group
+  // is re-formed in a new epoch, and the requests running are re-prefilled from their token logs. When no
+  // replacement has joined within this long, the requests end UNAVAILABLE (the group still recovers whenever
+  // the ranks come back). 0: no recovery; a lost worker fails every request (fail-stop).
+  std::chrono::milliseconds replacement_timeout{60000};
+  // Called (on the recovery thread) with each vacant rank, to start a replacement: `tessera serve` restarts its
+  // child process (killing the old one first when `kill`, else only when it is no longer running). Empty:
+  // replacements come by themselves (a restarted pod).
+  std::function<void(int rank, bool kill)> replace_rank;
 };
 
 class Coordinator {
  public:
+  using Clock = std::chrono::steady_clock;
   // Validates the split (INVALID_ARGUMENT naming the numbers), starts the server (UNAVAILABLE naming the
   // address when it cannot listen) and waits for nothing. `tokenizer` may be null (token-id prompts only);
   // `chat_templates` may be null (no chat prompts).
@@ -107,6 +123,22 @@ class Coordinator {
  private:
   Coordinator(const CoordinatorOptions& options, ParallelConfig parallel, std::ostream& log);
   void OnFailure(const absl::Status& status);
+  // One start-up: wait for the workers, run every setup phase, activate the scheduler.
+  [[nodiscard]] absl::Status BringUpOnce();
+  // The setup messages of BringUp, also sent to replacements.
+  control::v1::CoordinatorMessage AssignShardMessage(int rank) const;
+  control::v1::CoordinatorMessage InitCommMessage() const;
+  // Re-forms the group after failures until it is whole again (or the coordinator shuts down): the recovery
+  // thread's loop. Requests wait meanwhile; they end UNAVAILABLE once replacement_timeout has passed.
+  void RecoverLoop() ABSL_LOCKS_EXCLUDED(recovery_mu_);
+  struct RecoveryState {
+    std::vector<int> to_set_up;    // ranks lost in any attempt: their replacements need the whole setup
+    std::vector<int> setup_begun;  // of them, those an attempt began to set up (dropped by the next attempt)
+  };
+  // One attempt: drop the lost ranks (adding them to to_set_up), reset the survivors into the new epoch, wait
+  // for replacements until `deadline`, set up every rank of to_set_up (cleared on success) and re-form the
+  // communicators. Errors: the group's next failure, a timeout.
+  [[nodiscard]] absl::Status RecoverOnce(Clock::time_point deadline, RecoveryState& state);
   // Writes one structured line (core/log.h) to the log (callers on several threads: bring-up, failure
   // handler).
   void Log(const std::string& line, LogLevel level = LogLevel::kInfo);
@@ -122,12 +154,20 @@ class Coordinator {
   std::vector<Gauge*> busy_gauges_;                // in metrics_: tessera:worker_busy_seconds by rank
   std::unique_ptr<WorkerGroup> workers_;
   std::unique_ptr<Scheduler> scheduler_;
+  // Resumable streams (null: resume_window 0); used by the APIs, cancels in scheduler_.
+  std::unique_ptr<StreamJournalStore> journals_;
   std::unique_ptr<RendezvousService> rendezvous_;
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<ModelService> models_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<HttpServer> http_;  // null when off
   int port_ = 0;
+  int num_kv_blocks_ = 0;  // per rank, from BringUp: what a replacement must hold
+  absl::Mutex recovery_mu_;
+  bool serving_ ABSL_GUARDED_BY(recovery_mu_) = false;     // BringUp finished
+  bool recovering_ ABSL_GUARDED_BY(recovery_mu_) = false;  // the recovery thread runs RecoverLoop
+  bool failed_again_ ABSL_GUARDED_BY(recovery_mu_) = false;  // a failure came during the recovery
+  std::thread recovery_thread_;  // joined by Shutdown
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;      // a Shutdown began
   bool shutdown_done_ ABSL_GUARDED_BY(shutdown_mu_) = false;  // ... and finished

@@ -72,20 +72,28 @@ void SetDeltaPromptLogprobs(v1::ChatDelta&, const std::vector<int32_t>&, const s
 
 }  // namespace
 
-grpc::Status ToGrpcStatus(const absl::Status& status) {
+// An UNAVAILABLE answer (draining, the group re-forming past --replacement-timeout, not ready yet) tells a
+// client's retry policy when to try again (gRPC's grpc-retry-pushback-ms), here or on another replica.
+constexpr char kRetryPushbackMs[] = "1000";
+
+grpc::Status ToGrpcStatus(const absl::Status& status, grpc::ServerContext* context) {
   if (status.ok()) return grpc::Status::OK;
+  if (context != nullptr && absl::IsUnavailable(status)) {
+    context->AddTrailingMetadata("grpc-retry-pushback-ms", kRetryPushbackMs);
+  }
   // absl::StatusCode and grpc::StatusCode share the canonical code numbers.
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 InferenceService::InferenceService(ServedModel model, std::shared_ptr<const Tokenizer> tokenizer,
                                    Engine& engine, InferenceServiceOptions options,
-                                   std::shared_ptr<ChatRenderer> chat)
+                                   std::shared_ptr<ChatRenderer> chat, StreamJournalStore* journals)
     : model_(std::move(model)),
       tokenizer_(std::move(tokenizer)),
       chat_(std::move(chat)),
       engine_(engine),
       options_(options),
+      journals_(journals),
       id_prefix_(RandomPrefix()) {}
 
 std::string InferenceService::NewRequestId() { return Cat(id_prefix_, "-", next_id_.fetch_add(1)); }
@@ -115,18 +123,52 @@ absl::StatusOr<std::string> InferenceService::RenderChat(
   return text;
 }
 
+absl::Status InferenceService::CheckResumable(const v1::CompleteRequest& request, bool stream) const {
+  if (!request.resumable()) return absl::OkStatus();
+  if (journals_ == nullptr) {
+    return absl::InvalidArgumentError(
+        "resumable: stream resumption is off on this server (--resume-window 0; give it a duration)");
+  }
+  if (!stream) {
+    return absl::InvalidArgumentError(
+        "resumable applies to streams (CompleteStream, ChatStream), not to unary calls");
+  }
+  if (request.has_n() && request.n() != 1) {
+    return absl::InvalidArgumentError(Cat("resumable streams need n = 1, got n = ", request.n()));
+  }
+  if (request.echo()) return absl::InvalidArgumentError("resumable streams cannot echo the prompt (echo)");
+  return absl::OkStatus();
+}
+
 absl::Status InferenceService::Submit(const v1::CompleteRequest& request, const std::string* rendered_chat,
-                                      PreparedCompletion& prepared,
-                                      std::shared_ptr<CompletionObserver>& observer) {
+                                      StreamKind kind, PreparedCompletion& prepared,
+                                      std::shared_ptr<CompletionObserver>& observer,
+                                      std::shared_ptr<StreamJournal>* journal) {
+  RETURN_IF_ERROR(CheckResumable(request, journal != nullptr));
   ASSIGN_OR_RETURN(prepared,
                    PrepareCompletion(request, model_, tokenizer_.get(), options_.limits, rendered_chat));
   GenerationRequest& generation = prepared.request;
   if (generation.id.empty()) generation.id = NewRequestId();
-  observer = std::make_shared<CompletionObserver>(tokenizer_, generation.n, generation.sampling.min_tokens,
-                                                  prepared.stop_strings,
-                                                  generation.stop_token_ids);
+  std::shared_ptr<GenerationObserver> engine_observer;
+  if (request.resumable()) {
+    StreamInfo info;
+    info.kind = kind;
+    info.model = model_.id;
+    info.created = absl::ToUnixSeconds(absl::Now());
+    info.prepared = prepared;
+    ASSIGN_OR_RETURN(*journal, journals_->Create(tokenizer_, std::move(info)));
+    engine_observer = *journal;
+  } else {
+    observer = std::make_shared<CompletionObserver>(tokenizer_, generation.n, generation.sampling.min_tokens,
+                                                    prepared.stop_strings, generation.stop_token_ids);
+    engine_observer = observer;
+  }
   GenerationRequest submitted = generation;  // the prepared one keeps its fields for the answer
-  absl::Status status = engine_.Submit(std::move(submitted), observer);
+  absl::Status status = engine_.Submit(std::move(submitted), std::move(engine_observer));
+  if (!status.ok() && request.resumable()) {
+    journals_->Remove(generation.id);
+    journal->reset();
+  }
   // Prompt text only with --log-requests (LogRequests()); sizes and the outcome always.
   std::string line =
       Cat("grpc request: ", generation.prompt.size(), " prompt tokens, max_tokens ", generation.max_tokens,
@@ -142,17 +184,19 @@ absl::Status InferenceService::Submit(const v1::CompleteRequest& request, const 
 
 absl::Status InferenceService::StartCompletion(const v1::CompleteRequest& request,
                                                PreparedCompletion& prepared,
-                                               std::shared_ptr<CompletionObserver>& observer) {
+                                               std::shared_ptr<CompletionObserver>& observer,
+                                               std::shared_ptr<StreamJournal>* journal) {
   if (request.prompt_case() != v1::CompleteRequest::kChat || request.chat().messages().empty()) {
-    return Submit(request, nullptr, prepared, observer);
+    return Submit(request, nullptr, StreamKind::kCompletion, prepared, observer, journal);
   }
   ASSIGN_OR_RETURN(const std::string rendered,
                    RenderChat(request.chat().messages(), nullptr, "chat.messages", "chat"));
-  return Submit(request, &rendered, prepared, observer);
+  return Submit(request, &rendered, StreamKind::kCompletion, prepared, observer, journal);
 }
 
 absl::Status InferenceService::StartChat(const v1::ChatRequest& request, PreparedCompletion& prepared,
-                                         std::shared_ptr<CompletionObserver>& observer) {
+                                         std::shared_ptr<CompletionObserver>& observer,
+                                         std::shared_ptr<StreamJournal>* journal) {
   if (absl::Status s = CheckModelName(request.model(), model_, "model"); !s.ok()) {
     return absl::NotFoundError(s.message());  // OpenAI's model_not_found
   }
@@ -171,7 +215,7 @@ absl::Status InferenceService::StartChat(const v1::ChatRequest& request, Prepare
   }
   ASSIGN_OR_RETURN(const std::string rendered,
                    RenderChat(request.messages(), tools ? &*tools : nullptr, "messages", "messages"));
-  return Submit(CompletionOfChat(request), &rendered, prepared, observer);
+  return Submit(CompletionOfChat(request), &rendered, StreamKind::kChat, prepared, observer, journal);
 }
 
 grpc::Status InferenceService::Abandon(const grpc::ServerContext& context, const std::string& request_id) {
@@ -190,14 +234,14 @@ grpc::Status InferenceService::AwaitDone(grpc::ServerContext& context, const std
   while (!(done = observer.WaitDone(options_.cancel_poll_interval))) {
     if (context.IsCancelled()) return Abandon(context, request_id);
   }
-  return ToGrpcStatus(*done);
+  return ToGrpcStatus(*done, &context);
 }
 
 grpc::Status InferenceService::Complete(grpc::ServerContext* context, const v1::CompleteRequest* request,
                                         v1::CompleteResponse* response) {
   PreparedCompletion prepared;
   std::shared_ptr<CompletionObserver> observer;
-  if (absl::Status s = StartCompletion(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = StartCompletion(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s, context);
   const std::string& id = prepared.request.id;
   if (grpc::Status s = AwaitDone(*context, id, *observer); !s.ok()) return s;
 
@@ -228,7 +272,7 @@ grpc::Status InferenceService::Chat(grpc::ServerContext* context, const v1::Chat
                                     v1::ChatResponse* response) {
   PreparedCompletion prepared;
   std::shared_ptr<CompletionObserver> observer;
-  if (absl::Status s = StartChat(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = StartChat(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s, context);
   const std::string& id = prepared.request.id;
   if (grpc::Status s = AwaitDone(*context, id, *observer); !s.ok()) return s;
 
@@ -312,7 +356,7 @@ grpc::Status InferenceService::StreamEvents(grpc::ServerContext& context, const 
                 *batch.emplace_back().mutable_trailer()->mutable_usage());
     }
     if (!flush()) return Abandon(context, id);
-    if (events.done.has_value()) return ToGrpcStatus(*events.done);
+    if (events.done.has_value()) return ToGrpcStatus(*events.done, &context);
   }
 }
 
@@ -321,7 +365,10 @@ grpc::Status InferenceService::CompleteStream(grpc::ServerContext* context,
                                               grpc::ServerWriter<v1::CompleteStreamResponse>* writer) {
   PreparedCompletion prepared;
   std::shared_ptr<CompletionObserver> observer;
-  if (absl::Status s = StartCompletion(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
+  std::shared_ptr<StreamJournal> journal;
+  if (absl::Status s = StartCompletion(*request, prepared, observer, &journal); !s.ok())
+    return ToGrpcStatus(s, context);
+  if (journal != nullptr) return StreamFromJournal(*context, *journal, journal->Attach(nullptr), {}, *writer);
   return StreamEvents(*context, prepared, *observer, *writer);
 }
 
@@ -329,8 +376,121 @@ grpc::Status InferenceService::ChatStream(grpc::ServerContext* context, const v1
                                           grpc::ServerWriter<v1::ChatStreamResponse>* writer) {
   PreparedCompletion prepared;
   std::shared_ptr<CompletionObserver> observer;
-  if (absl::Status s = StartChat(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s);
+  std::shared_ptr<StreamJournal> journal;
+  if (absl::Status s = StartChat(*request, prepared, observer, &journal); !s.ok()) return ToGrpcStatus(s, context);
+  if (journal != nullptr) return StreamFromJournal(*context, *journal, journal->Attach(nullptr), {}, *writer);
   return StreamEvents(*context, prepared, *observer, *writer);
+}
+
+template <typename StreamResponse>
+grpc::Status InferenceService::StreamFromJournal(grpc::ServerContext& context, StreamJournal& journal,
+                                                 uint64_t reader, JournalCursor cursor,
+                                                 grpc::ServerWriter<StreamResponse>& writer) {
+  const PreparedCompletion& prepared = journal.info().prepared;
+  const std::string& id = journal.id();
+  const int prompt_tokens = static_cast<int>(prepared.request.prompt.size());
+  std::vector<StreamResponse> batch;
+  const auto flush = [&]() {
+    bool ok = true;
+    for (size_t i = 0; i < batch.size() && ok; ++i) {
+      grpc::WriteOptions options;
+      if (i + 1 < batch.size()) options.set_buffer_hint();
+      ok = writer.Write(batch[i], options);
+    }
+    batch.clear();
+    return ok;
+  };
+  // The client went away (or its deadline passed): the request goes on into the journal.
+  const auto leave = [&]() {
+    journal.Detach(reader);
+    const bool deadline = context.deadline() <= std::chrono::system_clock::now();
+    return grpc::Status(deadline ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
+                        Cat("the client of request ", id, " left; it goes on and can be resumed"));
+  };
+
+  v1::StreamHeader* header = batch.emplace_back().mutable_header();
+  header->set_request_id(id);
+  header->set_model(model_.id);
+  header->set_prompt_tokens(prompt_tokens);
+  header->set_num_choices(1);
+  if (!flush()) return leave();
+  while (true) {
+    if (context.IsCancelled()) return leave();
+    JournalRead read = journal.Read(reader, cursor, options_.cancel_poll_interval);
+    if (read.taken_over) {
+      return grpc::Status(grpc::StatusCode::ABORTED, Cat("request ", id, " was resumed by another call"));
+    }
+    std::string text;
+    for (const std::string& t : read.texts) text += t;
+    text += read.tail;
+    if (!read.token_ids.empty() || !text.empty()) {
+      auto* delta = batch.emplace_back().mutable_delta();
+      delta->set_index(0);
+      delta->mutable_token_ids()->Add(read.token_ids.begin(), read.token_ids.end());
+      AddLogprobs(read.logprobs, *delta->mutable_logprobs());
+      SetDeltaText(*delta, std::move(text));
+    }
+    if (read.end.has_value()) {
+      v1::ChoiceEnd* end = batch.emplace_back().mutable_end();
+      end->set_index(0);
+      end->set_finish_reason(ToProto(*read.end));
+      end->set_completion_tokens(read.completion_tokens);
+    }
+    if (read.done.has_value() && read.done->ok()) {
+      FillUsage(prompt_tokens, read.completion_tokens, read.cached_tokens,
+                *batch.emplace_back().mutable_trailer()->mutable_usage());
+    }
+    if (!flush()) return leave();
+    if (read.done.has_value()) {
+      journal.Detach(reader);
+      return ToGrpcStatus(*read.done, &context);
+    }
+  }
+}
+
+template <typename StreamResponse>
+grpc::Status InferenceService::Resume(grpc::ServerContext& context, const v1::ResumeRequest& request,
+                                      StreamKind kind, grpc::ServerWriter<StreamResponse>& writer) {
+  if (journals_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "stream resumption is off on this server (--resume-window 0)");
+  }
+  if (request.request_id().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id is empty");
+  }
+  if (request.tokens_received() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        Cat("tokens_received must be >= 0, got ", request.tokens_received()));
+  }
+  absl::StatusOr<std::shared_ptr<StreamJournal>> journal = journals_->Find(request.request_id());
+  if (!journal.ok()) return ToGrpcStatus(journal.status());
+  if ((*journal)->info().kind != kind) {
+    return grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        kind == StreamKind::kChat
+            ? Cat("request ", request.request_id(), " is a completion stream: use ResumeStream")
+            : Cat("request ", request.request_id(), " is a chat stream: use ResumeChatStream"));
+  }
+  const size_t produced = (*journal)->tokens();  // only grows
+  if (static_cast<uint64_t>(request.tokens_received()) > produced) {
+    return grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                        Cat("tokens_received = ", request.tokens_received(), " is more than the ", produced,
+                            " tokens request ", request.request_id(), " has produced"));
+  }
+  JournalCursor cursor;
+  cursor.tokens = static_cast<size_t>(request.tokens_received());
+  return StreamFromJournal(context, **journal, (*journal)->Attach(nullptr), cursor, writer);
+}
+
+grpc::Status InferenceService::ResumeStream(grpc::ServerContext* context, const v1::ResumeRequest* request,
+                                            grpc::ServerWriter<v1::CompleteStreamResponse>* writer) {
+  return Resume(*context, *request, StreamKind::kCompletion, *writer);
+}
+
+grpc::Status InferenceService::ResumeChatStream(grpc::ServerContext* context,
+                                                const v1::ResumeRequest* request,
+                                                grpc::ServerWriter<v1::ChatStreamResponse>* writer) {
+  return Resume(*context, *request, StreamKind::kChat, *writer);
 }
 
 grpc::Status InferenceService::Cancel(grpc::ServerContext*, const v1::CancelRequest* request,

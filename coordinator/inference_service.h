@@ -16,14 +16,16 @@
 #include "coordinator/completion_request.h"
 #include "coordinator/engine.h"
 #include "coordinator/served_model.h"
+#include "coordinator/stream_journal_store.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "tessera/v1/inference.grpc.pb.h"
 #include "tessera/v1/model.grpc.pb.h"
 
 namespace tessera {
 
-// The gRPC status of an absl::Status: the same code and message. The one conversion every service uses.
-grpc::Status ToGrpcStatus(const absl::Status& status);
+// The gRPC status of an absl::Status: the same code and message. The one conversion every service uses. With
+// `context`, an UNAVAILABLE status also sets the trailing metadata grpc-retry-pushback-ms (when to retry).
+grpc::Status ToGrpcStatus(const absl::Status& status, grpc::ServerContext* context = nullptr);
 
 struct InferenceServiceOptions {
   CompletionLimits limits;  // max n
@@ -38,8 +40,11 @@ class InferenceService final : public v1::InferenceService::Service {
   // and Detokenize then fail with FAILED_PRECONDITION naming the file; token id prompts still work (with no
   // text in the answers). `chat` is null (or has no template) when the model has no tokenizer_config.json:
   // chat prompts then fail with FAILED_PRECONDITION.
+  // `journals` keeps resumable streams (null: --resume-window 0, resumable requests are refused); it must
+  // outlive the service.
   InferenceService(ServedModel model, std::shared_ptr<const Tokenizer> tokenizer, Engine& engine,
-                   InferenceServiceOptions options = {}, std::shared_ptr<ChatRenderer> chat = nullptr);
+                   InferenceServiceOptions options = {}, std::shared_ptr<ChatRenderer> chat = nullptr,
+                   StreamJournalStore* journals = nullptr);
 
   // Errors: PrepareCompletion's (INVALID_ARGUMENT naming the field, FAILED_PRECONDITION); Engine::Submit's
   // (RESOURCE_EXHAUSTED, UNAVAILABLE, ALREADY_EXISTS for a running request_id, ...); a failed generation's
@@ -67,6 +72,18 @@ class InferenceService final : public v1::InferenceService::Service {
   // per choice, one StreamTrailer with usage. An error after the header ends the stream with that status.
   grpc::Status ChatStream(grpc::ServerContext* context, const v1::ChatRequest* request,
                           grpc::ServerWriter<v1::ChatStreamResponse>* writer) override;
+  // A resumable stream (CompleteRequest.resumable, needs `journals`) is one whose client going away does not
+  // cancel the request: it runs on into its journal, and ResumeStream / ResumeChatStream reattach within the
+  // window: the StreamHeader again, then the deltas of every token after the first `tokens_received` (each
+  // token's text is the text that became final with it, so any cut is exact), its ChoiceEnd and the trailer.
+  // Errors: INVALID_ARGUMENT for an empty request_id or tokens_received < 0; NOT_FOUND for an id that has no
+  // journal (never resumable, or expired); FAILED_PRECONDITION when resumption is off or for the other kind
+  // of stream (a chat stream resumed by ResumeStream); OUT_OF_RANGE for more tokens than the request
+  // produced. A second resume of the same stream takes it over: the first call ends with ABORTED.
+  grpc::Status ResumeStream(grpc::ServerContext* context, const v1::ResumeRequest* request,
+                            grpc::ServerWriter<v1::CompleteStreamResponse>* writer) override;
+  grpc::Status ResumeChatStream(grpc::ServerContext* context, const v1::ResumeRequest* request,
+                                grpc::ServerWriter<v1::ChatStreamResponse>* writer) override;
   // Engine::Cancel: NOT_FOUND when no such request is queued or running; INVALID_ARGUMENT for an empty id.
   grpc::Status Cancel(grpc::ServerContext* context, const v1::CancelRequest* request,
                       v1::CancelResponse* response) override;
@@ -81,15 +98,21 @@ class InferenceService final : public v1::InferenceService::Service {
 
  private:
   // Prepares `request` (making a request id when it has none; `rendered_chat`: its chat prompt rendered, or
-  // null) and submits it with a new observer.
-  absl::Status Submit(const v1::CompleteRequest& request, const std::string* rendered_chat,
-                      PreparedCompletion& prepared, std::shared_ptr<CompletionObserver>& observer);
+  // null) and submits it with a new observer, or, when it is resumable, with a new journal (`journal` is null
+  // for unary calls, which cannot be resumable).
+  absl::Status Submit(const v1::CompleteRequest& request, const std::string* rendered_chat, StreamKind kind,
+                      PreparedCompletion& prepared, std::shared_ptr<CompletionObserver>& observer,
+                      std::shared_ptr<StreamJournal>* journal);
+  // INVALID_ARGUMENT naming the field when `request` asks to be resumable and cannot be.
+  absl::Status CheckResumable(const v1::CompleteRequest& request, bool stream) const;
   // Complete's start: renders request.chat when it is the prompt, then Submit.
   absl::Status StartCompletion(const v1::CompleteRequest& request, PreparedCompletion& prepared,
-                               std::shared_ptr<CompletionObserver>& observer);
+                               std::shared_ptr<CompletionObserver>& observer,
+                               std::shared_ptr<StreamJournal>* journal = nullptr);
   // Chat's start: checks the model, messages and tools, renders them, then Submit.
   absl::Status StartChat(const v1::ChatRequest& request, PreparedCompletion& prepared,
-                         std::shared_ptr<CompletionObserver>& observer);
+                         std::shared_ptr<CompletionObserver>& observer,
+                         std::shared_ptr<StreamJournal>* journal = nullptr);
   // Waits until the request is done; OK, its error, or Abandon's when the client gives up first.
   grpc::Status AwaitDone(grpc::ServerContext& context, const std::string& request_id,
                          CompletionObserver& observer);
@@ -98,6 +121,15 @@ class InferenceService final : public v1::InferenceService::Service {
   template <typename StreamResponse>
   grpc::Status StreamEvents(grpc::ServerContext& context, const PreparedCompletion& prepared,
                             CompletionObserver& observer, grpc::ServerWriter<StreamResponse>& writer);
+  // A resumable stream read from `journal` as `reader` from `cursor` on: the header, then what the journal
+  // holds and gets until the request's end. The client going away detaches it (the request goes on).
+  template <typename StreamResponse>
+  grpc::Status StreamFromJournal(grpc::ServerContext& context, StreamJournal& journal, uint64_t reader,
+                                 JournalCursor cursor, grpc::ServerWriter<StreamResponse>& writer);
+  // ResumeStream and ResumeChatStream: checks `request`, finds the journal of `kind` and streams from it.
+  template <typename StreamResponse>
+  grpc::Status Resume(grpc::ServerContext& context, const v1::ResumeRequest& request, StreamKind kind,
+                      grpc::ServerWriter<StreamResponse>& writer);
   // The client cancelled or its deadline passed: cancels the request in the engine; returns the call's end.
   grpc::Status Abandon(const grpc::ServerContext& context, const std::string& request_id);
   // A request id no other call of this service has made.
@@ -114,6 +146,7 @@ class InferenceService final : public v1::InferenceService::Service {
   const std::shared_ptr<ChatRenderer> chat_;  // null: no chat template
   Engine& engine_;
   const InferenceServiceOptions options_;
+  StreamJournalStore* const journals_;  // null: resumption off
   const std::string id_prefix_;  // random per service: ids differ across restarts
   std::atomic<uint64_t> next_id_{0};
 };

@@ -26,8 +26,14 @@ grpc::Status RendezvousService::Set(grpc::ServerContext*, const control::v1::Set
 bool RendezvousService::AwaitKeys(grpc::ServerContext* context, const std::vector<std::string>& keys,
                                   grpc::Status* status) {
   const absl::Time deadline = std::min(absl::FromChrono(context->deadline()), absl::Now() + kLongestWait);
+  auto retired = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (const std::string& key : keys) {
+      if (!key.starts_with(live_prefix_)) return true;
+    }
+    return false;
+  };
   auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (shutting_down_) return true;
+    if (shutting_down_ || retired()) return true;
     for (const std::string& key : keys) {
       if (!values_.contains(key)) return false;
     }
@@ -54,7 +60,20 @@ bool RendezvousService::AwaitKeys(grpc::ServerContext* context, const std::vecto
     *status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the coordinator is shutting down");
     return false;
   }
+  if (retired()) {
+    *status = grpc::Status(grpc::StatusCode::ABORTED,
+                           absl::StrCat("the group was re-formed under ", live_prefix_, "; this one is gone"));
+    return false;
+  }
   return true;
+}
+
+void RendezvousService::RetireAllBut(const std::string& live_prefix) {
+  absl::MutexLock lock(&mu_);
+  live_prefix_ = live_prefix;
+  for (auto it = values_.begin(); it != values_.end();) {
+    it = it->first.starts_with(live_prefix) ? std::next(it) : values_.erase(it);
+  }
 }
 
 grpc::Status RendezvousService::Wait(grpc::ServerContext* context, const control::v1::WaitRequest* request,

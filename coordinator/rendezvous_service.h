@@ -24,6 +24,10 @@ class RendezvousService final : public control::v1::Rendezvous::Service {
   void Shutdown();
   // Removes every key starting with `prefix` (a group torn down before it is formed again).
   void EraseGroup(const std::string& prefix);
+  // The groups are re-formed under `live_prefix` (a new epoch's "epoch<E>/"): every key outside it is erased,
+  // and waits for such keys, now and later, fail at once with ABORTED (a rank still joining an old group gives
+  // up instead of waiting out its timeout).
+  void RetireAllBut(const std::string& live_prefix);
 
  private:
   // Blocks until every key exists; false (with *status set) on deadline, cancellation or shutdown.
@@ -32,6 +36,7 @@ class RendezvousService final : public control::v1::Rendezvous::Service {
   absl::Mutex mu_;
   std::map<std::string, std::string> values_ ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  std::string live_prefix_ ABSL_GUARDED_BY(mu_);  // empty: every key is live
 };
 
 }  // namespace tessera

@@ -50,7 +50,45 @@ Scheduler::~Scheduler() {
 
 bool Scheduler::ready() const {
   absl::MutexLock lock(&mu_);
-  return ready_ && failure_.ok() && !stopping_ && !draining_;
+  return ready_ && failure_.ok() && !stopping_ && !draining_ && !suspended_;
+}
+
+void Scheduler::Suspend() {
+  absl::MutexLock lock(&mu_);
+  SuspendLocked();
+}
+
+void Scheduler::SuspendLocked() {
+  if (!failure_.ok() || stopping_) return;
+  suspended_ = true;
+  first_live_step_ = next_step_id_;
+  for (auto& [id, flight] : in_flight_) {
+    for (Seq* seq : flight.scheduled) seq->in_flight = false;
+  }
+  in_flight_.clear();
+  forget_.clear();  // the workers forget everything
+  fork_copies_.clear();
+  blocks_ = KvBlockPool(PoolConfig(options_));  // every block free, nothing cached
+  for (auto& request : running_) {
+    for (auto& seq : request->seqs) {
+      seq->blocks = BlockTable();  // their blocks went with the old pool
+      seq->on_workers = false;
+      seq->num_sent = 0;
+      seq->num_computed = 0;
+      seq->preempted_at_step = 0;  // free to start again in the next step
+      if (seq->done) RetireSeqLocked(*seq);  // its last step's result will not come
+    }
+  }
+}
+
+void Scheduler::Resume() {
+  {
+    absl::MutexLock lock(&mu_);
+    suspended_ = false;
+    failure_ = absl::OkStatus();
+    ready_ = options_.num_kv_blocks > 0;
+  }
+  Pump();
 }
 
 void Scheduler::StartDraining() {
@@ -238,6 +276,7 @@ TokenLogprob FromProto(const control::v1::TokenLogprobs& p) {
 
 void Scheduler::ApplyStepResultLocked(const control::v1::StepResult& result) {
   const uint64_t step_id = result.step_id();
+  if (step_id < first_live_step_ || suspended_) return;  // a step of a group that has since been lost
   auto it = in_flight_.find(step_id);
   if (it == in_flight_.end()) {
     if (failure_.ok())
@@ -423,6 +462,7 @@ void Scheduler::Fail(const absl::Status& status) {
 void Scheduler::FailLocked(const absl::Status& status) {
   if (failure_.ok()) failure_ = status;
   ready_ = false;
+  first_live_step_ = next_step_id_;  // a late result of the failed group's steps is ignored, also after Resume
   const absl::Status unavailable = absl::UnavailableError(status.message());
   for (auto& [key, request] : waiting_) FinishRequestLocked(*request, unavailable);
   for (auto& request : running_) FinishRequestLocked(*request, unavailable);
@@ -664,7 +704,7 @@ int Scheduler::ScheduleSeqLocked(Seq& seq, int budget, bool may_preempt, control
 }
 
 bool Scheduler::FormStepLocked(std::string& serialized, Dropped& dropped) {
-  if (!ready_ || !failure_.ok() || stopping_) return false;
+  if (!ready_ || !failure_.ok() || stopping_ || suspended_) return false;
   const double start = Now();
   // Drop requests that are over and whose sequences are all retired.
   auto over = std::stable_partition(running_.begin(), running_.end(), [](const std::shared_ptr<Request>& r) {
@@ -813,7 +853,14 @@ void Scheduler::Pump() {
     const double sent = Now() - start;
     mu_.Lock();
     stats_.send_seconds += sent;
-    if (!status.ok()) FailLocked(status);
+    if (!status.ok()) {
+      // The group broke: with recovery, the coordinator re-forms it and resumes (or fails) this scheduler.
+      if (options_.suspend_on_send_failure) {
+        SuspendLocked();
+      } else {
+        FailLocked(status);
+      }
+    }
   }
   RecordGaugesLocked();
   pumping_ = false;

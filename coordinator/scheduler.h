@@ -76,6 +76,9 @@ struct SchedulerOptions {
   int max_model_len = 0;
   bool enable_prefix_caching = true;
   double max_queue_time_seconds = 0;  // a request waiting longer fails with RESOURCE_EXHAUSTED; 0 = no limit
+  // A step the sink refuses suspends the scheduler (see Suspend) instead of failing every request: the owner
+  // recovers the group and calls Resume, or Fail.
+  bool suspend_on_send_failure = false;
 };
 
 class Scheduler final : public Engine {
@@ -114,6 +117,15 @@ class Scheduler final : public Engine {
   // The group is broken (a worker died, a step failed): every request ends with UNAVAILABLE carrying
   // `status`'s message; later Submits fail the same way.
   void Fail(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
+  // A worker was lost and the group is being re-formed: the steps in flight are dropped (their results, if
+  // any come, are ignored), the KV cache is taken as empty (the prefix cache too), and every running sequence
+  // is preempted, keeping its token log; no step is formed and ready() is false until Resume. Requests go on
+  // being accepted and wait. Nothing happens after a Fail.
+  void Suspend() ABSL_LOCKS_EXCLUDED(mu_);
+  // The group is whole again: steps resume, and each preempted sequence prefills its token log again and goes
+  // on from where it stopped (the same tokens under greedy or seeded sampling). After a Fail (no replacement
+  // came in time), also clears the failure: the scheduler serves again.
+  void Resume() ABSL_LOCKS_EXCLUDED(mu_);
   // A graceful stop begins: later Submits fail with UNAVAILABLE ("draining") and ready() turns false; the
   // requests already accepted (running or waiting) go on to their end.
   void StartDraining() ABSL_LOCKS_EXCLUDED(mu_);
@@ -234,6 +246,7 @@ class Scheduler final : public Engine {
   void ReleaseSeqLocked(Seq& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RetireSeqLocked(Seq& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SuspendLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets the gauges (running and waiting choices, KV cache usage); nothing without metrics.
   void RecordGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool NotPumping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !pumping_; }
@@ -251,6 +264,8 @@ class Scheduler final : public Engine {
   mutable absl::Mutex mu_;
   bool ready_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;  // StartDraining: Submit refuses
+  bool suspended_ ABSL_GUARDED_BY(mu_) = false;  // Suspend: no steps until Resume
+  uint64_t first_live_step_ ABSL_GUARDED_BY(mu_) = 0;  // results of earlier steps are from a lost group
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status failure_ ABSL_GUARDED_BY(mu_);  // set once the group failed
   KvBlockPool blocks_ ABSL_GUARDED_BY(mu_);

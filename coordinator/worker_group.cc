@@ -1,5 +1,6 @@
 #include "coordinator/worker_group.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/time/time.h"
@@ -137,13 +138,13 @@ grpc::Status WorkerGroup::Register(grpc::ServerContext*, const control::v1::Regi
   w.pid = request->pid();
   response->set_rank(rank);
   response->set_world_size(world);
-  response->set_epoch(epoch_);
+  response->set_epoch(epoch());
   response->set_heartbeat_interval_ms(options_.heartbeat_interval.count());
   response->set_heartbeat_timeout_ms(options_.heartbeat_timeout.count());
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerGroup::Session(grpc::ServerContext*,
+grpc::Status WorkerGroup::Session(grpc::ServerContext* context,
                                   grpc::ServerReaderWriter<CoordinatorMessage, WorkerMessage>* stream) {
   WorkerMessage message;
   if (!stream->Read(&message) || !message.has_open()) {
@@ -155,10 +156,10 @@ grpc::Status WorkerGroup::Session(grpc::ServerContext*,
     if (rank < 0 || rank >= options_.world_size || !workers_[rank].registered) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, Cat("rank ", rank, " is not registered"));
     }
-    if (message.epoch() != epoch_) {
+    if (message.epoch() != epoch()) {
       return grpc::Status(
           grpc::StatusCode::FAILED_PRECONDITION,
-          Cat("stale epoch ", message.epoch(), " (the coordinator is in epoch ", epoch_, ")"));
+          Cat("stale epoch ", message.epoch(), " (the coordinator is in epoch ", epoch(), ")"));
     }
     Worker& w = workers_[rank];
     if (w.connected) {
@@ -167,17 +168,22 @@ grpc::Status WorkerGroup::Session(grpc::ServerContext*,
     }
     w.connected = true;
     w.closing = false;
+    w.lost = false;
+    w.dropping = false;
+    w.context = context;
     w.last_seen = Clock::now();
   }
   std::thread writer([this, rank, stream] { WriterLoop(rank, stream); });
   while (stream->Read(&message)) {
-    if (message.epoch() != epoch_) continue;  // a stale message from an earlier life of this rank
     absl::Status failure;
     bool first_failure = false;
+    bool route = false;
     {
       absl::MutexLock lock(&mu_);
-      workers_[rank].last_seen = Clock::now();
+      workers_[rank].last_seen = Clock::now();  // any message shows the worker is alive, whatever its epoch
+      if (message.epoch() != epoch()) continue;  // from before the group was re-formed
       if (message.has_heartbeat()) workers_[rank].busy_seconds = message.heartbeat().busy_seconds();
+      route = message.has_step_result() && rank == options_.output_rank && failure_.ok();
       if (message.has_ack()) {
         workers_[rank].acked = true;
         workers_[rank].ack = message.ack();
@@ -188,9 +194,7 @@ grpc::Status WorkerGroup::Session(grpc::ServerContext*,
       }
     }
     if (first_failure) ReportFailure(failure);
-    if (message.has_step_result() && rank == options_.output_rank && on_result_) {
-      on_result_(message.step_result());
-    }
+    if (route && on_result_) on_result_(message.step_result());
   }
   {
     absl::MutexLock lock(&mu_);
@@ -204,10 +208,13 @@ grpc::Status WorkerGroup::Session(grpc::ServerContext*,
     absl::MutexLock lock(&mu_);
     Worker& w = workers_[rank];
     w.connected = false;
+    w.context = nullptr;
     w.outbox.clear();
-    failure =
-        absl::UnavailableError(Cat("worker ", DescribeLocked(rank), " closed its session (it exited?)"));
-    first_failure = FailLocked(failure);
+    if (!w.dropping) {
+      failure =
+          absl::UnavailableError(Cat("worker ", DescribeLocked(rank), " closed its session (it exited?)"));
+      first_failure = FailLocked(failure);
+    }
   }
   if (first_failure) ReportFailure(failure);
   return grpc::Status::OK;
@@ -262,14 +269,21 @@ absl::Status WorkerGroup::WaitForWorkers(std::chrono::milliseconds timeout) {
 }
 
 absl::StatusOr<std::vector<control::v1::Ack>> WorkerGroup::RunPhase(
-    const std::function<CoordinatorMessage(int rank)>& make, std::chrono::milliseconds timeout) {
+    const std::function<CoordinatorMessage(int rank)>& make, std::chrono::milliseconds timeout,
+    const std::vector<int>& ranks) {
+  std::vector<int> all;
+  if (ranks.empty()) {
+    for (int rank = 0; rank < options_.world_size; ++rank) all.push_back(rank);
+  }
+  const std::vector<int>& asked = ranks.empty() ? all : ranks;
   {
     absl::MutexLock lock(&mu_);
-    for (Worker& w : workers_) w.acked = false;
+    for (Worker& w : workers_) w.acked = true;  // ranks not asked count as answered
+    for (int rank : asked) workers_[rank].acked = false;
   }
-  for (int rank = 0; rank < options_.world_size; ++rank) {
+  for (int rank : asked) {
     CoordinatorMessage message = make(rank);
-    message.set_epoch(epoch_);
+    if (message.epoch() == 0) message.set_epoch(epoch());
     if (!Write(rank, message)) {
       absl::MutexLock lock(&mu_);
       if (!failure_.ok()) return failure_;
@@ -282,16 +296,74 @@ absl::StatusOr<std::vector<control::v1::Ack>> WorkerGroup::RunPhase(
   if (!failure_.ok()) return failure_;
   if (shutting_down_) return absl::CancelledError("shutting down");
   if (!AllAckedLocked()) {
-    return absl::DeadlineExceededError(Cat("workers did not answer within ", timeout.count(), " ms"));
+    std::string missing;
+    for (int rank : asked) {
+      if (!workers_[rank].acked) missing += Cat(missing.empty() ? "" : ", ", rank);
+    }
+    return absl::DeadlineExceededError(
+        Cat("workers did not answer within ", timeout.count(), " ms (ranks ", missing, ")"));
   }
-  std::vector<control::v1::Ack> acks;
-  for (const Worker& w : workers_) acks.push_back(w.ack);
+  std::vector<control::v1::Ack> acks(workers_.size());
+  for (int rank : asked) acks[rank] = workers_[rank].ack;
   return acks;
+}
+
+absl::StatusOr<WorkerGroup::Recovery> WorkerGroup::BeginRecovery(std::chrono::milliseconds timeout,
+                                                                  bool drop_all,
+                                                                  const std::vector<int>& also_drop) {
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) return absl::CancelledError("shutting down");
+  Recovery recovery;
+  recovery.old_epoch = epoch();
+  for (int rank = 0; rank < options_.world_size; ++rank) {
+    Worker& w = workers_[rank];
+    if (!w.registered) continue;  // a slot already free (an earlier recovery's)
+    const bool drop = drop_all || std::find(also_drop.begin(), also_drop.end(), rank) != also_drop.end();
+    if (w.connected && !w.lost && !drop) continue;
+    recovery.lost.push_back(rank);
+    if (w.connected) {
+      w.dropping = true;
+      if (w.context != nullptr) w.context->TryCancel();  // its Session's Read returns, the session ends
+    }
+  }
+  auto gone_or_over = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (shutting_down_) return true;
+    for (int rank : recovery.lost) {
+      if (workers_[rank].connected) return false;
+    }
+    return true;
+  };
+  if (!mu_.AwaitWithTimeout(absl::Condition(&gone_or_over), absl::FromChrono(timeout))) {
+    return absl::DeadlineExceededError(Cat("the sessions of lost ranks did not end within ", timeout.count(),
+                                           " ms"));
+  }
+  if (shutting_down_) return absl::CancelledError("shutting down");
+  for (int rank : recovery.lost) {
+    Worker& w = workers_[rank];
+    w.registered = false;  // free for a replacement
+    w.lost = false;
+    w.dropping = false;
+    w.acked = false;
+    w.busy_seconds = 0;
+  }
+  for (int rank = 0; rank < options_.world_size; ++rank) {
+    const Worker& w = workers_[rank];
+    if (!w.registered) {
+      recovery.vacant.push_back(rank);
+    } else if (w.connected) {
+      recovery.survivors.push_back(rank);
+    }
+  }
+  // Past the old epoch and any the group had (epochs only grow).
+  recovery.new_epoch = std::max(NewEpoch(), recovery.old_epoch + 1);
+  epoch_.store(recovery.new_epoch, std::memory_order_release);
+  failure_ = absl::OkStatus();
+  return recovery;
 }
 
 absl::Status WorkerGroup::SendStep(const std::string& step) {
   auto message = std::make_shared<CoordinatorMessage>();
-  message->set_epoch(epoch_);
+  message->set_epoch(epoch());
   message->set_step(step);
   absl::MutexLock lock(&mu_);  // one critical section for all workers: every outbox gets the step at once
   if (!StepCanGoLocked()) {
@@ -324,7 +396,7 @@ void WorkerGroup::Shutdown(std::chrono::milliseconds grace) {
     shutting_down_ = true;  // releases waiting senders
   }
   auto message = std::make_shared<CoordinatorMessage>();
-  message->set_epoch(epoch_);
+  message->set_epoch(epoch());
   message->mutable_shutdown();
   // A worker whose outbox is full is not reading: it learns of the end when the server closes its stream.
   for (int rank = 0; rank < options_.world_size; ++rank) Enqueue(rank, message, WhenFull::kDrop);
@@ -339,7 +411,7 @@ void WorkerGroup::HeartbeatLoop() {
     while (!stop_heartbeats_ && absl::Now() < next) heartbeat_cv_.WaitWithDeadline(&mu_, next);
     if (stop_heartbeats_) break;
     auto beat = std::make_shared<CoordinatorMessage>();
-    beat->set_epoch(epoch_);
+    beat->set_epoch(epoch());
     beat->mutable_heartbeat()->set_sent_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
                                                     std::chrono::system_clock::now().time_since_epoch())
                                                     .count());
@@ -349,11 +421,12 @@ void WorkerGroup::HeartbeatLoop() {
     for (int rank = 0; rank < options_.world_size; ++rank) {
       Worker& w = workers_[rank];
       if (!w.connected) continue;
-      if (now - w.last_seen > options_.heartbeat_timeout && !shutting_down_ && failure_.ok()) {
+      if (now - w.last_seen > options_.heartbeat_timeout && !shutting_down_ && !w.lost) {
+        w.lost = true;
         failure = absl::UnavailableError(Cat("worker ", DescribeLocked(rank), " sent nothing for ",
                                              Millis(now - w.last_seen), " ms (heartbeat timeout ",
                                              options_.heartbeat_timeout.count(), " ms)"));
-        first_failure = FailLocked(failure);
+        first_failure = FailLocked(failure) || first_failure;
       }
       if (w.outbox.empty() && !w.closing) {  // otherwise the queued message proves liveness
         w.outbox.push_back(beat);

@@ -2,7 +2,8 @@
 // one Session stream per worker), keeps the registry of ranks, runs the setup phases (one message per rank,
 // waiting for every Ack), writes steps to every worker, routes the output rank's step results, and watches
 // heartbeats. The first failure (a worker that closes its session, misses heartbeats or reports an error)
-// is reported once to the failure handler; the group stays failed.
+// is reported once to the failure handler; the group stays failed until BeginRecovery, which drops the lost
+// ranks, frees their slots for replacements and moves the group to a new epoch.
 //
 // Each worker has a bounded outbox drained by its own writer thread (so that a step reaches every worker at
 // once instead of one blocking write after another). When an outbox is full, SendStep and the setup
@@ -10,6 +11,7 @@
 // workers' writers go on); heartbeats are dropped while an outbox is not empty (any message proves liveness).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -47,16 +49,36 @@ class WorkerGroup final : public control::v1::Control::Service, public StepSink 
   WorkerGroup(const WorkerGroupOptions& options, StepResultHandler on_result, FailureHandler on_failure);
   ~WorkerGroup() override ABSL_LOCKS_EXCLUDED(mu_);
 
-  uint64_t epoch() const { return epoch_; }
+  uint64_t epoch() const { return epoch_.load(std::memory_order_acquire); }
+
+  // After a failure: drops every rank whose session ended or that missed its heartbeats (cancelling the
+  // session of one that is still open and waiting up to `timeout` for it to end), frees their slots for
+  // replacements (which register with the requested rank, or any free one), clears the failure and moves the
+  // group to a new epoch; later messages of the old epoch are ignored. The survivors are still in the old
+  // epoch: send them a Reset with the new one (RunPhase with that message's epoch set to old_epoch). Errors:
+  // CANCELLED when shutting down; DEADLINE_EXCEEDED naming a session that did not end.
+  struct Recovery {
+    uint64_t old_epoch = 0;
+    uint64_t new_epoch = 0;
+    std::vector<int> lost;       // ranks dropped now, ascending
+    std::vector<int> survivors;  // ranks with an open session (still in old_epoch), ascending
+    std::vector<int> vacant;     // ranks with no worker (dropped now or before), ascending
+  };
+  // With `drop_all`, every rank is dropped (a start-up that failed half-way starts over); ranks in `also_drop`
+  // are dropped too (replacements whose setup an earlier attempt left half done).
+  [[nodiscard]] absl::StatusOr<Recovery> BeginRecovery(std::chrono::milliseconds timeout, bool drop_all = false,
+                                                       const std::vector<int>& also_drop = {})
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Waits until every rank has registered and opened its session. Errors: DEADLINE_EXCEEDED naming the
   // missing ranks; the group's failure; CANCELLED after Shutdown.
   [[nodiscard]] absl::Status WaitForWorkers(std::chrono::milliseconds timeout) ABSL_LOCKS_EXCLUDED(mu_);
-  // Sends make(rank) to every rank and waits for every Ack. Returns the acks by rank. Errors: the first
+  // Sends make(rank) to every rank of `ranks` (empty: all) and waits for their Acks. A message whose epoch
+  // make left at 0 gets the group's. Returns the acks by rank (empty for ranks not asked). Errors: the first
   // worker's error (its code, its message naming the rank); DEADLINE_EXCEEDED; the group's failure.
   [[nodiscard]] absl::StatusOr<std::vector<control::v1::Ack>> RunPhase(
-      const std::function<control::v1::CoordinatorMessage(int rank)>& make, std::chrono::milliseconds timeout)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      const std::function<control::v1::CoordinatorMessage(int rank)>& make, std::chrono::milliseconds timeout,
+      const std::vector<int>& ranks = {}) ABSL_LOCKS_EXCLUDED(mu_);
   // StepSink: queues the serialized Step for every worker, first waiting until every outbox has room.
   // Errors (UNAVAILABLE): a worker has no open session, the group has failed or is shutting down (also
   // while waiting).
@@ -101,6 +123,9 @@ class WorkerGroup final : public control::v1::Control::Service, public StepSink 
     bool acked = false;
     control::v1::Ack ack;
     double busy_seconds = 0;  // from its heartbeats
+    grpc::ServerContext* context = nullptr;  // its open Session's (cancelled to drop a stuck rank)
+    bool lost = false;      // it missed its heartbeats: BeginRecovery drops it
+    bool dropping = false;  // BeginRecovery cancelled its session: its end is no new failure
   };
   // What to do with a message for a worker whose outbox is full.
   enum class WhenFull {
@@ -140,7 +165,7 @@ class WorkerGroup final : public control::v1::Control::Service, public StepSink 
   }
 
   const WorkerGroupOptions options_;
-  const uint64_t epoch_;
+  std::atomic<uint64_t> epoch_;  // written under mu_ (BeginRecovery); read anywhere
   const StepResultHandler on_result_;
   const FailureHandler on_failure_;
   // The group's only lock. It is never held while calling a handler or writing to a stream, so it meets no

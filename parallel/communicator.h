@@ -29,6 +29,11 @@ class Communicator {
   [[nodiscard]] virtual absl::Status Recv(Tensor& data, int src) = 0;
   // Returns once every rank has called it.
   [[nodiscard]] virtual absl::Status Barrier() = 0;
+  // Thread-safe, callable while another thread is inside an operation: the group is being abandoned (a rank
+  // was lost and the group is re-formed). The operation in progress, when it waits on a peer, and every later
+  // one fail at once (UNAVAILABLE) instead of waiting out their timeout. Implementations that cannot interrupt
+  // a wait leave it to its timeout.
+  virtual void Abort() {}
 };
 
 }  // namespace tessera

@@ -9,6 +9,7 @@
 #include <gloo/rendezvous/file_store.h>
 #include <gloo/rendezvous/prefix_store.h>
 #include <gloo/transport/tcp/device.h>
+#include <gloo/transport/unbound_buffer.h>
 #include <signal.h>
 
 #include <cstring>
@@ -30,6 +31,27 @@ struct GlooCommunicator::Impl {
   std::shared_ptr<gloo::rendezvous::Context> context;
   absl::Status broken;       // the first error; every later call returns it
   std::vector<float> peers;  // the other ranks' contributions to a direct all-reduce (grows, never shrinks)
+  std::mutex abort_mu;       // Abort (any thread) against the buffers an operation waits on
+  bool aborted = false;                                   // guarded by abort_mu
+  std::vector<gloo::transport::UnboundBuffer*> waiting;  // guarded by abort_mu
+
+  // The buffers one operation waits on, registered for Abort while it lives. Throws when already aborted.
+  class Waits {
+   public:
+    Waits(Impl& impl, std::initializer_list<gloo::transport::UnboundBuffer*> buffers) : impl_(impl), n_(buffers.size()) {
+      std::lock_guard<std::mutex> lock(impl_.abort_mu);
+      if (impl_.aborted) throw gloo::IoException("aborted: the group is being re-formed");
+      impl_.waiting.insert(impl_.waiting.end(), buffers.begin(), buffers.end());
+    }
+    ~Waits() {
+      std::lock_guard<std::mutex> lock(impl_.abort_mu);
+      impl_.waiting.resize(impl_.waiting.size() - n_);
+    }
+
+   private:
+    Impl& impl_;
+    const size_t n_;
+  };
 
   // Runs a Gloo call, turning its exceptions into a Status that names the operation and this rank. A timeout
   // (DEADLINE_EXCEEDED) is a TimeoutError from our own waits and store, or any Gloo exception raised once the
@@ -38,6 +60,14 @@ struct GlooCommunicator::Impl {
   template <typename F>
   absl::Status Guard(const char* op, F&& fn) {
     if (!broken.ok()) return broken;
+    {
+      std::lock_guard<std::mutex> lock(abort_mu);
+      if (aborted) {  // also Gloo's own algorithms, which Abort cannot interrupt once they wait
+        broken = absl::UnavailableError(absl::StrCat("gloo ", op, " on rank ", options.rank, " of group '",
+                                                     options.group, "' failed: aborted (the group is re-formed)"));
+        return broken;
+      }
+    }
     const auto start = std::chrono::steady_clock::now();
     bool timed_out = false;
     std::string what;
@@ -118,8 +148,9 @@ namespace {
 // 0.2-1.4 ms, one hop ~0.1 ms). Larger buffers take the bandwidth-optimal ring.
 constexpr int64_t kDirectAllReduceBytes = 256 << 10;
 
+// Gloo's waits throw when their timeout passes; false means Abort ended them.
 void WaitOrThrow(bool completed, const char* what) {
-  if (!completed) throw TimeoutError(std::string(what) + " timed out");
+  if (!completed) throw gloo::IoException(std::string(what) + " aborted");
 }
 
 }  // namespace
@@ -136,6 +167,7 @@ absl::Status GlooCommunicator::AllReduceSum(Tensor& data) {
       float* peers = impl_->peers.data();  // rank r's data at [r * count, (r + 1) * count)
       auto mine = impl_->context->createUnboundBuffer(data.data(), bytes);
       auto theirs = impl_->context->createUnboundBuffer(peers, bytes * n);
+      Impl::Waits waits(*impl_, {mine.get(), theirs.get()});
       const uint64_t slot = impl_->context->nextSlot();
       for (int r = 0; r < n; ++r) {
         if (r != self) theirs->recv(r, slot, bytes * r, bytes);
@@ -175,6 +207,7 @@ absl::Status GlooCommunicator::AllGather(const Tensor& in, Tensor& out) {
   return impl_->Guard("all-gather", [&] {
     const int n = size(), self = rank();
     auto all = impl_->context->createUnboundBuffer(out.data(), bytes * n);
+    Impl::Waits waits(*impl_, {all.get()});
     const uint64_t slot = impl_->context->nextSlot();
     for (int r = 0; r < n; ++r) {
       if (r != self) all->recv(r, slot, bytes * r, bytes);
@@ -203,6 +236,7 @@ absl::Status GlooCommunicator::Send(const Tensor& data, int dst) {
   TESSERA_CHECK(dst >= 0 && dst < size() && dst != rank());
   return impl_->Guard("send", [&] {
     auto buffer = impl_->context->createUnboundBuffer(data.data(), static_cast<size_t>(data.nbytes()));
+    Impl::Waits waits(*impl_, {buffer.get()});
     buffer->send(dst, /*slot=*/0);
     if (!buffer->waitSend(nullptr, impl_->options.timeout)) throw gloo::IoException("send aborted");
   });
@@ -212,9 +246,19 @@ absl::Status GlooCommunicator::Recv(Tensor& data, int src) {
   TESSERA_CHECK(src >= 0 && src < size() && src != rank());
   return impl_->Guard("recv", [&] {
     auto buffer = impl_->context->createUnboundBuffer(data.data(), static_cast<size_t>(data.nbytes()));
+    Impl::Waits waits(*impl_, {buffer.get()});
     buffer->recv(src, /*slot=*/0);
     if (!buffer->waitRecv(nullptr, impl_->options.timeout)) throw gloo::IoException("recv aborted");
   });
+}
+
+void GlooCommunicator::Abort() {
+  std::lock_guard<std::mutex> lock(impl_->abort_mu);
+  impl_->aborted = true;
+  for (gloo::transport::UnboundBuffer* buffer : impl_->waiting) {
+    buffer->abortWaitRecv();
+    buffer->abortWaitSend();
+  }
 }
 
 absl::Status GlooCommunicator::Barrier() {

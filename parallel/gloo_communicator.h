@@ -39,6 +39,9 @@ class GlooCommunicator final : public Communicator {
   [[nodiscard]] absl::Status Send(const Tensor& data, int dst) override;
   [[nodiscard]] absl::Status Recv(Tensor& data, int src) override;
   [[nodiscard]] absl::Status Barrier() override;
+  // Interrupts the point-to-point waits (Send, Recv, the direct all-reduce and the all-gather); Gloo's own
+  // algorithms (large all-reduces, broadcast, barrier) end by their timeout or their peers' errors.
+  void Abort() override;
 
  private:
   struct Impl;

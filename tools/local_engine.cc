@@ -5,6 +5,7 @@
 
 #include "coordinator/chat_template/model_chat_templates.h"
 #include "coordinator/tokenizer/tokenizer.h"
+#include "core/log.h"
 #include "core/plugin.h"
 #include "core/status_macros.h"
 #include "core/str_cat.h"
@@ -51,6 +52,7 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
     return absl::InvalidArgumentError(Cat("--http-port=", a.http_port, " is not a port number (-1 = off)"));
   }
   o.http_port = a.http_port;
+  ASSIGN_OR_RETURN(o.resume_window, ParseDuration(a.resume_window));
   if (!a.advertise_host.empty()) o.advertise_host = a.advertise_host;
   ASSIGN_OR_RETURN(o.kv_cache_memory, ParseByteSize(a.kv_cache_memory));
   o.threads_per_worker = a.threads_per_worker;
@@ -90,6 +92,7 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   ASSIGN_OR_RETURN(o.heartbeat_timeout, ParseDuration(a.heartbeat_timeout));
   ASSIGN_OR_RETURN(o.comm_timeout, ParseDuration(a.comm_timeout));
   ASSIGN_OR_RETURN(o.startup_timeout, ParseDuration(a.startup_timeout));
+  ASSIGN_OR_RETURN(o.replacement_timeout, ParseDuration(a.replacement_timeout));
   return o;
 }
 
@@ -98,8 +101,17 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Start(
     std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ModelChatTemplates> chat_templates,
     std::ostream& log) {
   std::unique_ptr<LocalEngine> engine(new LocalEngine());
+  CoordinatorOptions with_respawn = options;
+  LocalEngine* self = engine.get();  // outlives the coordinator, whose recovery thread calls this
+  with_respawn.replace_rank = [self, &log](int rank, bool kill) {
+    if (self->workers_ == nullptr) return;
+    if (absl::Status s = self->workers_->Respawn(rank, kill); !s.ok() && !absl::IsNotFound(s)) {
+      WriteLog(log, LogLevel::kWarning, {.component = "launcher", .rank = rank, .request_id = ""},
+               Cat("cannot restart rank ", rank, ": ", s.message()));
+    }
+  };
   ASSIGN_OR_RETURN(engine->coordinator_,
-                   Coordinator::Start(options, std::move(tokenizer), std::move(chat_templates), log));
+                   Coordinator::Start(with_respawn, std::move(tokenizer), std::move(chat_templates), log));
   const int count = local_ranks < 0 ? engine->coordinator_->parallel().world_size() : local_ranks;
   if (count > 0) {
     // One rank per process: the children must not read a TESSERA_LOCAL_RANKS or TESSERA_HEALTH_PORT this

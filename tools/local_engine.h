@@ -31,6 +31,7 @@ struct ServeArgs {
   std::string host = "0.0.0.0";
   int grpc_port = 50051;
   int http_port = -1;  // the OpenAI-compatible HTTP API: -1 off, 0 a free port
+  std::string resume_window = "60s";  // resumable streams kept after their client left or their end; 0s: off
   std::string advertise_host;
   std::string kv_cache_memory = "1GiB";
   int threads_per_worker = 0;
@@ -45,7 +46,8 @@ struct ServeArgs {
   bool enforce_eager = false;
   std::string communicator = "auto";
   std::string heartbeat_interval = "500ms";
-  std::string heartbeat_timeout = "5s";
+  std::string heartbeat_timeout = "2s";
+  std::string replacement_timeout = "60s";  // 0: a lost worker fails every request (no recovery)
   std::string comm_timeout = "30s";
   std::string startup_timeout = "10m";
   std::string log_level = "info";     // core/log.h: debug, info, warning, error

@@ -6,7 +6,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <deque>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -54,6 +56,11 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
                   "OpenAI-compatible HTTP port (-1 = off, 0 = pick a free one and print it)")
       ->capture_default_str()
       ->envname("TESSERA_HTTP_PORT");
+  cmd->add_option("--resume-window", a.resume_window,
+                  "A resumable stream whose client went away runs on and can be resumed this long after that "
+                  "or after its end, whichever is later (0s: resumption off)")
+      ->capture_default_str()
+      ->envname("TESSERA_RESUME_WINDOW");
   cmd->add_option("--kv-cache-memory", a.kv_cache_memory, "KV cache per worker (e.g. 512MiB, 4GiB)")
       ->capture_default_str()
       ->envname("TESSERA_KV_CACHE_MEMORY");
@@ -102,6 +109,11 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
   cmd->add_option("--heartbeat-timeout", a.heartbeat_timeout, "Silence after which a worker counts as failed")
       ->capture_default_str()
       ->envname("TESSERA_HEARTBEAT_TIMEOUT");
+  cmd->add_option("--replacement-timeout", a.replacement_timeout,
+                  "A lost worker is replaced (serve restarts it) and its requests go on; they end UNAVAILABLE when "
+                  "no replacement joins within this long (0: no recovery, fail at once)")
+      ->capture_default_str()
+      ->envname("TESSERA_REPLACEMENT_TIMEOUT");
   cmd->add_option("--comm-timeout", a.comm_timeout, "Bound on rendezvous and every collective")
       ->capture_default_str()
       ->envname("TESSERA_COMM_TIMEOUT");
@@ -427,13 +439,38 @@ int RunWorkerCommand(WorkerArgs& a) {
     WriteLog(
         out, LogLevel::kInfo, context,
         Cat("running ranks ", first, "-", first + a.local_ranks - 1, " as ", a.local_ranks, " processes"));
+    // A rank that fails is restarted (it rejoins the group, which the coordinator re-forms), unless it fails
+    // kMaxRestarts times within a minute: then the pod gives up (and Kubernetes restarts it).
+    constexpr int kMaxRestarts = 5;
+    std::map<int, std::deque<std::chrono::steady_clock::time_point>> restarts;
     bool failed = false;
-    while ((*children)->Reap(&failed) > 0 && !failed)
+    std::vector<int> failed_ranks;
+    while ((*children)->Reap(&failed, &failed_ranks) > 0 || !failed_ranks.empty()) {
+      bool give_up = false;
+      for (int rank : failed_ranks) {
+        const auto now = std::chrono::steady_clock::now();
+        auto& times = restarts[rank];
+        while (!times.empty() && now - times.front() > std::chrono::minutes(1)) times.pop_front();
+        if (static_cast<int>(times.size()) >= kMaxRestarts) {
+          give_up = true;
+          code = Fail("worker", absl::UnavailableError(Cat("rank ", rank, " failed ", kMaxRestarts + 1,
+                                                           " times within a minute; stopping ranks ", first, "-",
+                                                           first + a.local_ranks - 1)));
+          break;
+        }
+        times.push_back(now);
+        if (absl::Status s = (*children)->Respawn(rank, /*kill=*/false); !s.ok()) {
+          give_up = true;
+          code = Fail("worker", s);
+          break;
+        }
+      }
+      failed_ranks.clear();
+      if (give_up) {
+        (*children)->Stop(std::chrono::milliseconds(0));
+        break;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (failed) {
-      (*children)->Stop(std::chrono::milliseconds(0));
-      code = Fail("worker", absl::UnavailableError(Cat("a rank of ", first, "-", first + a.local_ranks - 1,
-                                                       " failed; stopped the others")));
     }
   }
   if (health != nullptr) health->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));

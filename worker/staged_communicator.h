@@ -29,6 +29,7 @@ class StagedCommunicator final : public Communicator {
   [[nodiscard]] absl::Status Send(const Tensor& data, int dst) override;
   [[nodiscard]] absl::Status Recv(Tensor& data, int src) override;
   [[nodiscard]] absl::Status Barrier() override { return host_->Barrier(); }
+  void Abort() override { host_->Abort(); }
 
  private:
   // Host staging buffers, grown as needed and kept (no allocation once the largest step has run).

@@ -155,7 +155,7 @@ class Session {
 
   cv1::WorkerMessage NewMessage() const {
     cv1::WorkerMessage m;
-    m.set_epoch(reg_.epoch());
+    m.set_epoch(shard_.epoch());  // a re-formed group moves the worker to a new epoch
     m.set_rank(reg_.rank());
     return m;
   }
@@ -218,7 +218,14 @@ void Session::ReadLoop() {
       }
     }
     if (!stream_->Read(&m)) break;
+    // The group is being re-formed: abandon the old one now (a step stuck on a lost peer fails at once) and
+    // drop the old epoch's queued steps (they would fail too; the coordinator ignores their results).
+    const bool regroup = m.body_case() == cv1::CoordinatorMessage::kReset && m.reset().new_epoch() > shard_.epoch();
+    if (regroup) shard_.AbortCommunicators();
     absl::MutexLock lock(&mu_);
+    if (regroup) {
+      std::erase_if(queue_, [](const Queued& q) { return q.first.body_case() == cv1::CoordinatorMessage::kStep; });
+    }
     last_heard_ = Clock::now();
     // Room is left: only this thread adds. Once stopping, what is still read is dropped.
     if (m.body_case() != cv1::CoordinatorMessage::kHeartbeat && !stopping_) {
@@ -301,7 +308,7 @@ bool Session::HandleLoop() {
         // A coordinator that said shutdown and closed the stream at once still gets a clean exit.
         for (const Queued& queued : queue_) {
           const cv1::CoordinatorMessage& m = queued.first;
-          if (m.body_case() == cv1::CoordinatorMessage::kShutdown && m.epoch() == reg_.epoch()) return true;
+          if (m.body_case() == cv1::CoordinatorMessage::kShutdown && m.epoch() == shard_.epoch()) return true;
         }
         return false;
       }

@@ -41,9 +41,15 @@ const char* PhaseName(int phase) {
 
 }  // namespace
 
-WorkerShard::WorkerShard(const WorkerShardOptions& options) : options_(options) {}
+WorkerShard::WorkerShard(const WorkerShardOptions& options) : options_(options), epoch_(options.epoch) {}
 
 WorkerShard::~WorkerShard() = default;
+
+void WorkerShard::AbortCommunicators() {
+  for (CommunicatorSlot* slot : {tp_slot_.load(std::memory_order_acquire), pp_slot_.load(std::memory_order_acquire)}) {
+    if (slot != nullptr) slot->Abort();
+  }
+}
 
 void WorkerShard::Log(const std::string& line) const {
   if (options_.log) options_.log(absl::StrCat("worker rank ", options_.rank, ": ", line));
@@ -66,7 +72,7 @@ std::vector<cv1::WorkerMessage> WorkerShard::Handle(const cv1::CoordinatorMessag
   std::vector<cv1::WorkerMessage> replies;
   auto reply = [&]() -> cv1::WorkerMessage& {
     cv1::WorkerMessage& m = replies.emplace_back();
-    m.set_epoch(options_.epoch);
+    m.set_epoch(epoch());
     m.set_rank(options_.rank);
     return m;
   };
@@ -76,9 +82,13 @@ std::vector<cv1::WorkerMessage> WorkerShard::Handle(const cv1::CoordinatorMessag
     e->set_message(absl::StrCat("rank ", options_.rank, ": ", status.message()));
     e->set_step_id(step_id);
   };
-  if (message.epoch() != options_.epoch) {
+  // A regrouping Reset moves the worker to a newer epoch from whichever it is in (an earlier attempt's Reset
+  // may not have reached it).
+  const bool regroup = message.body_case() == cv1::CoordinatorMessage::kReset &&
+                       message.reset().new_epoch() > epoch();
+  if (message.epoch() != epoch() && !regroup) {
     error(absl::FailedPreconditionError(
-              absl::StrCat("stale epoch ", message.epoch(), " (worker is in epoch ", options_.epoch, ")")),
+              absl::StrCat("stale epoch ", message.epoch(), " (worker is in epoch ", epoch(), ")")),
           0);
     return replies;
   }
@@ -115,6 +125,17 @@ std::vector<cv1::WorkerMessage> WorkerShard::Handle(const cv1::CoordinatorMessag
     }
     case cv1::CoordinatorMessage::kReset:
       seqs_.clear();
+      if (message.reset().new_epoch() > epoch()) {
+        // The old groups are broken (a rank is gone): close them; the model keeps its weights and KV cache.
+        if (tp_group_ != nullptr) tp_group_->Reset(nullptr);
+        if (pp_group_ != nullptr) pp_group_->Reset(nullptr);
+        if (phase_ >= Phase::kConnected) {
+          rejoin_phase_ = phase_;
+          phase_ = Phase::kAssigned;
+        }
+        epoch_.store(message.reset().new_epoch(), std::memory_order_release);
+        Log(absl::StrCat("reset for epoch ", message.reset().new_epoch(), ": communicators closed"));
+      }
       break;
     case cv1::CoordinatorMessage::kDrain:
       ack.set_peak_rss_bytes(PeakRssBytes());  // steps are handled in order: every earlier one is done
@@ -268,12 +289,23 @@ absl::Status WorkerShard::InitComm(const cv1::InitComm& init) {
   };
   // Every rank joins its TP group first, then its pipeline: no rank waits on a group another has not reached.
   if (p.tp_size() > 1) {
-    ASSIGN_OR_RETURN(tp_group_, join(p.TpGroupName(options_.rank), tp_rank, p.tp_size()));
+    ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, join(p.TpGroupName(options_.rank), tp_rank, p.tp_size()));
+    if (tp_group_ == nullptr) {
+      tp_group_ = std::make_unique<CommunicatorSlot>(tp_rank, p.tp_size());
+      tp_slot_.store(tp_group_.get(), std::memory_order_release);
+    }
+    tp_group_->Reset(std::move(comm));
   }
   if (p.pp_size() > 1) {
-    ASSIGN_OR_RETURN(pp_group_, join(p.PpGroupName(options_.rank), pp_rank, p.pp_size()));
+    ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, join(p.PpGroupName(options_.rank), pp_rank, p.pp_size()));
+    if (pp_group_ == nullptr) {
+      pp_group_ = std::make_unique<CommunicatorSlot>(pp_rank, p.pp_size());
+      pp_slot_.store(pp_group_.get(), std::memory_order_release);
+    }
+    pp_group_->Reset(std::move(comm));
   }
-  phase_ = Phase::kConnected;
+  phase_ = rejoin_phase_ != Phase::kNew ? rejoin_phase_ : Phase::kConnected;  // a re-formed group: as it was
+  rejoin_phase_ = Phase::kNew;
   if (p.world_size() > 1) Log(absl::StrCat("joined its groups through ", init.store_address()));
   return absl::OkStatus();
 }
@@ -330,7 +362,7 @@ absl::Status WorkerShard::AllocateKvCache(const cv1::AllocateKvCache& allocate) 
   // The decode graphs bake in the KV cache's address, so they come after it (every TP rank at once: the
   // coordinator sends this message to all of them together).
   const Clock::time_point start = Clock::now();
-  RETURN_IF_ERROR(Prefixed(runner_->CaptureGraphs(), "allocate_kv_cache: "));
+  if (!allocate.skip_graphs()) RETURN_IF_ERROR(Prefixed(runner_->CaptureGraphs(), "allocate_kv_cache: "));
   if (runner_->num_graphs() > 0) {
     Log(absl::StrFormat("captured %d decode-step graphs (batch sizes up to %d) in %.2f s",
                         runner_->num_graphs(), runner_->graph_batch_sizes().back(),

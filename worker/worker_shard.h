@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "parallel/communicator.h"
+#include "parallel/communicator_slot.h"
 #include "parallel/parallel_config.h"
 #include "tessera/control/v1/control.pb.h"
 #include "kernels/sampler.h"
@@ -60,7 +61,10 @@ struct WorkerShardOptions {
 //   come only from the steps (the output rank does not append what it sampled: the coordinator sends it
 //   back). A failed step leaves the sequences as they were. SamplingParams.top_p = 0 (proto3's unset) means
 //   off, like 1.
-// - reset: forgets every sequence. drain: Ack with peak_rss_bytes (steps run in order, so every earlier one
+// - reset: forgets every sequence. With new_epoch (the group is re-formed after a lost rank): also closes the
+//   communicators (the model keeps its weights and KV cache), moves to new_epoch, and waits for an init_comm
+//   that joins the new groups and returns the worker to where it was (ready, when it was); anything else
+//   before that init_comm is out of order. drain: Ack with peak_rss_bytes (steps run in order, so every earlier one
 //   is done; later steps are still taken). shutdown: done() turns true, no reply. heartbeat: no reply.
 // Errors are WorkerErrors with the absl code; the message starts with "rank R: " and names the culprit (the
 // message kind, file, tensor, sequence id, ...); a failed step's error carries its step_id.
@@ -87,7 +91,13 @@ class WorkerShard {
   // heartbeat thread reads it).
   double busy_seconds() const { return busy_seconds_.load(std::memory_order_relaxed); }
   int rank() const { return options_.rank; }
-  uint64_t epoch() const { return options_.epoch; }
+  // The epoch this worker is in: RegisterResponse's, then each Reset's new_epoch. Thread-safe (the heartbeat
+  // thread stamps its messages with it).
+  uint64_t epoch() const { return epoch_.load(std::memory_order_acquire); }
+  // Thread-safe (the transport's reader thread calls it when a Reset with a new epoch arrives, while this
+  // shard's thread may be stuck in a step): aborts the communicators, so that a step waiting on a peer of the
+  // abandoned group fails at once instead of waiting out --comm-timeout.
+  void AbortCommunicators();
   // The sequences this worker keeps (for tests).
   int num_sequences() const { return static_cast<int>(seqs_.size()); }
 
@@ -145,8 +155,16 @@ class WorkerShard {
   DeviceKind device_ = DeviceKind::kCpu;    // assign_shard's choice
   int device_index_ = 0;                    // CUDA: the GPU
   bool use_nccl_ = false;                   // CUDA: NCCL between ranks, else Gloo staged through the host
-  std::unique_ptr<Communicator> tp_group_;  // when tp > 1: this stage's TP ranks
-  std::unique_ptr<Communicator> pp_group_;  // when pp > 1: this TP rank's pipeline
+  // When tp > 1: this stage's TP ranks; when pp > 1: this TP rank's pipeline. Slots, so that a re-formed group
+  // replaces the communicators under the model.
+  std::unique_ptr<CommunicatorSlot> tp_group_;
+  std::unique_ptr<CommunicatorSlot> pp_group_;
+  // The same slots for AbortCommunicators on another thread (set once, when created).
+  std::atomic<CommunicatorSlot*> tp_slot_{nullptr};
+  std::atomic<CommunicatorSlot*> pp_slot_{nullptr};
+  std::atomic<uint64_t> epoch_;
+  // A Reset with new_epoch took the worker back to kAssigned from here; its next init_comm returns to it.
+  Phase rejoin_phase_ = Phase::kNew;
   std::unique_ptr<ModelRunner> runner_;
   std::atomic<double> busy_seconds_{0};
   std::unordered_map<uint64_t, Entry> seqs_;  // the batch every rank keeps, by seq_id

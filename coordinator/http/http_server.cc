@@ -7,6 +7,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <charconv>
 #include <deque>
 #include <thread>
 #include <vector>
@@ -66,16 +67,18 @@ void WatchClient(const std::shared_ptr<EventQueue>& queue, tcp::socket& socket, 
 }  // namespace
 
 struct HttpServer::Impl {
-  Impl(const HttpServerOptions& o, std::shared_ptr<const OpenAiApi> a, Engine& e)
+  Impl(const HttpServerOptions& o, std::shared_ptr<const OpenAiApi> a, Engine& e, StreamJournalStore* j)
       : options(o),
         api(std::move(a)),
         engine(e),
+        journals(j),
         ioc(std::make_shared<IoContext>(o.threads)),
         acceptor(*ioc) {}
 
   const HttpServerOptions options;
   const std::shared_ptr<const OpenAiApi> api;
   Engine& engine;
+  StreamJournalStore* const journals;  // null: resumption off
   std::shared_ptr<IoContext> ioc;  // shared with observers that may outlive the server
   tcp::acceptor acceptor;
   std::vector<std::thread> threads;
@@ -93,6 +96,8 @@ net::awaitable<bool> WriteReply(beast::tcp_stream& stream, const Request& req, H
   res.result(static_cast<unsigned>(reply.status));
   res.set(http::field::server, "tessera");
   res.set(http::field::content_type, reply.content_type);
+  // Not serving (starting, draining, a group re-forming past --replacement-timeout): when to try again.
+  if (reply.status == 503) res.set(http::field::retry_after, "1");
   res.keep_alive(req.keep_alive());
   res.body() = std::move(reply.body);
   res.prepare_payload();
@@ -105,6 +110,155 @@ net::awaitable<bool> WriteChunk(beast::tcp_stream& stream, const std::string& da
   co_return !ec;
 }
 
+// A resumable call's SSE stream read from its journal: the headers, the chat role chunks when `fresh`, then
+// chunks as the journal fills, to the request's end. The first `skip` tokens are replayed without being sent
+// (the client has them). The client leaving detaches the journal (the request goes on); another connection
+// resuming the stream ends this one with an error event. Returns whether the connection may serve another.
+net::awaitable<bool> StreamJournalSse(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
+                                      const Request& req, const OpenAiCall& call,
+                                      std::shared_ptr<StreamJournal> journal, size_t skip, bool fresh) {
+  auto queue = std::make_shared<EventQueue>(impl.ioc, co_await net::this_coro::executor);
+  // The journal's news wakes this coroutine; every suspension below is followed by a Read, so none is lost.
+  const uint64_t reader = journal->Attach(
+      [queue, strand = queue->wake.get_executor()] { net::post(strand, [queue] { queue->wake.cancel(); }); });
+  OpenAiCallState state(call);
+  JournalCursor cursor;
+  if (skip > 0) {
+    for (ChoiceEvent& e : EventsOfJournalRead(journal->Read(reader, cursor, absl::ZeroDuration(), skip))) {
+      state.Replay(e);
+    }
+  }
+  http::response<http::empty_body> res{http::status::ok, req.version()};
+  res.set(http::field::server, "tessera");
+  res.set(http::field::content_type, "text/event-stream");
+  res.set(http::field::cache_control, "no-cache");
+  res.keep_alive(req.keep_alive());
+  res.chunked(true);
+  http::response_serializer<http::empty_body> serializer{res};
+  auto [ec, n] = co_await http::async_write_header(stream, serializer, kTuple);
+  bool client_gone = ec.failed();
+  if (fresh) {
+    const std::string start = state.StreamStart();
+    if (!client_gone && !start.empty()) client_gone = !co_await WriteChunk(stream, start);
+  }
+  bool taken_over = false;
+  while (!client_gone) {
+    JournalRead read = journal->Read(reader, cursor);
+    if (read.taken_over) {
+      taken_over = true;
+      break;
+    }
+    std::string out;
+    for (ChoiceEvent& e : EventsOfJournalRead(std::move(read))) out += state.Apply(e);
+    if (!out.empty()) {
+      client_gone = !co_await WriteChunk(stream, out);
+      continue;
+    }
+    if (queue->client_gone) client_gone = true;
+    if (client_gone || state.done()) break;
+    WatchClient(queue, stream.socket(), buffer);
+    queue->wake.expires_at(net::steady_timer::time_point::max());
+    co_await queue->wake.async_wait(kTuple);  // news, or the watch read ended
+  }
+  if (queue->reading) {  // stop watching; the read's bytes (if any) stay in `buffer`
+    beast::error_code ignored;
+    stream.socket().cancel(ignored);
+    while (queue->reading) {
+      queue->wake.expires_at(net::steady_timer::time_point::max());
+      co_await queue->wake.async_wait(kTuple);
+    }
+  }
+  journal->Detach(reader);           // no-op after a take-over
+  if (client_gone) co_return false;  // the request goes on; the client may resume it
+  if (taken_over) {
+    const std::string error = OpenAiCallState::StreamError(
+        ApiError{409, Cat("request ", call.id, " was resumed by another connection"), "", "conflict", ""});
+    co_await WriteChunk(stream, error);
+    co_return false;
+  }
+  const std::string tail =
+      state.status().ok() ? state.StreamEnd() : OpenAiCallState::StreamError(ErrorFromStatus(state.status()));
+  if (!co_await WriteChunk(stream, tail)) co_return false;
+  auto [ec_last, n_last] = co_await net::async_write(stream, http::make_chunk_last(), kTuple);
+  co_return !ec_last && req.keep_alive();
+}
+
+// A resumable call: its journal is the engine request's observer, and the stream is read from it.
+net::awaitable<bool> GenerateResumable(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
+                                       const Request& req, const OpenAiCall& call) {
+  StreamInfo info;
+  info.kind = call.kind == ApiKind::kChat ? StreamKind::kChat : StreamKind::kCompletion;
+  info.model = call.model;
+  info.created = call.created;
+  info.include_usage = call.include_usage;
+  info.prepared = call.prompts[0];
+  absl::StatusOr<std::shared_ptr<StreamJournal>> journal = impl.journals->Create(impl.api->tokenizer(), info);
+  absl::Status status = journal.status();
+  if (status.ok()) {
+    GenerationRequest request = call.prompts[0].request;
+    status = impl.engine.Submit(std::move(request), *journal);
+    if (!status.ok()) impl.journals->Remove(call.prompts[0].request.id);
+  }
+  if (!status.ok()) {
+    HttpReply reply = ErrorReply(ErrorFromStatus(status));
+    co_return co_await WriteReply(stream, req, std::move(reply));
+  }
+  co_return co_await StreamJournalSse(impl, stream, buffer, req, call, *std::move(journal), 0,
+                                      /*fresh=*/true);
+}
+
+// GET /v1/completions/{id}/stream?tokens_received=N (and /v1/chat/completions/...): the rest of a resumable
+// stream after the client's first N tokens.
+net::awaitable<bool> Resume(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
+                            const Request& req, ApiKind kind, const std::string& id, std::string_view query) {
+  std::optional<ApiError> error;
+  int64_t tokens_received = 0;
+  std::shared_ptr<StreamJournal> journal;
+  for (std::string_view rest = query; !rest.empty() && !error;) {
+    const size_t amp = rest.find('&');
+    const std::string_view pair = rest.substr(0, amp);
+    rest = amp == std::string_view::npos ? std::string_view() : rest.substr(amp + 1);
+    if (pair.substr(0, pair.find('=')) != "tokens_received") continue;
+    const std::string_view value =
+        pair.find('=') == std::string_view::npos ? "" : pair.substr(pair.find('=') + 1);
+    const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), tokens_received);
+    if (ec != std::errc() || end != value.data() + value.size() || tokens_received < 0) {
+      error = ApiError{400, Cat("'tokens_received' must be an integer >= 0, got '", value, "'"),
+                       "tokens_received", "invalid_request_error", ""};
+    }
+  }
+  if (!error && impl.journals == nullptr) {
+    error = ApiError{400, "stream resumption is off on this server (--resume-window 0)", "",
+                     "invalid_request_error", ""};
+  }
+  if (!error) {
+    absl::StatusOr<std::shared_ptr<StreamJournal>> found = impl.journals->Find(id);
+    if (!found.ok()) {
+      error = ErrorFromStatus(found.status());
+    } else if (((*found)->info().kind == StreamKind::kChat) != (kind == ApiKind::kChat)) {
+      error = ApiError{400,
+                       Cat("request ", id, " is a ", kind == ApiKind::kChat ? "completion" : "chat",
+                           " stream: resume it at /v1/", kind == ApiKind::kChat ? "" : "chat/",
+                           "completions/", id, "/stream"),
+                       "", "invalid_request_error", ""};
+    } else if (static_cast<uint64_t>(tokens_received) > (*found)->tokens()) {
+      error = ApiError{400,
+                       Cat("tokens_received = ", tokens_received, " is more than the ", (*found)->tokens(),
+                           " tokens request ", id, " has produced"),
+                       "tokens_received", "invalid_request_error", ""};
+    } else {
+      journal = *std::move(found);
+    }
+  }
+  if (error) {
+    HttpReply reply = ErrorReply(*error);
+    co_return co_await WriteReply(stream, req, std::move(reply));
+  }
+  const OpenAiCall call = impl.api->CallOfJournal(*journal);
+  co_return co_await StreamJournalSse(impl, stream, buffer, req, call, std::move(journal),
+                                      static_cast<size_t>(tokens_received), /*fresh=*/false);
+}
+
 // Runs one /v1/completions or /v1/chat/completions call. Returns whether the connection may serve another.
 net::awaitable<bool> Generate(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
                               const Request& req, ApiKind kind) {
@@ -114,6 +268,7 @@ net::awaitable<bool> Generate(Impl& impl, beast::tcp_stream& stream, beast::flat
     HttpReply reply = ErrorReply(*e);
     co_return co_await WriteReply(stream, req, std::move(reply));
   }
+  if (call.resumable) co_return co_await GenerateResumable(impl, stream, buffer, req, call);
   auto queue = std::make_shared<EventQueue>(impl.ioc, co_await net::this_coro::executor);
   auto sink = [queue, strand = queue->wake.get_executor()](ChoiceEvent event) {
     net::post(strand, [queue, event = std::move(event)]() mutable {
@@ -192,8 +347,23 @@ HttpReply NotFound(const std::string& target) {
 net::awaitable<bool> Route(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
                            const Request& req) {
   std::string target(req.target());
-  if (size_t q = target.find('?'); q != std::string::npos) target.resize(q);
+  std::string query;
+  if (size_t q = target.find('?'); q != std::string::npos) {
+    query = target.substr(q + 1);
+    target.resize(q);
+  }
   const bool get = req.method() == http::verb::get, post = req.method() == http::verb::post;
+  // GET /v1/completions/{id}/stream, GET /v1/chat/completions/{id}/stream: resume a stream.
+  for (const auto& [prefix, kind] :
+       {std::pair<std::string_view, ApiKind>{"/v1/completions/", ApiKind::kCompletion},
+        std::pair<std::string_view, ApiKind>{"/v1/chat/completions/", ApiKind::kChat}}) {
+    constexpr std::string_view kSuffix = "/stream";
+    if (get && target.size() > prefix.size() + kSuffix.size() && target.starts_with(prefix) &&
+        target.ends_with(kSuffix)) {
+      const std::string id = target.substr(prefix.size(), target.size() - prefix.size() - kSuffix.size());
+      co_return co_await Resume(impl, stream, buffer, req, kind, id, query);
+    }
+  }
   if (target == "/v1/completions" && post)
     co_return co_await Generate(impl, stream, buffer, req, ApiKind::kCompletion);
   if (target == "/v1/chat/completions" && post)
@@ -274,8 +444,8 @@ int HttpServer::port() const { return impl_->port; }
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOptions& options,
                                                               std::shared_ptr<const OpenAiApi> api,
-                                                              Engine& engine) {
-  auto impl = std::make_unique<Impl>(options, std::move(api), engine);
+                                                              Engine& engine, StreamJournalStore* journals) {
+  auto impl = std::make_unique<Impl>(options, std::move(api), engine, journals);
   const std::string where = Cat(options.host, ":", options.port);
   beast::error_code ec;
   const net::ip::address address = net::ip::make_address(options.host, ec);

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "coordinator/engine.h"
 #include "coordinator/http/openai_api.h"
+#include "coordinator/stream_journal_store.h"
 
 namespace tessera {
 
@@ -24,11 +25,13 @@ struct HttpServerOptions {
 
 class HttpServer {
  public:
-  // Listens and starts serving `api` over `engine` (both must outlive the server). Errors: UNAVAILABLE naming
-  // the address when it cannot listen.
-  [[nodiscard]] static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const HttpServerOptions& options,
-                                                                         std::shared_ptr<const OpenAiApi> api,
-                                                                         Engine& engine);
+  // Listens and starts serving `api` over `engine` (both must outlive the server). `journals` keeps resumable
+  // streams ("resumable": true; GET /v1/completions/{id}/stream and /v1/chat/completions/{id}/stream resume
+  // them); null: resumption off. It must outlive the server. Errors: UNAVAILABLE naming the address when it
+  // cannot listen.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<HttpServer>> Start(
+      const HttpServerOptions& options, std::shared_ptr<const OpenAiApi> api, Engine& engine,
+      StreamJournalStore* journals = nullptr);
   ~HttpServer();  // Stop()
 
   int port() const;

@@ -384,7 +384,7 @@ json OpenAiCallState::LogprobsJson(int index, const std::vector<TokenLogprob>* p
 }
 
 std::string OpenAiCallState::Chunk(int index, const std::string& text, std::optional<FinishReason> end,
-                                   json logprobs) const {
+                                   json logprobs, const std::vector<int32_t>* token_ids) const {
   json choice = {{"index", index}};
   if (call_.kind == ApiKind::kChat) {
     json delta = json::object();
@@ -395,6 +395,7 @@ std::string OpenAiCallState::Chunk(int index, const std::string& text, std::opti
   }
   choice["logprobs"] = std::move(logprobs);
   choice["finish_reason"] = end ? json(FinishName(*end)) : json(nullptr);
+  if (token_ids != nullptr) choice["token_ids"] = *token_ids;
   json chunk = {{"id", call_.id},
                 {"object", call_.kind == ApiKind::kChat ? "chat.completion.chunk" : "text_completion"},
                 {"created", call_.created},
@@ -454,11 +455,33 @@ std::string OpenAiCallState::Apply(const ChoiceEvent& event) {
   c.text += event.text;
   c.tokens += event.new_tokens;
   c.logprobs.insert(c.logprobs.end(), event.logprobs.begin(), event.logprobs.end());
+  c.unsent_token_ids.insert(c.unsent_token_ids.end(), event.token_ids.begin(), event.token_ids.end());
   if (event.end) c.end = event.end;
   if (!call_.stream || (event.text.empty() && !event.end)) return "";
   json logprobs = LogprobsJson(index, nullptr, c.logprobs, c.logprobs_sent, c.logprobs.size(), c.text_offset);
   c.logprobs_sent = c.logprobs.size();
-  return Chunk(index, event.text, event.end, std::move(logprobs));
+  std::string chunk = Chunk(index, event.text, event.end, std::move(logprobs),
+                            call_.resumable ? &c.unsent_token_ids : nullptr);
+  c.unsent_token_ids.clear();
+  return chunk;
+}
+
+void OpenAiCallState::Replay(const ChoiceEvent& event) {
+  const int index = event.prompt * call_.n + event.choice;
+  if (event.done || event.cached_tokens || event.prompt_logprobs || event.prompt < 0 || index < 0 ||
+      index >= static_cast<int>(choices_.size())) {
+    (void)Apply(event);
+    return;
+  }
+  Choice& c = choices_[index];
+  c.text += event.text;
+  c.tokens += event.new_tokens;
+  c.logprobs.insert(c.logprobs.end(), event.logprobs.begin(), event.logprobs.end());
+  if (event.end) c.end = event.end;
+  // As if sent: completions' text_offset moves past these tokens' spellings.
+  (void)LogprobsJson(index, nullptr, c.logprobs, c.logprobs_sent, c.logprobs.size(), c.text_offset);
+  c.logprobs_sent = c.logprobs.size();
+  c.unsent_token_ids.clear();
 }
 
 int OpenAiCallState::PromptTokens() const {
@@ -527,6 +550,27 @@ HttpReply OpenAiCallState::UnaryReply() const {
   return HttpReply{200, "application/json", body.dump(-1, ' ', false, json::error_handler_t::replace)};
 }
 
+std::vector<ChoiceEvent> EventsOfJournalRead(JournalRead read) {
+  std::vector<ChoiceEvent> events;
+  for (size_t k = 0; k < read.token_ids.size(); ++k) {
+    ChoiceEvent& e = events.emplace_back();
+    e.text = std::move(read.texts[k]);
+    e.new_tokens = 1;
+    e.token_ids = {read.token_ids[k]};
+    if (k < read.logprobs.size()) e.logprobs.push_back(std::move(read.logprobs[k]));
+  }
+  if (read.end) {
+    ChoiceEvent& e = events.emplace_back();
+    e.text = std::move(read.tail);
+    e.end = read.end;
+  }
+  if (read.done) {
+    events.emplace_back().cached_tokens = read.cached_tokens;
+    events.emplace_back().done = read.done;
+  }
+  return events;
+}
+
 // --- OpenAiApi ---
 
 static std::string RandomHex() {
@@ -541,6 +585,22 @@ OpenAiApi::OpenAiApi(ServedModel model, std::shared_ptr<const Tokenizer> tokeniz
       chat_(std::move(chat)),
       options_(options),
       id_prefix_(RandomHex()) {}
+
+OpenAiCall OpenAiApi::CallOfJournal(const StreamJournal& journal) const {
+  const StreamInfo& info = journal.info();
+  OpenAiCall call;
+  call.kind = info.kind == StreamKind::kChat ? ApiKind::kChat : ApiKind::kCompletion;
+  call.id = journal.id();
+  call.created = info.created;
+  call.model = info.model;
+  call.stream = true;
+  call.include_usage = info.include_usage;
+  call.n = 1;
+  call.prompts = {info.prepared};
+  call.tokenizer = tokenizer_;
+  call.resumable = true;
+  return call;
+}
 
 std::string OpenAiApi::NewId(ApiKind kind) const {
   return Cat(kind == ApiKind::kChat ? "chatcmpl-" : "cmpl-", id_prefix_, next_id_.fetch_add(1));
@@ -681,6 +741,16 @@ std::optional<ApiError> OpenAiApi::Prepare(ApiKind kind, std::string_view body_t
   if (const json* user = Field(body, "user"); user != nullptr && !user->is_string()) {
     return BadRequest("'user' must be a string", "user");
   }
+  if (auto e = ReadBool(body, "resumable", call.resumable)) return e;  // Tessera's extension
+  if (call.resumable) {
+    if (!options_.resumable_streams) {
+      return BadRequest("'resumable': stream resumption is off on this server (--resume-window 0)",
+                        "resumable");
+    }
+    if (!call.stream) return BadRequest("'resumable' needs 'stream': true", "resumable");
+    if (n.value_or(1) != 1) return BadRequest(Cat("'resumable' streams need 'n': 1, got ", *n), "n");
+    if (echo) return BadRequest("'resumable' streams cannot 'echo' the prompt", "echo");
+  }
 
   std::vector<v1::CompleteRequest> prompts;
   std::string rendered;
@@ -702,6 +772,9 @@ std::optional<ApiError> OpenAiApi::Prepare(ApiKind kind, std::string_view body_t
     first->set_role(messages[0]["role"].get<std::string>());
   } else {
     if (auto e = ReadPrompts(body, prompts)) return e;
+    if (call.resumable && prompts.size() != 1) {
+      return BadRequest(Cat("'resumable' streams need one prompt, got ", prompts.size()), "prompt");
+    }
   }
 
   call.id = NewId(kind);

@@ -19,6 +19,7 @@
 #include "coordinator/completion_text.h"
 #include "coordinator/engine.h"
 #include "coordinator/served_model.h"
+#include "coordinator/stream_journal.h"
 
 namespace tessera {
 
@@ -61,6 +62,10 @@ struct OpenAiCall {
   bool include_usage = false;  // stream_options.include_usage
   int n = 1;
   std::vector<PreparedCompletion> prompts;
+  // Tessera's "resumable": true (a stream of one prompt, n = 1, no echo): the request outlives its client's
+  // connection in a StreamJournal, and every chunk carries its choice's "token_ids" (the tokens since the
+  // previous chunk) so that the client can count what it received.
+  bool resumable = false;
   // Spells logprobs' tokens (null: "token_id:N", vLLM's return_tokens_as_token_ids spelling).
   std::shared_ptr<const Tokenizer> tokenizer;
 };
@@ -71,6 +76,7 @@ struct ChoiceEvent {
   int choice = 0;                      // within its prompt
   std::string text;                    // text that became final
   int new_tokens = 0;                  // tokens this event adds to the choice
+  std::vector<int32_t> token_ids;      // their ids (resumable calls: the chunks' "token_ids")
   std::optional<FinishReason> end;     // the choice ended
   std::optional<absl::Status> done;    // the prompt's request is over (no choice fields then)
   std::vector<TokenLogprob> logprobs;  // with logprobs: one per new token
@@ -120,6 +126,9 @@ class OpenAiCallState {
   // logprobs of every token since the previous chunk of its choice (a token whose text is held back sends
   // nothing; its logprob goes with the next chunk).
   std::string Apply(const ChoiceEvent& event);
+  // Applies `event` as one the client has already received (a resumed stream's first tokens_received tokens):
+  // nothing is sent for it, and later chunks carry only what follows it.
+  void Replay(const ChoiceEvent& event);
   // Every prompt's request is over.
   bool done() const { return prompts_done_ == static_cast<int>(call_.prompts.size()); }
   // The first failed request's status (OK while none failed).
@@ -138,11 +147,12 @@ class OpenAiCallState {
     std::optional<FinishReason> end;
     std::vector<TokenLogprob> logprobs;  // with logprobs: one per token
     size_t logprobs_sent = 0;            // streaming: how many went out in chunks
+    std::vector<int32_t> unsent_token_ids;  // resumable streams: ids since the previous chunk
     int text_offset = 0;                 // streaming completions: text_offset of the next token
   };
   // `logprobs`: the chunk's choice's "logprobs" value (null when none).
   std::string Chunk(int index, const std::string& text, std::optional<FinishReason> end,
-                    nlohmann::ordered_json logprobs) const;
+                    nlohmann::ordered_json logprobs, const std::vector<int32_t>* token_ids = nullptr) const;
   // The "logprobs" value of choice `index` for its logprobs [begin, end) (and the prompt's first, when
   // `prompt_logprobs` is not null: the prompt's tokens 1..L-1); null when the request did not ask for them.
   // Completions' text_offset counts on from `text_offset`, which is advanced.
@@ -162,7 +172,12 @@ class OpenAiCallState {
 
 struct OpenAiApiOptions {
   CompletionLimits limits;
+  bool resumable_streams = false;  // --resume-window > 0: "resumable": true is accepted
 };
+
+// The ChoiceEvents of what a journal Read found (one per token, then the choice's end with its tail, then the
+// prompt-cached count and the request's end), for OpenAiCallState.
+std::vector<ChoiceEvent> EventsOfJournalRead(JournalRead read);
 
 class OpenAiApi {
  public:
@@ -175,12 +190,16 @@ class OpenAiApi {
   // here. Unknown fields are ignored. Thread-safe.
   [[nodiscard]] std::optional<ApiError> Prepare(ApiKind kind, std::string_view body, OpenAiCall& call) const;
 
+  // The call a resumable stream was started with, from its journal (for GET .../{id}/stream).
+  OpenAiCall CallOfJournal(const StreamJournal& journal) const;
+
   HttpReply Models() const;                         // GET /v1/models
   HttpReply Tokenize(std::string_view body) const;  // POST /tokenize (vLLM's shape)
   HttpReply Detokenize(std::string_view body) const;
 
   const std::shared_ptr<const Tokenizer>& tokenizer() const { return tokenizer_; }
   const ServedModel& model() const { return model_; }
+  const OpenAiApiOptions& options() const { return options_; }
 
  private:
   std::string NewId(ApiKind kind) const;

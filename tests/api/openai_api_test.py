@@ -559,7 +559,7 @@ class OverloadAndFailureTest(unittest.TestCase):
             self.assertEqual(server.stop(), 0, "".join(server.stderr))
 
     def test_a_killed_worker_ends_streams_with_an_error_event_then_answers_503(self):
-        server = Server(MODEL_DIR, ["--heartbeat-timeout", "2s"])
+        server = Server(MODEL_DIR, ["--heartbeat-timeout", "2s", "--replacement-timeout", "0s"])  # fail-stop
         try:
             client = server.client()
             model = server.ready["model"]

@@ -124,6 +124,68 @@ TEST(RendezvousServiceTest, EraseGroupRemovesOnlyThatGroupsKeys) {
   EXPECT_EQ(Call(*stub, {"tp0/a"}, 200ms).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
 }
 
+grpc::Status SetKey(Rendezvous::Stub& stub, const std::string& key, const std::string& value) {
+  grpc::ClientContext context;
+  SetRequest request;
+  request.set_key(key);
+  request.set_value(value);
+  SetResponse response;
+  return stub.Set(&context, request, &response);
+}
+
+grpc::Status GetKey(Rendezvous::Stub& stub, const std::string& key, std::chrono::milliseconds timeout,
+                    std::string* value = nullptr) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  GetRequest request;
+  request.set_key(key);
+  GetResponse response;
+  grpc::Status status = stub.Get(&context, request, &response);
+  if (value != nullptr) *value = response.value();
+  return status;
+}
+
+TEST(RendezvousServiceTest, RetireAllButKeepsTheLiveGroupsKeysAndAbortsWaitsOnTheOldOnesAtOnce) {
+  Server server;
+  auto stub = Client(server.address());
+  for (const char* key : {"epoch1/tp0/0", "epoch1/tp0/1", "epoch2/tp0/0"}) {
+    ASSERT_TRUE(SetKey(*stub, key, std::string("v:") + key).ok());
+  }
+  server.service().RetireAllBut("epoch2/");
+  // The live key is kept with its value.
+  std::string value;
+  ASSERT_TRUE(GetKey(*stub, "epoch2/tp0/0", 1s, &value).ok());
+  EXPECT_EQ(value, "v:epoch2/tp0/0");
+  // The old keys are gone: waiting for one fails with ABORTED at once (not at its 30 s deadline), naming the
+  // live prefix; so does a Wait that mixes live and old keys.
+  const auto start = std::chrono::steady_clock::now();
+  grpc::Status old = GetKey(*stub, "epoch1/tp0/0", 30s);
+  EXPECT_EQ(old.error_code(), grpc::StatusCode::ABORTED) << old.error_message();
+  EXPECT_THAT(old.error_message(), ::testing::HasSubstr("epoch2/"));
+  EXPECT_EQ(Call(*stub, {"epoch2/tp0/0", "epoch1/tp0/1"}, 30s).error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
+  // A key of the old group set again is no live key either.
+  ASSERT_TRUE(SetKey(*stub, "epoch1/tp0/0", "late").ok());
+  EXPECT_EQ(GetKey(*stub, "epoch1/tp0/0", 30s).error_code(), grpc::StatusCode::ABORTED);
+  // Keys of the live group still wait as before.
+  EXPECT_EQ(Call(*stub, {"epoch2/tp0/1"}, 200ms).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+TEST(RendezvousServiceTest, RetireAllButReleasesAWaitOnAnOldKeyWithAborted) {
+  Server server;
+  auto stub = Client(server.address());
+  std::thread retirer([&] {
+    std::this_thread::sleep_for(
+        200ms);  // the Wait below is (most likely) blocked by then; either way it fails
+    server.service().RetireAllBut("epoch2/");
+  });
+  const auto start = std::chrono::steady_clock::now();
+  grpc::Status status = Call(*stub, {"epoch1/pp0/1"}, 30s);
+  retirer.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::ABORTED) << status.error_message();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);  // released, not timed out
+}
+
 // Starts `size` rendezvous_rank_main processes against `address`; returns their pids.
 std::vector<pid_t> StartRanks(const std::string& address, int size) {
   std::vector<pid_t> pids;

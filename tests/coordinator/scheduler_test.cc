@@ -967,5 +967,258 @@ TEST(SchedulerTest, PromptLogprobsComputeThePromptOneTokenAStepAndArriveOnceBefo
   EXPECT_THAT(observer->log, ElementsAre("logprob 0 7 -0.25", "token 0 7", "end 0 length", "done"));
 }
 
+// A deterministic stand-in for the workers' model: the token sampled after a sequence's last position depends
+// only on its prompt length and on how many tokens it holds, as greedy decoding's does. A sequence that is
+// added again with its whole token log (after a Suspend) therefore samples what it would have sampled anyway.
+class PositionalModel {
+ public:
+  StepResult Answer(const Step& step) {
+    for (const auto& n : step.new_sequences()) {
+      prompt_[n.seq_id()] = n.num_prompt_tokens();
+      length_[n.seq_id()] = 0;
+    }
+    std::vector<int32_t> tokens;
+    for (const auto& s : step.scheduled()) {
+      EXPECT_TRUE(prompt_.contains(s.seq_id())) << "sequence " << s.seq_id() << " was never added";
+      const int length = (length_[s.seq_id()] += s.tokens_size());
+      if (s.sample()) tokens.push_back(1000 * prompt_[s.seq_id()] + length);  // never the stop id 2
+    }
+    return Result(step.step_id(), tokens);
+  }
+
+ private:
+  std::map<uint64_t, int> prompt_;  // by seq_id
+  std::map<uint64_t, int> length_;  // tokens the workers hold
+};
+
+// Answers every step from `first` on with `model` until every observer is done; returns the steps answered.
+std::vector<Step> DriveWith(PositionalModel& model, RecordingSink& sink, Scheduler& scheduler,
+                            const std::vector<std::shared_ptr<RecordingObserver>>& observers, size_t first) {
+  std::vector<Step> steps;
+  auto all_done = [&] {
+    return std::all_of(observers.begin(), observers.end(), [](const auto& o) { return o->IsDone(); });
+  };
+  for (size_t k = first; !all_done() && k < first + 1000; ++k) {
+    Step step = sink.WaitStep(k);
+    if (step.step_id() == 0 && k > 0) break;  // none came (WaitStep failed the test)
+    steps.push_back(step);
+    scheduler.OnStepResult(model.Answer(step));
+  }
+  return steps;
+}
+
+std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+TEST(SchedulerTest, SuspendDropsTheStepsInFlightAndResumeRestartsEverySequenceFromItsTokenLog) {
+  const std::vector<GenerationRequest> requests = {MakeRequest("a", 17, 6), MakeRequest("b", 3, 6)};
+  // The same requests, never interrupted.
+  std::vector<std::vector<int32_t>> uninterrupted;
+  {
+    RecordingSink sink;
+    Scheduler scheduler(Options(), sink);
+    scheduler.Activate(8);
+    PositionalModel model;
+    auto a = std::make_shared<RecordingObserver>(), b = std::make_shared<RecordingObserver>();
+    ASSERT_OK(scheduler.SubmitBatch(requests, {a, b}));
+    DriveWith(model, sink, scheduler, {a, b}, 0);
+    ASSERT_TRUE(a->done && b->done);
+    uninterrupted = {a->tokens[0], b->tokens[0]};
+    ASSERT_EQ(uninterrupted[0].size(), 6u);
+  }
+
+  RecordingSink sink;
+  Scheduler scheduler(Options(), sink);
+  scheduler.Activate(8);
+  PositionalModel model;
+  auto a = std::make_shared<RecordingObserver>(), b = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.SubmitBatch(requests, {a, b}));
+  const Step s0 = sink.WaitStep(0);
+  ASSERT_EQ(s0.new_sequences_size(), 2);
+  scheduler.OnStepResult(model.Answer(s0));
+  scheduler.OnStepResult(model.Answer(sink.WaitStep(1)));
+  const Step in_flight = sink.WaitStep(2);  // both mid-decode, two tokens each so far
+  ASSERT_EQ(in_flight.scheduled_size(), 2);
+  EXPECT_LT(scheduler.num_free_blocks(), scheduler.num_blocks());
+
+  scheduler.Suspend();
+  EXPECT_FALSE(scheduler.ready());
+  EXPECT_EQ(scheduler.num_free_blocks(), scheduler.num_blocks());  // the KV cache is taken as empty
+  // The lost group's late answer is ignored: no token, no INTERNAL failure.
+  scheduler.OnStepResult(Result(in_flight.step_id(), {5, 5}));
+  EXPECT_FALSE(a->IsDone());
+  EXPECT_FALSE(b->IsDone());
+  // Requests are still accepted while suspended, but wait: no step is formed.
+  auto c = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(MakeRequest("c", 5, 2), c));
+  EXPECT_EQ(sink.count(), 3u);
+  EXPECT_FALSE(scheduler.ready());
+
+  scheduler.Resume();
+  EXPECT_TRUE(scheduler.ready());
+  const Step resumed = sink.WaitStep(3);
+  EXPECT_EQ(resumed.finished_size(), 0);  // the workers forgot everything themselves
+  // a and b come back under new ids with their whole token log (prompt + the two tokens) to prefill; c joins.
+  ASSERT_EQ(resumed.new_sequences_size(), 3);
+  std::map<int, std::vector<int32_t>> prefilled;  // by prompt length
+  for (int i = 0; i < resumed.new_sequences_size(); ++i) {
+    const auto& n = resumed.new_sequences(i);
+    EXPECT_NE(n.seq_id(), s0.new_sequences(0).seq_id());
+    EXPECT_NE(n.seq_id(), s0.new_sequences(1).seq_id());
+    for (const auto& s : resumed.scheduled()) {
+      if (s.seq_id() == n.seq_id()) {
+        prefilled[n.num_prompt_tokens()] = Ids(s.tokens());
+        EXPECT_TRUE(s.sample());
+        EXPECT_EQ(s.new_block_ids_size(), (s.tokens_size() + 15) / 16);
+      }
+    }
+  }
+  ASSERT_EQ(prefilled.size(), 3u);
+  EXPECT_EQ(prefilled[17], Concat(requests[0].prompt, {uninterrupted[0][0], uninterrupted[0][1]}));
+  EXPECT_EQ(prefilled[3], Concat(requests[1].prompt, {uninterrupted[1][0], uninterrupted[1][1]}));
+  EXPECT_EQ(prefilled[5], MakeRequest("c", 5, 2).prompt);
+
+  scheduler.OnStepResult(model.Answer(resumed));
+  DriveWith(model, sink, scheduler, {a, b, c}, 4);
+  ASSERT_TRUE(a->done && b->done && c->done);
+  EXPECT_OK(a->final_status);
+  EXPECT_OK(b->final_status);
+  EXPECT_OK(c->final_status);
+  EXPECT_EQ(a->tokens[0], uninterrupted[0]);  // the same tokens as without the lost worker, none twice
+  EXPECT_EQ(b->tokens[0], uninterrupted[1]);
+  EXPECT_EQ(c->tokens[0].size(), 2u);
+  EXPECT_EQ(scheduler.num_free_blocks(), scheduler.num_blocks());
+}
+
+TEST(SchedulerTest, ASuspendedSchedulerFormsNoStepEvenWhenResultsArrive) {
+  RecordingSink sink;
+  SchedulerOptions options = Options();
+  options.max_steps_in_flight = 2;
+  Scheduler scheduler(options, sink);
+  scheduler.Activate(16);
+  auto a = std::make_shared<RecordingObserver>(), b = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(MakeRequest("a", 3, 4), a));
+  ASSERT_OK(scheduler.Submit(MakeRequest("b", 4, 4), b));
+  const Step s0 = sink.WaitStep(0);
+  scheduler.OnStepResult(Result(s0.step_id(), std::vector<int32_t>(s0.scheduled_size(), 7)));
+  const size_t sent = sink.count();
+  scheduler.Suspend();
+  for (size_t k = 1; k < sent; ++k) {  // the other micro-batch's late result
+    const Step late = sink.WaitStep(k);
+    scheduler.OnStepResult(Result(late.step_id(), std::vector<int32_t>(late.scheduled_size(), 7)));
+  }
+  ASSERT_OK(scheduler.Cancel("b"));  // a request may still be cancelled while suspended
+  ASSERT_TRUE(b->WaitDone());
+  EXPECT_THAT(b->final_status, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_EQ(sink.count(), sent);
+  EXPECT_FALSE(a->IsDone());
+  scheduler.Resume();
+  const Step resumed = sink.WaitStep(sent);
+  ASSERT_EQ(resumed.new_sequences_size(), 1);  // a only
+  ASSERT_EQ(resumed.scheduled_size(), 1);
+  EXPECT_THAT(Ids(resumed.scheduled(0).tokens()), ElementsAre(100, 101, 102, 7));
+}
+
+TEST(SchedulerTest, ARefusedStepSuspendsInsteadOfFailingWithSuspendOnSendFailure) {
+  RecordingSink sink;
+  SchedulerOptions options = Options();
+  options.suspend_on_send_failure = true;
+  Scheduler scheduler(options, sink);
+  scheduler.Activate(8);
+  sink.set_status(absl::UnavailableError("cannot send a step to worker rank 1"));
+  auto a = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(MakeRequest("a", 20, 2), a));
+  const Step refused = sink.WaitStep(0);
+  EXPECT_FALSE(scheduler.ready());
+  EXPECT_FALSE(a->IsDone());
+  EXPECT_EQ(scheduler.num_free_blocks(), 8);
+  EXPECT_EQ(sink.count(), 1u);  // no step until Resume
+  ASSERT_OK(
+      scheduler.Submit(MakeRequest("b", 2, 1), std::make_shared<RecordingObserver>()));  // accepted, waits
+  EXPECT_EQ(sink.count(), 1u);
+
+  sink.set_status(absl::OkStatus());
+  scheduler.Resume();
+  const Step again = sink.WaitStep(1);
+  ASSERT_GE(again.new_sequences_size(), 1);
+  EXPECT_NE(again.new_sequences(0).seq_id(), refused.new_sequences(0).seq_id());
+  EXPECT_EQ(again.scheduled(0).tokens_size(), 20);
+  EXPECT_EQ(again.finished_size(), 0);
+  scheduler.OnStepResult(Result(again.step_id(), std::vector<int32_t>(again.scheduled_size(), 7)));
+  scheduler.OnStepResult(Result(sink.WaitStep(2).step_id(), {8}));
+  ASSERT_TRUE(a->WaitDone());
+  EXPECT_OK(a->final_status);
+  EXPECT_THAT(a->tokens[0], ElementsAre(7, 8));
+}
+
+TEST(SchedulerTest, ARefusedStepFailsEveryRequestWithoutSuspendOnSendFailure) {
+  RecordingSink sink;
+  Scheduler scheduler(Options(), sink);
+  scheduler.Activate(8);
+  sink.set_status(absl::UnavailableError("cannot send a step to worker rank 1"));
+  auto a = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(MakeRequest("a", 20, 2), a));
+  ASSERT_TRUE(a->WaitDone());
+  EXPECT_THAT(a->final_status, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("rank 1")));
+  EXPECT_FALSE(scheduler.ready());
+}
+
+TEST(SchedulerTest, ResumeAfterAFailureClearsItAndServesAgain) {
+  RecordingSink sink;
+  Scheduler scheduler(Options(), sink);
+  scheduler.Activate(8);
+  auto failed = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(MakeRequest("a", 3, 5), failed));
+  const Step s0 = sink.WaitStep(0);
+  scheduler.Fail(absl::UnavailableError("worker rank 1 missed its heartbeats; no replacement came"));
+  ASSERT_TRUE(failed->WaitDone());
+  EXPECT_THAT(failed->final_status, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("rank 1")));
+  scheduler.Suspend();  // nothing happens after a Fail
+  EXPECT_FALSE(scheduler.ready());
+  EXPECT_THAT(scheduler.Submit(MakeRequest("b", 3, 1), std::make_shared<RecordingObserver>()),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("rank 1")));
+
+  scheduler.Resume();
+  EXPECT_TRUE(scheduler.ready());
+  EXPECT_EQ(scheduler.num_free_blocks(), 8);
+  scheduler.OnStepResult(Result(s0.step_id(), {9}));  // a result from before the failure changes nothing
+  auto served = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(MakeRequest("a", 3, 1), served));  // the id is free again
+  const Step s1 = sink.WaitStep(1);
+  ASSERT_EQ(s1.new_sequences_size(), 1);
+  scheduler.OnStepResult(Result(s1.step_id(), {7}));
+  ASSERT_TRUE(served->WaitDone());
+  EXPECT_OK(served->final_status);
+  EXPECT_THAT(served->tokens[0], ElementsAre(7));
+}
+
+TEST(SchedulerTest, DrainingRefusesNewRequestsAndWaitIdleWaitsForTheAcceptedOnes) {
+  RecordingSink sink;
+  SchedulerOptions options = Options();
+  options.max_num_seqs = 1;
+  Scheduler scheduler(options, sink);
+  scheduler.Activate(8);
+  auto running = std::make_shared<RecordingObserver>(), queued = std::make_shared<RecordingObserver>();
+  ASSERT_OK(scheduler.Submit(MakeRequest("a", 3, 2), running));
+  ASSERT_OK(scheduler.Submit(MakeRequest("b", 3, 1), queued));
+  EXPECT_EQ(scheduler.WaitIdle(absl::ZeroDuration()), 2);
+  scheduler.StartDraining();
+  EXPECT_FALSE(scheduler.ready());
+  EXPECT_THAT(scheduler.Submit(MakeRequest("c", 3, 1), std::make_shared<RecordingObserver>()),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("draining")));
+  EXPECT_EQ(scheduler.WaitIdle(absl::Milliseconds(10)), 2);  // both still to finish
+  scheduler.OnStepResult(Result(sink.WaitStep(0).step_id(), {7}));
+  scheduler.OnStepResult(Result(sink.WaitStep(1).step_id(), {8}));
+  ASSERT_TRUE(running->WaitDone());
+  EXPECT_EQ(scheduler.WaitIdle(absl::Milliseconds(10)), 1);  // b, admitted after a, still runs
+  scheduler.OnStepResult(Result(sink.WaitStep(2).step_id(), {9}));
+  EXPECT_EQ(scheduler.WaitIdle(kWait), 0);
+  EXPECT_OK(running->final_status);
+  EXPECT_OK(queued->final_status);
+  EXPECT_THAT(queued->tokens[0], ElementsAre(9));
+}
+
 }  // namespace
 }  // namespace tessera

@@ -211,7 +211,7 @@ class ManifestsTest(unittest.TestCase):
         self.assertTrue(any(k.startswith("tessera-nccl-") for k in maps))
         spec = lws["spec"]
         self.assertEqual(spec["startupPolicy"], "LeaderCreated")  # the leader is Ready only with every rank
-        self.assertEqual(spec["leaderWorkerTemplate"]["restartPolicy"], "RecreateGroupOnPodRestart")
+        self.assertEqual(spec["leaderWorkerTemplate"]["restartPolicy"], "None")  # tessera re-forms the group
         grpc_port, http_port = int(config["TESSERA_GRPC_PORT"]), int(config["TESSERA_HTTP_PORT"])
         drain = re.fullmatch(r"(\d+)s", config["TESSERA_DRAIN_TIMEOUT"])
         self.assertIsNotNone(drain, config["TESSERA_DRAIN_TIMEOUT"])

@@ -169,8 +169,10 @@ class LifecycleTest(ServerTestCase):
                         w.proc.wait(10)
                         self.assertEqual(w.proc.returncode, 0, "".join(w.stderr))
 
-    def test_a_killed_worker_fails_its_requests_and_readiness_but_not_the_server(self):
-        server = harness.Server(ARGS.tessera, self.tiny, 2, 2, ["--heartbeat-timeout", "2s"]).start()
+    def test_without_recovery_a_killed_worker_fails_its_requests_and_readiness_but_not_the_server(self):
+        # --replacement-timeout 0: fail-stop (tests/integration/recovery_test.py covers the default, recovery).
+        server = harness.Server(ARGS.tessera, self.tiny, 2, 2,
+                                ["--heartbeat-timeout", "2s", "--replacement-timeout", "0s"]).start()
         try:
             self.assertEqual(health(server.address, SERVICE), health_pb2.HealthCheckResponse.SERVING)
             pb, stub = inference_stub(server.address)
@@ -281,6 +283,8 @@ class DrainTest(ServerTestCase):
         response = conn.getresponse()
         payload = response.read()
         conn.close()
+        if response.status == 503:
+            self.assertEqual(response.getheader("Retry-After"), "1")
         return response.status, payload
 
     def wait_not_serving(self, server):
@@ -309,6 +313,7 @@ class DrainTest(ServerTestCase):
                         complete_ids(server.address, TINY_PROMPTS[1])
                     self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAVAILABLE)
                     self.assertIn("draining", refused.exception.details())
+                    self.assertIn(("grpc-retry-pushback-ms", "1000"), refused.exception.trailing_metadata())
                     status, _ = self.http_status(server, "GET", "/health")
                     self.assertEqual(status, 503)
                     status, payload = self.http_status(server, "POST", "/v1/completions",

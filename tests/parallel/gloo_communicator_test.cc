@@ -13,14 +13,15 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <thread>
 #include <vector>
 
 #include "core/dtype.h"
 #include "kernels/backend_factory.h"
-#include "worker/staged_communicator.h"
 #include "tests/util/status_matchers.h"
 #include "tests/util/test_env.h"
+#include "worker/staged_communicator.h"
 
 namespace tessera {
 namespace {
@@ -239,6 +240,88 @@ TEST(StagedCommunicatorTest, MovesBf16AndF32DeviceTensorsThroughTheHost) {
     return 0;
   });
   EXPECT_THAT(codes, ::testing::Each(0));
+}
+
+// Makes a group of `size` ranks on threads of this process (each Create waits for the others).
+std::vector<std::unique_ptr<GlooCommunicator>> ThreadGroup(int size, std::chrono::milliseconds timeout) {
+  const std::string store = FreshStoreDir();
+  std::vector<std::unique_ptr<GlooCommunicator>> comms(size);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < size; ++rank) {
+    threads.emplace_back([&, rank] {
+      auto comm = GlooCommunicator::Create(Options(store, rank, size, timeout));
+      EXPECT_OK(comm.status());
+      if (comm.ok()) comms[rank] = std::move(comm).value();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return comms;
+}
+
+// Runs `op` on another thread, calls Abort on `comm` 200 ms later, and returns op's status.
+absl::Status AbortedWhileWaiting(Communicator& comm, const std::function<absl::Status()>& op) {
+  absl::Status status;
+  std::thread waiter([&] { status = op(); });
+  std::this_thread::sleep_for(200ms);  // op is (most likely) waiting by then; if not, it fails at its start
+  comm.Abort();
+  waiter.join();
+  return status;
+}
+
+// The peer never sends: without Abort these waits would last the group's 5 s timeout and end with
+// DEADLINE_EXCEEDED; aborted, they end at once with UNAVAILABLE.
+TEST(GlooCommunicatorTest, AbortEndsARecvWaitingOnAnotherThreadAndEveryLaterCall) {
+  auto comms = ThreadGroup(2, 5s);
+  ASSERT_TRUE(comms[0] && comms[1]);
+  std::vector<float> data(33, -1.0f), all(66);
+  Tensor t(data.data(), DType::kF32, {33}), tall(all.data(), DType::kF32, {66});
+  EXPECT_THAT(AbortedWhileWaiting(*comms[0], [&] { return comms[0]->Recv(t, 1); }),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("recv on rank 0")));
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THAT(comms[0]->Recv(t, 1), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(comms[0]->Send(t, 1), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(comms[0]->AllReduceSum(t), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(comms[0]->AllGather(t, tall), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(comms[0]->Broadcast(t, 1), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(comms[0]->Barrier(), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 4s);  // none waited for the peer
+}
+
+TEST(GlooCommunicatorTest, AbortEndsTheDirectAllReduceAndAllGatherWaitingOnASilentPeer) {
+  auto comms = ThreadGroup(2, 5s);
+  ASSERT_TRUE(comms[0] && comms[1]);
+  std::vector<float> data(100, 1.0f), all(200);
+  Tensor t(data.data(), DType::kF32, {100}), tall(all.data(), DType::kF32, {200});
+  EXPECT_THAT(AbortedWhileWaiting(*comms[0], [&] { return comms[0]->AllReduceSum(t); }),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("all-reduce on rank 0")));
+  EXPECT_THAT(AbortedWhileWaiting(*comms[1], [&] { return comms[1]->AllGather(t, tall); }),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("all-gather on rank 1")));
+}
+
+TEST(GlooCommunicatorTest, AnAbortedIdleCommunicatorFailsItsNextCallsAtOnce) {
+  auto comms = ThreadGroup(2, 5s);
+  ASSERT_TRUE(comms[0] && comms[1]);
+  comms[0]->Abort();
+  std::vector<float> data(8, 1.0f);
+  Tensor t(data.data(), DType::kF32, {8});
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THAT(comms[0]->Barrier(), StatusIs(absl::StatusCode::kUnavailable));  // Gloo's own algorithm
+  EXPECT_THAT(comms[0]->Recv(t, 1), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 4s);
+}
+
+TEST(StagedCommunicatorTest, AbortReachesTheHostCommunicator) {
+  auto comms = ThreadGroup(2, 5s);
+  ASSERT_TRUE(comms[0] && comms[1]);
+  BackendOptions options;
+  options.num_threads = 1;
+  auto backend = CreateBackend(options);
+  ASSERT_OK(backend.status());
+  StagedCommunicator staged(std::move(comms[0]), **backend);
+  std::vector<float> data(9, 0.0f);
+  Tensor t(data.data(), DType::kF32, {9});
+  EXPECT_THAT(AbortedWhileWaiting(staged, [&] { return staged.Recv(t, 1); }),
+              StatusIs(absl::StatusCode::kUnavailable));
 }
 
 }  // namespace

@@ -83,9 +83,9 @@ class FakeCoordinator {
     tables_.erase(id);
     lengths_.erase(id);
   }
-  cv1::CoordinatorMessage Send(cv1::Step& step) {
+  cv1::CoordinatorMessage Send(cv1::Step& step, uint64_t epoch = kEpoch) {
     step.set_step_id(++step_id_);
-    cv1::CoordinatorMessage m = Message();
+    cv1::CoordinatorMessage m = Message(epoch);
     m.set_step(step.SerializeAsString());
     return m;
   }
