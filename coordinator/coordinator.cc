@@ -230,6 +230,9 @@ absl::Status Coordinator::BringUpOnce() {
     absl::MutexLock lock(&recovery_mu_);
     serving_ = true;
   }
+  if (options_.step_timeout.count() > 0 && !watchdog_thread_.joinable()) {
+    watchdog_thread_ = std::thread([this] { WatchdogLoop(); });
+  }
   Log(Cat("coordinator: serving ", model.id, " with ", num_blocks, " KV blocks per rank (",
           num_blocks * int64_t{16}, " tokens) after ", SecondsSince(t0), " s"));
   return absl::OkStatus();
@@ -277,6 +280,18 @@ void Coordinator::OnFailure(const absl::Status& status) {
   Log(Cat("coordinator: ", status.message(), "; re-forming the group (requests wait)"), LogLevel::kWarning);
 }
 
+void Coordinator::WatchdogLoop() {
+  const double limit = std::chrono::duration<double>(options_.step_timeout).count();
+  uint64_t reported = 0;  // a step is reported once
+  while (!stop_watchdog_.WaitForNotificationWithTimeout(absl::Milliseconds(100))) {
+    const auto [step, age] = scheduler_->OldestStepInFlight();
+    if (step == 0 || step == reported || age < limit) continue;
+    reported = step;
+    OnFailure(absl::DeadlineExceededError(Cat("step ", step, " has run for ", age,
+                                              " s (--step-timeout): a rank is stuck inside it")));
+  }
+}
+
 void Coordinator::RecoverLoop() {
   const Clock::time_point detected = Clock::now();
   Clock::time_point deadline = detected + options_.replacement_timeout;
@@ -322,7 +337,9 @@ void Coordinator::RecoverLoop() {
       }
       deadline = Clock::now() + options_.startup_timeout;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    // Another failure is already known (a second rank lost): start over at once; otherwise pause before trying
+    // again (nothing has changed yet).
+    if (!again) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
 }
 
@@ -354,16 +371,19 @@ absl::Status Coordinator::RecoverOnce(Clock::time_point deadline, RecoveryState&
   // The survivors finish what they were doing (a step whose collective lost its peer fails within
   // --comm-timeout), forget their sequences, close their communicators and move to the new epoch.
   const auto t_reset = Clock::now();
-  RETURN_IF_ERROR(workers_
-                      ->RunPhase(
-                          [&](int) {
-                            CoordinatorMessage m;
-                            m.set_epoch(recovery.old_epoch);
-                            m.mutable_reset()->set_new_epoch(recovery.new_epoch);
-                            return m;
-                          },
-                          options_.comm_timeout + std::chrono::seconds(10), recovery.survivors)
-                      .status());
+  absl::Status reset = workers_
+                           ->RunPhase(
+                               [&](int) {
+                                 CoordinatorMessage m;
+                                 m.set_epoch(recovery.old_epoch);
+                                 m.mutable_reset()->set_new_epoch(recovery.new_epoch);
+                                 return m;
+                               },
+                               options_.comm_timeout + std::chrono::seconds(10), recovery.survivors)
+                           .status();
+  // A survivor that cannot even take a Reset is stuck inside a step: the next attempt replaces it.
+  if (absl::IsDeadlineExceeded(reset)) workers_->MarkLost(workers_->Unanswered());
+  RETURN_IF_ERROR(reset);
   const auto t_join = Clock::now();
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - t_join);
   RETURN_IF_ERROR(workers_->WaitForWorkers(std::max(left, std::chrono::milliseconds(1))));
@@ -441,6 +461,8 @@ void Coordinator::Shutdown(std::chrono::milliseconds grace) {
   if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
   if (scheduler_ != nullptr) scheduler_->Fail(absl::UnavailableError("the server is shutting down"));
   if (http_ != nullptr) http_->Stop();  // after Fail: every HTTP request has its OnDone
+  stop_watchdog_.Notify();
+  if (watchdog_thread_.joinable()) watchdog_thread_.join();
   if (workers_ != nullptr) workers_->Shutdown(grace);  // a recovery in progress ends with CANCELLED
   std::thread recovery;
   {

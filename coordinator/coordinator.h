@@ -14,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/served_model.h"
@@ -70,6 +71,9 @@ struct CoordinatorOptions {
   // replacement has joined within this long, the requests end UNAVAILABLE (the group still recovers whenever
   // the ranks come back). 0: no recovery; a lost worker fails every request (fail-stop).
   std::chrono::milliseconds replacement_timeout{60000};
+  // A step in flight longer than this (a rank stuck inside it: a hung collective, a deadlocked kernel) counts
+  // as a failure: the group is re-formed, and a rank that does not answer then is replaced. 0: no watchdog.
+  std::chrono::milliseconds step_timeout{60000};
   // Called (on the recovery thread) with each vacant rank, to start a replacement: `tessera serve` restarts its
   // child process (killing the old one first when `kill`, else only when it is no longer running). Empty:
   // replacements come by themselves (a restarted pod).
@@ -131,6 +135,8 @@ class Coordinator {
   // Re-forms the group after failures until it is whole again (or the coordinator shuts down): the recovery
   // thread's loop. Requests wait meanwhile; they end UNAVAILABLE once replacement_timeout has passed.
   void RecoverLoop() ABSL_LOCKS_EXCLUDED(recovery_mu_);
+  // The step watchdog's loop: every 100 ms, a step older than step_timeout fails the group (OnFailure).
+  void WatchdogLoop();
   struct RecoveryState {
     std::vector<int> to_set_up;    // ranks lost in any attempt: their replacements need the whole setup
     std::vector<int> setup_begun;  // of them, those an attempt began to set up (dropped by the next attempt)
@@ -168,6 +174,8 @@ class Coordinator {
   bool recovering_ ABSL_GUARDED_BY(recovery_mu_) = false;  // the recovery thread runs RecoverLoop
   bool failed_again_ ABSL_GUARDED_BY(recovery_mu_) = false;  // a failure came during the recovery
   std::thread recovery_thread_;  // joined by Shutdown
+  std::thread watchdog_thread_;  // the step watchdog (step_timeout > 0); joined by Shutdown
+  absl::Notification stop_watchdog_;
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;      // a Shutdown began
   bool shutdown_done_ ABSL_GUARDED_BY(shutdown_mu_) = false;  // ... and finished

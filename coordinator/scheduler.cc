@@ -81,6 +81,13 @@ void Scheduler::SuspendLocked() {
   }
 }
 
+std::pair<uint64_t, double> Scheduler::OldestStepInFlight() const {
+  absl::MutexLock lock(&mu_);
+  if (in_flight_.empty()) return {0, 0.0};
+  const auto& [id, flight] = *in_flight_.begin();  // ids grow: the first is the oldest
+  return {id, Now() - flight.sent_at};
+}
+
 void Scheduler::Resume() {
   {
     absl::MutexLock lock(&mu_);

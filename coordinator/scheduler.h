@@ -126,6 +126,8 @@ class Scheduler final : public Engine {
   // on from where it stopped (the same tokens under greedy or seeded sampling). After a Fail (no replacement
   // came in time), also clears the failure: the scheduler serves again.
   void Resume() ABSL_LOCKS_EXCLUDED(mu_);
+  // The oldest step in flight: its id and how long ago it was sent (seconds); {0, 0} when none is.
+  std::pair<uint64_t, double> OldestStepInFlight() const ABSL_LOCKS_EXCLUDED(mu_);
   // A graceful stop begins: later Submits fail with UNAVAILABLE ("draining") and ready() turns false; the
   // requests already accepted (running or waiting) go on to their end.
   void StartDraining() ABSL_LOCKS_EXCLUDED(mu_);

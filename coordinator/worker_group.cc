@@ -308,6 +308,20 @@ absl::StatusOr<std::vector<control::v1::Ack>> WorkerGroup::RunPhase(
   return acks;
 }
 
+void WorkerGroup::MarkLost(const std::vector<int>& ranks) {
+  absl::MutexLock lock(&mu_);
+  for (int rank : ranks) workers_[rank].lost = true;
+}
+
+std::vector<int> WorkerGroup::Unanswered() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<int> ranks;
+  for (int rank = 0; rank < options_.world_size; ++rank) {
+    if (!workers_[rank].acked) ranks.push_back(rank);
+  }
+  return ranks;
+}
+
 absl::StatusOr<WorkerGroup::Recovery> WorkerGroup::BeginRecovery(std::chrono::milliseconds timeout,
                                                                   bool drop_all,
                                                                   const std::vector<int>& also_drop) {

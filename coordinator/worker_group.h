@@ -64,6 +64,11 @@ class WorkerGroup final : public control::v1::Control::Service, public StepSink 
     std::vector<int> survivors;  // ranks with an open session (still in old_epoch), ascending
     std::vector<int> vacant;     // ranks with no worker (dropped now or before), ascending
   };
+  // Marks ranks as lost (they did not answer in time, e.g. stuck inside a step): the next BeginRecovery drops
+  // and replaces them.
+  void MarkLost(const std::vector<int>& ranks) ABSL_LOCKS_EXCLUDED(mu_);
+  // Ranks asked in the last RunPhase that have not answered.
+  std::vector<int> Unanswered() const ABSL_LOCKS_EXCLUDED(mu_);
   // With `drop_all`, every rank is dropped (a start-up that failed half-way starts over); ranks in `also_drop`
   // are dropped too (replacements whose setup an earlier attempt left half done).
   [[nodiscard]] absl::StatusOr<Recovery> BeginRecovery(std::chrono::milliseconds timeout, bool drop_all = false,

@@ -40,7 +40,8 @@ class GlooCommunicator final : public Communicator {
   [[nodiscard]] absl::Status Recv(Tensor& data, int src) override;
   [[nodiscard]] absl::Status Barrier() override;
   // Interrupts the point-to-point waits (Send, Recv, the direct all-reduce and the all-gather); Gloo's own
-  // algorithms (large all-reduces, broadcast, barrier) end by their timeout or their peers' errors.
+  // algorithms (large all-reduces, broadcast, barrier) already waiting end by their timeout or their peers'
+  // errors. Every call after it fails at once (UNAVAILABLE).
   void Abort() override;
 
  private:

@@ -93,6 +93,7 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   ASSIGN_OR_RETURN(o.comm_timeout, ParseDuration(a.comm_timeout));
   ASSIGN_OR_RETURN(o.startup_timeout, ParseDuration(a.startup_timeout));
   ASSIGN_OR_RETURN(o.replacement_timeout, ParseDuration(a.replacement_timeout));
+  ASSIGN_OR_RETURN(o.step_timeout, ParseDuration(a.step_timeout));
   return o;
 }
 

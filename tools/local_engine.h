@@ -48,6 +48,7 @@ struct ServeArgs {
   std::string heartbeat_interval = "500ms";
   std::string heartbeat_timeout = "2s";
   std::string replacement_timeout = "60s";  // 0: a lost worker fails every request (no recovery)
+  std::string step_timeout = "60s";         // a step in flight longer than this: a stuck rank; 0: no watchdog
   std::string comm_timeout = "30s";
   std::string startup_timeout = "10m";
   std::string log_level = "info";     // core/log.h: debug, info, warning, error

@@ -114,6 +114,11 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
                   "no replacement joins within this long (0: no recovery, fail at once)")
       ->capture_default_str()
       ->envname("TESSERA_REPLACEMENT_TIMEOUT");
+  cmd->add_option("--step-timeout", a.step_timeout,
+                  "A step running longer than this means a rank is stuck inside it (a hung collective or kernel): "
+                  "the group is re-formed and the stuck rank replaced (0: no watchdog)")
+      ->capture_default_str()
+      ->envname("TESSERA_STEP_TIMEOUT");
   cmd->add_option("--comm-timeout", a.comm_timeout, "Bound on rendezvous and every collective")
       ->capture_default_str()
       ->envname("TESSERA_COMM_TIMEOUT");

@@ -1,6 +1,7 @@
 // Scheduler against a recording StepSink (the worker group's place): the deltas it forms, admission, stop
 // conditions, cancellation, failures, pipeline micro-batches, logits rows and graph-step counts, and the
-// delivery of observer events (in order, exactly once, never under the scheduler's lock).
+// delivery of observer events (in order, exactly once, never under the scheduler's lock); Suspend / Resume around
+// a re-formed group (the same tokens as an uninterrupted run), Fail then Resume, and draining.
 #include "coordinator/scheduler.h"
 
 #include <gtest/gtest.h>

@@ -1,7 +1,9 @@
 // WorkerGroup on a real gRPC server (a loopback port the OS picks) with real Control clients in the test:
 // the bounded outbox's backpressure (SendStep waits while a worker does not read and goes on when it reads;
 // a failure or Shutdown releases it with UNAVAILABLE) and the failure handler (called once, for the first
-// failure, on the thread that noticed it, never under the group's lock).
+// failure, on the thread that noticed it, never under the group's lock). Recovery: BeginRecovery drops the lost
+// ranks (closed, silent, or named) and frees their slots in a new epoch; messages of another epoch are ignored
+// but prove liveness; RunPhase for some ranks; no step result is routed while the group is failed.
 #include "coordinator/worker_group.h"
 
 #include <gmock/gmock.h>

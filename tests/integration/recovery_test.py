@@ -209,6 +209,21 @@ class KillTest(RecoveryTestCase):
               file=sys.stderr)
 
 
+    def test_a_rank_stuck_inside_a_step_is_found_by_the_step_watchdog_and_replaced(self):
+        # Heartbeats would notice a stopped process only after 60 s: the step watchdog (1 s) finds the step that
+        # does not finish, the survivors take the Reset (their waits on the stuck rank are aborted), the stuck
+        # rank does not answer within --comm-timeout + 10 s and is replaced.
+        server = self.start(extra=["--heartbeat-timeout", "60s", "--step-timeout", "1s", "--comm-timeout", "2s"])
+        pb, _ = stub(server.address)
+        reqs = [request(pb, p, 48) for p in PROMPTS[:4]]
+        expected = self.references(server, reqs)
+        streams, gap = self.run_with_failures(server, reqs, self.kill_rank(3, signal.SIGSTOP))
+        self.assert_identical(streams, expected, server)
+        self.assertTrue(any("--step-timeout" in l for l in server.stderr), "the watchdog did not fire")
+        print("a rank stuck inside a step (SIGSTOP, heartbeats 60 s): next token %.3f s after the stop" % gap,
+              file=sys.stderr)
+
+
 class RepeatedFailureTest(RecoveryTestCase):
     def test_two_failures_in_a_row(self):
         server = self.start()

@@ -1,5 +1,6 @@
 // GlooCommunicator across real processes (fork) on loopback: every operation's result, and that a missing or
-// dead peer gives an error within the timeout instead of a hang.
+// dead peer gives an error within the timeout instead of a hang. Abort (on groups of threads): a wait on a silent
+// peer ends at once with UNAVAILABLE, and so does every later call, also through a StagedCommunicator.
 #include "parallel/gloo_communicator.h"
 
 #include <gmock/gmock.h>
@@ -19,9 +20,9 @@
 
 #include "core/dtype.h"
 #include "kernels/backend_factory.h"
+#include "worker/staged_communicator.h"
 #include "tests/util/status_matchers.h"
 #include "tests/util/test_env.h"
-#include "worker/staged_communicator.h"
 
 namespace tessera {
 namespace {
