@@ -385,8 +385,17 @@ absl::Status Coordinator::RecoverOnce(Clock::time_point deadline, RecoveryState&
   if (absl::IsDeadlineExceeded(reset)) workers_->MarkLost(workers_->Unanswered());
   RETURN_IF_ERROR(reset);
   const auto t_join = Clock::now();
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - t_join);
-  RETURN_IF_ERROR(workers_->WaitForWorkers(std::max(left, std::chrono::milliseconds(1))));
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const absl::Status joined =
+        workers_->WaitForWorkers(std::clamp(left, std::chrono::milliseconds(1), std::chrono::milliseconds(500)));
+    if (joined.ok()) break;
+    if (!absl::IsDeadlineExceeded(joined) || Clock::now() >= deadline) return joined;
+    // A replacement that died before it joined (killed while starting) is started again.
+    if (options_.replace_rank) {
+      for (int rank : workers_->Missing()) options_.replace_rank(rank, /*kill=*/false);
+    }
+  }
   const auto t_setup = Clock::now();
   state.setup_begun = to_set_up;
   if (!to_set_up.empty()) {

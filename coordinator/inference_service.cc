@@ -293,6 +293,20 @@ grpc::Status InferenceService::Chat(grpc::ServerContext* context, const v1::Chat
   return grpc::Status::OK;
 }
 
+// Writes the messages gathered in one wake-up together (all but the last with a buffer hint) and clears them;
+// false when the client is gone.
+template <typename StreamResponse>
+bool WriteBatch(grpc::ServerWriter<StreamResponse>& writer, std::vector<StreamResponse>& batch) {
+  bool ok = true;
+  for (size_t i = 0; i < batch.size() && ok; ++i) {
+    grpc::WriteOptions options;
+    if (i + 1 < batch.size()) options.set_buffer_hint();
+    ok = writer.Write(batch[i], options);
+  }
+  batch.clear();
+  return ok;
+}
+
 template <typename StreamResponse>
 grpc::Status InferenceService::StreamEvents(grpc::ServerContext& context, const PreparedCompletion& prepared,
                                             CompletionObserver& observer,
@@ -302,16 +316,7 @@ grpc::Status InferenceService::StreamEvents(grpc::ServerContext& context, const 
 
   // Messages gathered per wake-up go out together: all but the last with a buffer hint.
   std::vector<StreamResponse> batch;
-  const auto flush = [&]() {
-    bool ok = true;
-    for (size_t i = 0; i < batch.size() && ok; ++i) {
-      grpc::WriteOptions options;
-      if (i + 1 < batch.size()) options.set_buffer_hint();
-      ok = writer.Write(batch[i], options);
-    }
-    batch.clear();
-    return ok;
-  };
+  const auto flush = [&]() { return WriteBatch(writer, batch); };
 
   v1::StreamHeader* header = batch.emplace_back().mutable_header();
   header->set_request_id(id);
@@ -390,16 +395,7 @@ grpc::Status InferenceService::StreamFromJournal(grpc::ServerContext& context, S
   const std::string& id = journal.id();
   const int prompt_tokens = static_cast<int>(prepared.request.prompt.size());
   std::vector<StreamResponse> batch;
-  const auto flush = [&]() {
-    bool ok = true;
-    for (size_t i = 0; i < batch.size() && ok; ++i) {
-      grpc::WriteOptions options;
-      if (i + 1 < batch.size()) options.set_buffer_hint();
-      ok = writer.Write(batch[i], options);
-    }
-    batch.clear();
-    return ok;
-  };
+  const auto flush = [&]() { return WriteBatch(writer, batch); };
   // The client went away (or its deadline passed): the request goes on into the journal.
   const auto leave = [&]() {
     journal.Detach(reader);

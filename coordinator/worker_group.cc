@@ -313,6 +313,15 @@ void WorkerGroup::MarkLost(const std::vector<int>& ranks) {
   for (int rank : ranks) workers_[rank].lost = true;
 }
 
+std::vector<int> WorkerGroup::Missing() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<int> ranks;
+  for (int rank = 0; rank < options_.world_size; ++rank) {
+    if (!workers_[rank].connected) ranks.push_back(rank);
+  }
+  return ranks;
+}
+
 std::vector<int> WorkerGroup::Unanswered() const {
   absl::MutexLock lock(&mu_);
   std::vector<int> ranks;

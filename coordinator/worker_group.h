@@ -67,6 +67,8 @@ class WorkerGroup final : public control::v1::Control::Service, public StepSink 
   // Marks ranks as lost (they did not answer in time, e.g. stuck inside a step): the next BeginRecovery drops
   // and replaces them.
   void MarkLost(const std::vector<int>& ranks) ABSL_LOCKS_EXCLUDED(mu_);
+  // Ranks without an open session.
+  std::vector<int> Missing() const ABSL_LOCKS_EXCLUDED(mu_);
   // Ranks asked in the last RunPhase that have not answered.
   std::vector<int> Unanswered() const ABSL_LOCKS_EXCLUDED(mu_);
   // With `drop_all`, every rank is dropped (a start-up that failed half-way starts over); ranks in `also_drop`

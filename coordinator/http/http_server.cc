@@ -90,6 +90,17 @@ namespace {
 
 using Impl = HttpServer::Impl;
 
+// The header of a server-sent-events reply (chunked, not cached).
+http::response<http::empty_body> SseHeader(const Request& req) {
+  http::response<http::empty_body> res{http::status::ok, req.version()};
+  res.set(http::field::server, "tessera");
+  res.set(http::field::content_type, "text/event-stream");
+  res.set(http::field::cache_control, "no-cache");
+  res.keep_alive(req.keep_alive());
+  res.chunked(true);
+  return res;
+}
+
 net::awaitable<bool> WriteReply(beast::tcp_stream& stream, const Request& req, HttpReply reply) {
   http::response<http::string_body> res;
   res.version(req.version());
@@ -128,12 +139,7 @@ net::awaitable<bool> StreamJournalSse(Impl& impl, beast::tcp_stream& stream, bea
       state.Replay(e);
     }
   }
-  http::response<http::empty_body> res{http::status::ok, req.version()};
-  res.set(http::field::server, "tessera");
-  res.set(http::field::content_type, "text/event-stream");
-  res.set(http::field::cache_control, "no-cache");
-  res.keep_alive(req.keep_alive());
-  res.chunked(true);
+  http::response<http::empty_body> res = SseHeader(req);
   http::response_serializer<http::empty_body> serializer{res};
   auto [ec, n] = co_await http::async_write_header(stream, serializer, kTuple);
   bool client_gone = ec.failed();
@@ -292,12 +298,7 @@ net::awaitable<bool> Generate(Impl& impl, beast::tcp_stream& stream, beast::flat
   OpenAiCallState state(call);
   bool client_gone = false;
   if (call.stream) {
-    http::response<http::empty_body> res{http::status::ok, req.version()};
-    res.set(http::field::server, "tessera");
-    res.set(http::field::content_type, "text/event-stream");
-    res.set(http::field::cache_control, "no-cache");
-    res.keep_alive(req.keep_alive());
-    res.chunked(true);
+    http::response<http::empty_body> res = SseHeader(req);
     http::response_serializer<http::empty_body> serializer{res};
     auto [ec, n] = co_await http::async_write_header(stream, serializer, kTuple);
     client_gone = ec.failed();

@@ -244,6 +244,25 @@ def wait_probe(pod, kind, limit):
     return time.time() - start
 
 
+def rank_process(pid, rank):
+    """The pid of the child of `pid` (forked by any of its threads) running `--rank rank`."""
+    for task in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+        for child in children:
+            try:
+                with open("/proc/%d/cmdline" % child) as f:
+                    argv = f.read().split("\0")
+            except OSError:
+                continue
+            if "--rank" in argv and argv[argv.index("--rank") + 1] == str(rank):
+                return child
+    raise AssertionError("no process of rank %d under pid %d" % (rank, pid))
+
+
 def port_free(port):
     """Whether a server can listen on `port` (with SO_REUSEADDR, as gRPC and Beast do: connections of an
     earlier run in TIME_WAIT do not count)."""
@@ -349,6 +368,28 @@ class ManifestsRunTest(unittest.TestCase):
         text = client.completions.create(model=served, prompt="The capital of France is", max_tokens=8,
                                          temperature=0, extra_body={"ignore_eos": True})
         self.assertEqual(text.choices[0].text, answer.choices[0].text)
+
+        # A rank of the worker pod dies mid-stream: the pod's `tessera worker --local-ranks` restarts it, the
+        # coordinator re-forms the group (restartPolicy None: no pod is recreated), and the stream completes
+        # with the answer an uninterrupted run gives.
+        long = pb.CompleteRequest(model=served, text="Once upon a time", max_tokens=120, temperature=0.0,
+                                  ignore_eos=True)
+        reference = list(stub.Complete(long, timeout=120).choices[0].token_ids)
+        got, killed = [], None
+        for event in stub.CompleteStream(long, timeout=300):
+            if event.HasField("delta"):
+                got += event.delta.token_ids
+                if killed is None and len(got) >= 5:
+                    local = int(workers[0].env["TESSERA_LOCAL_RANKS"])
+                    first = int(workers[0].env["LWS_WORKER_INDEX"]) * local
+                    victim = rank_process(workers[0].process.pid, first + local // 2)
+                    os.kill(victim, signal.SIGKILL)
+                    killed = time.time()
+        self.assertIsNotNone(killed)
+        self.assertEqual(got, reference)
+        print("a worker pod's rank killed mid-stream: the stream completed unchanged %.2f s later" % (
+            time.time() - killed), file=sys.stderr)
+        wait_probe(leader, "readinessProbe", 60)
 
         # Deleting the group: every pod gets SIGTERM at once, mid-stream. The stream still completes; readiness
         # turns NOT_SERVING; each pod is gone within its grace period.

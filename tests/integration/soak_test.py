@@ -23,7 +23,11 @@ ROOT = harness.REPO
 TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llama-3.1-tokenizer")
 ARGS = None
 CONCURRENCY = 48
-RSS_GROWTH_LIMIT = 32 << 20  # bytes a process may grow over the second half (its buffers are sized by then)
+# Bytes a process may grow over the second half (its buffers are sized by then). Workers measured on 2 cores:
+# 151 -> 175 MiB over requests 1,000-2,000, then 171 -> 199 MiB over 2,000-4,000 of a 4,000-request run: growth
+# that slows (a per-request leak would have doubled), as allocator fragmentation does; 32 MiB was too close
+# under a loaded ctest (34 MiB once).
+RSS_GROWTH_LIMIT = 48 << 20
 
 
 def metric(address, name):
