@@ -135,6 +135,18 @@ CoordinatorMessage Coordinator::AssignShardMessage(int rank) const {
   return m;
 }
 
+CoordinatorMessage Coordinator::LoadWeightsMessage() {
+  CoordinatorMessage m;
+  m.mutable_load_weights();
+  return m;
+}
+
+CoordinatorMessage Coordinator::ProfileMemoryMessage() const {
+  CoordinatorMessage m;
+  m.mutable_profile_memory()->set_kv_cache_memory_bytes(options_.kv_cache_memory);
+  return m;
+}
+
 CoordinatorMessage Coordinator::InitCommMessage() const {
   CoordinatorMessage m;
   auto* comm = m.mutable_init_comm();
@@ -181,11 +193,7 @@ absl::Status Coordinator::BringUpOnce() {
       workers_->RunPhase([&](int) { return InitCommMessage(); }, options_.startup_timeout).status());
   const auto t_load = Clock::now();
   ASSIGN_OR_RETURN(std::vector<control::v1::Ack> loaded, workers_->RunPhase(
-                                                             [](int) {
-                                                               CoordinatorMessage m;
-                                                               m.mutable_load_weights();
-                                                               return m;
-                                                             },
+                                                             [](int) { return LoadWeightsMessage(); },
                                                              options_.startup_timeout));
   for (int rank = 0; rank < world; ++rank) {
     Log(Cat("coordinator: rank ", rank, " loaded its shard in ", loaded[rank].seconds(), " s (",
@@ -194,11 +202,7 @@ absl::Status Coordinator::BringUpOnce() {
   Log(Cat("coordinator: every shard loaded in ", SecondsSince(t_load), " s"));
   ASSIGN_OR_RETURN(std::vector<control::v1::Ack> profiled,
                    workers_->RunPhase(
-                       [&](int) {
-                         CoordinatorMessage m;
-                         m.mutable_profile_memory()->set_kv_cache_memory_bytes(options_.kv_cache_memory);
-                         return m;
-                       },
+                       [&](int) { return ProfileMemoryMessage(); },
                        options_.startup_timeout));
   int num_blocks = profiled[0].max_kv_blocks();
   for (const auto& ack : profiled) num_blocks = std::min(num_blocks, ack.max_kv_blocks());
@@ -410,20 +414,12 @@ absl::Status Coordinator::RecoverOnce(Clock::time_point deadline, RecoveryState&
   if (!to_set_up.empty()) {
     RETURN_IF_ERROR(workers_
                         ->RunPhase(
-                            [](int) {
-                              CoordinatorMessage m;
-                              m.mutable_load_weights();
-                              return m;
-                            },
+                            [](int) { return LoadWeightsMessage(); },
                             options_.startup_timeout, to_set_up)
                         .status());
     ASSIGN_OR_RETURN(std::vector<control::v1::Ack> profiled,
                      workers_->RunPhase(
-                         [&](int) {
-                           CoordinatorMessage m;
-                           m.mutable_profile_memory()->set_kv_cache_memory_bytes(options_.kv_cache_memory);
-                           return m;
-                         },
+                         [&](int) { return ProfileMemoryMessage(); },
                          options_.startup_timeout, to_set_up));
     for (int rank : to_set_up) {
       if (profiled[rank].max_kv_blocks() < num_kv_blocks_) {

@@ -132,6 +132,8 @@ class Coordinator {
   // The setup messages of BringUp, also sent to replacements.
   control::v1::CoordinatorMessage AssignShardMessage(int rank) const;
   control::v1::CoordinatorMessage InitCommMessage() const;
+  static control::v1::CoordinatorMessage LoadWeightsMessage();
+  control::v1::CoordinatorMessage ProfileMemoryMessage() const;
   // Re-forms the group after failures until it is whole again (or the coordinator shuts down): the recovery
   // thread's loop. Requests wait meanwhile; they end UNAVAILABLE once replacement_timeout has passed.
   void RecoverLoop() ABSL_LOCKS_EXCLUDED(recovery_mu_);

@@ -64,6 +64,18 @@ void WatchClient(const std::shared_ptr<EventQueue>& queue, tcp::socket& socket, 
   });
 }
 
+// Stops WatchClient's read, if one is pending, and waits until it has ended; the bytes it read (if any) stay
+// in its buffer.
+net::awaitable<void> StopWatching(EventQueue& queue, tcp::socket& socket) {
+  if (!queue.reading) co_return;
+  beast::error_code ignored;
+  socket.cancel(ignored);
+  while (queue.reading) {
+    queue.wake.expires_at(net::steady_timer::time_point::max());
+    co_await queue.wake.async_wait(kTuple);
+  }
+}
+
 }  // namespace
 
 struct HttpServer::Impl {
@@ -166,14 +178,7 @@ net::awaitable<bool> StreamJournalSse(Impl& impl, beast::tcp_stream& stream, bea
     queue->wake.expires_at(net::steady_timer::time_point::max());
     co_await queue->wake.async_wait(kTuple);  // news, or the watch read ended
   }
-  if (queue->reading) {  // stop watching; the read's bytes (if any) stay in `buffer`
-    beast::error_code ignored;
-    stream.socket().cancel(ignored);
-    while (queue->reading) {
-      queue->wake.expires_at(net::steady_timer::time_point::max());
-      co_await queue->wake.async_wait(kTuple);
-    }
-  }
+  co_await StopWatching(*queue, stream.socket());
   journal->Detach(reader);           // no-op after a take-over
   if (client_gone) co_return false;  // the request goes on; the client may resume it
   if (taken_over) {
@@ -318,14 +323,7 @@ net::awaitable<bool> Generate(Impl& impl, beast::tcp_stream& stream, beast::flat
     queue->wake.expires_at(net::steady_timer::time_point::max());
     co_await queue->wake.async_wait(kTuple);  // an event, or the watch read ended
   }
-  if (queue->reading) {  // stop watching; the read's bytes (if any) stay in `buffer`
-    beast::error_code ignored;
-    stream.socket().cancel(ignored);
-    while (queue->reading) {
-      queue->wake.expires_at(net::steady_timer::time_point::max());
-      co_await queue->wake.async_wait(kTuple);
-    }
-  }
+  co_await StopWatching(*queue, stream.socket());
   if (client_gone) {
     for (const std::string& id : ids) (void)impl.engine.Cancel(id);  // NOT_FOUND: it ended meanwhile
     co_return false;
