@@ -26,6 +26,10 @@ using Clock = std::chrono::steady_clock;
   std::exit(1);
 }
 
+inline void OrDie(const absl::Status& s) {
+  if (!s.ok()) Die(s);
+}
+
 template <typename T>
 T OrDie(absl::StatusOr<T> v) {
   if (!v.ok()) Die(v.status());

@@ -159,15 +159,15 @@ DecodeResult TimeDecode(ModelRunner& runner, BlockAllocator& blocks, int batch, 
     std::vector<Sequence*> part(all.begin() + first, all.begin() + std::min(batch, first + group));
     Cover(blocks, part);
     Tensor logits = OrDie(runner.Forward(part));
-    runner.SampleAndAppend(logits, part);
+    OrDie(runner.SampleAndAppend(logits, part));
   }
   std::vector<double> times;
   for (int s = 0; s < warmup + steps; ++s) {
     auto t0 = Clock::now();
     Cover(blocks, all);
     Tensor logits = OrDie(runner.Forward(all));
-    runner.SampleAndAppend(logits, all);
-    runner.backend().Synchronize();
+    OrDie(runner.SampleAndAppend(logits, all));
+    OrDie(runner.backend().Synchronize());
     if (s >= warmup) times.push_back(Seconds(t0, Clock::now()));
   }
   for (Sequence& s : seqs) Release(blocks, s);
@@ -189,7 +189,7 @@ double TimePrefill(ModelRunner& runner, BlockAllocator& blocks, int tokens, int 
     Cover(blocks, {&seq});
     auto t0 = Clock::now();
     OrDie(runner.Forward({&seq}));
-    runner.backend().Synchronize();
+    OrDie(runner.backend().Synchronize());
     if (r > 0) times.push_back(Seconds(t0, Clock::now()));
     Release(blocks, seq);
   }
@@ -234,7 +234,7 @@ int Main(int argc, char** argv) {
   std::unique_ptr<ModelRunner> runner = OrDie(ModelRunner::Create(checkpoint, *backend, options));
   if (absl::Status s = runner->AllocateKvCache(num_blocks); !s.ok()) Die(s);
   BlockAllocator blocks(num_blocks);
-  backend->Synchronize();
+  OrDie(backend->Synchronize());
   const double load_seconds = Seconds(t_load, Clock::now());
 
   const ModelCounts counts = Count(c);
@@ -297,7 +297,7 @@ int Main(int argc, char** argv) {
   }
   const auto t_capture = Clock::now();
   if (absl::Status s = runner->CaptureGraphs(); !s.ok()) Die(s);
-  backend->Synchronize();
+  OrDie(backend->Synchronize());
   const double capture_seconds = Seconds(t_capture, Clock::now());
   std::fprintf(stderr, "gpu_bench: captured %d decode graphs (batch up to %d) in %.2f s\n",
                runner->num_graphs(),

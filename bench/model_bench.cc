@@ -51,13 +51,13 @@ Timing DecodeStepSeconds(ModelRunner& runner, BlockAllocator& blocks, int batch,
   }
   Cover(blocks, ptrs);
   Tensor logits = OrDie(runner.Forward(ptrs));
-  runner.SampleAndAppend(logits, ptrs);
+  OrDie(runner.SampleAndAppend(logits, ptrs));
   std::vector<double> samples;
   for (int s = 0; s < steps; ++s) {
     auto t0 = Clock::now();
     Cover(blocks, ptrs);
     logits = OrDie(runner.Forward(ptrs));
-    runner.SampleAndAppend(logits, ptrs);
+    OrDie(runner.SampleAndAppend(logits, ptrs));
     samples.push_back(Seconds(t0, Clock::now()));
   }
   for (Sequence& s : seqs) Release(blocks, s);
@@ -73,7 +73,7 @@ Timing PrefillSeconds(ModelRunner& runner, BlockAllocator& blocks, int tokens, i
     Cover(blocks, {&seq});
     auto t0 = Clock::now();
     OrDie(runner.Forward({&seq}));
-    runner.backend().Synchronize();
+    OrDie(runner.backend().Synchronize());
     samples.push_back(Seconds(t0, Clock::now()));
     Release(blocks, seq);
   }

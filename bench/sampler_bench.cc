@@ -208,7 +208,10 @@ int Main(int argc, char** argv) {
         for (int64_t r = 0; r < batch; ++r) rows[r].step = static_cast<uint64_t>(it);
         const Clock::time_point t0 = Clock::now();
         const double c0 = CpuMs();
-        backend->Sample(t, rows.data(), ids.data(), lps.data());
+        if (absl::Status s = backend->Sample(t, rows.data(), ids.data(), lps.data()); !s.ok()) {
+          std::fprintf(stderr, "sampler_bench: %s\n", std::string(s.message()).c_str());
+          return 1;
+        }
         if (it >= 2) {  // two warm-up steps
           ms.push_back(1e3 * Seconds(t0, Clock::now()));
           cpu.push_back(CpuMs() - c0);

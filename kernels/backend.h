@@ -7,6 +7,10 @@
 //  - Shapes are checked with CHECK: a mismatch is a bug in the caller, not bad input.
 //  - Methods may run asynchronously; Synchronize() waits for all of them. Nothing is allocated per call
 //    except through Allocate().
+//  - Device failures are Statuses, not crashes: an enqueued operation that fails (a launch error, a workspace
+//    that cannot grow) makes the backend broken; the failure is returned by the next call that returns a
+//    Status (Synchronize, CopyToHost, Sample, EndCapture, Replay), naming the operation and sizes, and every
+//    later enqueued operation is skipped.
 #pragma once
 
 #include <cstdint>
@@ -128,11 +132,15 @@ class Backend {
   virtual DeviceKind device() const = 0;
   // F32 on the CPU, BF16 on CUDA.
   virtual DType activation_dtype() const = 0;
+  // The device stream every operation is enqueued on (a cudaStream_t on CUDA), for communicators that enqueue
+  // their collectives in order with the backend's work; null where there is none (the CPU).
+  virtual void* native_stream() const { return nullptr; }
 
   // Allocates `bytes` of device memory (64-byte aligned). Errors: RESOURCE_EXHAUSTED when out of memory.
   [[nodiscard]] virtual absl::StatusOr<DeviceBuffer> Allocate(int64_t bytes) = 0;
   virtual void CopyToDevice(void* dst, const void* src, int64_t bytes) = 0;
-  virtual void CopyToHost(void* dst, const void* src, int64_t bytes) = 0;
+  // Synchronous: the bytes are in `dst` on return. Errors: the backend's failure (see the conventions).
+  [[nodiscard]] virtual absl::Status CopyToHost(void* dst, const void* src, int64_t bytes) = 0;
   // Copies `rows` rows of `row_bytes` bytes from host memory (rows src_pitch bytes apart) to device memory
   // (rows dst_pitch bytes apart); like CopyToDevice otherwise.
   virtual void CopyRowsToDevice(void* dst, int64_t dst_pitch, const void* src, int64_t src_pitch,
@@ -144,6 +152,10 @@ class Backend {
   }
   // dst = src (same shape and dtype).
   virtual void Copy(const Tensor& src, Tensor& dst) = 0;
+  // Copies `rows` rows of `row_bytes` bytes between two device buffers: source rows src_pitch bytes apart,
+  // destination rows dst_pitch bytes apart (one strided copy; capturable).
+  virtual void Copy2D(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t row_bytes,
+                      int64_t rows) = 0;
 
   // out[t, :] = table[ids[t], :]. ids: I32 [T]; table: BF16 [V, H]; out: [T, H]. Ids are trusted (< V).
   virtual void Embedding(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
@@ -165,14 +177,22 @@ class Backend {
   // Writes k, v [T, nkv * head_dim] into the caches [num_blocks, block_size, nkv, head_dim] at meta's slots.
   virtual void WriteKvCache(const AttentionMeta& meta, const Tensor& k, const Tensor& v, Tensor& k_cache,
                             Tensor& v_cache) = 0;
+  // Rope and WriteKvCache of the fused QKV projection's output in one pass: qkv [T, (nq + 2 * nkv) *
+  // head_dim] holds each token's query heads, then its key heads, then its value heads. Writes q [T, nq *
+  // head_dim] = the rotated query heads, and the rotated key heads and the value heads into the caches
+  // [num_blocks, block_size, nkv, head_dim] at meta's slots (slots < 0 skipped). qkv is not changed. Equal to
+  // copying the three parts out and calling Rope then WriteKvCache.
+  virtual void RopeQkvToCache(const AttentionMeta& meta, const RopeParams& rope, int head_dim, const Tensor& qkv,
+                              Tensor& q, Tensor& k_cache, Tensor& v_cache) = 0;
   // Causal grouped-query attention of q [T, nq * head_dim] over each sequence's cached context (which must
   // already hold this step's keys and values). out: [T, nq * head_dim]. nq must be a multiple of nkv.
   virtual void PagedAttention(const AttentionMeta& meta, const Tensor& q, const Tensor& k_cache,
                               const Tensor& v_cache, int num_heads, int num_kv_heads, int head_dim,
                               float scale, Tensor& out) = 0;
 
-  // out = silu(gate) * up, elementwise; all [T, I]; out may alias gate or up.
-  virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // The fused gate/up projection's activation: gate_up [T, 2 * I] holds each token's gate (columns [0, I))
+  // then its up (columns [I, 2 * I)); out[T, I] = silu(gate) * up, elementwise. out must not overlap gate_up.
+  virtual void SiluMulFused(const Tensor& gate_up, Tensor& out) = 0;
   // out = a + b, elementwise (out may alias a or b).
   virtual void Add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
 
@@ -181,15 +201,17 @@ class Backend {
   // out_logprobs may be null when no row asks. Every backend gives the same tokens as kernels/sampler.h's
   // SampleRow (see the backend for rare boundary differences). Overriding classes add
   // `using Backend::Sample;` to keep the three-argument form.
-  virtual void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids,
-                      SampleLogprobs* out_logprobs) = 0;
+  // Errors: the backend's failure (see the conventions); out_ids are unspecified then.
+  [[nodiscard]] virtual absl::Status Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids,
+                                            SampleLogprobs* out_logprobs) = 0;
   // Sample without logprobs (no row may ask for them: CHECKed by the backend).
-  void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) {
-    Sample(logits, rows, out_ids, nullptr);
+  [[nodiscard]] absl::Status Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids) {
+    return Sample(logits, rows, out_ids, nullptr);
   }
 
-  // Waits for every queued operation.
-  virtual void Synchronize() = 0;
+  // Waits for every queued operation. Errors: the backend's failure (see the conventions), e.g. INTERNAL
+  // naming the CUDA error, RESOURCE_EXHAUSTED naming the workspace and the bytes it needed.
+  [[nodiscard]] virtual absl::Status Synchronize() = 0;
 
   // Step graphs. After BeginCapture, the calls this thread makes are recorded instead of run, until
   // EndCapture returns them as a graph; Replay runs them again. A replay repeats every call with the same

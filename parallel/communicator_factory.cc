@@ -1,5 +1,8 @@
 #include "parallel/communicator_factory.h"
 
+#include <cstdlib>
+#include <string_view>
+
 #include "absl/strings/str_cat.h"
 #include "core/plugin.h"
 #include "parallel/gloo_communicator.h"
@@ -47,6 +50,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> JoinGroup(CommunicatorKind kind, c
   nccl.device = options.device_index;
   nccl.store_address = options.store_address;
   nccl.timeout = options.timeout;
+  nccl.stream = options.cuda_stream;
+  const char* custom = std::getenv("TESSERA_CUSTOM_ALL_REDUCE");
+  nccl.custom_all_reduce = custom == nullptr || std::string_view(custom) != "off";
   absl::StatusOr<CreateNcclFn> create = LoadNcclPlugin();
   if (!create.ok()) return create.status();
   absl::Status error;

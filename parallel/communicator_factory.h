@@ -20,6 +20,9 @@ struct GroupOptions {
   std::string store_address;           // the coordinator's Rendezvous service, HOST:PORT
   std::string hostname = "127.0.0.1";  // Gloo: the address this rank listens on
   int device_index = 0;                // NCCL: the GPU of this rank
+  // NCCL: when set (the CUDA backend's stream, Backend::native_stream), the communicator is stream-ordered
+  // (parallel/communicator.h) on that stream.
+  void* cuda_stream = nullptr;
   std::chrono::milliseconds timeout{30000};
 };
 

@@ -41,6 +41,9 @@ class CommunicatorSlot final : public Communicator {
   [[nodiscard]] absl::Status AllGather(const Tensor& in, Tensor& out) override {
     return comm_ ? comm_->AllGather(in, out) : Empty();
   }
+  [[nodiscard]] absl::Status Gather(const Tensor& in, Tensor& out, int root) override {
+    return comm_ ? comm_->Gather(in, out, root) : Empty();
+  }
   [[nodiscard]] absl::Status Broadcast(Tensor& data, int root) override {
     return comm_ ? comm_->Broadcast(data, root) : Empty();
   }
@@ -51,6 +54,11 @@ class CommunicatorSlot final : public Communicator {
     return comm_ ? comm_->Recv(data, src) : Empty();
   }
   [[nodiscard]] absl::Status Barrier() override { return comm_ ? comm_->Barrier() : Empty(); }
+  bool stream_ordered() const override { return comm_ != nullptr && comm_->stream_ordered(); }
+  void WatchStep() override {
+    if (comm_ != nullptr) comm_->WatchStep();
+  }
+  [[nodiscard]] absl::Status StepStatus() override { return comm_ ? comm_->StepStatus() : Empty(); }
 
  private:
   static absl::Status Empty() {

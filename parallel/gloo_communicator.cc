@@ -220,6 +220,33 @@ absl::Status GlooCommunicator::AllGather(const Tensor& in, Tensor& out) {
   });
 }
 
+absl::Status GlooCommunicator::Gather(const Tensor& in, Tensor& out, int root) {
+  TESSERA_CHECK(root >= 0 && root < size());
+  const size_t bytes = static_cast<size_t>(in.nbytes());
+  const int n = size(), self = rank();
+  if (self == root) {
+    TESSERA_CHECK(in.dtype() == out.dtype() && out.nbytes() == in.nbytes() * n);
+    std::memcpy(static_cast<char*>(out.data()) + bytes * root, in.data(), bytes);
+  }
+  if (n == 1) return absl::OkStatus();
+  return impl_->Guard("gather", [&] {
+    const uint64_t slot = impl_->context->nextSlot();
+    if (self == root) {
+      auto all = impl_->context->createUnboundBuffer(out.data(), bytes * n);
+      Impl::Waits waits(*impl_, {all.get()});
+      for (int r = 0; r < n; ++r) {
+        if (r != self) all->recv(r, slot, bytes * r, bytes);
+      }
+      for (int i = 0; i < n - 1; ++i) WaitOrThrow(all->waitRecv(nullptr, impl_->options.timeout), "recv");
+    } else {
+      auto mine = impl_->context->createUnboundBuffer(const_cast<void*>(in.data()), bytes);
+      Impl::Waits waits(*impl_, {mine.get()});
+      mine->send(root, slot, 0, bytes);
+      WaitOrThrow(mine->waitSend(nullptr, impl_->options.timeout), "send");
+    }
+  });
+}
+
 absl::Status GlooCommunicator::Broadcast(Tensor& data, int root) {
   TESSERA_CHECK(root >= 0 && root < size());
   if (size() == 1) return absl::OkStatus();

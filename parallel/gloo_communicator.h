@@ -35,6 +35,8 @@ class GlooCommunicator final : public Communicator {
   int size() const override;
   [[nodiscard]] absl::Status AllReduceSum(Tensor& data) override;
   [[nodiscard]] absl::Status AllGather(const Tensor& in, Tensor& out) override;
+  // One hop: every other rank sends its part to root.
+  [[nodiscard]] absl::Status Gather(const Tensor& in, Tensor& out, int root) override;
   [[nodiscard]] absl::Status Broadcast(Tensor& data, int root) override;
   [[nodiscard]] absl::Status Send(const Tensor& data, int dst) override;
   [[nodiscard]] absl::Status Recv(Tensor& data, int src) override;

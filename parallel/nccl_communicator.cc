@@ -1,18 +1,18 @@
 #include "parallel/nccl_communicator.h"
 
 #include <cuda_runtime_api.h>
-#include <gloo/rendezvous/file_store.h>
+#include <gloo/rendezvous/store.h>
 #include <nccl.h>
 
+#include <condition_variable>
 #include <cstring>
-#include <exception>
-#include <filesystem>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "parallel/grpc_store.h"
-#include "parallel/timeout_error.h"
+#include "parallel/custom_all_reduce.h"
+#include "parallel/store_exchange.h"
 
 namespace tessera {
 namespace {
@@ -33,31 +33,64 @@ void Backoff(Clock::time_point start) {
 
 struct NcclCommunicator::Impl {
   NcclOptions options;
-  cudaStream_t stream = nullptr;  // non-blocking; every NCCL call is enqueued here
+  cudaStream_t stream = nullptr;  // every NCCL call is enqueued here: our own, or options.stream
+  bool own_stream = false;
   ncclComm_t comm = nullptr;
   float* scratch = nullptr;  // [1] on the device, Barrier's all-reduce (its value does not matter)
-  bool aborted = false;      // comm was aborted (and so freed): never destroy it
-  absl::Status broken;       // the first operation error; every later call returns it
+  std::unique_ptr<CustomAllReduce> custom;  // stream-ordered groups that qualify
+  std::string custom_off_reason;
+
+  // `comm` is aborted (and so freed) at most once, from any thread: the operations' thread, the watchdog,
+  // Abort. Lock order: none (never held while calling out, except ncclCommAbort).
+  std::mutex mu;
+  bool aborted = false;  // guarded by mu: comm was aborted (and so freed): never touch it again
+  absl::Status broken;   // guarded by mu: the first error; every later call returns it
+
+  // The watchdog of stream-ordered groups.
+  std::thread watchdog;
+  std::condition_variable watch_cv;          // with mu
+  bool watching = false;                     // guarded by mu: a step is in flight
+  bool stopping = false;                     // guarded by mu
+  Clock::time_point watch_deadline;          // guarded by mu
+  cudaEvent_t step_done = nullptr;           // recorded after each watched step's work
 
   ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stopping = true;
+    }
+    watch_cv.notify_all();
+    if (watchdog.joinable()) watchdog.join();
+    custom.reset();
     if (comm == nullptr && scratch == nullptr && stream == nullptr) return;  // nothing was made
     cudaSetDevice(options.device);
-    if (comm != nullptr && !aborted) {
+    if (comm != nullptr && !IsAborted()) {
       // Finalize flushes outstanding work; in non-blocking mode it may return ncclInProgress and is polled
       // (Poll aborts the communicator when finalizing fails or times out).
       bool finalized = false;
-      if (broken.ok()) {
+      if (Broken().ok()) {
         const ncclResult_t r = ncclCommFinalize(comm);
         finalized = (r == ncclSuccess || r == ncclInProgress) && Poll("finalize").ok();
       }
       if (finalized) {
         ncclCommDestroy(comm);
-      } else if (!aborted) {
-        ncclCommAbort(comm);
+      } else {
+        AbortComm();
       }
     }
+    if (step_done != nullptr) cudaEventDestroy(step_done);
     if (scratch != nullptr) cudaFree(scratch);
-    if (stream != nullptr) cudaStreamDestroy(stream);
+    if (stream != nullptr && own_stream) cudaStreamDestroy(stream);
+  }
+
+  bool stream_ordered() const { return !own_stream; }
+  bool IsAborted() {
+    std::lock_guard<std::mutex> lock(mu);
+    return aborted;
+  }
+  absl::Status Broken() {
+    std::lock_guard<std::mutex> lock(mu);
+    return broken;
   }
 
   std::string Where() const {
@@ -65,21 +98,33 @@ struct NcclCommunicator::Impl {
                         ")");
   }
 
-  std::string NcclMessage(const char* op, ncclResult_t result) const {
+  std::string NcclMessage(const char* op, ncclResult_t result) {
     std::string message = absl::StrCat("nccl ", op, " on ", Where(), " failed: ", ncclGetErrorString(result));
-    const char* last = ncclGetLastError(comm);  // comm may be null
-    if (last != nullptr && last[0] != '\0') absl::StrAppend(&message, " (", last, ")");
+    if (!IsAborted()) {
+      const char* last = ncclGetLastError(comm);  // comm may be null
+      if (last != nullptr && last[0] != '\0') absl::StrAppend(&message, " (", last, ")");
+    }
     return message;
   }
 
-  // Aborts the NCCL communicator (its kernels stop and its resources are freed) and marks this one broken.
-  absl::Status Fail(absl::Status status) {
+  // Aborts the NCCL communicator once (its kernels stop and its resources are freed) and the custom
+  // all-reduce's waits.
+  void AbortComm() {
+    if (custom != nullptr) custom->Abort();
+    std::lock_guard<std::mutex> lock(mu);
     if (comm != nullptr && !aborted) {
       ncclCommAbort(comm);
       aborted = true;
     }
-    broken = status;
-    return status;
+  }
+
+  // Aborts and marks this communicator broken with `status` (the first failure wins).
+  absl::Status Fail(absl::Status status) {
+    AbortComm();
+    std::lock_guard<std::mutex> lock(mu);
+    if (broken.ok()) broken = std::move(status);
+    watching = false;
+    return broken;
   }
 
   // Polls until NCCL has nothing in progress and the stream has drained, or the timeout passes. Errors abort
@@ -88,6 +133,7 @@ struct NcclCommunicator::Impl {
     const auto start = Clock::now();
     const auto deadline = start + options.timeout;
     while (true) {
+      if (IsAborted()) return Fail(absl::UnavailableError(absl::StrCat("nccl ", op, " on ", Where(), ": aborted")));
       ncclResult_t async = ncclSuccess;
       const ncclResult_t r = ncclCommGetAsyncError(comm, &async);
       if (r != ncclSuccess) return Fail(absl::UnavailableError(NcclMessage(op, r)));
@@ -111,10 +157,30 @@ struct NcclCommunicator::Impl {
     }
   }
 
-  // Sets this rank's device on the calling thread, enqueues one NCCL call and waits for it.
+  // A non-blocking communicator's call may return ncclInProgress while NCCL sets up (connections on first
+  // use): polls until that is done, bounded by the timeout. Does not wait for the stream.
+  absl::Status WaitEnqueued(const char* op) {
+    const auto start = Clock::now();
+    while (true) {
+      ncclResult_t async = ncclSuccess;
+      const ncclResult_t r = ncclCommGetAsyncError(comm, &async);
+      if (r != ncclSuccess) return Fail(absl::UnavailableError(NcclMessage(op, r)));
+      if (async == ncclSuccess) return absl::OkStatus();
+      if (async != ncclInProgress) return Fail(absl::UnavailableError(NcclMessage(op, async)));
+      if (Clock::now() - start >= options.timeout) {
+        return Fail(absl::DeadlineExceededError(absl::StrCat("nccl ", op, " on ", Where(), " could not be enqueued within ",
+                                                             options.timeout.count(), " ms")));
+      }
+      Backoff(start);
+    }
+  }
+
+  // Sets this rank's device on the calling thread and enqueues one NCCL call; `wait`: also waits for it
+  // (and everything before it on the stream).
+  enum class Wait { kNo, kYes };
   template <typename F>
-  absl::Status Run(const char* op, F&& enqueue) {
-    if (!broken.ok()) return broken;
+  absl::Status Run(const char* op, Wait wait, F&& enqueue) {
+    if (absl::Status b = Broken(); !b.ok()) return b;
     const cudaError_t e = cudaSetDevice(options.device);
     if (e != cudaSuccess) {
       return Fail(absl::UnavailableError(
@@ -122,7 +188,48 @@ struct NcclCommunicator::Impl {
     }
     const ncclResult_t r = enqueue();
     if (r != ncclSuccess && r != ncclInProgress) return Fail(absl::UnavailableError(NcclMessage(op, r)));
-    return Poll(op);
+    if (wait == Wait::kYes) return Poll(op);
+    return r == ncclInProgress ? WaitEnqueued(op) : absl::OkStatus();
+  }
+  // Collectives: enqueue only when stream-ordered, else enqueue and wait.
+  Wait CollectiveWait() const { return stream_ordered() ? Wait::kNo : Wait::kYes; }
+
+  // The watchdog thread of a stream-ordered group: while a step is watched, polls its completion event and
+  // NCCL's asynchronous error every 100 us; a failure or an overrun aborts the communicator.
+  void WatchLoop() {
+    cudaSetDevice(options.device);
+    std::unique_lock<std::mutex> lock(mu);
+    while (true) {
+      watch_cv.wait(lock, [&] { return stopping || watching; });
+      if (stopping) return;
+      const Clock::time_point deadline = watch_deadline;
+      lock.unlock();
+      absl::Status failure;
+      bool done = false;
+      const cudaError_t q = cudaEventQuery(step_done);
+      if (q == cudaSuccess) {
+        done = true;
+      } else if (q != cudaErrorNotReady) {
+        failure = absl::UnavailableError(
+            absl::StrCat("a step on ", Where(), " failed: CUDA: ", cudaGetErrorString(q)));
+      } else {
+        ncclResult_t async = ncclSuccess;
+        const ncclResult_t r = IsAborted() ? ncclSuccess : ncclCommGetAsyncError(comm, &async);
+        if (r != ncclSuccess || (async != ncclSuccess && async != ncclInProgress)) {
+          failure = absl::UnavailableError(NcclMessage("step", r != ncclSuccess ? r : async));
+        } else if (Clock::now() >= deadline) {
+          failure = absl::DeadlineExceededError(
+              absl::StrCat("a step's collectives on ", Where(), " did not finish within ", options.timeout.count(),
+                           " ms (a peer did not take part); the communicator is aborted"));
+        }
+      }
+      if (!failure.ok()) Fail(failure).IgnoreError();
+      lock.lock();
+      if (done) watching = false;
+      if (!done && failure.ok()) {
+        watch_cv.wait_for(lock, std::chrono::microseconds(100), [&] { return stopping || !watching; });
+      }
+    }
   }
 
   // Rank 0 makes the unique id and publishes it; the others wait for it (bounded by the timeout).
@@ -133,37 +240,24 @@ struct NcclCommunicator::Impl {
     }
     if (options.size == 1) return absl::OkStatus();
     const std::string key = absl::StrCat(options.group, "/nccl_unique_id");
-    const Clock::time_point start = Clock::now();
-    try {
-      std::unique_ptr<gloo::rendezvous::Store> store;
-      if (!options.store_address.empty()) {
-        store = std::make_unique<GrpcStore>(options.store_address, options.timeout);
-      } else {
-        std::filesystem::create_directories(options.store_dir);
-        store = std::make_unique<gloo::rendezvous::FileStore>(options.store_dir);
-      }
-      if (options.rank == 0) {
-        const char* bytes = reinterpret_cast<const char*>(&id);
-        store->set(key, std::vector<char>(bytes, bytes + sizeof(id)));
-      } else {
-        store->wait({key}, options.timeout);
-        const std::vector<char> value = store->get(key);
-        if (value.size() != sizeof(id)) {
-          return absl::UnavailableError(absl::StrCat("nccl rendezvous on ", Where(), ": key '", key,
-                                                     "' holds ", value.size(), " bytes, want ", sizeof(id)));
-        }
-        std::memcpy(&id, value.data(), sizeof(id));
-      }
-    } catch (const TimeoutError& e) {  // the rendezvous store's deadline
-      return absl::DeadlineExceededError(
-          absl::StrCat("nccl rendezvous of '", key, "' on ", Where(), " failed: ", e.what()));
-    } catch (const std::exception& e) {  // Gloo's FileStore signals its timeout untyped: judge by the clock
-      const std::string message =
-          absl::StrCat("nccl rendezvous of '", key, "' on ", Where(), " failed: ", e.what());
-      return Clock::now() - start >= options.timeout ? absl::DeadlineExceededError(message)
-                                                     : absl::UnavailableError(message);
-    }
-    return absl::OkStatus();
+    const StoreLocation location{options.store_address, options.store_dir, options.timeout};
+    return UseStore(location, absl::StrCat("nccl rendezvous of '", key, "' on ", Where()),
+                    [&](gloo::rendezvous::Store& store) {
+                      if (options.rank == 0) {
+                        const char* bytes = reinterpret_cast<const char*>(&id);
+                        store.set(key, std::vector<char>(bytes, bytes + sizeof(id)));
+                        return absl::OkStatus();
+                      }
+                      store.wait({key}, options.timeout);
+                      const std::vector<char> value = store.get(key);
+                      if (value.size() != sizeof(id)) {
+                        return absl::UnavailableError(absl::StrCat("nccl rendezvous on ", Where(), ": key '", key,
+                                                                   "' holds ", value.size(), " bytes, want ",
+                                                                   sizeof(id)));
+                      }
+                      std::memcpy(&id, value.data(), sizeof(id));
+                      return absl::OkStatus();
+                    });
   }
 
   // Non-blocking ncclCommInitRankConfig, polled until done or the timeout (then aborted).
@@ -173,10 +267,7 @@ struct NcclCommunicator::Impl {
     const ncclResult_t r = ncclCommInitRankConfig(&comm, options.size, id, options.rank, &config);
     if (r != ncclSuccess && r != ncclInProgress) {
       const std::string message = NcclMessage("ncclCommInitRankConfig", r);
-      if (comm != nullptr) {
-        ncclCommAbort(comm);
-        aborted = true;
-      }
+      if (comm != nullptr) AbortComm();
       return r == ncclInvalidArgument || r == ncclInvalidUsage ? absl::FailedPreconditionError(message)
                                                                : absl::UnavailableError(message);
     }
@@ -223,8 +314,16 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(const
         absl::StrCat("nccl on ", where, ": ", call, " failed: ", cudaGetErrorString(error)));
   };
   if (e = cudaSetDevice(options.device); e != cudaSuccess) return cuda_error("cudaSetDevice", e);
-  if (e = cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking); e != cudaSuccess) {
-    return cuda_error("cudaStreamCreateWithFlags", e);
+  if (options.stream != nullptr) {
+    impl->stream = static_cast<cudaStream_t>(options.stream);
+    if (e = cudaEventCreateWithFlags(&impl->step_done, cudaEventDisableTiming); e != cudaSuccess) {
+      return cuda_error("cudaEventCreateWithFlags", e);
+    }
+  } else {
+    if (e = cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking); e != cudaSuccess) {
+      return cuda_error("cudaStreamCreateWithFlags", e);
+    }
+    impl->own_stream = true;
   }
   if (e = cudaMalloc(&impl->scratch, sizeof(float)); e != cudaSuccess) return cuda_error("cudaMalloc", e);
 
@@ -232,6 +331,30 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(const
   std::memset(&id, 0, sizeof(id));
   if (absl::Status s = impl->ExchangeUniqueId(id); !s.ok()) return s;
   if (absl::Status s = impl->InitComm(id); !s.ok()) return s;
+  if (impl->stream_ordered()) {
+    if (!options.custom_all_reduce || options.size == 1) {
+      impl->custom_off_reason = options.size == 1 ? "world size 1" : "turned off";
+    } else {
+      CustomAllReduceOptions custom;
+      custom.group = absl::StrCat(options.group, "/custom_all_reduce");
+      custom.rank = options.rank;
+      custom.size = options.size;
+      custom.device = options.device;
+      custom.store_address = options.store_address;
+      custom.store_dir = options.store_dir;
+      custom.timeout = options.timeout;
+      absl::StatusOr<std::unique_ptr<CustomAllReduce>> made = CustomAllReduce::Create(custom);
+      if (made.ok()) {
+        impl->custom = std::move(made).value();
+      } else if (made.status().code() == absl::StatusCode::kUnavailable) {  // not for this group: NCCL only
+        impl->custom_off_reason = std::string(made.status().message());
+      } else {
+        return absl::Status(made.status().code(),
+                            absl::StrCat("nccl on ", where, ": the custom all-reduce: ", made.status().message()));
+      }
+    }
+    impl->watchdog = std::thread([raw = impl.get()] { raw->WatchLoop(); });
+  }
   return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(std::move(impl)));
 }
 
@@ -240,8 +363,13 @@ int NcclCommunicator::size() const { return impl_->options.size; }
 
 absl::Status NcclCommunicator::AllReduceSum(Tensor& data) {
   TESSERA_CHECK(data.dtype() == DType::kF32 || data.dtype() == DType::kBF16);
+  if (impl_->custom != nullptr && impl_->custom->Takes(data)) {
+    if (absl::Status b = impl_->Broken(); !b.ok()) return b;
+    absl::Status s = impl_->custom->AllReduceSum(data, impl_->stream);
+    return s.ok() ? s : impl_->Fail(absl::Status(s.code(), absl::StrCat("custom all-reduce on ", impl_->Where(), ": ", s.message())));
+  }
   const ncclDataType_t type = data.dtype() == DType::kF32 ? ncclFloat32 : ncclBfloat16;
-  return impl_->Run("all-reduce", [&] {
+  return impl_->Run("all-reduce", impl_->CollectiveWait(), [&] {
     return ncclAllReduce(data.data(), data.data(), static_cast<size_t>(data.numel()), type, ncclSum,
                          impl_->comm, impl_->stream);
   });
@@ -249,15 +377,41 @@ absl::Status NcclCommunicator::AllReduceSum(Tensor& data) {
 
 absl::Status NcclCommunicator::AllGather(const Tensor& in, Tensor& out) {
   TESSERA_CHECK(in.dtype() == out.dtype() && out.nbytes() == in.nbytes() * size());
-  return impl_->Run("all-gather", [&] {
+  return impl_->Run("all-gather", impl_->CollectiveWait(), [&] {
     return ncclAllGather(in.data(), out.data(), static_cast<size_t>(in.nbytes()), ncclUint8, impl_->comm,
                          impl_->stream);
   });
 }
 
+absl::Status NcclCommunicator::Gather(const Tensor& in, Tensor& out, int root) {
+  TESSERA_CHECK(root >= 0 && root < size());
+  const size_t bytes = static_cast<size_t>(in.nbytes());
+  const bool is_root = rank() == root;
+  if (is_root) TESSERA_CHECK(in.dtype() == out.dtype() && out.nbytes() == in.nbytes() * size());
+  return impl_->Run("gather", impl_->CollectiveWait(), [&] {
+    if (is_root && bytes > 0) {  // root's own part: a device copy in stream order
+      const cudaError_t e = cudaMemcpyAsync(static_cast<char*>(out.data()) + bytes * root, in.data(), bytes,
+                                            cudaMemcpyDeviceToDevice, impl_->stream);
+      if (e != cudaSuccess) return ncclUnhandledCudaError;
+    }
+    ncclResult_t r = ncclGroupStart();
+    for (int peer = 0; peer < size() && r == ncclSuccess; ++peer) {
+      if (peer == rank()) continue;
+      if (is_root) {
+        r = ncclRecv(static_cast<char*>(out.data()) + bytes * peer, bytes, ncclUint8, peer, impl_->comm,
+                     impl_->stream);
+      } else if (peer == root) {
+        r = ncclSend(in.data(), bytes, ncclUint8, root, impl_->comm, impl_->stream);
+      }
+    }
+    const ncclResult_t end = ncclGroupEnd();
+    return r != ncclSuccess ? r : end;
+  });
+}
+
 absl::Status NcclCommunicator::Broadcast(Tensor& data, int root) {
   TESSERA_CHECK(root >= 0 && root < size());
-  return impl_->Run("broadcast", [&] {
+  return impl_->Run("broadcast", impl_->CollectiveWait(), [&] {
     return ncclBroadcast(data.data(), data.data(), static_cast<size_t>(data.nbytes()), ncclUint8, root,
                          impl_->comm, impl_->stream);
   });
@@ -265,7 +419,7 @@ absl::Status NcclCommunicator::Broadcast(Tensor& data, int root) {
 
 absl::Status NcclCommunicator::Send(const Tensor& data, int dst) {
   TESSERA_CHECK(dst >= 0 && dst < size() && dst != rank());
-  return impl_->Run("send", [&] {
+  return impl_->Run("send", Impl::Wait::kYes, [&] {
     return ncclSend(data.data(), static_cast<size_t>(data.nbytes()), ncclUint8, dst, impl_->comm,
                     impl_->stream);
   });
@@ -273,17 +427,53 @@ absl::Status NcclCommunicator::Send(const Tensor& data, int dst) {
 
 absl::Status NcclCommunicator::Recv(Tensor& data, int src) {
   TESSERA_CHECK(src >= 0 && src < size() && src != rank());
-  return impl_->Run("recv", [&] {
+  return impl_->Run("recv", Impl::Wait::kYes, [&] {
     return ncclRecv(data.data(), static_cast<size_t>(data.nbytes()), ncclUint8, src, impl_->comm,
                     impl_->stream);
   });
 }
 
 absl::Status NcclCommunicator::Barrier() {
-  return impl_->Run("barrier", [&] {
+  return impl_->Run("barrier", Impl::Wait::kYes, [&] {
     return ncclAllReduce(impl_->scratch, impl_->scratch, 1, ncclFloat32, ncclSum, impl_->comm, impl_->stream);
   });
 }
+
+void NcclCommunicator::Abort() {
+  impl_->Fail(absl::UnavailableError(
+                  absl::StrCat("nccl on ", impl_->Where(), ": aborted (the group is being re-formed)")))
+      .IgnoreError();
+}
+
+bool NcclCommunicator::stream_ordered() const { return impl_->stream_ordered(); }
+
+void NcclCommunicator::WatchStep() {
+  if (!impl_->stream_ordered()) return;
+  Impl& im = *impl_;
+  if (!im.Broken().ok()) return;
+  cudaSetDevice(im.options.device);
+  const cudaError_t e = cudaEventRecord(im.step_done, im.stream);
+  if (e != cudaSuccess) {
+    im.Fail(absl::UnavailableError(
+                absl::StrCat("nccl on ", im.Where(), ": cudaEventRecord failed: ", cudaGetErrorString(e))))
+        .IgnoreError();
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(im.mu);
+    im.watching = true;
+    im.watch_deadline = Clock::now() + im.options.timeout;
+  }
+  im.watch_cv.notify_all();
+}
+
+absl::Status NcclCommunicator::StepStatus() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->watching = false;  // the caller waited for the stream: the step is over, one way or another
+  return impl_->broken;
+}
+
+std::string NcclCommunicator::custom_all_reduce_off_reason() const { return impl_->custom_off_reason; }
 
 }  // namespace tessera
 

@@ -1,5 +1,6 @@
 // plan: which tp x pp layouts of a model fit a GPU type (memory per GPU, roofline speed), the one to run, and
 // the command line and Kubernetes overlay that run it. The arithmetic lives in tools/planner.h.
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -12,6 +13,7 @@
 #include "core/str_cat.h"
 #include "tools/commands.h"
 #include "tools/planner.h"
+#include "tools/step_model.h"
 #include "worker/checkpoint/model_presets.h"
 
 namespace tessera::tools {
@@ -30,6 +32,13 @@ struct PlanArgs {
   int max_num_seqs = 256;
   int prompt_len = 2048;
   bool json = false;
+  // --step: the step model (tools/step_model.h) of one step, before and after issue 17's decode redesign.
+  bool step = false;
+  int tp = 0;  // 0: the recommended layout's
+  int pp = 0;  // 0: the recommended layout's (1 when --tp is given)
+  int batch = 1;
+  int tokens = 0;  // 0: a decode step (one token per sequence)
+  int context = 1024;
 };
 
 constexpr const char* kRule =
@@ -232,6 +241,64 @@ void PrintText(const Plan& plan, const std::string& model_arg, const std::string
   }
 }
 
+// --step: the step model's table (or with --json one object per design) for one step of tp x pp.
+int RunStep(const PlanArgs& a, const ModelConfig& model, const GpuSpec& gpu, int tp, int pp) {
+  const StepShape shape = {.tp = tp,
+                           .pp = pp,
+                           .batch = a.batch,
+                           .tokens = a.tokens > 0 ? a.tokens : a.batch,
+                           .context = a.context,
+                           .graph_max_batch = std::min(256, a.max_num_seqs)};
+  const StepHardware hw = StepHardwareFor(gpu);
+  std::vector<StepCost> costs;
+  for (StepDesign design : {StepDesign::kBefore, StepDesign::kAfter}) {
+    absl::StatusOr<StepCost> cost = ModelStep(model, shape, design, hw);
+    if (!cost.ok()) return Fail("plan", cost.status());
+    costs.push_back(*cost);
+  }
+  if (a.json) {
+    for (const StepCost& c : costs) {
+      nlohmann::ordered_json launches;
+      for (int k = 0; k < kNumLaunchKinds; ++k)
+        launches[LaunchKindName(static_cast<LaunchKind>(k))] = c.launches.count[k];
+      const nlohmann::ordered_json j = {{"event", "step"},
+                                        {"design", StepDesignName(c.design)},
+                                        {"tp", tp},
+                                        {"pp", pp},
+                                        {"pp_rank", c.pp_rank},
+                                        {"batch", shape.batch},
+                                        {"tokens", shape.tokens},
+                                        {"context", shape.context},
+                                        {"graph", c.graph},
+                                        {"launches", launches},
+                                        {"graph_segments", c.graph_segments},
+                                        {"host_round_trips", c.host_round_trips},
+                                        {"hbm_bytes", c.hbm_bytes},
+                                        {"nvlink_bytes", c.nvlink_bytes},
+                                        {"pp_send_bytes", c.pp_send_bytes},
+                                        {"flops", c.flops},
+                                        {"estimated_us", c.estimated_us},
+                                        {"hbm_us", c.hbm_us},
+                                        {"compute_us", c.compute_us},
+                                        {"launch_us", c.launch_us},
+                                        {"round_trip_us", c.round_trip_us},
+                                        {"collective_us", c.collective_us},
+                                        {"pipeline_us", c.pipeline_us},
+                                        {"hbm_roofline_fraction", c.RooflineFraction()}};
+      std::cout << j.dump() << "\n";
+    }
+    return 0;
+  }
+  std::cout << absl::StrFormat(
+      "step model of %s on %s, tp %d pp %d, per rank: TP rank 0 of stage %d (the slowest; %lld layers). A "
+      "model, not a measurement (docs/plan.md, \"The step model\")\n",
+      a.model, gpu.description, tp, pp, costs[1].pp_rank, static_cast<long long>(costs[1].layers));
+  std::cout << StepTableHeader();
+  for (const StepCost& c : costs) std::cout << StepTableRow(StepLabel(shape), c);
+  std::cout << absl::StrFormat("speed-up %.2fx\n", costs[0].estimated_us / costs[1].estimated_us);
+  return 0;
+}
+
 int RunPlan(const PlanArgs& a) {
   std::string model_dir;
   absl::StatusOr<ModelConfig> model = LoadModel(a.model, model_dir);
@@ -252,8 +319,13 @@ int RunPlan(const PlanArgs& a) {
   options.max_num_seqs = a.max_num_seqs;
   options.prompt_len = a.prompt_len;
   absl::StatusOr<Plan> plan = MakePlan(*model, options);
+  if (a.step && a.tp > 0) return RunStep(a, *model, *gpu, a.tp, a.pp > 0 ? a.pp : 1);
   if (!plan.ok())
     return Fail("plan", absl::Status(plan.status().code(), Cat(a.model, ": ", plan.status().message())));
+  if (a.step) {
+    const Layout& best = plan->layouts[plan->recommended];
+    return RunStep(a, *model, *gpu, best.tp, a.pp > 0 ? a.pp : best.pp);
+  }
   if (!a.json) {
     PrintText(*plan, a.model, model_dir, std::cout);
     return 0;
@@ -311,6 +383,18 @@ void AddPlanCommand(CLI::App& app, std::vector<Subcommand>& commands) {
                   "Prompt of the prefill figure; context of the decode figures")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "One JSON object per line: the layouts, then the recommendation");
+  cmd->add_flag("--step", a->step,
+                "Instead of the layouts: the step model of one step, before and after the decode redesign");
+  cmd->add_option("--tp", a->tp, "--step: tensor parallelism (0: the recommended layout's)")
+      ->capture_default_str();
+  cmd->add_option("--pp", a->pp, "--step: pipeline stages (0: the recommended layout's, 1 with --tp)")
+      ->capture_default_str();
+  cmd->add_option("--batch", a->batch, "--step: sequences in the step")->capture_default_str();
+  cmd->add_option("--tokens", a->tokens,
+                  "--step: new tokens in the step (0: one per sequence, a decode step)")
+      ->capture_default_str();
+  cmd->add_option("--context", a->context, "--step: tokens each sequence holds before the step")
+      ->capture_default_str();
   commands.push_back({cmd, [a] { return RunPlan(*a); }});
 }
 

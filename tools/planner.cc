@@ -179,8 +179,9 @@ int64_t RankWeightBytes(const ModelConfig& m, const ParallelConfig& p, int rank)
 int64_t RankActivationBytes(const ModelConfig& m, const ParallelConfig& p, int rank, const PlanOptions& o) {
   const RankShape s = ShapeOf(m, p, rank);
   const int64_t t = o.max_num_batched_tokens, seqs = o.max_num_seqs, h = m.hidden_size;
-  // hidden, residual, q, k, v, attn, gate, up: [max_tokens, width] each, bf16.
-  int64_t bytes = t * (2 * h + 2 * s.q_width + 2 * s.kv_width + 2 * s.intermediate) * kBf16;
+  // [max_tokens, width] each, bf16 (LlamaModel::Activations): hidden, residual [h]; qkv [q + 2 kv];
+  // q, attn [q]; gate_up [2 I]; mlp [I].
+  int64_t bytes = t * (2 * h + 3 * s.q_width + 2 * s.kv_width + 3 * s.intermediate) * kBf16;
   if (s.last) {
     bytes += seqs * h * kBf16;         // last: [max_seqs, hidden]
     bytes += seqs * m.vocab_size * 4;  // logits: [max_seqs, vocab] f32

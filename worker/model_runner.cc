@@ -133,7 +133,7 @@ absl::Status ModelRunner::CaptureGraphs() {
     const BatchMeta meta = UploadGraphBatch(batch, /*padding_only=*/true);
     auto forward = [&] { return model_->Forward(meta, *kv_cache_); };
     RETURN_IF_ERROR(forward().status());  // the warm-up: first uses happen outside the capture
-    backend_.Synchronize();
+    RETURN_IF_ERROR(FinishStep());
     absl::StatusOr<CapturedStep> step =
         tp_group_ ? tp_group_->Capture(forward) : SegmentingGroup::CaptureWithoutGroup(backend_, forward);
     if (!step.ok()) {
@@ -330,22 +330,31 @@ absl::StatusOr<Tensor> ModelRunner::Forward(const std::vector<Sequence*>& seqs) 
   } else {
     ASSIGN_OR_RETURN(out, model_->Forward(meta, *kv_cache_));
   }
+  RETURN_IF_ERROR(FinishStep());
+  compute_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count();
   if (!model_->is_last_stage()) {
-    backend_.Synchronize();
-    compute_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count();
     RETURN_IF_ERROR(pp_group_->Send(out, pp_rank + 1));
     out = Tensor();
-  } else {
-    compute_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count();
   }
   for (Sequence* seq : seqs) seq->num_computed_tokens = static_cast<int>(seq->tokens.size());
   return out;
 }
 
-void ModelRunner::Sample(const Tensor& logits, const std::vector<Sequence*>& seqs,
-                         std::vector<int32_t>& tokens, bool want_logprobs) {
+absl::Status ModelRunner::FinishStep() {
+  if (tp_group_) tp_group_->WatchStep();
+  RETURN_IF_ERROR(backend_.Synchronize());
+  return tp_group_ ? tp_group_->StepStatus() : absl::OkStatus();
+}
+
+void ModelRunner::DropGraphs() {
+  graphs_.clear();
+  graph_sizes_.clear();
+}
+
+absl::Status ModelRunner::Sample(const Tensor& logits, const std::vector<Sequence*>& seqs,
+                                 std::vector<int32_t>& tokens, bool want_logprobs) {
   tokens.resize(seqs.size());
-  if (seqs.empty()) return;
+  if (seqs.empty()) return absl::OkStatus();
   TESSERA_CHECK(logits.dim(0) == static_cast<int64_t>(seqs.size()));
   sampling_rows_.clear();
   bool any_logprobs = false;
@@ -366,13 +375,14 @@ void ModelRunner::Sample(const Tensor& logits, const std::vector<Sequence*>& seq
     sampling_rows_.push_back(row);
   }
   if (any_logprobs) sampled_logprobs_.resize(seqs.size());
-  backend_.Sample(logits, sampling_rows_.data(), tokens.data(),
-                  any_logprobs ? sampled_logprobs_.data() : nullptr);
+  return backend_.Sample(logits, sampling_rows_.data(), tokens.data(),
+                         any_logprobs ? sampled_logprobs_.data() : nullptr);
 }
 
-void ModelRunner::SampleAndAppend(const Tensor& logits, const std::vector<Sequence*>& seqs) {
-  Sample(logits, seqs, sampled_);
+absl::Status ModelRunner::SampleAndAppend(const Tensor& logits, const std::vector<Sequence*>& seqs) {
+  RETURN_IF_ERROR(Sample(logits, seqs, sampled_));
   for (size_t s = 0; s < seqs.size(); ++s) seqs[s]->tokens.push_back(sampled_[s]);
+  return absl::OkStatus();
 }
 
 }  // namespace tessera

@@ -78,6 +78,9 @@ class ModelRunner {
   // The batch sizes CaptureGraphs captures (empty: graphs are off).
   const std::vector<int>& graph_batch_sizes() const { return graph_sizes_; }
   int num_graphs() const { return static_cast<int>(graphs_.size()); }
+  // The segments of captured graph i (1 with a stream-ordered TP group or none; with a host-synchronous one,
+  // one more than the step's collectives).
+  int graph_segments(int i) const { return graphs_[i].num_segments(); }
   // Forward steps that replayed a graph so far.
   int64_t graph_steps() const { return graph_steps_; }
   // Seconds spent computing steps so far: each Forward from its input (after the previous stage's hidden
@@ -90,25 +93,31 @@ class ModelRunner {
   // advances. Every stage of a pipeline runs the same steps: a stage other than the first first receives the
   // previous stage's hidden states, one other than the last sends its own on. A decode step of at most
   // graph_batch_sizes().back() sequences replays the smallest captured graph that holds it. Returns, on the
-  // last stage, logits [seqs.size(), vocab] (F32 on the backend, valid until the next step) of each
-  // sequence's last token, and an empty tensor on other stages. Errors (naming the sequence; nothing
+  // output rank (TP rank 0 of the last stage), logits [seqs.size(), vocab] (F32 on the backend, valid until the
+  // next step) of each sequence's last token; on the last stage's other TP ranks a tensor of that shape whose
+  // contents are unspecified; an empty tensor on other stages. The step's work has finished on return (the
+  // backend is synchronized, and a stream-ordered TP group's step status checked). Errors (naming the sequence; nothing
   // changed): FAILED_PRECONDITION before AllocateKvCache; INVALID_ARGUMENT for a sequence with no new token,
   // a token id outside the vocabulary, a context past max_position_embeddings, a block table too short or
   // with a block id outside [0, num_kv_blocks), a step larger than the options; and the communicators'
-  // (UNAVAILABLE / DEADLINE_EXCEEDED).
+  // (UNAVAILABLE / DEADLINE_EXCEEDED) and the backend's (the device failed: INTERNAL, RESOURCE_EXHAUSTED).
   [[nodiscard]] absl::StatusOr<Tensor> Forward(const std::vector<Sequence*>& seqs);
+  // Forgets the captured graphs (every later step runs eagerly): a re-formed TP group's stream-ordered
+  // communicator is a new one, and the old graphs have the old one's collectives baked in.
+  void DropGraphs();
 
   // Samples one token per row of `logits` ([seqs.size(), vocab], as Forward returned it or rows of it) with
   // each sequence's SamplingRow (step = tokens generated so far; the penalties over its tokens; its logit
   // bias; its stop_token_ids banned while fewer than min_tokens tokens have been generated) into `tokens`
   // (resized to seqs.size()). With `want_logprobs`, the rows whose sampling.top_logprobs >= 0 also get their
   // token's raw logprobs in sampled_logprobs()[row]; without, none are computed. Sequences are not changed.
-  void Sample(const Tensor& logits, const std::vector<Sequence*>& seqs, std::vector<int32_t>& tokens,
-              bool want_logprobs = false);
+  // Errors: the backend's (the device failed).
+  [[nodiscard]] absl::Status Sample(const Tensor& logits, const std::vector<Sequence*>& seqs,
+                                    std::vector<int32_t>& tokens, bool want_logprobs = false);
   // After Sample(..., true): entry s for each row s whose sequence asked for logprobs (others unspecified).
   const std::vector<SampleLogprobs>& sampled_logprobs() const { return sampled_logprobs_; }
   // Sample, then appends each token to its sequence.
-  void SampleAndAppend(const Tensor& logits, const std::vector<Sequence*>& seqs);
+  [[nodiscard]] absl::Status SampleAndAppend(const Tensor& logits, const std::vector<Sequence*>& seqs);
 
   const ModelConfig& config() const { return model_->config(); }
   const ParallelConfig& parallel() const { return model_->parallel(); }
@@ -119,6 +128,9 @@ class ModelRunner {
               Communicator* pp_group, std::vector<int> graph_sizes);
   [[nodiscard]] absl::Status BuildBatch(const std::vector<Sequence*>& seqs);
   BatchMeta UploadBatch();
+  // After a step's work is enqueued: has the TP group watch it, waits for the backend, and returns the
+  // backend's and the group's verdict on it.
+  [[nodiscard]] absl::Status FinishStep();
   // The graph layout of device_meta_ for `batch` rows (the first host_.num_seqs() of them this step's, the
   // rest padding), uploaded. With `padding_only`, every row is padding (for warm-up and capture).
   BatchMeta UploadGraphBatch(int batch, bool padding_only);

@@ -25,6 +25,7 @@ class StagedCommunicator final : public Communicator {
   // F32 or BF16 device tensors. Errors: the host communicator's.
   [[nodiscard]] absl::Status AllReduceSum(Tensor& data) override;
   [[nodiscard]] absl::Status AllGather(const Tensor& in, Tensor& out) override;
+  [[nodiscard]] absl::Status Gather(const Tensor& in, Tensor& out, int root) override;
   [[nodiscard]] absl::Status Broadcast(Tensor& data, int root) override;
   [[nodiscard]] absl::Status Send(const Tensor& data, int dst) override;
   [[nodiscard]] absl::Status Recv(Tensor& data, int src) override;

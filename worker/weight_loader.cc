@@ -68,6 +68,42 @@ absl::StatusOr<Tensor> WeightLoader::LoadColumns(std::string_view name, int64_t 
   return Copy(name, Slice::kColumns, begin, info.shape[0], count, 2, 0);
 }
 
+absl::StatusOr<Tensor> WeightLoader::LoadStackedRows(const std::vector<RowSlice>& slices) {
+  TESSERA_CHECK(!slices.empty());
+  int64_t cols = 0, total_rows = 0;
+  for (const RowSlice& slice : slices) {
+    ASSIGN_OR_RETURN(TensorInfo info, checkpoint_.Info(slice.name));
+    if (info.shape.size() != 2) {
+      return absl::InvalidArgumentError(Cat("tensor ", slice.name, " is not 2-D: cannot stack its rows"));
+    }
+    if (&slice == &slices.front()) cols = info.shape[1];
+    if (info.shape[1] != cols) {
+      return absl::InvalidArgumentError(Cat("tensor ", slice.name, " has ", info.shape[1], " columns but ",
+                                            slices.front().name, " has ", cols, ": they cannot be fused"));
+    }
+    total_rows += slice.count;
+  }
+  const int64_t bytes = total_rows * cols * DTypeSize(DType::kBF16);
+  ASSIGN_OR_RETURN(DeviceBuffer device, backend_.Allocate(bytes));
+  Tensor dst = device.View(DType::kBF16, {total_rows, cols});
+  std::vector<uint16_t> host;
+  uint16_t* staging = static_cast<uint16_t*>(device.data());
+  if (backend_.device() != DeviceKind::kCpu) {
+    host.resize(static_cast<size_t>(total_rows * cols));
+    staging = host.data();
+  }
+  int64_t row = 0;
+  for (const RowSlice& slice : slices) {
+    Tensor part(staging + row * cols, DType::kBF16, {slice.count, cols});
+    RETURN_IF_ERROR(checkpoint_.ReadRows(slice.name, slice.begin, slice.count, part));
+    row += slice.count;
+  }
+  if (backend_.device() != DeviceKind::kCpu) backend_.CopyToDevice(dst.data(), host.data(), bytes);
+  bytes_copied_ += bytes;
+  buffers_.push_back(std::move(device));
+  return dst;
+}
+
 absl::StatusOr<Tensor> WeightLoader::Copy(std::string_view name, Slice slice, int64_t begin, int64_t rows,
                                           int64_t cols, int ndim, int64_t extra_zero_rows) {
   const int64_t total_rows = rows + extra_zero_rows;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -25,6 +26,16 @@ class WeightLoader {
   // forces a copy).
   [[nodiscard]] absl::StatusOr<Tensor> LoadRows(std::string_view name, int64_t begin, int64_t count,
                                                 int64_t extra_zero_rows = 0);
+  // Rows of several 2-D tensors with the same number of columns, stacked in order into one new BF16 tensor
+  // [sum of counts, cols] (always a copy): a fused projection's weight (q, k, v or gate, up), each rank
+  // stacking its own shard's rows. Errors: as LoadRows, and INVALID_ARGUMENT naming a tensor whose columns
+  // differ from the first's.
+  struct RowSlice {
+    std::string name;
+    int64_t begin = 0;
+    int64_t count = 0;
+  };
+  [[nodiscard]] absl::StatusOr<Tensor> LoadStackedRows(const std::vector<RowSlice>& slices);
   // Columns [begin, begin + count) of a 2-D tensor (a copy unless they are all of its columns).
   [[nodiscard]] absl::StatusOr<Tensor> LoadColumns(std::string_view name, int64_t begin, int64_t count);
 

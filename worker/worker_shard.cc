@@ -263,8 +263,11 @@ absl::Status WorkerShard::InitComm(const cv1::InitComm& init) {
     return absl::InvalidArgumentError(
         absl::StrCat("init_comm: timeout_ms=", init.timeout_ms(), " is negative"));
   }
-  auto join = [&](const std::string& group, int group_rank,
-                  int size) -> absl::StatusOr<std::unique_ptr<Communicator>> {
+  // The TP group's NCCL communicator is stream-ordered on the backend's stream (its collectives are part of
+  // the step's CUDA graph); the pipeline's stays host-synchronous (its sends follow a finished step).
+  enum class Ordering { kHost, kStream };
+  auto join = [&](const std::string& group, int group_rank, int size,
+                  Ordering ordering) -> absl::StatusOr<std::unique_ptr<Communicator>> {
     GroupOptions group_options;
     group_options.group = absl::StrCat(init.group_prefix(), "/", group);
     group_options.rank = group_rank;
@@ -272,6 +275,7 @@ absl::Status WorkerShard::InitComm(const cv1::InitComm& init) {
     group_options.store_address = init.store_address();
     group_options.hostname = options_.listen_host;
     group_options.device_index = device_index_;
+    if (ordering == Ordering::kStream) group_options.cuda_stream = backend_->native_stream();
     if (init.timeout_ms() > 0) group_options.timeout = std::chrono::milliseconds(init.timeout_ms());
     // CPU tensors move over Gloo (TCP); CUDA tensors over NCCL, or over Gloo staged through host memory when
     // ranks share a GPU (NCCL refuses that).
@@ -289,15 +293,19 @@ absl::Status WorkerShard::InitComm(const cv1::InitComm& init) {
   };
   // Every rank joins its TP group first, then its pipeline: no rank waits on a group another has not reached.
   if (p.tp_size() > 1) {
-    ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, join(p.TpGroupName(options_.rank), tp_rank, p.tp_size()));
+    ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, join(p.TpGroupName(options_.rank), tp_rank, p.tp_size(), Ordering::kStream));
     if (tp_group_ == nullptr) {
       tp_group_ = std::make_unique<CommunicatorSlot>(tp_rank, p.tp_size());
       tp_slot_.store(tp_group_.get(), std::memory_order_release);
     }
     tp_group_->Reset(std::move(comm));
+    if (runner_ != nullptr && tp_group_->stream_ordered() && runner_->num_graphs() > 0) {
+      runner_->DropGraphs();  // they hold the old communicator's collectives
+      Log("dropped its decode-step graphs: the re-formed TP group's collectives are new (steps run eagerly)");
+    }
   }
   if (p.pp_size() > 1) {
-    ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, join(p.PpGroupName(options_.rank), pp_rank, p.pp_size()));
+    ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, join(p.PpGroupName(options_.rank), pp_rank, p.pp_size(), Ordering::kHost));
     if (pp_group_ == nullptr) {
       pp_group_ = std::make_unique<CommunicatorSlot>(pp_rank, p.pp_size());
       pp_slot_.store(pp_group_.get(), std::memory_order_release);
@@ -372,22 +380,22 @@ absl::Status WorkerShard::AllocateKvCache(const cv1::AllocateKvCache& allocate) 
   return absl::OkStatus();
 }
 
-void WorkerShard::AddLogitsRow(uint64_t seq_id, const Tensor& row, cv1::StepResult& result) {
+absl::Status WorkerShard::AddLogitsRow(uint64_t seq_id, const Tensor& row, cv1::StepResult& result) {
   cv1::LogitsRow* out = result.add_logits();
   out->set_seq_id(seq_id);
   std::string& values = *out->mutable_values();
   values.resize(static_cast<size_t>(row.nbytes()));
-  backend_->CopyToHost(values.data(), row.data(), row.nbytes());
+  return backend_->CopyToHost(values.data(), row.data(), row.nbytes());
 }
 
-void WorkerShard::AddPromptLogprobs(uint64_t seq_id, const Entry& entry, const Tensor& row,
-                                    cv1::StepResult& result) {
+absl::Status WorkerShard::AddPromptLogprobs(uint64_t seq_id, const Entry& entry, const Tensor& row,
+                                            cv1::StepResult& result) {
   const Sequence& seq = entry.seq;
   const int next = seq.num_computed_tokens;  // the token after the last position computed
-  if (entry.prompt_logprobs < 0 || next >= static_cast<int>(entry.prompt.size())) return;
+  if (entry.prompt_logprobs < 0 || next >= static_cast<int>(entry.prompt.size())) return absl::OkStatus();
   const int64_t vocab = row.numel();
   host_row_.resize(static_cast<size_t>(vocab));
-  backend_->CopyToHost(host_row_.data(), row.data(), row.nbytes());
+  RETURN_IF_ERROR(backend_->CopyToHost(host_row_.data(), row.data(), row.nbytes()));
   SampleLogprobs lp;
   ComputeTokenLogprobs(host_row_.data(), vocab, entry.prompt[next], entry.prompt_logprobs, logprob_scratch_, lp);
   cv1::PromptLogprobs* out = result.add_prompt_logprobs();
@@ -400,6 +408,7 @@ void WorkerShard::AddPromptLogprobs(uint64_t seq_id, const Entry& entry, const T
   e->set_rank(static_cast<int32_t>(lp.rank));
   e->mutable_top_ids()->Add(lp.top_ids, lp.top_ids + lp.num_top);
   for (int j = 0; j < lp.num_top; ++j) e->add_top_logprobs(static_cast<float>(lp.top_logprobs[j]));
+  return absl::OkStatus();
 }
 
 void WorkerShard::UndoStep() {
@@ -527,7 +536,9 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
   if (output_rank) {
     for (int i = 0; i < step.scheduled_size(); ++i) {  // prompt logprobs, from the rows of prompt positions
       const Entry& entry = seqs_.at(step.scheduled(i).seq_id());
-      if (entry.prompt_logprobs >= 0) AddPromptLogprobs(step.scheduled(i).seq_id(), entry, logits->Rows(i, 1), result);
+      if (entry.prompt_logprobs < 0) continue;
+      absl::Status added = AddPromptLogprobs(step.scheduled(i).seq_id(), entry, logits->Rows(i, 1), result);
+      if (!added.ok()) return fail(added);
     }
     // Sample runs of consecutive sampled rows (chunked prompts' rows are skipped), keeping step order.
     const int n = step.scheduled_size();
@@ -541,9 +552,13 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
       while (end < n && step.scheduled(end).sample()) sample_run_.push_back(batch_[end++]);
       for (int i = begin; i < end; ++i) {
         const uint64_t id = step.scheduled(i).seq_id();
-        if (seqs_.at(id).return_logits) AddLogitsRow(id, logits->Rows(i, 1), result);
+        if (!seqs_.at(id).return_logits) continue;
+        absl::Status added = AddLogitsRow(id, logits->Rows(i, 1), result);
+        if (!added.ok()) return fail(added);
       }
-      runner_->Sample(logits->Rows(begin, end - begin), sample_run_, sampled_, /*want_logprobs=*/true);
+      absl::Status sampled =
+          runner_->Sample(logits->Rows(begin, end - begin), sample_run_, sampled_, /*want_logprobs=*/true);
+      if (!sampled.ok()) return fail(sampled);
       result.mutable_tokens()->Add(sampled_.begin(), sampled_.end());
       for (int i = begin; i < end; ++i) {  // the logprobs of the sequences that asked, in step order
         if (batch_[i]->sampling.top_logprobs < 0) continue;

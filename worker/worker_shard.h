@@ -134,9 +134,9 @@ class WorkerShard {
   };
   // Appends, for a sequence with prompt_logprobs whose last computed position p is followed by a prompt
   // token, that token's logprobs from `row` (position p's logits).
-  void AddPromptLogprobs(uint64_t seq_id, const Entry& entry, const Tensor& row, control::v1::StepResult& result);
+  [[nodiscard]] absl::Status AddPromptLogprobs(uint64_t seq_id, const Entry& entry, const Tensor& row, control::v1::StepResult& result);
   // Appends `row` (one sequence's float32 logits, before sampling touches them) to the result.
-  void AddLogitsRow(uint64_t seq_id, const Tensor& row, control::v1::StepResult& result);
+  [[nodiscard]] absl::Status AddLogitsRow(uint64_t seq_id, const Tensor& row, control::v1::StepResult& result);
   // What a step changed, so that a failed step can be undone.
   struct Appended {
     Sequence* seq;

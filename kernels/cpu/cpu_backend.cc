@@ -84,9 +84,10 @@ void CpuBackend::CopyToDevice(void* dst, const void* src, int64_t bytes) {
   if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
 }
 
-void CpuBackend::CopyToHost(void* dst, const void* src, int64_t bytes) {
+absl::Status CpuBackend::CopyToHost(void* dst, const void* src, int64_t bytes) {
   TESSERA_CHECK(capture_ == nullptr);  // not capturable
   if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
+  return absl::OkStatus();
 }
 
 void CpuBackend::Copy(const Tensor& src, Tensor& dst) {
@@ -97,6 +98,18 @@ void CpuBackend::Copy(const Tensor& src, Tensor& dst) {
   char* d = static_cast<char*>(dst.data());
   pool_->ParallelFor(src.nbytes(), kElementGrain * 4,
                      [&](int64_t b, int64_t e) { std::memcpy(d + b, s + b, static_cast<size_t>(e - b)); });
+}
+
+void CpuBackend::Copy2D(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t row_bytes,
+                        int64_t rows) {
+  if (capture_ != nullptr)
+    return Record([=, this]() { Copy2D(src, src_pitch, dst, dst_pitch, row_bytes, rows); });
+  TESSERA_CHECK(row_bytes >= 0 && rows >= 0 && src_pitch >= row_bytes && dst_pitch >= row_bytes);
+  const char* s = static_cast<const char*>(src);
+  char* d = static_cast<char*>(dst);
+  pool_->ParallelFor(rows, RowGrain(row_bytes), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) std::memcpy(d + r * dst_pitch, s + r * src_pitch, static_cast<size_t>(row_bytes));
+  });
 }
 
 void CpuBackend::Embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
@@ -230,6 +243,47 @@ void CpuBackend::WriteKvCache(const AttentionMeta& meta, const Tensor& k, const 
   }
 }
 
+void CpuBackend::RopeQkvToCache(const AttentionMeta& meta, const RopeParams& rope, int head_dim,
+                                const Tensor& qkv, Tensor& q, Tensor& k_cache, Tensor& v_cache) {
+  if (capture_ != nullptr)
+    return Record([=, this]() mutable { RopeQkvToCache(meta, rope, head_dim, qkv, q, k_cache, v_cache); });
+  TESSERA_CHECK(qkv.dtype() == DType::kF32 && q.dtype() == DType::kF32 && k_cache.dtype() == DType::kF32 &&
+                v_cache.dtype() == DType::kF32);
+  TESSERA_CHECK(head_dim > 0 && head_dim % 2 == 0 && head_dim <= kMaxAttentionHeadDim);
+  TESSERA_CHECK(k_cache.ndim() == 4 && SameShape(k_cache, v_cache) && k_cache.dim(1) == meta.block_size &&
+                k_cache.dim(3) == head_dim);
+  const int64_t tokens = meta.num_tokens;
+  const int nkv = static_cast<int>(k_cache.dim(2));
+  TESSERA_CHECK(q.numel() % (tokens * head_dim) == 0);
+  const int nq = static_cast<int>(q.numel() / (tokens * head_dim));
+  const int64_t q_width = int64_t{nq} * head_dim, kv_width = int64_t{nkv} * head_dim;
+  const int64_t width = q_width + 2 * kv_width;
+  TESSERA_CHECK(qkv.numel() == tokens * width);
+  const int64_t slots = k_cache.dim(0) * k_cache.dim(1);
+  const float* inv_freq = InvFreq(rope, head_dim).data();
+  const float* in = qkv.data_as<float>();
+  float* qs = q.data_as<float>();
+  float* kc = k_cache.data_as<float>();
+  float* vc = v_cache.data_as<float>();
+  pool_->ParallelFor(tokens, RowGrain(width * 4), [&](int64_t b, int64_t e) {
+    float cos_sin[kMaxAttentionHeadDim];
+    for (int64_t t = b; t < e; ++t) {
+      const float* row = in + t * width;
+      const int32_t pos = meta.positions[t];
+      float* q_row = qs + t * q_width;
+      std::memcpy(q_row, row, static_cast<size_t>(q_width) * sizeof(float));
+      RopeToken(inv_freq, head_dim, pos, nq, q_row, cos_sin);
+      const int64_t slot = meta.slot_mapping[t];
+      if (slot < 0) continue;
+      TESSERA_CHECK(slot < slots);
+      float* k_row = kc + slot * kv_width;  // rotated in place in the cache, as Rope then WriteKvCache
+      std::memcpy(k_row, row + q_width, static_cast<size_t>(kv_width) * sizeof(float));
+      RopeToken(inv_freq, head_dim, pos, nkv, k_row, cos_sin);
+      std::memcpy(vc + slot * kv_width, row + q_width + kv_width, static_cast<size_t>(kv_width) * sizeof(float));
+    }
+  });
+}
+
 void CpuBackend::PagedAttention(const AttentionMeta& meta, const Tensor& q, const Tensor& k_cache,
                                 const Tensor& v_cache, int num_heads, int num_kv_heads, int head_dim,
                                 float scale, Tensor& out) {
@@ -259,15 +313,19 @@ void CpuBackend::PagedAttention(const AttentionMeta& meta, const Tensor& q, cons
                      [&](int64_t b, int64_t e) { fn(args, b, e); });
 }
 
-void CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
-  if (capture_ != nullptr) return Record([=, this]() mutable { SiluMul(gate, up, out); });
-  TESSERA_CHECK(gate.dtype() == DType::kF32 && up.dtype() == DType::kF32 && out.dtype() == DType::kF32);
-  TESSERA_CHECK(gate.numel() == up.numel() && out.numel() == gate.numel());
-  const float* g = gate.data_as<float>();
-  const float* u = up.data_as<float>();
+void CpuBackend::SiluMulFused(const Tensor& gate_up, Tensor& out) {
+  if (capture_ != nullptr) return Record([=, this]() mutable { SiluMulFused(gate_up, out); });
+  TESSERA_CHECK(gate_up.dtype() == DType::kF32 && out.dtype() == DType::kF32);
+  const int64_t width = out.dim(-1);
+  TESSERA_CHECK(width > 0 && gate_up.numel() == 2 * out.numel() && gate_up.dim(-1) == 2 * width);
+  const float* gu = gate_up.data_as<float>();
   float* o = out.data_as<float>();
-  pool_->ParallelFor(gate.numel(), kElementGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  pool_->ParallelFor(out.numel(), kElementGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t r = i / width, c = i - r * width;
+      const float g = gu[r * 2 * width + c], u = gu[r * 2 * width + width + c];
+      o[i] = g / (1.0f + std::exp(-g)) * u;
+    }
   });
 }
 
@@ -283,8 +341,8 @@ void CpuBackend::Add(const Tensor& a, const Tensor& b, Tensor& out) {
   });
 }
 
-void CpuBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids,
-                        SampleLogprobs* out_logprobs) {
+absl::Status CpuBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids,
+                                SampleLogprobs* out_logprobs) {
   TESSERA_CHECK(capture_ == nullptr);  // not capturable
   TESSERA_CHECK(logits.dtype() == DType::kF32 && logits.ndim() == 2);
   const int64_t num_rows = logits.dim(0);
@@ -300,9 +358,13 @@ void CpuBackend::Sample(const Tensor& logits, const SamplingRow* rows, int32_t* 
                              out_logprobs != nullptr ? out_logprobs + r : nullptr);
     }
   });
+  return absl::OkStatus();
 }
 
-void CpuBackend::Synchronize() { TESSERA_CHECK(capture_ == nullptr); }  // not capturable
+absl::Status CpuBackend::Synchronize() {
+  TESSERA_CHECK(capture_ == nullptr);  // not capturable
+  return absl::OkStatus();
+}
 
 void CpuBackend::Record(std::function<void()> call) { capture_->push_back(std::move(call)); }
 

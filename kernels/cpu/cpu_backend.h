@@ -37,8 +37,10 @@ class CpuBackend final : public Backend {
   DType activation_dtype() const override { return DType::kF32; }
   [[nodiscard]] absl::StatusOr<DeviceBuffer> Allocate(int64_t bytes) override;
   void CopyToDevice(void* dst, const void* src, int64_t bytes) override;
-  void CopyToHost(void* dst, const void* src, int64_t bytes) override;
+  [[nodiscard]] absl::Status CopyToHost(void* dst, const void* src, int64_t bytes) override;
   void Copy(const Tensor& src, Tensor& dst) override;
+  void Copy2D(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t row_bytes,
+              int64_t rows) override;
   void Embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void GatherRows(const Tensor& src, const Tensor& rows, Tensor& out) override;
   void Linear(const Tensor& x, const Tensor& w, Tensor& y) override;
@@ -49,16 +51,18 @@ class CpuBackend final : public Backend {
   // Slots < 0 are skipped (padding tokens).
   void WriteKvCache(const AttentionMeta& meta, const Tensor& k, const Tensor& v, Tensor& k_cache,
                     Tensor& v_cache) override;
+  void RopeQkvToCache(const AttentionMeta& meta, const RopeParams& rope, int head_dim, const Tensor& qkv,
+                      Tensor& q, Tensor& k_cache, Tensor& v_cache) override;
   // Token t at position p attends to its sequence's positions 0..p (through the block table).
   void PagedAttention(const AttentionMeta& meta, const Tensor& q, const Tensor& k_cache,
                       const Tensor& v_cache, int num_heads, int num_kv_heads, int head_dim, float scale,
                       Tensor& out) override;
-  void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void SiluMulFused(const Tensor& gate_up, Tensor& out) override;
   void Add(const Tensor& a, const Tensor& b, Tensor& out) override;
   using Backend::Sample;
-  void Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids,
-              SampleLogprobs* out_logprobs) override;
-  void Synchronize() override;
+  [[nodiscard]] absl::Status Sample(const Tensor& logits, const SamplingRow* rows, int32_t* out_ids,
+                                    SampleLogprobs* out_logprobs) override;
+  [[nodiscard]] absl::Status Synchronize() override;
 
   // Step graphs on the CPU: the captured calls are kept as a list and replayed one after another. They save
   // nothing here; they exist so that the model runner's graph path (padding, fixed metadata layout,

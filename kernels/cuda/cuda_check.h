@@ -1,7 +1,7 @@
 // CUDA and cuBLASLt error handling: conversion of an error code to an absl::Status naming the failed call,
-// file and line, and the two macros built on it. RETURN_IF_CUDA_ERROR is for code that returns a Status
-// (creation, allocation); CUDA_CHECK aborts and is for the step path, whose Backend methods return nothing:
-// a failed launch there is a broken device or a bug, never bad input.
+// file and line, and the macros built on it. RETURN_IF_CUDA_ERROR is for code that returns a Status; the
+// backend's step path records failures instead (CudaBackend, Backend's conventions). CUDA_CHECK aborts: for
+// tests and benchmarks only.
 #pragma once
 
 #include <cublasLt.h>

@@ -24,8 +24,14 @@ void LaunchAddRmsNorm(uint16_t* hidden, uint16_t* residual, const uint16_t* w, i
 // Rotates q [T, nq * head_dim] and k [T, nk * head_dim] in place (rotate_half) by positions[t] * inv_freq.
 void LaunchRope(const int32_t* positions, const float* inv_freq, int64_t num_tokens, int head_dim, int nq,
                 int nk, uint16_t* q, uint16_t* k, cudaStream_t stream);
-// out = silu(gate) * up; out = a + b. n elements, fp32 math, bf16 storage; out may alias an input.
-void LaunchSiluMul(const uint16_t* gate, const uint16_t* up, uint16_t* out, int64_t n, cudaStream_t stream);
+// Rope of the query and key heads of qkv [T, (nq + 2 nkv) * head_dim] into q [T, nq * head_dim] and, with the
+// value heads, into the caches [blocks, block_size, nkv, head_dim] at slot_mapping[t] (skipped when < 0).
+void LaunchRopeQkvToCache(const int32_t* positions, const int32_t* slot_mapping, const float* inv_freq,
+                          int64_t num_tokens, int head_dim, int nq, int nkv, const uint16_t* qkv, uint16_t* q,
+                          uint16_t* k_cache, uint16_t* v_cache, cudaStream_t stream);
+// out[r, c] = silu(gate_up[r, c]) * gate_up[r, width + c] for rows x width; fp32 math, bf16 storage.
+void LaunchSiluMulFused(const uint16_t* gate_up, uint16_t* out, int64_t rows, int64_t width, cudaStream_t stream);
+// out = a + b. n elements, fp32 math, bf16 storage; out may alias an input.
 void LaunchAdd(const uint16_t* a, const uint16_t* b, uint16_t* out, int64_t n, cudaStream_t stream);
 
 // Paged attention over bf16 caches [num_blocks, block_size, nkv, head_dim] (see attention.cu).

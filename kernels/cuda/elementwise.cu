@@ -1,5 +1,6 @@
 // Memory-bound kernels of the CUDA backend: row copies (embedding, gather, KV-cache writes), RMSNorm,
-// residual-add RMSNorm, RoPE, SiLU-mul and add. bf16 storage, fp32 math. Simple and correct: one pass over
+// residual-add RMSNorm, RoPE (alone, and fused with the KV-cache write of a fused QKV output), SiLU-mul of a
+// fused gate/up output, and add. bf16 storage, fp32 math. Simple and correct: one pass over
 // the data with 16-byte accesses where sizes and alignment allow.
 #include <cuda_bf16.h>
 
@@ -89,6 +90,37 @@ __global__ void RopeKernel(const int32_t* positions, const float* inv_freq, int 
   }
 }
 
+// One block per token of qkv [T, (nq + 2 nkv) * head_dim]; thread i owns the pair (i, i + half) of every query
+// and key head: the rotated query heads go to q [T, nq * head_dim], the rotated key heads and the value heads
+// to the caches at the token's slot (none for a slot < 0). The same arithmetic as RopeKernel.
+__global__ void RopeQkvToCacheKernel(const int32_t* positions, const int32_t* slots, const float* inv_freq,
+                                     int head_dim, int nq, int nkv, const uint16_t* qkv, uint16_t* q,
+                                     uint16_t* k_cache, uint16_t* v_cache) {
+  const int64_t t = blockIdx.x;
+  const int half = head_dim / 2;
+  const int64_t kv_width = static_cast<int64_t>(nkv) * head_dim;
+  const uint16_t* row = qkv + t * (static_cast<int64_t>(nq) * head_dim + 2 * kv_width);
+  const int64_t slot = slots[t];
+  const int heads = slot < 0 ? nq : nq + nkv;
+  const float pos = static_cast<float>(positions[t]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float angle = pos * inv_freq[i];
+    double s, c;
+    sincos(static_cast<double>(angle), &s, &c);
+    const float cf = static_cast<float>(c), sf = static_cast<float>(s);
+    for (int h = 0; h < heads; ++h) {
+      const uint16_t* from = row + static_cast<int64_t>(h) * head_dim;
+      uint16_t* to = h < nq ? q + (t * nq + h) * head_dim : k_cache + slot * kv_width + (h - nq) * head_dim;
+      const float x0 = Bf(from[i]), x1 = Bf(from[i + half]);
+      to[i] = ToBf(x0 * cf - x1 * sf);
+      to[i + half] = ToBf(x1 * cf + x0 * sf);
+    }
+  }
+  if (slot < 0) return;
+  const uint16_t* v = row + static_cast<int64_t>(nq + nkv) * head_dim;
+  for (int64_t e = threadIdx.x; e < kv_width; e += blockDim.x) v_cache[slot * kv_width + e] = v[e];
+}
+
 struct SiluMulOp {
   __device__ float operator()(float g, float u) const { return g / (1.0f + __expf(-g)) * u; }
 };
@@ -113,6 +145,30 @@ __global__ void BinaryKernel(const uint16_t* a, const uint16_t* b, uint16_t* out
       reinterpret_cast<uint4*>(out)[v] = ov;
     } else {
       out[v] = ToBf(op(Bf(a[v]), Bf(b[v])));
+    }
+  }
+}
+
+// out[r, c] = silu(gate_up[r, c]) * gate_up[r, width + c] over `width_vec` units of Vec elements per row.
+template <int Vec>
+__global__ void SiluMulFusedKernel(const uint16_t* gate_up, uint16_t* out, int64_t width_vec, int64_t n_vec) {
+  const SiluMulOp op;
+  for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < n_vec;
+       v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = v / width_vec, c = v - r * width_vec;
+    const int64_t g = r * 2 * width_vec + c, u = g + width_vec;
+    if constexpr (Vec == 8) {
+      const uint4 gv = reinterpret_cast<const uint4*>(gate_up)[g];
+      const uint4 uv = reinterpret_cast<const uint4*>(gate_up)[u];
+      const uint16_t* ge = reinterpret_cast<const uint16_t*>(&gv);
+      const uint16_t* ue = reinterpret_cast<const uint16_t*>(&uv);
+      uint4 ov;
+      uint16_t* oe = reinterpret_cast<uint16_t*>(&ov);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) oe[e] = ToBf(op(Bf(ge[e]), Bf(ue[e])));
+      reinterpret_cast<uint4*>(out)[v] = ov;
+    } else {
+      out[v] = ToBf(op(Bf(gate_up[g]), Bf(gate_up[u])));
     }
   }
 }
@@ -181,8 +237,28 @@ void LaunchRope(const int32_t* positions, const float* inv_freq, int64_t num_tok
                                                                         q, k);
 }
 
-void LaunchSiluMul(const uint16_t* gate, const uint16_t* up, uint16_t* out, int64_t n, cudaStream_t stream) {
-  LaunchBinary(gate, up, out, n, SiluMulOp{}, stream);
+void LaunchRopeQkvToCache(const int32_t* positions, const int32_t* slot_mapping, const float* inv_freq,
+                          int64_t num_tokens, int head_dim, int nq, int nkv, const uint16_t* qkv, uint16_t* q,
+                          uint16_t* k_cache, uint16_t* v_cache, cudaStream_t stream) {
+  if (num_tokens <= 0) return;
+  const int threads = std::min(256, std::max(32, (head_dim / 2 + 31) / 32 * 32));
+  RopeQkvToCacheKernel<<<static_cast<unsigned>(num_tokens), threads, 0, stream>>>(
+      positions, slot_mapping, inv_freq, head_dim, nq, nkv, qkv, q, k_cache, v_cache);
+}
+
+void LaunchSiluMulFused(const uint16_t* gate_up, uint16_t* out, int64_t rows, int64_t width, cudaStream_t stream) {
+  if (rows <= 0 || width <= 0) return;
+  const bool aligned = ((reinterpret_cast<uintptr_t>(gate_up) | reinterpret_cast<uintptr_t>(out)) % 16) == 0;
+  constexpr int kThreads = 256;
+  if (aligned && width % 8 == 0) {
+    const int64_t width_vec = width / 8, n_vec = rows * width_vec;
+    const int blocks = static_cast<int>(std::min<int64_t>(CeilDiv(n_vec, kThreads), 65536));
+    SiluMulFusedKernel<8><<<blocks, kThreads, 0, stream>>>(gate_up, out, width_vec, n_vec);
+  } else {
+    const int64_t n = rows * width;
+    const int blocks = static_cast<int>(std::min<int64_t>(CeilDiv(n, kThreads), 65536));
+    SiluMulFusedKernel<1><<<blocks, kThreads, 0, stream>>>(gate_up, out, width, n);
+  }
 }
 
 void LaunchAdd(const uint16_t* a, const uint16_t* b, uint16_t* out, int64_t n, cudaStream_t stream) {

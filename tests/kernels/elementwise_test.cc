@@ -1,5 +1,5 @@
 // Element-wise and data-movement kernels of CpuBackend against double references. Tolerances (fp32 results):
-// exact for copies and bf16 widening; 1e-6 relative for Add; 2e-6 relative (+1e-6 absolute) for SiluMul and
+// exact for copies and bf16 widening; 1e-6 relative for Add; 2e-6 relative (+1e-6 absolute) for SiluMulFused and
 // the RMSNorm family (a few fp32 roundings per element).
 #include <cmath>
 #include <cstring>
@@ -51,7 +51,7 @@ TEST_F(ElementwiseTest, CopiesAreExact) {
   EXPECT_EQ(src, dst);
   std::vector<float> host = Poisoned(17), dev = Poisoned(17);
   backend_->CopyToDevice(dev.data(), src.data(), 17 * 4);
-  backend_->CopyToHost(host.data(), dev.data(), 17 * 4);
+  EXPECT_OK(backend_->CopyToHost(host.data(), dev.data(), 17 * 4));
   EXPECT_EQ(std::vector<float>(src.begin(), src.begin() + 17), host);
 }
 
@@ -147,33 +147,37 @@ TEST_F(ElementwiseTest, AddRmsNormUpdatesResidualAndNormalises) {
   }
 }
 
-TEST_F(ElementwiseTest, SiluMulMatchesReference) {
-  const int64_t n = 7 * 8191;
-  std::vector<float> gate = RandomFloats(rng_, n, 4.0f);
-  std::vector<float> up = RandomFloats(rng_, n);
-  gate[0] = -100.0f;  // silu saturates to -0
-  gate[1] = 100.0f;
-  std::vector<float> out = Poisoned(n);
-  Tensor g = View(gate, {7, 8191});
-  Tensor u = View(up, {7, 8191});
-  Tensor o = View(out, {7, 8191});
-  backend_->SiluMul(g, u, o);
-  for (int64_t i = 0; i < n; ++i) {
-    const double ref = gate[i] / (1.0 + std::exp(-static_cast<double>(gate[i]))) * up[i];
-    ASSERT_NEAR(out[i], ref, 2e-6 * std::fabs(ref) + 1e-6) << "gate " << gate[i] << " at " << i;
+TEST_F(ElementwiseTest, SiluMulFusedMatchesReference) {
+  const int64_t rows = 7, width = 8191;  // gate_up [7, 2 * 8191]: each row's gate, then its up
+  std::vector<float> gate_up = RandomFloats(rng_, rows * 2 * width, 4.0f);
+  gate_up[0] = -100.0f;  // silu saturates to -0
+  gate_up[1] = 100.0f;
+  std::vector<float> out = Poisoned(rows * width);
+  Tensor gu = View(gate_up, {rows, 2 * width});
+  Tensor o = View(out, {rows, width});
+  backend_->SiluMulFused(gu, o);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < width; ++c) {
+      const double g = gate_up[r * 2 * width + c], u = gate_up[r * 2 * width + width + c];
+      const double ref = g / (1.0 + std::exp(-g)) * u;
+      ASSERT_NEAR(out[r * width + c], ref, 2e-6 * std::fabs(ref) + 1e-6) << "row " << r << " col " << c;
+    }
   }
 }
 
-TEST_F(ElementwiseTest, SiluMulWorksInPlace) {
-  const int64_t n = 1001;
-  std::vector<float> gate = RandomFloats(rng_, n, 3.0f);
-  std::vector<float> up = RandomFloats(rng_, n);
-  std::vector<double> ref(n);
-  for (int64_t i = 0; i < n; ++i) ref[i] = gate[i] / (1.0 + std::exp(-static_cast<double>(gate[i]))) * up[i];
-  Tensor g = View(gate, {n});
-  Tensor u = View(up, {n});
-  backend_->SiluMul(g, u, g);  // out aliases gate
-  for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(gate[i], ref[i], 2e-6 * std::fabs(ref[i]) + 1e-6) << "at " << i;
+TEST_F(ElementwiseTest, Copy2DCopiesStridedRows) {
+  std::vector<float> src = RandomFloats(rng_, 5 * 11);
+  std::vector<float> dst = Poisoned(5 * 13);
+  const std::vector<float> before = dst;
+  // Rows of 7 floats: from a pitch of 11 floats to a pitch of 13, starting at column 2 of dst.
+  backend_->Copy2D(src.data(), 11 * 4, dst.data() + 2, 13 * 4, 7 * 4, 5);
+  for (int64_t r = 0; r < 5; ++r) {
+    for (int64_t c = 0; c < 13; ++c) {
+      const bool copied = c >= 2 && c < 9;
+      const float want = copied ? src[r * 11 + c - 2] : before[r * 13 + c];
+      ASSERT_EQ(std::memcmp(&dst[r * 13 + c], &want, 4), 0) << "row " << r << " col " << c;
+    }
+  }
 }
 
 TEST_F(ElementwiseTest, AddWorksInPlace) {

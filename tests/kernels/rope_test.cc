@@ -5,6 +5,7 @@
 // HF does (position * inv_freq in fp32).
 #include "kernels/cpu/rope.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <string>
@@ -121,6 +122,52 @@ TEST(RopeTest, RotatesQueriesAndKeysLikeReference) {
       EXPECT_FLOAT_EQ(q[0], static_cast<float>(q_ref[0]));
     }
   }
+}
+
+// The fused QKV form: RopeQkvToCache over [q | k | v] rows must equal copying the parts out, Rope, then
+// WriteKvCache, bit for bit (the same arithmetic); padding tokens (slot -1) write no cache row.
+TEST(RopeTest, RopeQkvToCacheEqualsRopeThenWriteKvCache) {
+  const uint32_t seed = FreshSeed();
+  std::mt19937 rng(seed);
+  auto backend = MakeBackend();
+  ASSERT_NE(backend, nullptr);
+  const int tokens = 9, nq = 4, nkv = 2, hd = 64, block_size = 16, blocks = 3;
+  const int q_width = nq * hd, kv_width = nkv * hd, width = q_width + 2 * kv_width;
+  std::vector<float> qkv = RandomFloats(rng, tokens * width);
+  std::vector<int32_t> pos(tokens), slots(tokens);
+  for (int t = 0; t < tokens; ++t) {
+    pos[t] = static_cast<int32_t>(rng() % 8192);
+    slots[t] = t == 3 ? -1 : (t * 5 + 1) % (blocks * block_size);  // token 3 is padding
+  }
+  AttentionMeta meta;
+  meta.num_tokens = tokens;
+  meta.positions = pos.data();
+  meta.slot_mapping = slots.data();
+  meta.block_size = block_size;
+  const RopeParams rope = Llama3Params();
+  const size_t cache_elems = static_cast<size_t>(blocks) * block_size * kv_width;
+
+  std::vector<float> q(tokens * q_width), k_cache(cache_elems, 7.0f), v_cache(cache_elems, 7.0f);
+  Tensor qkv_t = View(qkv, {tokens, width}), q_t = View(q, {tokens, q_width});
+  Tensor kc = View(k_cache, {blocks, block_size, nkv, hd}), vc = View(v_cache, {blocks, block_size, nkv, hd});
+  backend->RopeQkvToCache(meta, rope, hd, qkv_t, q_t, kc, vc);
+
+  std::vector<float> q2(tokens * q_width), k2(tokens * kv_width), v2(tokens * kv_width);
+  for (int t = 0; t < tokens; ++t) {
+    std::copy_n(&qkv[t * width], q_width, &q2[t * q_width]);
+    std::copy_n(&qkv[t * width + q_width], kv_width, &k2[t * kv_width]);
+    std::copy_n(&qkv[t * width + q_width + kv_width], kv_width, &v2[t * kv_width]);
+  }
+  std::vector<float> k_cache2(cache_elems, 7.0f), v_cache2(cache_elems, 7.0f);
+  Tensor q2t = View(q2, {tokens, q_width}), k2t = View(k2, {tokens, kv_width}), v2t = View(v2, {tokens, kv_width});
+  Tensor kc2 = View(k_cache2, {blocks, block_size, nkv, hd}), vc2 = View(v_cache2, {blocks, block_size, nkv, hd});
+  backend->Rope(meta, rope, hd, q2t, k2t);
+  backend->WriteKvCache(meta, k2t, v2t, kc2, vc2);
+
+  EXPECT_EQ(q, q2) << "seed " << seed;
+  EXPECT_EQ(k_cache, k_cache2) << "seed " << seed;
+  EXPECT_EQ(v_cache, v_cache2) << "seed " << seed;
+  EXPECT_EQ(k_cache[0], 7.0f);  // slot 0 was never written (no token maps to it)
 }
 
 }  // namespace

@@ -57,19 +57,19 @@ TEST(SamplerTest, RowsAreIndependentOfTheRestOfTheBatch) {
   std::vector<SamplingRow> rows = {{0.8f, 50, 0.9f, 1, 10}, {1.0f, 0, 0.95f, 99, 3}, {0.0f, 0, 1.0f, 5, 5}};
   std::vector<int32_t> ids(3, -1);
   Tensor lt = View(logits, {3, vocab});
-  backend->Sample(lt, rows.data(), ids.data());
+  EXPECT_OK(backend->Sample(lt, rows.data(), ids.data()));
   // Row 1 alone, and with different neighbours: same token.
   std::vector<float> alone(logits.begin() + vocab, logits.begin() + 2 * vocab);
   std::vector<int32_t> id1(1, -1);
   Tensor at = View(alone, {1, vocab});
-  backend->Sample(at, rows.data() + 1, id1.data());
+  EXPECT_OK(backend->Sample(at, rows.data() + 1, id1.data()));
   EXPECT_EQ(id1[0], ids[1]);
   std::vector<float> other = RandomFloats(rng, 3 * vocab);
   std::copy(alone.begin(), alone.end(), other.begin() + vocab);
   std::vector<SamplingRow> other_rows = {{2.0f, 0, 1.0f, 77, 1}, rows[1], {0.3f, 3, 1.0f, 8, 8}};
   std::vector<int32_t> ids2(3, -1);
   Tensor ot = View(other, {3, vocab});
-  backend->Sample(ot, other_rows.data(), ids2.data());
+  EXPECT_OK(backend->Sample(ot, other_rows.data(), ids2.data()));
   EXPECT_EQ(ids2[1], ids[1]);
 }
 
@@ -199,11 +199,11 @@ TEST(SamplerTest, RowSampledAloneMatchesItInABatchOf64ForEveryParameterCombinati
     rows[at] = Combination(mask, history, bias, banned, rng());
     std::vector<int32_t> ids(batch, -1);
     std::vector<SampleLogprobs> lps(batch);
-    backend->Sample(View(logits, {batch, vocab}), rows.data(), ids.data(), lps.data());
+    EXPECT_OK(backend->Sample(View(logits, {batch, vocab}), rows.data(), ids.data(), lps.data()));
     std::vector<float> alone(logits.begin() + at * vocab, logits.begin() + (at + 1) * vocab);
     int32_t id = -1;
     SampleLogprobs lp;
-    backend->Sample(View(alone, {1, vocab}), &rows[at], &id, &lp);
+    EXPECT_OK(backend->Sample(View(alone, {1, vocab}), &rows[at], &id, &lp));
     EXPECT_EQ(id, ids[at]) << "mask " << mask << " seed " << seed;
     if (rows[at].top_logprobs >= 0) {
       EXPECT_EQ(lp.token, id);
@@ -386,7 +386,7 @@ TEST(SamplerTest, BackendWritesLogprobsOnlyForRowsThatAsk) {
   std::vector<SampleLogprobs> lps(3);
   lps[0].token = lps[2].token = -7;  // poison
   std::vector<int32_t> ids(3, -1);
-  backend->Sample(View(logits, {3, vocab}), rows.data(), ids.data(), lps.data());
+  EXPECT_OK(backend->Sample(View(logits, {3, vocab}), rows.data(), ids.data(), lps.data()));
   EXPECT_EQ(lps[0].token, -7);
   EXPECT_EQ(lps[2].token, -7);
   EXPECT_EQ(lps[1].token, ids[1]);

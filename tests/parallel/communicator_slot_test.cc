@@ -32,6 +32,7 @@ class RecordingCommunicator final : public Communicator {
   int size() const override { return 99; }
   absl::Status AllReduceSum(Tensor&) override { return Record("all-reduce"); }
   absl::Status AllGather(const Tensor&, Tensor&) override { return Record("all-gather"); }
+  absl::Status Gather(const Tensor&, Tensor&, int root) override { return Record("gather " + std::to_string(root)); }
   absl::Status Broadcast(Tensor&, int root) override { return Record("broadcast " + std::to_string(root)); }
   absl::Status Send(const Tensor&, int dst) override { return Record("send " + std::to_string(dst)); }
   absl::Status Recv(Tensor&, int src) override { return Record("recv " + std::to_string(src)); }

@@ -110,6 +110,13 @@ TEST(GlooCommunicatorTest, CollectivesGiveTheSameResultOnEveryRank) {
     for (int r = 0; r < size; ++r) {
       for (int j = 0; j < 7; ++j) CHILD_EXPECT(out[r * 7 + j] == r * 100.0f + j, 14);
     }
+    // Gather to rank 1: only the root's out is written.
+    std::vector<float> gathered(7 * size, -1.0f);
+    Tensor tg(gathered.data(), DType::kF32, {size * 7});
+    CHILD_EXPECT((*comm)->Gather(tin, tg, 1).ok(), 18);
+    for (int r = 0; r < size; ++r) {
+      for (int j = 0; j < 7; ++j) CHILD_EXPECT(gathered[r * 7 + j] == (rank == 1 ? r * 100.0f + j : -1.0f), 19);
+    }
     // Broadcast from rank 2.
     std::vector<float> b(5, static_cast<float>(rank));
     Tensor tb(b.data(), DType::kF32, {5});
@@ -229,6 +236,10 @@ TEST(StagedCommunicatorTest, MovesBf16AndF32DeviceTensorsThroughTheHost) {
     Tensor tin(in.data(), DType::kBF16, {3}), tout(out.data(), DType::kBF16, {6});
     CHILD_EXPECT(comm.AllGather(tin, tout).ok(), 16);
     CHILD_EXPECT(out[0] == 1 && out[2] == 1 && out[3] == 2 && out[5] == 2, 17);
+    std::vector<uint16_t> at_root(6, 0);
+    Tensor troot(at_root.data(), DType::kBF16, {6});
+    CHILD_EXPECT(comm.Gather(tin, troot, 0).ok(), 23);
+    CHILD_EXPECT(rank == 1 ? at_root[0] == 0 : (at_root[0] == 1 && at_root[5] == 2), 24);
     std::vector<float> b(4, static_cast<float>(rank));
     Tensor tbc(b.data(), DType::kF32, {4});
     CHILD_EXPECT(comm.Broadcast(tbc, 1).ok(), 18);

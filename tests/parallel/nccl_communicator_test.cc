@@ -232,5 +232,82 @@ TEST(NcclCommunicatorGpuTest, ARankThatNeverJoinsFailsThePeersAllReduceWithinThe
   });
 }
 
+// Stream-ordered (the CUDA backend's stream): collectives return at once, run in stream order, and can be
+// captured into a CUDA graph that replays them; WatchStep / StepStatus report a finished step as OK.
+TEST(NcclCommunicatorGpuTest, AStreamOrderedGroupEnqueuesOnTheGivenStreamAndIsCapturedInAGraph) {
+  REQUIRE_GPUS(1);
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  ASSERT_OK_AND_ASSIGN(CudaStream stream, CudaStream::Create());
+  NcclOptions options = Options("", 0, 1);
+  options.stream = stream.get();
+  ASSERT_OK_AND_ASSIGN(auto comm, NcclCommunicator::Create(options));
+  EXPECT_TRUE(comm->stream_ordered());
+  std::mt19937 rng(testing::FreshSeed());
+  const int n = 4096;
+  std::vector<float> data = testing::RandomFloats(rng, n);
+  DeviceTensor t = Upload(0, data, DType::kF32);
+  DeviceTensor gathered = Upload(0, testing::Poisoned(n), DType::kF32);
+  EXPECT_OK(comm->AllReduceSum(t.tensor));
+  EXPECT_OK(comm->Gather(t.tensor, gathered.tensor, 0));
+  comm->WatchStep();
+  ASSERT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
+  EXPECT_OK(comm->StepStatus());
+  EXPECT_EQ(Download<float>(0, gathered.tensor), data);
+
+  // Captured: the graph holds the collectives; each replay runs them on the inputs of the moment.
+  ASSERT_EQ(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  EXPECT_OK(comm->AllReduceSum(t.tensor));
+  EXPECT_OK(comm->Gather(t.tensor, gathered.tensor, 0));
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(stream.get(), &graph), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int replay = 0; replay < 3; ++replay) {
+    std::vector<float> next = testing::RandomFloats(rng, n);
+    ASSERT_EQ(cudaMemcpy(t.tensor.data(), next.data(), n * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream.get()), cudaSuccess);
+    comm->WatchStep();
+    ASSERT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
+    EXPECT_OK(comm->StepStatus());
+    EXPECT_EQ(Download<float>(0, gathered.tensor), next) << "replay " << replay;
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
+// Stream-ordered, two GPUs: a rank that never joins an all-reduce leaves its peer's kernel waiting; the
+// watchdog aborts the communicator after the timeout, the stream drains, and StepStatus says why.
+TEST(NcclCommunicatorGpuTest, TheWatchdogEndsAStreamOrderedStepAPeerNeverJoins) {
+  REQUIRE_GPUS(2);
+  const std::string store = FreshStoreDir();
+  const auto timeout = 1500ms;
+  std::atomic<bool> rank0_done{false};
+  RunRanks(2, [&](int rank) {
+    ASSERT_EQ(cudaSetDevice(rank), cudaSuccess);
+    auto stream = CudaStream::Create();
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    NcclOptions options = Options(store, rank, 2, timeout);
+    options.stream = stream->get();
+    auto comm = NcclCommunicator::Create(options);
+    ASSERT_TRUE(comm.ok()) << comm.status();
+    ASSERT_OK((*comm)->Barrier());
+    if (rank == 1) {
+      const auto give_up = std::chrono::steady_clock::now() + timeout + 60s;
+      while (!rank0_done && std::chrono::steady_clock::now() < give_up) std::this_thread::sleep_for(10ms);
+      return;
+    }
+    DeviceTensor t = Upload(0, std::vector<float>(1 << 20, 1.0f), DType::kF32);  // NCCL, not the custom kernel
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_OK((*comm)->AllReduceSum(t.tensor));  // enqueued
+    (*comm)->WatchStep();
+    EXPECT_EQ(cudaStreamSynchronize(stream->get()), cudaSuccess);  // returns once the watchdog aborted
+    const auto elapsed = std::chrono::steady_clock::now() - start;
+    rank0_done = true;
+    EXPECT_THAT((*comm)->StepStatus(), StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("rank 0 of group 'test'")));
+    EXPECT_GE(elapsed, timeout);
+    EXPECT_LT(elapsed, timeout + 20s);
+  });
+}
+
 }  // namespace
 }  // namespace tessera

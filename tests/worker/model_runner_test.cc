@@ -77,7 +77,7 @@ class ModelRunnerTest : public ::testing::Test {
     for (int i = 0; i < steps; ++i) {
       auto logits = Forward(*runner, {&seq});
       EXPECT_TRUE(logits.ok()) << logits.status();
-      runner->SampleAndAppend(*logits, {&seq});
+      EXPECT_OK(runner->SampleAndAppend(*logits, {&seq}));
     }
     return {seq.tokens.begin() + seq.num_prompt_tokens, seq.tokens.end()};
   }
@@ -101,11 +101,11 @@ TEST_F(ModelRunnerTest, StepsMixingPrefillAndDecodeMatchSequencesRunAlone) {
   Sequence a = Prompt(kPromptA), b = Prompt(kPromptB);
   for (int i = 0; i < 4; ++i) {  // a alone: prefill then decode
     ASSERT_OK_AND_ASSIGN(Tensor logits, Forward(*runner, {&a}));
-    runner->SampleAndAppend(logits, {&a});
+    EXPECT_OK(runner->SampleAndAppend(logits, {&a}));
   }
   for (int i = 0; i < 6; ++i) {  // b's prefill joins a's decode in one step, then both decode
     ASSERT_OK_AND_ASSIGN(Tensor logits, Forward(*runner, {&b, &a}));
-    runner->SampleAndAppend(logits, {&b, &a});
+    EXPECT_OK(runner->SampleAndAppend(logits, {&b, &a}));
   }
   EXPECT_EQ(std::vector<int32_t>(a.tokens.begin() + a.num_prompt_tokens, a.tokens.end()), alone_a);
   EXPECT_EQ(std::vector<int32_t>(b.tokens.begin() + b.num_prompt_tokens, b.tokens.end()), alone_b);
@@ -206,13 +206,13 @@ TEST_F(ModelRunnerTest, SampleLeavesSequencesUnchanged) {
   Sequence a = Prompt(kPromptA), b = Prompt(kPromptB);
   ASSERT_OK_AND_ASSIGN(Tensor logits, Forward(*runner, {&a, &b}));
   std::vector<int32_t> tokens;
-  runner->Sample(logits, {&a, &b}, tokens);
+  EXPECT_OK(runner->Sample(logits, {&a, &b}, tokens));
   EXPECT_EQ(tokens.size(), 2u);
   EXPECT_EQ(a.tokens, kPromptA);
   std::vector<int32_t> second;
-  runner->Sample(logits.Rows(1, 1), {&b}, second);  // rows of the logits sample the same
+  EXPECT_OK(runner->Sample(logits.Rows(1, 1), {&b}, second));  // rows of the logits sample the same
   EXPECT_EQ(second, std::vector<int32_t>{tokens[1]});
-  runner->SampleAndAppend(logits, {&a, &b});
+  EXPECT_OK(runner->SampleAndAppend(logits, {&a, &b}));
   EXPECT_EQ(a.tokens.back(), tokens[0]);
   EXPECT_EQ(b.tokens.back(), tokens[1]);
 }
@@ -243,7 +243,7 @@ TEST_F(ModelRunnerTest, SampledTokensDependOnSeedAndStepNotOnTheBatch) {
       if (with_other) batch.insert(batch.begin(), &other);
       auto logits = Forward(*runner, batch);
       EXPECT_TRUE(logits.ok());
-      runner->SampleAndAppend(*logits, batch);
+      EXPECT_OK(runner->SampleAndAppend(*logits, batch));
     }
     return seq.tokens;
   };
@@ -291,8 +291,8 @@ TEST_F(ModelRunnerTest, DecodeStepsThroughGraphsGiveTheEagerLogits) {
     }
     // The same kernels on the same rows; only the GEMV/oneDNN choice may differ with the padded row count.
     EXPECT_LE(max_diff, 1e-3f * max_ref);
-    eager->SampleAndAppend(want, eb);
-    graphed->SampleAndAppend(got, gb);
+    EXPECT_OK(eager->SampleAndAppend(want, eb));
+    EXPECT_OK(graphed->SampleAndAppend(got, gb));
     for (size_t i = 0; i < n; ++i) ASSERT_EQ(g[i].tokens, e[i].tokens) << "sequence " << i;
   }
   EXPECT_EQ(graph_steps, 8);

@@ -105,11 +105,11 @@ absl::StatusOr<RankResult> RunRank(const std::string& model, const Split& split,
       RETURN_IF_ERROR(blocks.Cover(static_cast<int64_t>(seq->tokens.size()), seq->block_table));
     }
     ASSIGN_OR_RETURN(Tensor logits, runner->Forward(batch));
-    if (step == 0 && !logits.empty()) {
+    if (step == 0 && rank == parallel.output_rank()) {  // only the output rank assembles the logits
       result.first_logits.assign(logits.data_as<float>(), logits.data_as<float>() + c.vocab_size);
     }
     if (rank == parallel.output_rank()) {  // samples, then tells everyone (the coordinator's job in serving)
-      runner->SampleAndAppend(logits, batch);
+      EXPECT_OK(runner->SampleAndAppend(logits, batch));
       for (size_t i = 0; i < batch.size(); ++i) sampled[i] = batch[i]->tokens.back();
     }
     if (world != nullptr) {
@@ -122,6 +122,22 @@ absl::StatusOr<RankResult> RunRank(const std::string& model, const Split& split,
   }
   if (split.graphs && runner->graph_steps() != kSteps - 1) {  // every step after the prompts
     return absl::InternalError(absl::StrCat("rank ", rank, " replayed ", runner->graph_steps(), " graphs"));
+  }
+  // Gloo is host-synchronous: each collective of a captured step cuts it (the embedding's all-reduce on the
+  // first stage, two all-reduces a layer, the lm_head's gather on the last stage), so a step is that many
+  // segments plus one. (A stream-ordered NCCL group captures them all: one segment; captured_step_test.)
+  if (split.graphs) {
+    int collectives = 0;
+    if (split.tp > 1) {
+      collectives = 2 * static_cast<int>(parallel.StageLayers(pp_rank).size()) +
+                    (parallel.IsFirstStage(pp_rank) ? 1 : 0) + (parallel.IsLastStage(pp_rank) ? 1 : 0);
+    }
+    for (int i = 0; i < runner->num_graphs(); ++i) {
+      if (runner->graph_segments(i) != collectives + 1) {
+        return absl::InternalError(absl::StrCat("rank ", rank, ": graph ", i, " has ", runner->graph_segments(i),
+                                                " segments, want ", collectives + 1));
+      }
+    }
   }
   for (const Sequence& s : seqs)
     result.tokens.emplace_back(s.tokens.begin() + s.num_prompt_tokens, s.tokens.end());

@@ -180,7 +180,7 @@ class WorkerShardTest : public ::testing::Test {
       }
       auto logits = (*runner)->Forward(batch);
       EXPECT_OK(logits);
-      (*runner)->SampleAndAppend(*logits, batch);
+      EXPECT_OK((*runner)->SampleAndAppend(*logits, batch));
     }
     std::vector<std::vector<int32_t>> generated;
     for (const Sequence& s : seqs)

@@ -9,6 +9,13 @@ absl::Status ColumnParallelLinear::Load(WeightLoader& loader, const std::string&
   return absl::OkStatus();
 }
 
+absl::Status ColumnParallelLinear::LoadFused(WeightLoader& loader, const std::vector<Part>& parts) {
+  std::vector<WeightLoader::RowSlice> slices;
+  for (const Part& part : parts) slices.push_back({part.name, part.out_rows.begin, part.out_rows.size()});
+  ASSIGN_OR_RETURN(weight_, loader.LoadStackedRows(slices));
+  return absl::OkStatus();
+}
+
 absl::Status RowParallelLinear::Load(WeightLoader& loader, const std::string& name, Range in_cols,
                                      Communicator* group) {
   ASSIGN_OR_RETURN(weight_, loader.LoadColumns(name, in_cols.begin, in_cols.size()));
@@ -66,31 +73,27 @@ absl::Status ParallelLmHead::Forward(Backend& backend, const Tensor& x, void* sc
     backend.Linear(x, weight_, logits);
     return absl::OkStatus();
   }
+  constexpr int64_t kF32 = 4;
   const int64_t local_cols = slices_[tp_rank_].size();
   float* base = static_cast<float*>(scratch);
   Tensor local(base, DType::kF32, {s, per_rank_});
   if (local_cols == per_rank_) {
     backend.Linear(x, weight_, local);
   } else {  // a short last slice: compute it compactly, then spread its rows to the block's stride
-    Tensor compact(base + s * per_rank_, DType::kF32, {s, local_cols});
-    backend.Linear(x, weight_, compact);
-    for (int64_t row = s - 1; row >= 0; --row) {
-      Tensor src(base + s * per_rank_ + row * local_cols, DType::kF32, {local_cols});
-      Tensor dst(base + row * per_rank_, DType::kF32, {local_cols});
-      backend.Copy(src, dst);
-    }
+    float* compact = base + s * per_rank_;
+    Tensor compact_view(compact, DType::kF32, {s, local_cols});
+    backend.Linear(x, weight_, compact_view);
+    backend.Copy2D(compact, local_cols * kF32, base, per_rank_ * kF32, local_cols * kF32, s);
   }
   const int tp = static_cast<int>(slices_.size());
   Tensor gathered(base + s * per_rank_, DType::kF32, {tp * s * per_rank_});
-  Tensor flat_local = local.Reshape({s * per_rank_});
-  RETURN_IF_ERROR(group_->AllGather(flat_local, gathered));
+  RETURN_IF_ERROR(group_->Gather(local.Reshape({s * per_rank_}), gathered, /*root=*/0));
+  if (tp_rank_ != 0) return absl::OkStatus();
+  // Rank r's block [S, per_rank] becomes columns [slice.begin, slice.end) of every row: one strided copy each.
+  const int64_t vocab = logits.dim(1);
   for (int r = 0; r < tp; ++r) {
-    for (int64_t row = 0; row < s; ++row) {
-      Tensor src(gathered.data_as<float>() + (r * s + row) * per_rank_, DType::kF32, {slices_[r].size()});
-      Tensor dst(logits.data_as<float>() + row * logits.dim(1) + slices_[r].begin, DType::kF32,
-                 {slices_[r].size()});
-      backend.Copy(src, dst);
-    }
+    backend.Copy2D(gathered.data_as<float>() + r * s * per_rank_, per_rank_ * kF32,
+                   logits.data_as<float>() + slices_[r].begin, vocab * kF32, slices_[r].size() * kF32, s);
   }
   return absl::OkStatus();
 }

@@ -21,12 +21,19 @@ class ColumnParallelLinear {
  public:
   // Loads rows `out_rows` of `name` (HF layout [out, in]).
   [[nodiscard]] absl::Status Load(WeightLoader& loader, const std::string& name, Range out_rows);
+  // A fused projection: rows `out_rows` of each tensor, stacked in order into one weight (q, k, v; gate, up),
+  // so that one GEMM computes them all. Nothing changes on disk: each rank stacks its own shard's rows.
+  struct Part {
+    std::string name;
+    Range out_rows;
+  };
+  [[nodiscard]] absl::Status LoadFused(WeightLoader& loader, const std::vector<Part>& parts);
   // y[T, out_rows.size()] = x[T, in] @ weight^T.
   void Forward(Backend& backend, const Tensor& x, Tensor& y) const { backend.Linear(x, weight_, y); }
   const Tensor& weight() const { return weight_; }
 
  private:
-  Tensor weight_;  // [out_rows.size(), in]
+  Tensor weight_;  // [out_rows.size(), in] (fused: the parts' rows, stacked)
 };
 
 class RowParallelLinear {
@@ -72,8 +79,8 @@ class VocabParallelEmbedding {
 
 namespace tessera {
 
-// The lm_head split over the vocabulary: each rank computes the logits of its slice, and an all-gather over
-// the TP group assembles the full [S, vocab] logits on every rank of the group.
+// The lm_head split over the vocabulary: each rank computes the logits of its slice, and a gather over the TP
+// group assembles the full [S, vocab] logits on TP rank 0 only (the output rank's, the one that samples).
 class ParallelLmHead {
  public:
   // `weight` holds the rows of this rank's slice (from lm_head.weight, or the embedding's slice when tied).
@@ -81,7 +88,8 @@ class ParallelLmHead {
   void Init(Tensor weight, const ParallelConfig& config, int tp_rank, Communicator* group);
   // Bytes of scratch Forward needs for `max_seqs` rows (allocated once by the caller).
   int64_t ScratchBytes(int64_t max_seqs) const;
-  // logits[S, vocab] (F32) = x[S, hidden] @ lm_head^T. Errors: the communicator's.
+  // logits[S, vocab] (F32) = x[S, hidden] @ lm_head^T on TP rank 0; other TP ranks leave logits unspecified.
+  // Errors: the communicator's.
   [[nodiscard]] absl::Status Forward(Backend& backend, const Tensor& x, void* scratch, Tensor& logits) const;
 
  private:

@@ -45,7 +45,7 @@ absl::StatusOr<CapturedStep> SegmentingGroup::Run(Backend& backend, SegmentingGr
 absl::Status SegmentingGroup::Cut(std::function<absl::Status()> op) {
   ASSIGN_OR_RETURN(std::unique_ptr<StepGraph> graph, backend_.EndCapture());
   capturing_->segments_.push_back({std::move(graph), [this, op = std::move(op)]() {
-                                     backend_.Synchronize();
+                                     RETURN_IF_ERROR(backend_.Synchronize());
                                      return op();
                                    }});
   return backend_.BeginCapture();
@@ -65,25 +65,29 @@ absl::Status SegmentingGroup::AllGather(const Tensor& in, Tensor& out) {
   return Collective([this, in, out]() mutable { return inner_.AllGather(in, out); });
 }
 
+absl::Status SegmentingGroup::Gather(const Tensor& in, Tensor& out, int root) {
+  return Collective([this, in, out, root]() mutable { return inner_.Gather(in, out, root); });
+}
+
 absl::Status SegmentingGroup::Broadcast(Tensor& data, int root) {
   return Collective([this, data, root]() mutable { return inner_.Broadcast(data, root); });
 }
 
 absl::Status SegmentingGroup::Send(const Tensor& data, int dst) {
   RETURN_IF_ERROR(NotDuringCapture("Send"));
-  backend_.Synchronize();
+  RETURN_IF_ERROR(backend_.Synchronize());
   return inner_.Send(data, dst);
 }
 
 absl::Status SegmentingGroup::Recv(Tensor& data, int src) {
   RETURN_IF_ERROR(NotDuringCapture("Recv"));
-  backend_.Synchronize();
+  RETURN_IF_ERROR(backend_.Synchronize());
   return inner_.Recv(data, src);
 }
 
 absl::Status SegmentingGroup::Barrier() {
   RETURN_IF_ERROR(NotDuringCapture("Barrier"));
-  backend_.Synchronize();
+  RETURN_IF_ERROR(backend_.Synchronize());
   return inner_.Barrier();
 }
 

@@ -1,9 +1,9 @@
-// Forward steps captured as step graphs (Backend::BeginCapture) and replayed. A collective cannot be part of
-// a graph here: Gloo runs on the host, and our NCCL calls poll the host clock for their timeout. So the
-// model's TP group is wrapped in a SegmentingGroup: during a capture, each collective ends the graph captured
-// so far, is recorded, and starts the next one. A captured step is then a list of segments (graph,
-// collective, graph,
-// ..., graph) replayed in order; without tensor parallelism it is one graph.
+// Forward steps captured as step graphs (Backend::BeginCapture) and replayed. The model's TP group is wrapped
+// in a SegmentingGroup. A stream-ordered group (NCCL on the CUDA backend's stream, see
+// parallel/communicator.h) is captured inside the graph: a step is one graph. A host-synchronous one (Gloo,
+// staged) cannot be: during a capture, each collective ends the graph captured so far, is recorded, and
+// starts the next one, so a captured step is a list of segments (graph, collective, graph, ..., graph)
+// replayed in order. Without tensor parallelism it is one graph.
 #pragma once
 
 #include <functional>
@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/status_macros.h"
 #include "kernels/backend.h"
 #include "parallel/communicator.h"
 
@@ -38,10 +39,12 @@ class CapturedStep {
   Tensor output_;
 };
 
-// The TP group as the model sees it. Outside a capture each operation first synchronizes the backend (the
-// communicators read device memory that the backend's stream writes) and then runs on `inner`. During
-// SegmentingGroup::Capture, AllReduceSum / AllGather / Broadcast cut the capture and are recorded instead;
-// Send, Recv and Barrier fail (the model's forward has none).
+// The TP group as the model sees it. With a stream-ordered `inner`, AllReduceSum / AllGather / Gather /
+// Broadcast go straight to it (enqueued on the backend's stream, captured with the rest of a step). With a
+// host-synchronous one, each operation outside a capture first synchronizes the backend (the communicator
+// reads device memory that the backend's stream writes) and then runs; during SegmentingGroup::Capture those
+// four cut the capture and are recorded instead. Send, Recv and Barrier synchronize first and fail during a
+// capture (the model's forward has none).
 class SegmentingGroup final : public Communicator {
  public:
   // `backend` and `inner` must outlive the group.
@@ -57,10 +60,14 @@ class SegmentingGroup final : public Communicator {
   int size() const override { return inner_.size(); }
   [[nodiscard]] absl::Status AllReduceSum(Tensor& data) override;
   [[nodiscard]] absl::Status AllGather(const Tensor& in, Tensor& out) override;
+  [[nodiscard]] absl::Status Gather(const Tensor& in, Tensor& out, int root) override;
   [[nodiscard]] absl::Status Broadcast(Tensor& data, int root) override;
   [[nodiscard]] absl::Status Send(const Tensor& data, int dst) override;
   [[nodiscard]] absl::Status Recv(Tensor& data, int src) override;
   [[nodiscard]] absl::Status Barrier() override;
+  bool stream_ordered() const override { return inner_.stream_ordered(); }
+  void WatchStep() override { inner_.WatchStep(); }
+  [[nodiscard]] absl::Status StepStatus() override { return inner_.StepStatus(); }
 
   // Captures `forward` with a null group (no tensor parallelism): one graph.
   [[nodiscard]] static absl::StatusOr<CapturedStep> CaptureWithoutGroup(
@@ -70,12 +77,14 @@ class SegmentingGroup final : public Communicator {
   // Captures `forward` with `group` (may be null) cutting at its collectives.
   [[nodiscard]] static absl::StatusOr<CapturedStep> Run(
       Backend& backend, SegmentingGroup* group, const std::function<absl::StatusOr<Tensor>()>& forward);
-  // Runs `op` now (after synchronizing), or while capturing records it and cuts the capture. A template, so
-  // that the per-step (uncaptured) path builds no std::function.
+  // Runs `op` now (stream-ordered: as it is; else after synchronizing), or while capturing a host-synchronous
+  // group records it and cuts the capture. A template, so that the per-step (uncaptured) path builds no
+  // std::function.
   template <typename Op>
   [[nodiscard]] absl::Status Collective(Op op) {
+    if (inner_.stream_ordered()) return op();
     if (capturing_ != nullptr) return Cut(std::move(op));
-    backend_.Synchronize();
+    RETURN_IF_ERROR(backend_.Synchronize());
     return op();
   }
   // Ends the graph being captured, records `op` to run after it, and starts the next one.

@@ -78,14 +78,13 @@ absl::Status LlamaModel::LoadWeights(const Checkpoint& checkpoint) {
     Layer& l = layers_[local];
     std::string p = absl::StrCat("model.layers.", stage.begin + local, ".");
     RETURN_IF_ERROR(whole(p + "input_layernorm.weight", l.input_norm));
-    RETURN_IF_ERROR(l.q_proj.Load(loader, p + "self_attn.q_proj.weight", HeadRows(q_heads, c.head_dim)));
-    RETURN_IF_ERROR(l.k_proj.Load(loader, p + "self_attn.k_proj.weight", HeadRows(kv_heads, c.head_dim)));
-    RETURN_IF_ERROR(l.v_proj.Load(loader, p + "self_attn.v_proj.weight", HeadRows(kv_heads, c.head_dim)));
+    RETURN_IF_ERROR(l.qkv_proj.LoadFused(loader, {{p + "self_attn.q_proj.weight", HeadRows(q_heads, c.head_dim)},
+                                                  {p + "self_attn.k_proj.weight", HeadRows(kv_heads, c.head_dim)},
+                                                  {p + "self_attn.v_proj.weight", HeadRows(kv_heads, c.head_dim)}}));
     RETURN_IF_ERROR(
         l.o_proj.Load(loader, p + "self_attn.o_proj.weight", HeadRows(q_heads, c.head_dim), group));
     RETURN_IF_ERROR(whole(p + "post_attention_layernorm.weight", l.post_attn_norm));
-    RETURN_IF_ERROR(l.gate_proj.Load(loader, p + "mlp.gate_proj.weight", mlp));
-    RETURN_IF_ERROR(l.up_proj.Load(loader, p + "mlp.up_proj.weight", mlp));
+    RETURN_IF_ERROR(l.gate_up_proj.LoadFused(loader, {{p + "mlp.gate_proj.weight", mlp}, {p + "mlp.up_proj.weight", mlp}}));
     RETURN_IF_ERROR(l.down_proj.Load(loader, p + "mlp.down_proj.weight", mlp, group));
   }
   if (last) {
@@ -117,12 +116,11 @@ absl::Status LlamaModel::AllocateActivations() {
   };
   RETURN_IF_ERROR(alloc(act, t, c.hidden_size, act_.hidden));
   RETURN_IF_ERROR(alloc(act, t, c.hidden_size, act_.residual));
+  RETURN_IF_ERROR(alloc(act, t, q_width + 2 * kv_width, act_.qkv));
   RETURN_IF_ERROR(alloc(act, t, q_width, act_.q));
-  RETURN_IF_ERROR(alloc(act, t, kv_width, act_.k));
-  RETURN_IF_ERROR(alloc(act, t, kv_width, act_.v));
   RETURN_IF_ERROR(alloc(act, t, q_width, act_.attn));
-  RETURN_IF_ERROR(alloc(act, t, local_intermediate_, act_.gate));
-  RETURN_IF_ERROR(alloc(act, t, local_intermediate_, act_.up));
+  RETURN_IF_ERROR(alloc(act, t, 2 * local_intermediate_, act_.gate_up));
+  RETURN_IF_ERROR(alloc(act, t, local_intermediate_, act_.mlp));
   if (parallel_.IsLastStage(pp_rank_)) {
     RETURN_IF_ERROR(alloc(act, s, c.hidden_size, act_.last));
     RETURN_IF_ERROR(alloc(DType::kF32, s, c.vocab_size, act_.logits));
@@ -146,12 +144,10 @@ absl::Status LlamaModel::Attention(const BatchMeta& batch, const Layer& layer, i
                                    KvCache& kv_cache, int num_tokens) {
   const int head_dim = config_.head_dim;
   Tensor x = Head(act_.hidden, num_tokens);
-  Tensor q = Head(act_.q, num_tokens), k = Head(act_.k, num_tokens), v = Head(act_.v, num_tokens);
-  layer.q_proj.Forward(backend_, x, q);
-  layer.k_proj.Forward(backend_, x, k);
-  layer.v_proj.Forward(backend_, x, v);
-  backend_.Rope(batch.attention, rope_, head_dim, q, k);
-  backend_.WriteKvCache(batch.attention, k, v, kv_cache.key(layer_index), kv_cache.value(layer_index));
+  Tensor qkv = Head(act_.qkv, num_tokens), q = Head(act_.q, num_tokens);
+  layer.qkv_proj.Forward(backend_, x, qkv);
+  backend_.RopeQkvToCache(batch.attention, rope_, head_dim, qkv, q, kv_cache.key(layer_index),
+                          kv_cache.value(layer_index));
   Tensor attn = Head(act_.attn, num_tokens);
   backend_.PagedAttention(batch.attention, q, kv_cache.key(layer_index), kv_cache.value(layer_index),
                           num_local_heads_, num_local_kv_heads_, head_dim,
@@ -161,11 +157,10 @@ absl::Status LlamaModel::Attention(const BatchMeta& batch, const Layer& layer, i
 
 absl::Status LlamaModel::Mlp(const Layer& layer, int num_tokens) {
   Tensor x = Head(act_.hidden, num_tokens);
-  Tensor gate = Head(act_.gate, num_tokens), up = Head(act_.up, num_tokens);
-  layer.gate_proj.Forward(backend_, x, gate);
-  layer.up_proj.Forward(backend_, x, up);
-  backend_.SiluMul(gate, up, gate);
-  return layer.down_proj.Forward(backend_, gate, x);
+  Tensor gate_up = Head(act_.gate_up, num_tokens), mlp = Head(act_.mlp, num_tokens);
+  layer.gate_up_proj.Forward(backend_, x, gate_up);
+  backend_.SiluMulFused(gate_up, mlp);
+  return layer.down_proj.Forward(backend_, mlp, x);
 }
 
 absl::StatusOr<Tensor> LlamaModel::Forward(const BatchMeta& batch, KvCache& kv_cache) {

@@ -62,26 +62,22 @@ class LlamaModel {
   // Head counts and widths are this rank's (local): nq = num_heads / tp, nkv = its KV heads, I = intermediate
   // / tp.
   struct Layer {
-    Tensor input_norm;               // [hidden]
-    ColumnParallelLinear q_proj;     // [nq * head_dim, hidden]
-    ColumnParallelLinear k_proj;     // [nkv * head_dim, hidden]
-    ColumnParallelLinear v_proj;     // [nkv * head_dim, hidden]
-    RowParallelLinear o_proj;        // [hidden, nq * head_dim], all-reduced
-    Tensor post_attn_norm;           // [hidden]
-    ColumnParallelLinear gate_proj;  // [I, hidden]
-    ColumnParallelLinear up_proj;    // [I, hidden]
-    RowParallelLinear down_proj;     // [hidden, I], all-reduced
+    Tensor input_norm;                  // [hidden]
+    ColumnParallelLinear qkv_proj;      // [(nq + 2 * nkv) * head_dim, hidden]: q_proj, k_proj, v_proj fused
+    RowParallelLinear o_proj;           // [hidden, nq * head_dim], all-reduced
+    Tensor post_attn_norm;              // [hidden]
+    ColumnParallelLinear gate_up_proj;  // [2 * I, hidden]: gate_proj, up_proj fused
+    RowParallelLinear down_proj;        // [hidden, I], all-reduced
   };
   // Activation buffers, allocated once for options_.max_num_tokens rows (views are cut per step).
   struct Activations {
     Tensor hidden;           // [max_tokens, hidden]
     Tensor residual;         // [max_tokens, hidden]
-    Tensor q;                // [max_tokens, nq * head_dim]
-    Tensor k;                // [max_tokens, nkv * head_dim]
-    Tensor v;                // [max_tokens, nkv * head_dim]
+    Tensor qkv;              // [max_tokens, (nq + 2 * nkv) * head_dim]
+    Tensor q;                // [max_tokens, nq * head_dim], rotated
     Tensor attn;             // [max_tokens, nq * head_dim]
-    Tensor gate;             // [max_tokens, I]
-    Tensor up;               // [max_tokens, I]
+    Tensor gate_up;          // [max_tokens, 2 * I]
+    Tensor mlp;              // [max_tokens, I]: silu(gate) * up
     Tensor last;             // [max_seqs, hidden]
     Tensor logits;           // [max_seqs, vocab] F32
     Tensor lm_head_scratch;  // the vocabulary-parallel lm_head's gather buffers (empty without TP)

@@ -157,16 +157,89 @@ TEST_F(CudaKernelsTest, RopeMatchesTheCpuWithLlama3Scaling) {
   }
 }
 
-TEST_F(CudaKernelsTest, SiluMulAndAddMatchTheCpu) {
-  for (int64_t n : {12345, 8192}) {  // scalar and 16-byte paths
+// A failure while enqueuing (here: a RoPE table that would first be uploaded inside a capture) is a Status, not
+// an abort: EndCapture returns it naming the cause, and the backend stays broken (Synchronize, CopyToHost say
+// the same) instead of running on.
+TEST_F(CudaKernelsTest, AnEnqueueFailureIsAStatusAndTheBackendStaysBroken) {
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<CudaBackend> fresh, CudaBackend::Create(CudaBackendOptions{}));
+  const int64_t t = 3, hd = 64;
+  std::vector<int32_t> pos = {0, 1, 2};
+  AttentionMeta meta;
+  meta.num_tokens = static_cast<int>(t);
+  meta.positions = Upload(pos, DType::kI32, {t}).data_as<int32_t>();
+  Tensor q = Upload(RandomBf16(rng_, t * hd), DType::kBF16, {t, hd});
+  Tensor k = Upload(RandomBf16(rng_, t * hd), DType::kBF16, {t, hd});
+  EXPECT_OK(gpu_->Synchronize());
+  ASSERT_OK(fresh->BeginCapture());
+  fresh->Rope(meta, RopeParams{}, static_cast<int>(hd), q, k);  // never warmed up
+  EXPECT_THAT(fresh->EndCapture().status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::HasSubstr("RoPE table")));
+  EXPECT_THAT(fresh->Synchronize(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  uint16_t host = 0;
+  EXPECT_THAT(fresh->CopyToHost(&host, q.data(), 2), StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+// RopeQkvToCache on the GPU: the same bits as the GPU's Rope then WriteKvCache, and close to the CPU's.
+TEST_F(CudaKernelsTest, RopeQkvToCacheMatchesRopeThenWriteKvCache) {
+  const int64_t t = 11, nq = 8, nkv = 2, hd = 128, block_size = 16, blocks = 2;
+  const int64_t q_width = nq * hd, kv_width = nkv * hd, width = q_width + 2 * kv_width;
+  RopeParams rope;
+  rope.llama3_scaling = true;
+  rope.factor = 8;
+  std::vector<int32_t> pos(t), slots(t);
+  for (int64_t i = 0; i < t; ++i) {
+    pos[i] = std::uniform_int_distribution<int32_t>(0, 131071)(rng_);
+    slots[i] = i == 4 ? -1 : static_cast<int32_t>((i * 3 + 2) % (blocks * block_size));
+  }
+  std::vector<uint16_t> qkv = RandomBf16(rng_, t * width);
+  AttentionMeta meta;
+  meta.num_tokens = static_cast<int>(t);
+  meta.block_size = static_cast<int>(block_size);
+  meta.positions = Upload(pos, DType::kI32, {t}).data_as<int32_t>();
+  meta.slot_mapping = Upload(slots, DType::kI32, {t}).data_as<int32_t>();
+  const std::vector<uint16_t> zeros(blocks * block_size * kv_width, 0);
+  Tensor qkv_d = Upload(qkv, DType::kBF16, {t, width});
+  Tensor q_d = PoisonedBf16({t, q_width});
+  Tensor kc = Upload(zeros, DType::kBF16, {blocks, block_size, nkv, hd});
+  Tensor vc = Upload(zeros, DType::kBF16, {blocks, block_size, nkv, hd});
+  gpu_->RopeQkvToCache(meta, rope, static_cast<int>(hd), qkv_d, q_d, kc, vc);
+
+  std::vector<uint16_t> q_part, k_part, v_part;
+  for (int64_t i = 0; i < t; ++i) {
+    const uint16_t* row = qkv.data() + i * width;
+    q_part.insert(q_part.end(), row, row + q_width);
+    k_part.insert(k_part.end(), row + q_width, row + q_width + kv_width);
+    v_part.insert(v_part.end(), row + q_width + kv_width, row + width);
+  }
+  Tensor q2 = Upload(q_part, DType::kBF16, {t, q_width}), k2 = Upload(k_part, DType::kBF16, {t, kv_width});
+  Tensor v2 = Upload(v_part, DType::kBF16, {t, kv_width});
+  Tensor kc2 = Upload(zeros, DType::kBF16, {blocks, block_size, nkv, hd});
+  Tensor vc2 = Upload(zeros, DType::kBF16, {blocks, block_size, nkv, hd});
+  gpu_->Rope(meta, rope, static_cast<int>(hd), q2, k2);
+  gpu_->WriteKvCache(meta, k2, v2, kc2, vc2);
+  EXPECT_EQ(Download(q_d), Download(q2));
+  EXPECT_EQ(Download(kc), Download(kc2));
+  EXPECT_EQ(Download(vc), Download(vc2));
+}
+
+TEST_F(CudaKernelsTest, SiluMulFusedAndAddMatchTheCpu) {
+  for (int64_t width : {12345, 8192}) {  // scalar and 16-byte paths
+    const int64_t rows = 3, n = rows * width;
+    std::vector<uint16_t> gu = RandomBf16(rng_, 2 * n, 3.0f);
+    Tensor gu_d = Upload(gu, DType::kBF16, {rows, 2 * width});
+    std::vector<float> guf = Widen(gu), want(n);
+    Tensor guc = View(guf, {rows, 2 * width}), wc = View(want, {rows, width});
+    Tensor out = PoisonedBf16({rows, width});
+    gpu_->SiluMulFused(gu_d, out);
+    cpu_->SiluMulFused(guc, wc);
+    ExpectClose(Download(out), want, 8e-3f, 1e-5f, "SiluMulFused width=" + std::to_string(width));
+  }
+  for (int64_t n : {12345, 8192}) {
     std::vector<uint16_t> a = RandomBf16(rng_, n, 3.0f), b = RandomBf16(rng_, n);
     Tensor a_d = Upload(a, DType::kBF16, {n}), b_d = Upload(b, DType::kBF16, {n});
     std::vector<float> af = Widen(a), bf = Widen(b), want(n);
     Tensor ac = View(af, {n}), bc = View(bf, {n}), wc = View(want, {n});
     Tensor out = PoisonedBf16({n});
-    gpu_->SiluMul(a_d, b_d, out);
-    cpu_->SiluMul(ac, bc, wc);
-    ExpectClose(Download(out), want, 8e-3f, 1e-5f, "SiluMul n=" + std::to_string(n));
     gpu_->Add(a_d, b_d, out);
     cpu_->Add(ac, bc, wc);
     ExpectClose(Download(out), want, 4e-3f, 1e-6f, "Add n=" + std::to_string(n));
@@ -278,9 +351,9 @@ void CheckAttention(CudaAttentionTest& t, const std::vector<std::pair<int, int>>
 
   for (CudaBackend* gpu : {t.gpu_.get(), t.forced_[0].get(), t.forced_[1].get()}) {
     Tensor out = t.PoisonedBf16({num_tokens, nq * hd});
-    t.gpu_->Synchronize();  // the inputs and the poison were enqueued on gpu_'s stream
+    EXPECT_OK(t.gpu_->Synchronize());  // the inputs and the poison were enqueued on gpu_'s stream
     gpu->PagedAttention(dev, q_d, kc_d, vc_d, nq, nkv, hd, scale, out);
-    gpu->Synchronize();
+    EXPECT_OK(gpu->Synchronize());
     // Outputs are convex combinations of bf16 values of magnitude ~1: 8e-3 relative + 4e-3 absolute (the mma
     // kernel's bf16 probabilities included).
     t.ExpectClose(t.Download(out), want, 8e-3f, 4e-3f,
@@ -377,8 +450,8 @@ TEST_F(CudaKernelsTest, GreedySamplingIsTheCpuArgmax) {
   Tensor l_d = Upload(logits, DType::kF32, {rows, vocab});
   std::vector<SamplingRow> params(rows);
   std::vector<int32_t> got(rows, -1), want(rows, -2);
-  gpu_->Sample(l_d, params.data(), got.data());
-  cpu_->Sample(View(logits, {rows, vocab}), params.data(), want.data());
+  EXPECT_OK(gpu_->Sample(l_d, params.data(), got.data()));
+  EXPECT_OK(cpu_->Sample(View(logits, {rows, vocab}), params.data(), want.data()));
   EXPECT_EQ(got, want);
   EXPECT_EQ(got[3], 5);
 }
@@ -400,9 +473,9 @@ TEST_F(CudaKernelsTest, SampledTokensMatchTheCpuAndDependOnlyOnSeedAndStep) {
     std::vector<float> logits = RandomLogits(rng_, rows, vocab, scale);
     Tensor l_d = Upload(logits, DType::kF32, {rows, vocab});
     std::vector<int32_t> got(rows, -1), again(rows, -1), want(rows, -2);
-    gpu_->Sample(l_d, params.data(), got.data());
-    gpu_->Sample(l_d, params.data(), again.data());
-    cpu_->Sample(View(logits, {rows, vocab}), params.data(), want.data());
+    EXPECT_OK(gpu_->Sample(l_d, params.data(), got.data()));
+    EXPECT_OK(gpu_->Sample(l_d, params.data(), again.data()));
+    EXPECT_OK(cpu_->Sample(View(logits, {rows, vocab}), params.data(), want.data()));
     EXPECT_EQ(got, again) << "the same rows must give the same tokens";
     for (int64_t r = 0; r < rows; ++r) {
       EXPECT_EQ(got[r], want[r]) << "row " << r << " (temperature " << params[r].temperature << ", top_k "
@@ -412,7 +485,7 @@ TEST_F(CudaKernelsTest, SampledTokensMatchTheCpuAndDependOnlyOnSeedAndStep) {
     // A row alone gives what it gave in the batch.
     for (int64_t r : {int64_t{0}, int64_t{13}, rows - 1}) {
       int32_t alone = -1;
-      gpu_->Sample(l_d.Rows(r, 1), &params[r], &alone);
+      EXPECT_OK(gpu_->Sample(l_d.Rows(r, 1), &params[r], &alone));
       EXPECT_EQ(alone, got[r]) << "row " << r;
     }
   }
@@ -430,7 +503,7 @@ TEST_F(CudaKernelsTest, ACapturedGraphReplaysWithNewInputs) {
     gpu_->RmsNorm(sum, w_d, 1e-5f, out);
   };
   step();  // warm-up
-  gpu_->Synchronize();
+  EXPECT_OK(gpu_->Synchronize());
   ASSERT_OK(gpu_->BeginCapture());
   step();
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<StepGraph> graph, gpu_->EndCapture());

@@ -92,7 +92,7 @@ class CudaModelTest : public ::testing::Test {
     p.gpu_logits_ = lg;
     cpu_logits.assign(lc.data_as<float>(), lc.data_as<float>() + lc.numel());
     gpu_logits.assign(lg.numel(), 0.0f);
-    p.gpu->CopyToHost(gpu_logits.data(), lg.data(), lg.nbytes());
+    EXPECT_OK(p.gpu->CopyToHost(gpu_logits.data(), lg.data(), lg.nbytes()));
     ASSERT_EQ(cpu_logits.size(), gpu_logits.size());
     float max_ref = 0, max_diff = 0;
     for (size_t i = 0; i < cpu_logits.size(); ++i) {
@@ -134,9 +134,9 @@ void CudaModelTest::TinyGreedy(bool graphs) {
     // Step 0 prefills both prompts in one step; later steps decode both (mixed batches are covered by
     // cuda_kernels_test and model_runner_test).
     ASSERT_NO_FATAL_FAILURE(Step(p, {&ca, &cb}, {&ga, &gb}, lc, lg, "tiny step " + std::to_string(step)));
-    p.cpu_runner->SampleAndAppend(Tensor(lc.data(), DType::kF32, {2, vocab}), {&ca, &cb});
+    EXPECT_OK(p.cpu_runner->SampleAndAppend(Tensor(lc.data(), DType::kF32, {2, vocab}), {&ca, &cb}));
     // The GPU samples from its own logits (still on the device: the runner's buffer, valid until next step).
-    p.gpu_runner->SampleAndAppend(p.gpu_logits_, {&ga, &gb});
+    EXPECT_OK(p.gpu_runner->SampleAndAppend(p.gpu_logits_, {&ga, &gb}));
     for (int s = 0; s < 2; ++s) {
       const Sequence& c = s == 0 ? ca : cb;
       const Sequence& g = s == 0 ? ga : gb;
@@ -163,7 +163,7 @@ TEST_F(CudaModelTest, SmallLogitsMatchTheCpu) {
   for (int step = 0; step < 4; ++step) {
     ASSERT_NO_FATAL_FAILURE(Step(p, {&ca, &cb}, {&ga, &gb}, lc, lg, "small step " + std::to_string(step)));
     // Both continue with the CPU's greedy tokens, so that the contexts stay identical.
-    p.cpu_runner->SampleAndAppend(Tensor(lc.data(), DType::kF32, {2, vocab}), {&ca, &cb});
+    EXPECT_OK(p.cpu_runner->SampleAndAppend(Tensor(lc.data(), DType::kF32, {2, vocab}), {&ca, &cb}));
     ga.tokens.push_back(ca.tokens.back());
     gb.tokens.push_back(cb.tokens.back());
   }

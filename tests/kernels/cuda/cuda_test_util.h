@@ -64,11 +64,11 @@ class CudaTest : public ::testing::Test {
   std::vector<float> Download(const Tensor& t) {
     std::vector<float> out(t.numel());
     if (t.dtype() == DType::kF32) {
-      gpu_->CopyToHost(out.data(), t.data(), t.nbytes());
+      EXPECT_OK(gpu_->CopyToHost(out.data(), t.data(), t.nbytes()));
     } else {
       EXPECT_EQ(t.dtype(), DType::kBF16);
       std::vector<uint16_t> bits(t.numel());
-      gpu_->CopyToHost(bits.data(), t.data(), t.nbytes());
+      EXPECT_OK(gpu_->CopyToHost(bits.data(), t.data(), t.nbytes()));
       for (size_t i = 0; i < bits.size(); ++i) out[i] = Bf16ToF32(bits[i]);
     }
     return out;
