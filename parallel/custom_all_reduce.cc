@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "core/check.h"
-#include "core/str_cat.h"
 #include "core/status_macros.h"
+#include "core/str_cat.h"
 #include "parallel/custom_all_reduce_kernel.h"
 #include "parallel/store_exchange.h"
 
@@ -45,11 +45,11 @@ absl::Status FirstRefusal(const std::vector<std::string>& verdicts, std::string_
 struct CustomAllReduce::Impl {
   CustomAllReduceOptions options;
   AllReduceTopology topology;
-  char* region = nullptr;                  // this rank's signals + 2 message buffers (cudaMalloc)
-  uint32_t* counters = nullptr;            // [kOneShotBlocks] epochs
-  int* abort_host = nullptr;               // cudaHostAlloc, mapped
+  char* region = nullptr;        // this rank's signals + 2 message buffers (cudaMalloc)
+  uint32_t* counters = nullptr;  // [kOneShotBlocks] epochs
+  int* abort_host = nullptr;     // cudaHostAlloc, mapped
   const volatile int* abort_device = nullptr;
-  char* peers[kOneShotMaxWorld] = {};      // peers' regions opened with IPC (null for this rank)
+  char* peers[kOneShotMaxWorld] = {};  // peers' regions opened with IPC (null for this rank)
 
   ~Impl() {
     if (region == nullptr && counters == nullptr && abort_host == nullptr) return;
@@ -80,14 +80,14 @@ struct CustomAllReduce::Impl {
       if (cudaDeviceGetByPCIBusId(&device, bus_ids[static_cast<size_t>(r)].c_str()) != cudaSuccess) {
         cudaGetLastError();
         return absl::UnavailableError(Cat("rank ", r, "'s GPU (", bus_ids[static_cast<size_t>(r)],
-                                                   ") is not visible to rank ", options.rank));
+                                          ") is not visible to rank ", options.rank));
       }
       if (device == options.device) continue;  // two ranks on one GPU (tests): its own memory
       int can = 0;
       if (cudaDeviceCanAccessPeer(&can, options.device, device) != cudaSuccess || can == 0) {
         cudaGetLastError();
         return absl::UnavailableError(Cat("device ", options.device, " (rank ", options.rank,
-                                                   ") has no peer access to device ", device, " (rank ", r, ")"));
+                                          ") has no peer access to device ", device, " (rank ", r, ")"));
       }
     }
     return absl::OkStatus();
@@ -100,11 +100,14 @@ struct CustomAllReduce::Impl {
       region = nullptr;
       return CudaError("cudaMalloc of the custom all-reduce's buffers", e);
     }
-    if (cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&counters), kOneShotBlocks * sizeof(uint32_t)); e != cudaSuccess) {
+    if (cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&counters), kOneShotBlocks * sizeof(uint32_t));
+        e != cudaSuccess) {
       counters = nullptr;
       return CudaError("cudaMalloc of the custom all-reduce's counters", e);
     }
-    if (cudaError_t e = cudaHostAlloc(reinterpret_cast<void**>(&abort_host), sizeof(int), cudaHostAllocMapped); e != cudaSuccess) {
+    if (cudaError_t e =
+            cudaHostAlloc(reinterpret_cast<void**>(&abort_host), sizeof(int), cudaHostAllocMapped);
+        e != cudaSuccess) {
       abort_host = nullptr;
       return CudaError("cudaHostAlloc of the abort flag", e);
     }
@@ -118,7 +121,8 @@ struct CustomAllReduce::Impl {
     if (cudaError_t e = cudaMemset(counters, 0, kOneShotBlocks * sizeof(uint32_t)); e != cudaSuccess) {
       return CudaError("cudaMemset", e);
     }
-    if (cudaError_t e = cudaDeviceSynchronize(); e != cudaSuccess) return CudaError("cudaDeviceSynchronize", e);
+    if (cudaError_t e = cudaDeviceSynchronize(); e != cudaSuccess)
+      return CudaError("cudaDeviceSynchronize", e);
     cudaIpcMemHandle_t handle;
     if (cudaError_t e = cudaIpcGetMemHandle(&handle, region); e != cudaSuccess) {
       return CudaError("cudaIpcGetMemHandle", e);
@@ -132,8 +136,8 @@ struct CustomAllReduce::Impl {
       const std::string_view body = VerdictBody(verdicts[static_cast<size_t>(r)]);
       cudaIpcMemHandle_t handle;
       if (body.size() != sizeof(handle)) {
-        return absl::UnavailableError(Cat("rank ", r, " sent a memory handle of ", body.size(),
-                                                   " bytes, want ", sizeof(handle)));
+        return absl::UnavailableError(
+            Cat("rank ", r, " sent a memory handle of ", body.size(), " bytes, want ", sizeof(handle)));
       }
       std::memcpy(&handle, body.data(), sizeof(handle));
       void* mapped = nullptr;
@@ -157,14 +161,16 @@ struct CustomAllReduce::Impl {
 CustomAllReduce::CustomAllReduce(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CustomAllReduce::~CustomAllReduce() = default;
 
-absl::StatusOr<std::unique_ptr<CustomAllReduce>> CustomAllReduce::Create(const CustomAllReduceOptions& options) {
+absl::StatusOr<std::unique_ptr<CustomAllReduce>> CustomAllReduce::Create(
+    const CustomAllReduceOptions& options) {
   const std::string group = Cat("custom all-reduce group '", options.group, "'");
   if (options.size < 1 || options.rank < 0 || options.rank >= options.size) {
     return absl::InvalidArgumentError(
         Cat(group, ": rank=", options.rank, " is not in [0, size=", options.size, ")"));
   }
   if (options.size > 1 && options.store_dir.empty() == options.store_address.empty()) {
-    return absl::InvalidArgumentError(Cat(group, ": give exactly one rendezvous store (address or directory)"));
+    return absl::InvalidArgumentError(
+        Cat(group, ": give exactly one rendezvous store (address or directory)"));
   }
   if (options.max_bytes < 0 || options.max_bytes % 16 != 0) {
     return absl::InvalidArgumentError(
@@ -188,7 +194,8 @@ absl::StatusOr<std::unique_ptr<CustomAllReduce>> CustomAllReduce::Create(const C
     local = absl::UnavailableError(Cat("device ", options.device, " does not exist"));
   } else if (cudaError_t e2 = cudaSetDevice(options.device); e2 != cudaSuccess) {
     local = impl->CudaError("cudaSetDevice", e2);
-  } else if (cudaError_t e3 = cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), options.device); e3 != cudaSuccess) {
+  } else if (cudaError_t e3 = cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), options.device);
+             e3 != cudaSuccess) {
     local = impl->CudaError("cudaDeviceGetPCIBusId", e3);
   }
   if (options.size == 1) return local.ok() ? absl::UnavailableError(Cat(group, ": world size 1")) : local;
@@ -218,7 +225,8 @@ absl::StatusOr<std::unique_ptr<CustomAllReduce>> CustomAllReduce::Create(const C
       access = handle.status();
     }
   }
-  ASSIGN_OR_RETURN(std::vector<std::string> handles, impl->Exchange("handles", Verdict(access, handle_bytes)));
+  ASSIGN_OR_RETURN(std::vector<std::string> handles,
+                   impl->Exchange("handles", Verdict(access, handle_bytes)));
   impl->topology.all_peer_access = FirstRefusal(handles, "").ok();
   const OneShotEligibility eligible = OneShotEligible(impl->topology);
   if (!eligible.ok) {
@@ -243,7 +251,8 @@ absl::Status CustomAllReduce::AllReduceSum(Tensor& data, void* stream) {
   TESSERA_CHECK(Takes(data));
   Impl& im = *impl_;
   OneShotParams params;
-  for (int r = 0; r < im.options.size; ++r) params.regions[r] = r == im.options.rank ? im.region : im.peers[r];
+  for (int r = 0; r < im.options.size; ++r)
+    params.regions[r] = r == im.options.rank ? im.region : im.peers[r];
   params.counters = im.counters;
   params.abort = im.abort_device;
   params.rank = im.options.rank;
@@ -253,7 +262,8 @@ absl::Status CustomAllReduce::AllReduceSum(Tensor& data, void* stream) {
   params.out = data.data();
   params.bytes = data.nbytes();
   params.bf16 = data.dtype() == DType::kBF16;
-  if (cudaError_t e = cudaSetDevice(im.options.device); e != cudaSuccess) return im.CudaError("cudaSetDevice", e);
+  if (cudaError_t e = cudaSetDevice(im.options.device); e != cudaSuccess)
+    return im.CudaError("cudaSetDevice", e);
   if (cudaError_t e = LaunchOneShotAllReduce(params, static_cast<cudaStream_t>(stream)); e != cudaSuccess) {
     return im.CudaError("launching the one-shot all-reduce", e);
   }

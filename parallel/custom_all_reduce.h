@@ -1,7 +1,7 @@
 // CustomAllReduce: the one-shot all-reduce for small messages inside one node, as TensorRT-LLM and vLLM run
 // it: each rank reads every peer's message directly over NVLink (CUDA IPC memory) and sums them, one kernel
-// and no ring steps, so a decode step's all-reduces cost a few microseconds instead of NCCL's tens. Owned by a
-// stream-ordered NcclCommunicator, which falls back to NCCL for what this does not take. Part of the NCCL
+// and no ring steps, so a decode step's all-reduces cost a few microseconds instead of NCCL's tens. Owned by
+// a stream-ordered NcclCommunicator, which falls back to NCCL for what this does not take. Part of the NCCL
 // plugin; this header includes no CUDA header.
 #pragma once
 
@@ -35,7 +35,8 @@ class CustomAllReduce {
   // bad options; UNAVAILABLE (with the reason) when the group does not qualify or CUDA cannot set it up on
   // some rank: every rank then gets UNAVAILABLE, so that all fall back to NCCL together; DEADLINE_EXCEEDED
   // when a peer does not reach the store in time.
-  [[nodiscard]] static absl::StatusOr<std::unique_ptr<CustomAllReduce>> Create(const CustomAllReduceOptions& options);
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<CustomAllReduce>> Create(
+      const CustomAllReduceOptions& options);
   // Stops waiting kernels (Abort), waits for the device, closes the peers' memory and frees this rank's.
   ~CustomAllReduce();
   CustomAllReduce(const CustomAllReduce&) = delete;

@@ -1,4 +1,5 @@
-// The custom all-reduce's selection logic: which groups may use the one-shot kernel, and which messages take it.
+// The custom all-reduce's selection logic: which groups may use the one-shot kernel, and which messages take
+// it.
 #include "parallel/all_reduce_choice.h"
 
 #include <gmock/gmock.h>
@@ -9,7 +10,9 @@ namespace {
 
 using ::testing::HasSubstr;
 
-AllReduceTopology NvlinkNode(int world) { return {world, /*same_host=*/true, /*all_peer_access=*/true, true}; }
+AllReduceTopology NvlinkNode(int world) {
+  return {world, /*same_host=*/true, /*all_peer_access=*/true, true};
+}
 
 TEST(AllReduceChoiceTest, AGroupOnOneHostWithPeerAccessIsEligible) {
   for (int world = 2; world <= kOneShotMaxWorld; ++world) {
@@ -50,7 +53,8 @@ TEST(AllReduceChoiceTest, TheDefaultLimitShrinksAsTheGroupGrows) {
   const AllReduceTopology t = NvlinkNode(8);
   const int64_t row = 8192 * 2;
   EXPECT_EQ(ChooseAllReduce(t, row, DType::kBF16, DefaultOneShotMaxBytes(8)), AllReduceAlgorithm::kOneShot);
-  EXPECT_EQ(ChooseAllReduce(t, 32 * row, DType::kBF16, DefaultOneShotMaxBytes(8)), AllReduceAlgorithm::kOneShot);
+  EXPECT_EQ(ChooseAllReduce(t, 32 * row, DType::kBF16, DefaultOneShotMaxBytes(8)),
+            AllReduceAlgorithm::kOneShot);
   EXPECT_EQ(ChooseAllReduce(t, 64 * row, DType::kBF16, DefaultOneShotMaxBytes(8)), AllReduceAlgorithm::kNccl);
 }
 
@@ -61,7 +65,8 @@ TEST(AllReduceChoiceTest, MessagesTakeOneShotOnlyWithinTheLimitInWholeVectorsOfA
   EXPECT_EQ(ChooseAllReduce(t, max, DType::kBF16, max), AllReduceAlgorithm::kOneShot);
   EXPECT_EQ(ChooseAllReduce(t, max + 16, DType::kBF16, max), AllReduceAlgorithm::kNccl);
   EXPECT_EQ(ChooseAllReduce(t, 0, DType::kF32, max), AllReduceAlgorithm::kNccl);
-  EXPECT_EQ(ChooseAllReduce(t, 24, DType::kF32, max), AllReduceAlgorithm::kNccl);  // not whole 16-byte vectors
+  EXPECT_EQ(ChooseAllReduce(t, 24, DType::kF32, max),
+            AllReduceAlgorithm::kNccl);  // not whole 16-byte vectors
   EXPECT_EQ(ChooseAllReduce(t, 64, DType::kF16, max), AllReduceAlgorithm::kNccl);
   EXPECT_EQ(ChooseAllReduce(t, 64, DType::kI32, max), AllReduceAlgorithm::kNccl);
 }

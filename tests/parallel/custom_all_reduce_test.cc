@@ -1,8 +1,9 @@
-// CustomAllReduce, the one-shot all-reduce of the NCCL plugin. CustomAllReduceTest runs everywhere: bad options
-// are refused, and without a GPU every rank gets UNAVAILABLE (so all fall back to NCCL). CustomAllReduceGpuTest
-// (label gpu) needs a GPU and skips without one, saying so. Its ranks are processes forked before this process
-// touches CUDA (CUDA IPC cannot open memory of its own process), on devices 0 and 1 when there are two and both
-// on device 0 otherwise; they meet through a store directory and report through their exit codes.
+// CustomAllReduce, the one-shot all-reduce of the NCCL plugin. CustomAllReduceTest runs everywhere: bad
+// options are refused, and without a GPU every rank gets UNAVAILABLE (so all fall back to NCCL).
+// CustomAllReduceGpuTest (label gpu) needs a GPU and skips without one, saying so. Its ranks are processes
+// forked before this process touches CUDA (CUDA IPC cannot open memory of its own process), on devices 0 and
+// 1 when there are two and both on device 0 otherwise; they meet through a store directory and report through
+// their exit codes.
 #include "parallel/custom_all_reduce.h"
 
 #include <cuda_runtime_api.h>
@@ -44,20 +45,20 @@ CustomAllReduceOptions Options(const std::string& store, int rank, int size, int
 }
 
 // In a rank process: report a failed expectation on stderr and fail the rank.
-#define RANK_CHECK(cond)                                                                  \
-  do {                                                                                    \
-    if (!(cond)) {                                                                        \
-      std::fprintf(stderr, "rank check failed at line %d: %s\n", __LINE__, #cond);        \
-      return 1;                                                                           \
-    }                                                                                     \
+#define RANK_CHECK(cond)                                                           \
+  do {                                                                             \
+    if (!(cond)) {                                                                 \
+      std::fprintf(stderr, "rank check failed at line %d: %s\n", __LINE__, #cond); \
+      return 1;                                                                    \
+    }                                                                              \
   } while (0)
-#define RANK_OK(expr)                                                                     \
-  do {                                                                                    \
-    const absl::Status rank_status = (expr);                                              \
-    if (!rank_status.ok()) {                                                              \
-      std::fprintf(stderr, "line %d: %s\n", __LINE__, rank_status.ToString().c_str());    \
-      return 1;                                                                           \
-    }                                                                                     \
+#define RANK_OK(expr)                                                                  \
+  do {                                                                                 \
+    const absl::Status rank_status = (expr);                                           \
+    if (!rank_status.ok()) {                                                           \
+      std::fprintf(stderr, "line %d: %s\n", __LINE__, rank_status.ToString().c_str()); \
+      return 1;                                                                        \
+    }                                                                                  \
   } while (0)
 
 // Forks `world` rank processes running `rank_main(rank, device)` and returns their exit codes. A rank returns
@@ -82,11 +83,11 @@ std::vector<int> RunRanks(int world, int min_gpus, const std::function<int(int, 
   return codes;
 }
 
-#define EXPECT_RANKS_PASS(codes)                                                          \
-  do {                                                                                    \
-    const std::vector<int> c = (codes);                                                   \
-    if (c[0] == kSkip) GTEST_SKIP() << "skipped: needs a GPU";                            \
-    for (size_t r = 0; r < c.size(); ++r) EXPECT_EQ(c[r], 0) << "rank " << r;             \
+#define EXPECT_RANKS_PASS(codes)                                              \
+  do {                                                                        \
+    const std::vector<int> c = (codes);                                       \
+    if (c[0] == kSkip) GTEST_SKIP() << "skipped: needs a GPU";                \
+    for (size_t r = 0; r < c.size(); ++r) EXPECT_EQ(c[r], 0) << "rank " << r; \
   } while (0)
 
 // Rank r's element i: (r + 1) * ((i % 7) - 3), exact in bf16 and f32, and so are its sums.
@@ -138,7 +139,8 @@ TEST(CustomAllReduceTest, RejectsBadOptions) {
   EXPECT_THAT(CustomAllReduce::Create(no_store).status(), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(CustomAllReduce::Create(Options("/tmp/x", 0, 9, 0)).status(),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("world size 9 is over 8")));
-  EXPECT_THAT(CustomAllReduce::Create(Options("", 0, 1, 0)).status(), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(CustomAllReduce::Create(Options("", 0, 1, 0)).status(),
+              StatusIs(absl::StatusCode::kUnavailable));
 }
 
 TEST(CustomAllReduceTest, WithoutAGpuEveryRankIsToldUnavailableSoAllFallBackToNccl) {
@@ -166,7 +168,8 @@ TEST(CustomAllReduceGpuTest, TwoRanksSumF32AndBf16AtEverySizeAndInsideAGraph) {
     // Sizes around the grid's split (32 blocks x 512 threads x 16 bytes) and up to the limit.
     for (const DType dtype : {DType::kF32, DType::kBF16}) {
       const int64_t vector = 16 / DTypeSize(dtype);
-      for (const int64_t n : {vector, 13 * vector, 8192L, 32 * 512 * vector + vector, ar.max_bytes() / DTypeSize(dtype)}) {
+      for (const int64_t n :
+           {vector, 13 * vector, 8192L, 32 * 512 * vector + vector, ar.max_bytes() / DTypeSize(dtype)}) {
         RankData d{nullptr, n, dtype};
         RANK_CHECK(cudaMalloc(&d.device, n * DTypeSize(dtype)) == cudaSuccess);
         RANK_CHECK(Fill(d, rank));

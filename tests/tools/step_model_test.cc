@@ -12,6 +12,7 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/util/status_matchers.h"
+#include "tests/util/tiny_model.h"
 #include "tools/planner.h"
 #include "worker/checkpoint/make_model.h"
 #include "worker/checkpoint/model_presets.h"
@@ -305,17 +306,9 @@ std::string Describe(const LaunchCounts& counts) {
 // The after design's counts against what the tiny model's real forward (tp 1, the CPU backend) calls.
 class StepModelCountTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = new std::string(::testing::TempDir() + "/step_model_test_tiny_" + std::to_string(getpid()));
-    MakeModelOptions options;
-    options.preset = "tiny";
-    options.out_dir = *dir_;
-    options.seed = 5;
-    absl::Status s = MakeModel(options);
-    ASSERT_TRUE(s.ok()) << s;
-  }
+  static void SetUpTestSuite() { dir_ = new std::string(::tessera::testing::MakeTinyModel("step_model_test", 5)); }
   static void TearDownTestSuite() {
-    std::filesystem::remove_all(*dir_);
+    ::tessera::testing::RemoveTinyModel(*dir_);
     delete dir_;
   }
 

@@ -12,6 +12,7 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/util/status_matchers.h"
+#include "tests/util/tiny_model.h"
 #include "worker/checkpoint/make_model.h"
 
 namespace tessera {
@@ -22,17 +23,9 @@ using ::testing::HasSubstr;
 
 class ModelRunnerTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = new std::string(::testing::TempDir() + "/model_runner_test_tiny_" + std::to_string(getpid()));
-    MakeModelOptions options;
-    options.preset = "tiny";
-    options.out_dir = *dir_;
-    options.seed = 3;
-    absl::Status s = MakeModel(options);
-    ASSERT_TRUE(s.ok()) << s;
-  }
+  static void SetUpTestSuite() { dir_ = new std::string(::tessera::testing::MakeTinyModel("model_runner_test", 3)); }
   static void TearDownTestSuite() {
-    std::filesystem::remove_all(*dir_);
+    ::tessera::testing::RemoveTinyModel(*dir_);
     delete dir_;
   }
 

@@ -24,6 +24,7 @@
 #include "tessera/control/v1/control.grpc.pb.h"
 #include "tests/util/status_matchers.h"
 #include "tests/util/test_env.h"
+#include "tests/util/tiny_model.h"
 #include "worker/checkpoint/make_model.h"
 
 namespace tessera {
@@ -150,16 +151,9 @@ class Server {
 
 class WorkerProcessTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = new std::string(::testing::TempDir() + "/worker_process_test_tiny_" + std::to_string(getpid()));
-    MakeModelOptions options;
-    options.preset = "tiny";
-    options.out_dir = *dir_;
-    absl::Status s = MakeModel(options);
-    ASSERT_TRUE(s.ok()) << s;
-  }
+  static void SetUpTestSuite() { dir_ = new std::string(::tessera::testing::MakeTinyModel("worker_process_test", 0)); }
   static void TearDownTestSuite() {
-    std::filesystem::remove_all(*dir_);
+    ::tessera::testing::RemoveTinyModel(*dir_);
     delete dir_;
   }
 

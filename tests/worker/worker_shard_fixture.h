@@ -16,6 +16,7 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/util/status_matchers.h"
+#include "tests/util/tiny_model.h"
 #include "worker/checkpoint/make_model.h"
 #include "worker/worker_shard.h"
 
@@ -99,17 +100,9 @@ class FakeCoordinator {
 
 class WorkerShardTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = new std::string(::testing::TempDir() + "/worker_shard_test_tiny_" + std::to_string(getpid()));
-    MakeModelOptions options;
-    options.preset = "tiny";
-    options.out_dir = *dir_;
-    options.seed = 5;
-    absl::Status s = MakeModel(options);
-    ASSERT_TRUE(s.ok()) << s;
-  }
+  static void SetUpTestSuite() { dir_ = new std::string(::tessera::testing::MakeTinyModel("worker_shard_test", 5)); }
   static void TearDownTestSuite() {
-    std::filesystem::remove_all(*dir_);
+    ::tessera::testing::RemoveTinyModel(*dir_);
     delete dir_;
   }
 
