@@ -343,6 +343,7 @@ void Scheduler::ApplyStepResultLocked(const control::v1::StepResult& result) {
   if (result.graph()) ++stats_.graph_steps;
   stats_.step_seconds += now - step.sent_at;
   stats_.worker_seconds += result.worker_seconds();
+  stats_.result_bytes += static_cast<int64_t>(result.ByteSizeLong());
   if (metrics_ != nullptr) {
     metrics_->worker_step_seconds.Observe(result.worker_seconds());
     metrics_->control_plane_seconds.Observe(std::max(0.0, now - step.sent_at - result.worker_seconds()));
@@ -777,6 +778,7 @@ bool Scheduler::FormStepLocked(std::string& serialized, Dropped& dropped) {
   stats_.schedule_seconds += flight.sent_at - start;
   in_flight_[step_id] = std::move(flight);
   serialized = step.SerializeAsString();
+  stats_.step_bytes += static_cast<int64_t>(serialized.size());
   return true;
 }
 

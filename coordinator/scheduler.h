@@ -147,6 +147,8 @@ class Scheduler final : public Engine {
     int64_t preemptions = 0;
     int64_t prefix_queries = 0;  // prompt tokens looked up in the prefix cache
     int64_t prefix_hits = 0;     // of them, found
+    int64_t step_bytes = 0;      // serialized Steps formed, one copy each (the group sends it to every rank)
+    int64_t result_bytes = 0;    // serialized StepResults applied (from the output rank)
   };
   Stats stats() const ABSL_LOCKS_EXCLUDED(mu_);
   int num_free_blocks() const ABSL_LOCKS_EXCLUDED(mu_);

@@ -102,7 +102,14 @@ struct SampleLogprobs {
   double top_logprobs[kMaxTopLogprobs] = {};
 };
 
-enum class DeviceKind { kCpu, kCuda };
+// kNull: kernels/null/null_backend.h, the real control and data plane at real shapes without arithmetic.
+enum class DeviceKind { kCpu, kCuda, kNull };
+
+// A device's memory as its backend accounts it.
+struct MemoryInfo {
+  int64_t total_bytes = 0;
+  int64_t used_bytes = 0;  // by this backend's allocations
+};
 
 // A step's Backend calls recorded by Backend::BeginCapture / EndCapture (a CUDA graph on the GPU, the list of
 // calls on the CPU) for Backend::Replay. Each backend replays only its own graphs.
@@ -135,6 +142,11 @@ class Backend {
   // The device stream every operation is enqueued on (a cudaStream_t on CUDA), for communicators that enqueue
   // their collectives in order with the backend's work; null where there is none (the CPU).
   virtual void* native_stream() const { return nullptr; }
+  // The device's capacity and what this backend has allocated of it. Errors: UNIMPLEMENTED where the backend
+  // does not account its memory (the CPU and CUDA backends today).
+  [[nodiscard]] virtual absl::StatusOr<MemoryInfo> Memory() const {
+    return absl::UnimplementedError("this backend does not account its memory");
+  }
 
   // Allocates `bytes` of device memory (64-byte aligned). Errors: RESOURCE_EXHAUSTED when out of memory.
   [[nodiscard]] virtual absl::StatusOr<DeviceBuffer> Allocate(int64_t bytes) = 0;

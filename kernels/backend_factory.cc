@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/plugin.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/null/null_backend.h"
 #if TESSERA_HAVE_CUDA
 #include "kernels/cuda/cuda_plugin.h"
 #endif
@@ -47,6 +48,11 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
       if (!backend.ok()) return backend.status();
       return std::unique_ptr<Backend>(std::move(backend).value());
     }
+    case DeviceKind::kNull: {
+      auto backend = NullBackend::Create({.memory_bytes = options.null_memory_bytes});
+      if (!backend.ok()) return backend.status();
+      return std::unique_ptr<Backend>(std::move(backend).value());
+    }
     case DeviceKind::kCuda: {
 #if TESSERA_HAVE_CUDA
       if (options.device_index < 0) {
@@ -68,7 +74,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
 }
 
 absl::StatusOr<int> CountDevices(DeviceKind device) {
-  if (device == DeviceKind::kCpu) return 1;
+  if (device == DeviceKind::kCpu || device == DeviceKind::kNull) return 1;
 #if TESSERA_HAVE_CUDA
   absl::StatusOr<CudaPlugin> plugin = LoadCudaPlugin();
   if (!plugin.ok()) return plugin.status();
@@ -84,7 +90,20 @@ absl::StatusOr<int> CountDevices(DeviceKind device) {
 absl::StatusOr<DeviceKind> ParseDeviceKind(const std::string& name) {
   if (name == "cpu") return DeviceKind::kCpu;
   if (name == "cuda") return DeviceKind::kCuda;
-  return absl::InvalidArgumentError(absl::StrCat("unknown device \"", name, "\"; devices are: cpu, cuda"));
+  if (name == "null") return DeviceKind::kNull;
+  return absl::InvalidArgumentError(absl::StrCat("unknown device \"", name, "\"; devices are: cpu, cuda, null"));
+}
+
+const char* DeviceKindName(DeviceKind device) {
+  switch (device) {
+    case DeviceKind::kCpu:
+      return "cpu";
+    case DeviceKind::kCuda:
+      return "cuda";
+    case DeviceKind::kNull:
+      return "null";
+  }
+  return "?";
 }
 
 }  // namespace tessera

@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/linear.h"
+#include "kernels/null/null_backend.h"
 
 namespace tessera {
 
@@ -17,6 +18,8 @@ struct BackendOptions {
   int device_index = 0;  // CUDA: which GPU
   // CPU: how prefill-sized GEMMs treat fp32 activations (see PrefillPrecision).
   PrefillPrecision prefill_precision = PrefillPrecision::kSplitBf16;
+  // Null: the device capacity allocations are accounted against (an H200's by default).
+  int64_t null_memory_bytes = kNullDefaultMemoryBytes;
 };
 
 // The one place a Backend is made from options (workers, tools and benchmarks all come here).
@@ -24,11 +27,13 @@ struct BackendOptions {
 // usable here ("built without CUDA", "no CUDA device: <the driver's message>").
 [[nodiscard]] absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
 
-// How many devices of this kind the process sees (the CPU counts as one). Errors: UNAVAILABLE as
+// How many devices of this kind the process sees (the CPU and the null device count as one). Errors: UNAVAILABLE as
 // CreateBackend.
 [[nodiscard]] absl::StatusOr<int> CountDevices(DeviceKind device);
 
-// "cpu" or "cuda". Errors: INVALID_ARGUMENT naming the value.
+// "cpu", "cuda" or "null". Errors: INVALID_ARGUMENT naming the value.
 [[nodiscard]] absl::StatusOr<DeviceKind> ParseDeviceKind(const std::string& name);
+// The name ParseDeviceKind takes.
+const char* DeviceKindName(DeviceKind device);
 
 }  // namespace tessera

@@ -30,7 +30,7 @@ struct GlooCommunicator::Impl {
   std::shared_ptr<gloo::transport::Device> device;
   std::shared_ptr<gloo::rendezvous::Context> context;
   absl::Status broken;       // the first error; every later call returns it
-  std::vector<float> peers;  // the other ranks' contributions to a direct all-reduce (grows, never shrinks)
+  std::vector<char> peers;  // the other ranks' contributions to a direct all-reduce (grows, never shrinks)
   std::mutex abort_mu;       // Abort (any thread) against the buffers an operation waits on
   bool aborted = false;                                   // guarded by abort_mu
   std::vector<gloo::transport::UnboundBuffer*> waiting;  // guarded by abort_mu
@@ -155,16 +155,34 @@ void WaitOrThrow(bool completed, const char* what) {
 
 }  // namespace
 
+namespace {
+
+// Element i of a F32 or BF16 buffer as a float, and back.
+float Load(const char* data, DType dtype, int64_t i) {
+  return dtype == DType::kF32 ? reinterpret_cast<const float*>(data)[i]
+                              : Bf16ToF32(reinterpret_cast<const uint16_t*>(data)[i]);
+}
+void Store(char* data, DType dtype, int64_t i, float value) {
+  if (dtype == DType::kF32) {
+    reinterpret_cast<float*>(data)[i] = value;
+  } else {
+    reinterpret_cast<uint16_t*>(data)[i] = F32ToBf16(value);
+  }
+}
+
+}  // namespace
+
 absl::Status GlooCommunicator::AllReduceSum(Tensor& data) {
-  TESSERA_CHECK(data.dtype() == DType::kF32);
+  const DType dtype = data.dtype();
+  TESSERA_CHECK(dtype == DType::kF32 || dtype == DType::kBF16);
   if (size() == 1) return absl::OkStatus();
   if (data.nbytes() <= kDirectAllReduceBytes) {
     return impl_->Guard("all-reduce", [&] {
       const int n = size(), self = rank();
       const size_t bytes = static_cast<size_t>(data.nbytes());
       const int64_t count = data.numel();
-      if (impl_->peers.size() < static_cast<size_t>(count * n)) impl_->peers.resize(count * n);
-      float* peers = impl_->peers.data();  // rank r's data at [r * count, (r + 1) * count)
+      if (impl_->peers.size() < bytes * n) impl_->peers.resize(bytes * n);
+      char* peers = impl_->peers.data();  // rank r's data at [r * bytes, (r + 1) * bytes)
       auto mine = impl_->context->createUnboundBuffer(data.data(), bytes);
       auto theirs = impl_->context->createUnboundBuffer(peers, bytes * n);
       Impl::Waits waits(*impl_, {mine.get(), theirs.get()});
@@ -177,21 +195,30 @@ absl::Status GlooCommunicator::AllReduceSum(Tensor& data) {
       }
       for (int i = 0; i < n - 1; ++i) WaitOrThrow(theirs->waitRecv(nullptr, impl_->options.timeout), "recv");
       for (int i = 0; i < n - 1; ++i) WaitOrThrow(mine->waitSend(nullptr, impl_->options.timeout), "send");
-      // The same order of additions on every rank, so that every rank ends with the same bits.
-      float* out = data.data_as<float>();
-      const float* first = self == 0 ? out : peers;
+      // The same order of additions (in fp32) on every rank, so that every rank ends with the same bits.
+      char* out = static_cast<char*>(data.data());
       for (int64_t i = 0; i < count; ++i) {
-        float sum = first[i];
-        for (int r = 1; r < n; ++r) sum += (r == self ? out : peers + r * count)[i];
-        out[i] = sum;
+        float sum = 0;
+        for (int r = 0; r < n; ++r) sum += Load(r == self ? out : peers + r * bytes, dtype, i);
+        Store(out, dtype, i, sum);
       }
     });
   }
   return impl_->Guard("all-reduce", [&] {
     gloo::AllreduceOptions opts(impl_->context);
-    opts.setOutput(data.data_as<float>(), static_cast<size_t>(data.numel()));
-    opts.setReduceFunction(
-        [](void* c, const void* a, const void* b, size_t n) { gloo::sum<float>(c, a, b, n); });
+    if (dtype == DType::kF32) {
+      opts.setOutput(data.data_as<float>(), static_cast<size_t>(data.numel()));
+      opts.setReduceFunction(
+          [](void* c, const void* a, const void* b, size_t n) { gloo::sum<float>(c, a, b, n); });
+    } else {  // BF16 on the wire, each partial sum rounded to BF16 (as NCCL's ring does)
+      opts.setOutput(static_cast<uint16_t*>(data.data()), static_cast<size_t>(data.numel()));
+      opts.setReduceFunction([](void* c, const void* a, const void* b, size_t n) {
+        const auto* x = static_cast<const uint16_t*>(a);
+        const auto* y = static_cast<const uint16_t*>(b);
+        auto* z = static_cast<uint16_t*>(c);
+        for (size_t i = 0; i < n; ++i) z[i] = F32ToBf16(Bf16ToF32(x[i]) + Bf16ToF32(y[i]));
+      });
+    }
     opts.setTimeout(impl_->options.timeout);
     gloo::allreduce(opts);
   });

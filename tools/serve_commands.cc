@@ -47,7 +47,7 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
   cmd->add_option("--pp-layers", a.pp_layers, "Layers per stage, e.g. 10,11,11 (default: even)")
       ->delimiter(',')
       ->envname("TESSERA_PP_LAYERS");
-  cmd->add_option("--device", a.device, "cpu or cuda")->capture_default_str()->envname("TESSERA_DEVICE");
+  cmd->add_option("--device", a.device, "cpu, cuda or null (the real control and data plane at the model's shapes, without arithmetic or weights: docs/null-device.md)")->capture_default_str()->envname("TESSERA_DEVICE");
   cmd->add_option("--host", a.host, "Address to listen on")->capture_default_str()->envname("TESSERA_HOST");
   cmd->add_option("--grpc-port", a.grpc_port, "gRPC port (0 = pick a free one and print it)")
       ->capture_default_str()
@@ -317,7 +317,9 @@ int RunServing(const char* command, const ServeArgs& args, int local_ranks) {
                                 {"schedule_us", 1e6 * stats.schedule_seconds / stats.steps},
                                 {"preemptions", stats.preemptions},
                                 {"prefix_cache_queries", stats.prefix_queries},
-                                {"prefix_cache_hits", stats.prefix_hits}}
+                                {"prefix_cache_hits", stats.prefix_hits},
+                                {"step_bytes", static_cast<double>(stats.step_bytes) / stats.steps},
+                                {"result_bytes", static_cast<double>(stats.result_bytes) / stats.steps}}
                      .dump()
               << std::endl;
   }
@@ -521,7 +523,7 @@ void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
                    "Ranks this command runs, one process each (a pod's GPUs)")
       ->capture_default_str()
       ->envname("TESSERA_LOCAL_RANKS");
-  worker_cmd->add_option("--device", worker->device, "cpu or cuda")
+  worker_cmd->add_option("--device", worker->device, "cpu, cuda or null")
       ->capture_default_str()
       ->envname("TESSERA_DEVICE");
   worker_cmd

@@ -121,6 +121,8 @@ class ModelRunner {
 
   const ModelConfig& config() const { return model_->config(); }
   const ParallelConfig& parallel() const { return model_->parallel(); }
+  // Bytes of this rank's weights in backend memory (LlamaModel::allocated_weight_bytes).
+  int64_t allocated_weight_bytes() const { return model_->allocated_weight_bytes(); }
   Backend& backend() { return backend_; }
 
  private:

@@ -88,7 +88,7 @@ absl::StatusOr<Tensor> WeightLoader::LoadStackedRows(const std::vector<RowSlice>
   Tensor dst = device.View(DType::kBF16, {total_rows, cols});
   std::vector<uint16_t> host;
   uint16_t* staging = static_cast<uint16_t*>(device.data());
-  if (backend_.device() != DeviceKind::kCpu) {
+  if (backend_.device() == DeviceKind::kCuda) {
     host.resize(static_cast<size_t>(total_rows * cols));
     staging = host.data();
   }
@@ -98,7 +98,7 @@ absl::StatusOr<Tensor> WeightLoader::LoadStackedRows(const std::vector<RowSlice>
     RETURN_IF_ERROR(checkpoint_.ReadRows(slice.name, slice.begin, slice.count, part));
     row += slice.count;
   }
-  if (backend_.device() != DeviceKind::kCpu) backend_.CopyToDevice(dst.data(), host.data(), bytes);
+  if (backend_.device() == DeviceKind::kCuda) backend_.CopyToDevice(dst.data(), host.data(), bytes);
   bytes_copied_ += bytes;
   buffers_.push_back(std::move(device));
   return dst;
@@ -111,10 +111,11 @@ absl::StatusOr<Tensor> WeightLoader::Copy(std::string_view name, Slice slice, in
   ASSIGN_OR_RETURN(DeviceBuffer device, backend_.Allocate(bytes));
   Tensor dst =
       ndim == 1 ? device.View(DType::kBF16, {total_rows}) : device.View(DType::kBF16, {total_rows, cols});
-  // Read into host memory (the device buffer itself on the CPU), then copy to the device.
+  // Read into host memory (the device buffer itself on the CPU; the null device's checkpoint reads nothing),
+  // then copy to the device.
   std::vector<uint16_t> host;
   uint16_t* staging = static_cast<uint16_t*>(device.data());
-  if (backend_.device() != DeviceKind::kCpu) {
+  if (backend_.device() == DeviceKind::kCuda) {
     host.resize(static_cast<size_t>(total_rows * cols));
     staging = host.data();
   }
@@ -126,7 +127,7 @@ absl::StatusOr<Tensor> WeightLoader::Copy(std::string_view name, Slice slice, in
     RETURN_IF_ERROR(checkpoint_.ReadColumns(name, begin, cols, slice_dst));
   }
   std::memset(staging + rows * cols, 0, static_cast<size_t>(extra_zero_rows * cols) * 2);
-  if (backend_.device() != DeviceKind::kCpu) backend_.CopyToDevice(dst.data(), host.data(), bytes);
+  if (backend_.device() == DeviceKind::kCuda) backend_.CopyToDevice(dst.data(), host.data(), bytes);
   bytes_copied_ += bytes;
   buffers_.push_back(std::move(device));
   return dst;

@@ -1,7 +1,8 @@
 // WeightLoader: brings checkpoint tensors, or a rank's slice of them, onto a backend as BF16. On the CPU a
 // BF16 tensor or row range is used in place from the read-only file mapping (no copy); anything else (a
 // column range, another dtype, another device) is converted and copied into memory the loader owns. Only the
-// bytes of the requested slice are read.
+// bytes of the requested slice are read. On the null device (a shapes-only checkpoint) nothing is read: each
+// weight is an unbacked allocation of its real size.
 #pragma once
 
 #include <cstdint>

@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/log.h"
+#include "kernels/backend_factory.h"
 #include "tessera/control/v1/control.grpc.pb.h"
 #include "worker/worker_shard.h"
 
@@ -71,7 +72,7 @@ absl::StatusOr<cv1::RegisterResponse> Register(cv1::Control::Stub& stub, const W
   request.set_requested_rank(options.requested_rank);
   request.set_hostname(Hostname());
   request.set_pid(static_cast<int32_t>(getpid()));
-  request.set_device(options.device == DeviceKind::kCpu ? "cpu" : "cuda");
+  request.set_device(DeviceKindName(options.device));
   const Clock::time_point start = Clock::now(), deadline = start + options.connect_timeout;
   milliseconds backoff = kFirstBackoff;
   std::string last_error;

@@ -67,6 +67,16 @@ absl::StatusOr<int64_t> WorkerShard::DefaultKvCacheBudget(int world_size) {
       "cannot read MemAvailable from /proc/meminfo for the default KV cache budget");
 }
 
+absl::StatusOr<int64_t> WorkerShard::AccountedKvCacheBudget(const MemoryInfo& memory) {
+  const int64_t usable = static_cast<int64_t>(static_cast<double>(memory.total_bytes) * kGpuMemoryUtilization);
+  if (usable <= memory.used_bytes) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "no memory is left for the KV cache: ", memory.used_bytes, " bytes are in use of the ", usable,
+        " usable (", kGpuMemoryUtilization, " of ", memory.total_bytes, ")"));
+  }
+  return usable - memory.used_bytes;
+}
+
 std::vector<cv1::WorkerMessage> WorkerShard::Handle(const cv1::CoordinatorMessage& message,
                                                     Clock::time_point received) {
   std::vector<cv1::WorkerMessage> replies;
@@ -215,7 +225,9 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
   if (!assign.prefill_precision().empty()) {
     RETURN_IF_ERROR(Prefixed(ParsePrefillPrecision(assign.prefill_precision(), precision), "assign_shard: "));
   }
-  absl::StatusOr<Checkpoint> checkpoint = Checkpoint::Open(assign.model_dir());
+  // The null device reads no weights: the shapes the config implies are enough.
+  absl::StatusOr<Checkpoint> checkpoint =
+      device == DeviceKind::kNull ? Checkpoint::OpenShapes(assign.model_dir()) : Checkpoint::Open(assign.model_dir());
   if (!checkpoint.ok()) return Prefixed(checkpoint.status(), "assign_shard: ");
   std::vector<int> pp_layers(assign.pp_layers().begin(), assign.pp_layers().end());
   absl::StatusOr<ParallelConfig> parallel =
@@ -247,8 +259,9 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
   Log(absl::StrCat("assigned tp_rank ", parallel_->TpRank(options_.rank), " pp_rank ",
                    parallel_->PpRank(options_.rank), " of ", parallel_->ToString(), " of ",
                    assign.model_dir(), " on ",
-                   device == DeviceKind::kCpu ? absl::StrCat("cpu (", threads, " threads)")
-                                              : absl::StrCat("cuda:", device_index)));
+                   device == DeviceKind::kCpu    ? absl::StrCat("cpu (", threads, " threads)")
+                   : device == DeviceKind::kCuda ? absl::StrCat("cuda:", device_index)
+                                                 : std::string("the null device")));
   return absl::OkStatus();
 }
 
@@ -336,7 +349,14 @@ absl::Status WorkerShard::LoadWeights(cv1::Ack& ack) {
   const double seconds = Seconds(start, Clock::now());
   ack.set_bytes_read(checkpoint_->bytes_accessed());
   ack.set_peak_rss_bytes(PeakRssBytes());
-  Log(absl::StrFormat("loaded weights in %.2f s (%d bytes)", seconds, checkpoint_->bytes_accessed()));
+  if (checkpoint_->shapes_only()) {
+    // The first figure is what a real device would read from the checkpoint; the second what it would hold
+    // (tessera plan's weights per GPU: the embedding's zero row where the vocabulary is split).
+    Log(absl::StrFormat("would load %d bytes of weights; %d bytes of weights accounted on the null device (%.2f s)",
+                        checkpoint_->bytes_accessed(), runner_->allocated_weight_bytes(), seconds));
+  } else {
+    Log(absl::StrFormat("loaded weights in %.2f s (%d bytes)", seconds, checkpoint_->bytes_accessed()));
+  }
   return absl::OkStatus();
 }
 
@@ -348,7 +368,14 @@ absl::Status WorkerShard::ProfileMemory(const cv1::ProfileMemory& profile, cv1::
   }
   int64_t budget = profile.kv_cache_memory_bytes();
   if (budget == 0) {
-    ASSIGN_OR_RETURN(budget, DefaultKvCacheBudget(options_.world_size));
+    absl::StatusOr<MemoryInfo> memory = backend_->Memory();
+    if (memory.ok()) {
+      absl::StatusOr<int64_t> accounted = AccountedKvCacheBudget(*memory);
+      if (!accounted.ok()) return Prefixed(accounted.status(), "profile_memory: ");
+      budget = *accounted;
+    } else {
+      ASSIGN_OR_RETURN(budget, DefaultKvCacheBudget(options_.world_size));
+    }
   }
   const int64_t block = runner_->KvBlockBytes();
   const int64_t blocks = std::min<int64_t>(budget / block, std::numeric_limits<int32_t>::max());

@@ -107,6 +107,12 @@ class WorkerShard {
   // now (the Backend interface has no free-memory query yet). Errors: UNAVAILABLE when /proc/meminfo cannot
   // be read.
   [[nodiscard]] static absl::StatusOr<int64_t> DefaultKvCacheBudget(int world_size);
+  // The KV cache budget on a backend that accounts its memory (Backend::Memory: the null device): what a real
+  // device of that capacity would hold, kGpuMemoryUtilization of the capacity less what is already allocated
+  // (weights, activations), as vLLM's --gpu-memory-utilization. Errors: FAILED_PRECONDITION naming the bytes
+  // when nothing is left.
+  static constexpr double kGpuMemoryUtilization = 0.9;
+  [[nodiscard]] static absl::StatusOr<int64_t> AccountedKvCacheBudget(const MemoryInfo& memory);
 
  private:
   enum class Phase { kNew, kAssigned, kConnected, kLoaded, kReady };

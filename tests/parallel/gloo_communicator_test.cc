@@ -209,6 +209,26 @@ TEST(GlooCommunicatorTest, LargeAllReducesTakeTheRingAndAgree) {
   EXPECT_THAT(codes, ::testing::Each(0));
 }
 
+// BF16 (the null device's activations, at their real size on the wire): both the one-hop and the ring path,
+// summed in fp32; the small integers here are exact in BF16.
+TEST(GlooCommunicatorTest, Bf16AllReducesOneHopAndRingAgree) {
+  const std::string store = FreshStoreDir();
+  const int size = 3;
+  auto codes = RunRanks(size, [&](int rank) {
+    auto comm = GlooCommunicator::Create(Options(store, rank, size));
+    CHILD_EXPECT(comm.ok(), 10);
+    for (const int n : {1000, 300001}) {  // 2 KB one hop; 600 KB the ring
+      std::vector<uint16_t> data(n);
+      for (int i = 0; i < n; ++i) data[i] = F32ToBf16(static_cast<float>(rank * 3 + i % 7));
+      Tensor t(data.data(), DType::kBF16, {n});
+      CHILD_EXPECT((*comm)->AllReduceSum(t).ok(), 11);
+      for (int i = 0; i < n; ++i) CHILD_EXPECT(Bf16ToF32(data[i]) == static_cast<float>(9 + 3 * (i % 7)), 12);
+    }
+    return 0;
+  });
+  EXPECT_THAT(codes, ::testing::Each(0));
+}
+
 TEST(StagedCommunicatorTest, MovesBf16AndF32DeviceTensorsThroughTheHost) {
   const std::string store = FreshStoreDir();
   const int size = 2, n = 37;

@@ -15,6 +15,15 @@
 namespace tessera::worker_shard_test {
 namespace {
 
+// The null device's KV budget: 0.9 of the capacity less what is allocated, as on a real GPU.
+TEST(WorkerShardBudgetTest, AnAccountedDevicesBudgetIsItsUsableMemoryLessWhatIsInUse) {
+  ASSERT_OK_AND_ASSIGN(int64_t budget, WorkerShard::AccountedKvCacheBudget({.total_bytes = 1000, .used_bytes = 300}));
+  EXPECT_EQ(budget, 600);
+  EXPECT_THAT(WorkerShard::AccountedKvCacheBudget({.total_bytes = 1000, .used_bytes = 900}),
+              ::tessera::testing::StatusIs(absl::StatusCode::kFailedPrecondition,
+                                           ::testing::HasSubstr("900 bytes are in use of the 900 usable")));
+}
+
 TEST_F(WorkerShardTest, SetupAcksEachPhaseWithItsFigures) {
   auto shard = MakeShard();
   ASSERT_NO_FATAL_FAILURE(ExpectAck(shard->Handle(Assign()), cv1::CoordinatorMessage::kAssignShard));

@@ -161,6 +161,34 @@ absl::StatusOr<Checkpoint> Checkpoint::Open(const std::string& dir) {
   return ckpt;
 }
 
+absl::StatusOr<Checkpoint> Checkpoint::OpenShapes(const std::string& dir) {
+  Checkpoint ckpt;
+  ckpt.dir_ = dir;
+  const std::filesystem::path base(dir);
+  ckpt.weights_source_ = (base / "config.json").string();
+  ASSIGN_OR_RETURN(ckpt.config_, ModelConfig::Load(ckpt.weights_source_));
+  ASSIGN_OR_RETURN(ckpt.generation_config_,
+                   GenerationConfig::Load((base / "generation_config.json").string()));
+  for (const TensorSpec& spec : LlamaTensorSpecs(ckpt.config_)) {
+    TensorInfo info;
+    info.name = spec.name;
+    info.dtype = DType::kBF16;
+    info.shape = spec.shape;
+    int64_t numel = 1;
+    for (int64_t d : spec.shape) numel *= d;
+    info.data_end = static_cast<uint64_t>(numel * DTypeSize(DType::kBF16));
+    ckpt.tensors_.emplace(info.name, Location{kShapes, ckpt.shape_infos_.size()});
+    ckpt.shape_infos_.push_back(std::move(info));
+  }
+  return ckpt;
+}
+
+absl::Status Checkpoint::RequireBytes(std::string_view name, Location loc) const {
+  if (loc.shard != kShapes) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      Cat(dir_, ": tensor ", name, " has no bytes: the checkpoint was opened for its shapes only (--device null)"));
+}
+
 absl::Status Checkpoint::OpenIndex(const std::string& index_path) {
   ASSIGN_OR_RETURN(std::string text, json_internal::ReadTextFile(index_path));
   ASSIGN_OR_RETURN(Json index, json_internal::ParseJson(text, index_path));
@@ -240,11 +268,12 @@ absl::StatusOr<TensorInfo> Checkpoint::Info(std::string_view name) const {
 
 absl::StatusOr<std::string> Checkpoint::FileOf(std::string_view name) const {
   ASSIGN_OR_RETURN(Location loc, Find(name));
-  return shards_[loc.shard].path();
+  return PathAt(loc);
 }
 
 absl::StatusOr<Tensor> Checkpoint::Map(std::string_view name) const {
   ASSIGN_OR_RETURN(Location loc, Find(name));
+  RETURN_IF_ERROR(RequireBytes(name, loc));
   const TensorInfo& info = InfoAt(loc);
   ASSIGN_OR_RETURN(Tensor t, MakeTensor(DataAt(loc), info.dtype, info.shape, name));
   Count(static_cast<int64_t>(info.nbytes()));
@@ -253,6 +282,7 @@ absl::StatusOr<Tensor> Checkpoint::Map(std::string_view name) const {
 
 absl::StatusOr<Tensor> Checkpoint::MapRows(std::string_view name, int64_t row_begin, int64_t num_rows) const {
   ASSIGN_OR_RETURN(Location loc, Find(name));
+  RETURN_IF_ERROR(RequireBytes(name, loc));
   const TensorInfo& info = InfoAt(loc);
   if (info.shape.empty()) {
     return absl::InvalidArgumentError(Cat("tensor ", name, " is 0-d and has no rows"));
@@ -280,6 +310,10 @@ absl::Status Checkpoint::ReadRows(std::string_view name, int64_t row_begin, int6
   RETURN_IF_ERROR(CheckDestination(name, info, dst, expected));
   const int64_t cols = info.shape.size() == 2 ? info.shape[1] : 1;
   const int64_t es = DTypeSize(info.dtype);
+  if (loc.shard == kShapes) {
+    Count(num_rows * cols * es);
+    return absl::OkStatus();
+  }
   Convert(DataAt(loc) + row_begin * cols * es, info.dtype, static_cast<char*>(dst.data()), dst.dtype(),
           num_rows * cols);
   MappedFile::ReleasePages(DataAt(loc) + row_begin * cols * es, num_rows * cols * es);  // copied out
@@ -299,6 +333,10 @@ absl::Status Checkpoint::ReadColumns(std::string_view name, int64_t col_begin, i
   const int64_t rows = info.shape[0], cols = info.shape[1];
   RETURN_IF_ERROR(CheckDestination(name, info, dst, {rows, num_cols}));
   const int64_t es = DTypeSize(info.dtype), ds = DTypeSize(dst.dtype());
+  if (loc.shard == kShapes) {
+    Count(rows * num_cols * es);
+    return absl::OkStatus();
+  }
   const char* src = DataAt(loc);
   char* out = static_cast<char*>(dst.data());
   for (int64_t r = 0; r < rows; ++r) {
@@ -317,7 +355,7 @@ absl::Status Checkpoint::ValidateForLlama() const {
           Cat(weights_source_, ": tensor ", spec.name, " required by config.json is missing"));
     }
     const TensorInfo& info = InfoAt(it->second);
-    const std::string& file = shards_[it->second.shard].path();
+    const std::string& file = PathAt(it->second);
     if (info.shape != spec.shape) {
       return absl::InvalidArgumentError(Cat(file, ": tensor ", spec.name, " has shape ",
                                             ShapeToString(info.shape), " but config.json implies ",

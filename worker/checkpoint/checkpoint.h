@@ -40,6 +40,12 @@ class Checkpoint {
   // the index too) or a tensor the index lists but its shard lacks; INVALID_ARGUMENT for malformed files, an
   // index without a weight_map object, or a tensor stored in two shards.
   [[nodiscard]] static absl::StatusOr<Checkpoint> Open(const std::string& dir);
+  // The null device's checkpoint: config.json (required) and generation_config.json (optional) of `dir`, and
+  // the tensors LlamaTensorSpecs(config) names, as BF16 of their shapes, without any weight file (a
+  // `make-model --config-only` directory is enough; weight files that are there are not opened). ReadRows and
+  // ReadColumns check their arguments as usual, then count the bytes as if read and leave dst untouched; Map
+  // and MapRows are FAILED_PRECONDITION. Errors: as Open's for the config files.
+  [[nodiscard]] static absl::StatusOr<Checkpoint> OpenShapes(const std::string& dir);
 
   Checkpoint(Checkpoint&&) noexcept = default;
   Checkpoint& operator=(Checkpoint&&) noexcept = default;
@@ -50,6 +56,8 @@ class Checkpoint {
   const GenerationConfig& generation_config() const { return generation_config_; }
   const std::string& dir() const { return dir_; }
 
+  // Whether this came from OpenShapes.
+  bool shapes_only() const { return !shape_infos_.empty(); }
   bool Has(std::string_view name) const;
   // All tensor names, sorted.
   std::vector<std::string> TensorNames() const;
@@ -86,15 +94,23 @@ class Checkpoint {
 
  private:
   struct Location {
-    int shard = 0;
+    int shard = 0;     // kShapes: shape_infos_
     size_t index = 0;  // into shards_[shard].tensors()
   };
+  static constexpr int kShapes = -1;
 
   Checkpoint() = default;
   [[nodiscard]] absl::Status AddShardTensors(int shard);
   [[nodiscard]] absl::Status OpenIndex(const std::string& index_path);
   [[nodiscard]] absl::StatusOr<Location> Find(std::string_view name) const;
-  const TensorInfo& InfoAt(Location loc) const { return shards_[loc.shard].tensors()[loc.index]; }
+  const TensorInfo& InfoAt(Location loc) const {
+    return loc.shard == kShapes ? shape_infos_[loc.index] : shards_[loc.shard].tensors()[loc.index];
+  }
+  const std::string& PathAt(Location loc) const {
+    return loc.shard == kShapes ? weights_source_ : shards_[loc.shard].path();
+  }
+  // FAILED_PRECONDITION for a tensor of a shapes-only checkpoint, which has no bytes to map.
+  [[nodiscard]] absl::Status RequireBytes(std::string_view name, Location loc) const;
   const char* DataAt(Location loc) const { return shards_[loc.shard].data() + InfoAt(loc).data_begin; }
   void Count(int64_t bytes) const { bytes_accessed_->fetch_add(bytes, std::memory_order_relaxed); }
 
@@ -103,6 +119,7 @@ class Checkpoint {
   ModelConfig config_;
   GenerationConfig generation_config_;
   std::vector<SafetensorsFile> shards_;
+  std::vector<TensorInfo> shape_infos_;  // OpenShapes: every tensor, data_begin 0 and data_end its BF16 bytes
   std::map<std::string, Location, std::less<>> tensors_;
   std::unique_ptr<std::atomic<int64_t>> bytes_accessed_ = std::make_unique<std::atomic<int64_t>>(0);
 };

@@ -98,6 +98,7 @@ absl::Status LlamaModel::LoadWeights(const Checkpoint& checkpoint) {
     lm_head_.Init(lm_head, parallel_, t, group);
   }
   weight_bytes_ = checkpoint.bytes_accessed();
+  allocated_weight_bytes_ = loader.bytes_copied();
   for (DeviceBuffer& b : loader.TakeBuffers()) buffers_.push_back(std::move(b));
   return absl::OkStatus();
 }

@@ -57,6 +57,9 @@ class LlamaModel {
   KvCacheShape KvShape(int num_blocks) const;
   // Bytes of weights used in place from the checkpoint mapping plus those copied.
   int64_t weight_bytes() const { return weight_bytes_; }
+  // Bytes of weights this rank holds in memory the backend allocated (the copies; on a GPU or the null
+  // device, every weight).
+  int64_t allocated_weight_bytes() const { return allocated_weight_bytes_; }
 
  private:
   // Head counts and widths are this rank's (local): nq = num_heads / tp, nkv = its KV heads, I = intermediate
@@ -109,6 +112,7 @@ class LlamaModel {
   Activations act_;
   std::vector<DeviceBuffer> buffers_;  // copied weights and activation memory
   int64_t weight_bytes_ = 0;
+  int64_t allocated_weight_bytes_ = 0;
 };
 
 }  // namespace tessera

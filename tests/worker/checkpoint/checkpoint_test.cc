@@ -331,3 +331,48 @@ TEST(CheckpointTest, OpenFailsWithoutConfigOrWeights) {
 
 }  // namespace
 }  // namespace tessera
+
+namespace tessera {
+namespace {
+
+// The null device's checkpoint: the config's tensors without weight files.
+TEST(CheckpointShapesTest, OpenShapesListsTheConfigsTensorsAsBf16WithoutWeightFiles) {
+  ScopedTempDir dir;
+  WriteFile(dir.File("config.json"), SmallConfig().ToJson());
+  ASSERT_OK_AND_ASSIGN(Checkpoint ckpt, Checkpoint::OpenShapes(dir.path()));
+  EXPECT_TRUE(ckpt.shapes_only());
+  EXPECT_OK(ckpt.ValidateForLlama());
+  EXPECT_EQ(ckpt.TensorNames().size(), LlamaTensorSpecs(SmallConfig()).size());
+  ASSERT_OK_AND_ASSIGN(TensorInfo info, ckpt.Info("model.layers.0.mlp.gate_proj.weight"));
+  EXPECT_EQ(info.dtype, DType::kBF16);
+  EXPECT_EQ(info.shape, (std::vector<int64_t>{96, 64}));
+  EXPECT_EQ(info.nbytes(), 96u * 64u * 2u);
+  // Nothing to map; reads count the bytes as if read and leave the destination as it is.
+  EXPECT_THAT(ckpt.Map("model.norm.weight"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("shapes only")));
+  EXPECT_THAT(ckpt.MapRows("model.embed_tokens.weight", 0, 1), StatusIs(absl::StatusCode::kFailedPrecondition));
+  std::vector<uint16_t> rows(10 * 64, 7);
+  Tensor dst(rows.data(), DType::kBF16, {10, 64});
+  EXPECT_OK(ckpt.ReadRows("model.layers.0.mlp.gate_proj.weight", 5, 10, dst));
+  EXPECT_EQ(rows[0], 7);
+  EXPECT_EQ(ckpt.bytes_accessed(), 10 * 64 * 2);
+  std::vector<uint16_t> cols(64 * 8);
+  Tensor cdst(cols.data(), DType::kBF16, {64, 8});  // down_proj is [hidden, intermediate]
+  EXPECT_OK(ckpt.ReadColumns("model.layers.0.mlp.down_proj.weight", 8, 8, cdst));
+  EXPECT_EQ(ckpt.bytes_accessed(), 10 * 64 * 2 + 64 * 8 * 2);
+  // Arguments are still checked.
+  EXPECT_THAT(ckpt.ReadRows("model.layers.0.mlp.gate_proj.weight", 90, 10, dst),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("gate_proj")));
+  EXPECT_THAT(ckpt.Info("model.layers.9.mlp.gate_proj.weight"), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST(CheckpointShapesTest, OpenShapesNeedsAValidConfig) {
+  ScopedTempDir dir;
+  EXPECT_THAT(Checkpoint::OpenShapes(dir.path()), StatusIs(absl::StatusCode::kNotFound, HasSubstr("config.json")));
+  WriteFile(dir.File("config.json"), "{\"hidden_size\": ");
+  EXPECT_THAT(Checkpoint::OpenShapes(dir.path()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.json")));
+}
+
+}  // namespace
+}  // namespace tessera
