@@ -54,7 +54,11 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   o.http_port = a.http_port;
   ASSIGN_OR_RETURN(o.resume_window, ParseDuration(a.resume_window));
   if (!a.advertise_host.empty()) o.advertise_host = a.advertise_host;
-  ASSIGN_OR_RETURN(o.kv_cache_memory, ParseByteSize(a.kv_cache_memory));
+  if (a.kv_cache_memory == "auto") {  // the null device sizes its cache as a real device would (0: each worker)
+    o.kv_cache_memory = a.device == "null" ? 0 : int64_t{1} << 30;
+  } else {
+    ASSIGN_OR_RETURN(o.kv_cache_memory, ParseByteSize(a.kv_cache_memory));
+  }
   o.threads_per_worker = a.threads_per_worker;
   if (a.prefill_precision != "exact" && a.prefill_precision != "bf16") {
     return absl::InvalidArgumentError(

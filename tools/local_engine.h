@@ -33,7 +33,7 @@ struct ServeArgs {
   int http_port = -1;  // the OpenAI-compatible HTTP API: -1 off, 0 a free port
   std::string resume_window = "60s";  // resumable streams kept after their client left or their end; 0s: off
   std::string advertise_host;
-  std::string kv_cache_memory = "1GiB";
+  std::string kv_cache_memory = "auto";  // 1GiB; on the null device, what its (an H200's) memory holds
   int threads_per_worker = 0;
   int max_num_seqs = 64;
   int max_num_batched_tokens = 2048;

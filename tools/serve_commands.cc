@@ -47,7 +47,11 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
   cmd->add_option("--pp-layers", a.pp_layers, "Layers per stage, e.g. 10,11,11 (default: even)")
       ->delimiter(',')
       ->envname("TESSERA_PP_LAYERS");
-  cmd->add_option("--device", a.device, "cpu, cuda or null (the real control and data plane at the model's shapes, without arithmetic or weights: docs/null-device.md)")->capture_default_str()->envname("TESSERA_DEVICE");
+  cmd->add_option("--device", a.device,
+                  "cpu, cuda or null (the real control and data plane at the model's shapes, without "
+                  "arithmetic or weights: docs/null-device.md)")
+      ->capture_default_str()
+      ->envname("TESSERA_DEVICE");
   cmd->add_option("--host", a.host, "Address to listen on")->capture_default_str()->envname("TESSERA_HOST");
   cmd->add_option("--grpc-port", a.grpc_port, "gRPC port (0 = pick a free one and print it)")
       ->capture_default_str()
@@ -61,7 +65,9 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
                   "or after its end, whichever is later (0s: resumption off)")
       ->capture_default_str()
       ->envname("TESSERA_RESUME_WINDOW");
-  cmd->add_option("--kv-cache-memory", a.kv_cache_memory, "KV cache per worker (e.g. 512MiB, 4GiB)")
+  cmd->add_option("--kv-cache-memory", a.kv_cache_memory,
+                  "KV cache per worker (e.g. 512MiB, 4GiB; 0: each worker's default; auto: 1GiB, and on "
+                  "--device null what an H200 holds after the weights)")
       ->capture_default_str()
       ->envname("TESSERA_KV_CACHE_MEMORY");
   cmd->add_option("--threads-per-worker", a.threads_per_worker,
