@@ -141,7 +141,7 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
   gen_cmd
       ->add_option("--pp-layers", gen->options.pp_layers, "Layers per stage, e.g. 10,11,11 (default: even)")
       ->delimiter(',');
-  gen_cmd->add_option("--device", gen->options.device, "cpu or cuda")->capture_default_str();
+  gen_cmd->add_option("--device", gen->options.device, "cpu, cuda or null")->capture_default_str();
   gen_cmd
       ->add_option("--threads", gen->options.threads,
                    "CPU threads per worker (0 = the cores split over them)")
