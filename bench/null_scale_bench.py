@@ -22,8 +22,6 @@ serialized StepResult from the output rank.
 usage: .venv/bin/python bench/null_scale_bench.py [--tessera build/tessera] [--quick] [--svg docs/null-device-scaling.svg]
 """
 import argparse
-import datetime
-import json
 import os
 import re
 import signal
@@ -37,6 +35,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "integration"))
 import grpc  # noqa: E402
 import harness  # noqa: E402
+import recovery_bench  # noqa: E402  (recovery_marks)
 import recovery_test  # noqa: E402  (rank_pids)
 
 ROOT = harness.REPO
@@ -216,11 +215,6 @@ def print_costs(rows, title):
     sys.stdout.flush()
 
 
-def ts(line):
-    event = json.loads(line)
-    return datetime.datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp(), event["msg"]
-
-
 def recovery(server, kill_rank):
     """SIGKILLs `kill_rank` under 8 running streams; returns {phase: seconds}."""
     load = Load(server.address, 8)
@@ -235,16 +229,7 @@ def recovery(server, kill_rank):
             if time.time() > deadline or server.proc.poll() is not None:
                 raise RuntimeError("no recovery:\n" + "".join(server.stderr[logged:][-20:]))
             time.sleep(0.05)
-        marks = {}
-        for line in server.stderr[logged:]:
-            try:
-                t, msg = ts(line)
-            except (ValueError, KeyError):
-                continue
-            for key, text in (("detected", "re-forming the group"), ("restarted", "restarted worker rank"),
-                              ("reformed", "re-formed in"), ("whole", "whole again")):
-                if text in msg:
-                    marks.setdefault(key, t)
+        marks = recovery_bench.recovery_marks(server.stderr[logged:])
         while not any(t > marks["whole"] for times in load.times for t in times):
             if time.time() > deadline or load.errors:
                 raise RuntimeError("no token after recovery: %s" % load.errors)
@@ -253,8 +238,8 @@ def recovery(server, kill_rank):
     finally:
         load.cancel()
     return {
-        "detection": marks["detected"] - killed,
-        "replacement started": marks["restarted"] - marks["detected"],
+        "detection": marks["first_detected"] - killed,
+        "replacement started": marks["restarted"] - marks["first_detected"],
         "group re-formed": marks["reformed"] - marks["restarted"],
         "whole again": marks["whole"] - marks["reformed"],
         "next token": next_token - marks["whole"],

@@ -49,6 +49,27 @@ def ts(line):
     return datetime.datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp(), event["msg"]
 
 
+def recovery_marks(lines):
+    """The wall-clock times of a recovery's phases in the coordinator's log lines: detected, restarted,
+    reformed, whole (the last attempt's), first_detected, and the seconds of loading and joining it reports."""
+    marks = {}
+    for line in lines:
+        try:
+            t, msg = ts(line)
+        except (ValueError, KeyError):
+            continue
+        for key, text in (("detected", "re-forming the group"), ("restarted", "restarted worker rank"),
+                          ("reformed", "re-formed in"), ("whole", "whole again")):
+            if text in msg:
+                marks[key] = t  # the last attempt's
+                if key == "detected":
+                    marks.setdefault("first_detected", t)
+        if "re-formed in" in msg and "of which loading" in msg:
+            marks["loading"] = float(msg.split("of which loading ")[1].split(" s")[0])
+            marks["joined"] = float(msg.split("replacements joined ")[1].split(" s")[0])
+    return marks
+
+
 def one_run(args, model, split):
     server = harness.Server(args.tessera, model, split[0], split[1], ["--kv-cache-memory", "256MiB"]).start()
     try:
@@ -70,21 +91,7 @@ def one_run(args, model, split):
                 f.writelines(server.stderr)
             raise RuntimeError("a stream failed (server log in %s/recovery_bench_failure.log): %s" % (
                 tempfile.gettempdir(), [str(s.error) for s in streams if s.error][0]))
-        marks = {}
-        for line in server.stderr[logged:]:
-            try:
-                t, msg = ts(line)
-            except (ValueError, KeyError):
-                continue
-            for key, text in (("detected", "re-forming the group"), ("restarted", "restarted worker rank"),
-                              ("reformed", "re-formed in"), ("whole", "whole again")):
-                if text in msg:
-                    marks[key] = t  # the last attempt's
-                    if key == "detected":
-                        marks.setdefault("first_detected", t)
-            if "re-formed in" in msg and "of which loading" in msg:
-                marks["loading"] = float(msg.split("of which loading ")[1].split(" s")[0])
-                marks["joined"] = float(msg.split("replacements joined ")[1].split(" s")[0])
+        marks = recovery_marks(server.stderr[logged:])
         # The first token the re-formed group produced (a step that finished just before the kill may still
         # deliver one earlier).
         next_token = min(t for s in streams for t in s.times if t > marks["whole"])
