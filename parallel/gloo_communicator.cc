@@ -16,6 +16,7 @@
 #include <exception>
 #include <filesystem>
 #include <mutex>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "parallel/grpc_store.h"
@@ -157,16 +158,25 @@ void WaitOrThrow(bool completed, const char* what) {
 
 namespace {
 
-// Element i of a F32 or BF16 buffer as a float, and back.
-float Load(const char* data, DType dtype, int64_t i) {
-  return dtype == DType::kF32 ? reinterpret_cast<const float*>(data)[i]
-                              : Bf16ToF32(reinterpret_cast<const uint16_t*>(data)[i]);
-}
-void Store(char* data, DType dtype, int64_t i, float value) {
-  if (dtype == DType::kF32) {
-    reinterpret_cast<float*>(data)[i] = value;
-  } else {
-    reinterpret_cast<uint16_t*>(data)[i] = F32ToBf16(value);
+// out[i] = the sum over ranks r of rank r's element i (rank `self`'s is out itself, the others' are in `peers`,
+// `count` elements apart), in rank order and in fp32, for F32 (float) and BF16 (uint16_t bits).
+template <typename T>
+void SumInRankOrder(T* out, const T* peers, int64_t count, int n, int self) {
+  auto load = [](T v) {
+    if constexpr (std::is_same_v<T, float>) {
+      return v;
+    } else {
+      return Bf16ToF32(v);
+    }
+  };
+  for (int64_t i = 0; i < count; ++i) {
+    float sum = 0;
+    for (int r = 0; r < n; ++r) sum += load((r == self ? out : peers + r * count)[i]);
+    if constexpr (std::is_same_v<T, float>) {
+      out[i] = sum;
+    } else {
+      out[i] = F32ToBf16(sum);
+    }
   }
 }
 
@@ -196,11 +206,11 @@ absl::Status GlooCommunicator::AllReduceSum(Tensor& data) {
       for (int i = 0; i < n - 1; ++i) WaitOrThrow(theirs->waitRecv(nullptr, impl_->options.timeout), "recv");
       for (int i = 0; i < n - 1; ++i) WaitOrThrow(mine->waitSend(nullptr, impl_->options.timeout), "send");
       // The same order of additions (in fp32) on every rank, so that every rank ends with the same bits.
-      char* out = static_cast<char*>(data.data());
-      for (int64_t i = 0; i < count; ++i) {
-        float sum = 0;
-        for (int r = 0; r < n; ++r) sum += Load(r == self ? out : peers + r * bytes, dtype, i);
-        Store(out, dtype, i, sum);
+      if (dtype == DType::kF32) {
+        SumInRankOrder(data.data_as<float>(), reinterpret_cast<const float*>(peers), count, n, self);
+      } else {
+        SumInRankOrder(static_cast<uint16_t*>(data.data()), reinterpret_cast<const uint16_t*>(peers), count, n,
+                       self);
       }
     });
   }
