@@ -14,6 +14,7 @@
 #include "coordinator/tokenizer/tokenizer.h"
 #include "coordinator/worker_group.h"
 #include "core/log.h"
+#include "core/secret.h"
 #include "core/status_macros.h"
 #include "core/str_cat.h"
 
@@ -147,9 +148,16 @@ CoordinatorMessage Coordinator::ProfileMemoryMessage() const {
   return m;
 }
 
-CoordinatorMessage Coordinator::InitCommMessage() const {
+CoordinatorMessage Coordinator::InitCommMessage() {
+  const uint64_t epoch = workers_->epoch();
+  if (store_token_.empty() || store_token_epoch_ != epoch) {
+    store_token_ = RandomToken();
+    store_token_epoch_ = epoch;
+    rendezvous_->SetToken(store_token_);
+  }
   CoordinatorMessage m;
   auto* comm = m.mutable_init_comm();
+  comm->set_store_token(store_token_);
   comm->set_store_address(Cat(options_.advertise_host, ":", port_));
   comm->set_group_prefix(Cat("epoch", workers_->epoch()));  // a new epoch's groups never meet the old ones
   comm->set_timeout_ms(options_.comm_timeout.count());

@@ -131,7 +131,9 @@ class Coordinator {
   [[nodiscard]] absl::Status BringUpOnce();
   // The setup messages of BringUp, also sent to replacements.
   control::v1::CoordinatorMessage AssignShardMessage(int rank) const;
-  control::v1::CoordinatorMessage InitCommMessage() const;
+  // Carries the current epoch's store token, made (and given to the rendezvous store) the first time an epoch
+  // asks: only that epoch's registered workers, which get it here, can use the store.
+  control::v1::CoordinatorMessage InitCommMessage();
   static control::v1::CoordinatorMessage LoadWeightsMessage();
   control::v1::CoordinatorMessage ProfileMemoryMessage() const;
   // Re-forms the group after failures until it is whole again (or the coordinator shuts down): the recovery
@@ -165,6 +167,8 @@ class Coordinator {
   // Resumable streams (null: resume_window 0); used by the APIs, cancels in scheduler_.
   std::unique_ptr<StreamJournalStore> journals_;
   std::unique_ptr<RendezvousService> rendezvous_;
+  uint64_t store_token_epoch_ = 0;  // the epoch store_token_ belongs to (the bring-up / recovery thread's)
+  std::string store_token_;
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<ModelService> models_;
   std::unique_ptr<grpc::Server> server_;

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/secret.h"
 
 namespace tessera {
 namespace {
@@ -15,8 +16,31 @@ constexpr absl::Duration kLongestWait = absl::Minutes(10);
 
 }  // namespace
 
-grpc::Status RendezvousService::Set(grpc::ServerContext*, const control::v1::SetRequest* request,
+void RendezvousService::SetToken(const std::string& token) {
+  absl::MutexLock lock(&mu_);
+  token_ = token;
+}
+
+grpc::Status RendezvousService::CheckToken(const grpc::ServerContext& context) {
+  std::string expected;
+  {
+    absl::MutexLock lock(&mu_);
+    expected = token_;
+  }
+  if (expected.empty()) return grpc::Status::OK;
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find(kStoreTokenHeader);
+  const std::string_view given = it == metadata.end() ? std::string_view()
+                                                      : std::string_view(it->second.data(), it->second.size());
+  if (ConstantTimeEquals(given, expected)) return grpc::Status::OK;
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                      "the rendezvous store answers only the registered workers of the current epoch (" +
+                          std::string(kStoreTokenHeader) + (it == metadata.end() ? " missing)" : " wrong)"));
+}
+
+grpc::Status RendezvousService::Set(grpc::ServerContext* context, const control::v1::SetRequest* request,
                                     control::v1::SetResponse*) {
+  if (grpc::Status s = CheckToken(*context); !s.ok()) return s;
   if (request->key().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "key is empty");
   absl::MutexLock lock(&mu_);
   values_[request->key()] = request->value();
@@ -78,6 +102,7 @@ void RendezvousService::RetireAllBut(const std::string& live_prefix) {
 
 grpc::Status RendezvousService::Wait(grpc::ServerContext* context, const control::v1::WaitRequest* request,
                                      control::v1::WaitResponse*) {
+  if (grpc::Status s = CheckToken(*context); !s.ok()) return s;
   grpc::Status status;
   std::vector<std::string> keys(request->keys().begin(), request->keys().end());
   return AwaitKeys(context, keys, &status) ? grpc::Status::OK : status;
@@ -85,6 +110,7 @@ grpc::Status RendezvousService::Wait(grpc::ServerContext* context, const control
 
 grpc::Status RendezvousService::Get(grpc::ServerContext* context, const control::v1::GetRequest* request,
                                     control::v1::GetResponse* response) {
+  if (grpc::Status s = CheckToken(*context); !s.ok()) return s;
   grpc::Status status;
   if (!AwaitKeys(context, {request->key()}, &status)) return status;
   absl::MutexLock lock(&mu_);

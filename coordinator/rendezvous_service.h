@@ -1,6 +1,8 @@
 // RendezvousService: the coordinator's in-memory key-value store over gRPC (tessera.control.v1.Rendezvous),
 // through which workers bootstrap their communicators. Thread-safe; Wait and Get block a server thread until
-// the keys exist, the call's deadline passes or Shutdown() is called.
+// the keys exist, the call's deadline passes or Shutdown() is called. Once SetToken gave it a token, it answers
+// only calls that carry it (metadata kStoreTokenHeader: the coordinator hands each epoch's token to its
+// registered workers in InitComm), and every other call is UNAUTHENTICATED.
 #pragma once
 
 #include <map>
@@ -11,8 +13,14 @@
 
 namespace tessera {
 
+// The metadata key of the store token (parallel/grpc_store.h's GrpcStore::kTokenMetadata sends it).
+inline constexpr char kStoreTokenHeader[] = "x-tessera-store-token";
+
 class RendezvousService final : public control::v1::Rendezvous::Service {
  public:
+  // From now on, calls must carry `token` (compared in constant time); empty: every call is answered.
+  void SetToken(const std::string& token);
+
   grpc::Status Set(grpc::ServerContext* context, const control::v1::SetRequest* request,
                    control::v1::SetResponse* response) override;
   grpc::Status Wait(grpc::ServerContext* context, const control::v1::WaitRequest* request,
@@ -32,11 +40,14 @@ class RendezvousService final : public control::v1::Rendezvous::Service {
  private:
   // Blocks until every key exists; false (with *status set) on deadline, cancellation or shutdown.
   bool AwaitKeys(grpc::ServerContext* context, const std::vector<std::string>& keys, grpc::Status* status);
+  // UNAUTHENTICATED unless the call carries the token (or there is none).
+  grpc::Status CheckToken(const grpc::ServerContext& context);
 
   absl::Mutex mu_;
   std::map<std::string, std::string> values_ ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   std::string live_prefix_ ABSL_GUARDED_BY(mu_);  // empty: every key is live
+  std::string token_ ABSL_GUARDED_BY(mu_);        // empty: no token asked for
 };
 
 }  // namespace tessera

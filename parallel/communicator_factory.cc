@@ -36,6 +36,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> JoinGroup(CommunicatorKind kind, c
     gloo.rank = options.rank;
     gloo.size = options.size;
     gloo.store_address = options.store_address;
+    gloo.store_token = options.store_token;
     gloo.hostname = options.hostname;
     gloo.timeout = options.timeout;
     absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm = GlooCommunicator::Create(gloo);
@@ -49,6 +50,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> JoinGroup(CommunicatorKind kind, c
   nccl.size = options.size;
   nccl.device = options.device_index;
   nccl.store_address = options.store_address;
+  nccl.store_token = options.store_token;
   nccl.timeout = options.timeout;
   nccl.stream = options.cuda_stream;
   const char* custom = std::getenv("TESSERA_CUSTOM_ALL_REDUCE");

@@ -70,7 +70,9 @@ struct CustomAllReduce::Impl {
   absl::Status CudaError(const char* call, cudaError_t e) const {
     return absl::UnavailableError(Cat(call, " failed on ", Where(), ": ", cudaGetErrorString(e)));
   }
-  StoreLocation Location() const { return {options.store_address, options.store_dir, options.timeout}; }
+  StoreLocation Location() const {
+    return {options.store_address, options.store_dir, options.timeout, options.store_token};
+  }
 
   // Whether this device can read every peer's, from the peers' PCI bus ids.
   absl::Status CheckPeerAccess(const std::vector<std::string>& bus_ids) const {

@@ -21,7 +21,8 @@ struct CustomAllReduceOptions {
   int rank = 0;
   int size = 1;
   int device = 0;             // CUDA device ordinal of this rank
-  std::string store_address;  // the rendezvous store, as NcclOptions
+  std::string store_address;  // the rendezvous store and its token, as NcclOptions
+  std::string store_token;
   std::string store_dir;
   std::chrono::milliseconds timeout{30000};  // for each exchange through the store
   int64_t max_bytes = 0;                     // the largest message it takes; 0: DefaultOneShotMaxBytes(size)

@@ -16,6 +16,7 @@ struct GlooOptions {
   std::string group;  // name of the group; keys in the store are prefixed with it
   int rank = 0;
   int size = 1;
+  std::string store_token;    // the Rendezvous service's secret for this epoch (empty: none)
   std::string store_address;  // rendezvous through the coordinator's Rendezvous service at HOST:PORT, or
   std::string store_dir;      // through files in this directory (shared by the group's ranks)
   std::string hostname = "127.0.0.1";        // the address this rank listens on

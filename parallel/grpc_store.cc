@@ -8,8 +8,11 @@
 namespace tessera {
 namespace {
 
-void SetDeadline(grpc::ClientContext& context, std::chrono::milliseconds timeout) {
+// Every call: a deadline, waiting for the coordinator while it starts, and the store token.
+void Prepare(grpc::ClientContext& context, std::chrono::milliseconds timeout, const std::string& token) {
   context.set_deadline(std::chrono::system_clock::now() + timeout);
+  context.set_wait_for_ready(true);  // the coordinator may still be starting
+  if (!token.empty()) context.AddMetadata(GrpcStore::kTokenMetadata, token);
 }
 
 // TimeoutError when the call ran past its deadline, gloo::IoException otherwise.
@@ -24,16 +27,16 @@ void SetDeadline(grpc::ClientContext& context, std::chrono::milliseconds timeout
 
 }  // namespace
 
-GrpcStore::GrpcStore(const std::string& address, std::chrono::milliseconds timeout)
+GrpcStore::GrpcStore(const std::string& address, std::chrono::milliseconds timeout, std::string token)
     : address_(address),
       timeout_(timeout),
+      token_(std::move(token)),
       stub_(control::v1::Rendezvous::NewStub(
           grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))) {}
 
 void GrpcStore::set(const std::string& key, const std::vector<char>& data) {
   grpc::ClientContext context;
-  SetDeadline(context, timeout_);
-  context.set_wait_for_ready(true);  // the coordinator may still be starting
+  Prepare(context, timeout_, token_);
   control::v1::SetRequest request;
   request.set_key(key);
   request.set_value(std::string(data.begin(), data.end()));
@@ -44,8 +47,7 @@ void GrpcStore::set(const std::string& key, const std::vector<char>& data) {
 
 std::vector<char> GrpcStore::get(const std::string& key) {
   grpc::ClientContext context;
-  SetDeadline(context, timeout_);
-  context.set_wait_for_ready(true);
+  Prepare(context, timeout_, token_);
   control::v1::GetRequest request;
   request.set_key(key);
   control::v1::GetResponse response;
@@ -58,8 +60,7 @@ void GrpcStore::wait(const std::vector<std::string>& keys) { wait(keys, timeout_
 
 void GrpcStore::wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) {
   grpc::ClientContext context;
-  SetDeadline(context, timeout);
-  context.set_wait_for_ready(true);
+  Prepare(context, timeout, token_);
   control::v1::WaitRequest request;
   for (const std::string& key : keys) request.add_keys(key);
   control::v1::WaitResponse response;

@@ -21,6 +21,7 @@ struct StoreLocation {
   std::string address;  // HOST:PORT of the Rendezvous service, or
   std::string dir;      // a directory of files (created when missing)
   std::chrono::milliseconds timeout{30000};
+  std::string token;  // the Rendezvous service's secret (empty: none)
 };
 
 // Opens the store and runs `use` on it. A store timeout becomes DEADLINE_EXCEEDED, any other store failure

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <thread>
 
+#include "core/secret.h"
 #include "tests/util/test_env.h"
 
 extern char** environ;
@@ -65,6 +66,57 @@ grpc::Status Call(Rendezvous::Stub& stub, const std::vector<std::string>& wait_k
   for (const auto& k : wait_keys) request.add_keys(k);
   WaitResponse response;
   return stub.Wait(&context, request, &response);
+}
+
+// With a token (the epoch's, which the coordinator hands its registered workers), calls without it or with
+// another are UNAUTHENTICATED and change nothing; with it they work; a new token retires the old one.
+TEST(RendezvousServiceTest, WithATokenOnlyCallsCarryingItAreAnswered) {
+  Server server;
+  server.service().SetToken("epoch-secret");
+  auto stub = Client(server.address());
+  auto set = [&](const std::string& token, const std::string& key) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 5s);
+    if (!token.empty()) context.AddMetadata("x-tessera-store-token", token);
+    SetRequest request;
+    request.set_key(key);
+    request.set_value("v");
+    SetResponse response;
+    return stub->Set(&context, request, &response);
+  };
+  auto get = [&](const std::string& token, const std::string& key) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 1s);
+    if (!token.empty()) context.AddMetadata("x-tessera-store-token", token);
+    GetRequest request;
+    request.set_key(key);
+    GetResponse response;
+    return stub->Get(&context, request, &response);
+  };
+  EXPECT_EQ(set("", "a").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(set("", "a").error_message(), ::testing::HasSubstr("x-tessera-store-token missing"));
+  EXPECT_EQ(set("epoch-secreT", "a").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(set("epoch-secret-and-more", "a").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(get("epoch-secret", "a").error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);  // never set
+  EXPECT_TRUE(set("epoch-secret", "a").ok());
+  EXPECT_TRUE(get("epoch-secret", "a").ok());
+  EXPECT_EQ(get("", "a").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  server.service().SetToken("next-epoch");
+  EXPECT_EQ(get("epoch-secret", "a").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(get("next-epoch", "a").ok());
+}
+
+TEST(SecretTest, ConstantTimeEqualsComparesWholeStringsAndTokensAreRandomHex) {
+  EXPECT_TRUE(ConstantTimeEquals("abc", "abc"));
+  EXPECT_FALSE(ConstantTimeEquals("abd", "abc"));
+  EXPECT_FALSE(ConstantTimeEquals("ab", "abc"));
+  EXPECT_FALSE(ConstantTimeEquals("abcd", "abc"));
+  EXPECT_FALSE(ConstantTimeEquals("", "abc"));
+  EXPECT_TRUE(ConstantTimeEquals("", ""));
+  const std::string a = RandomToken(), b = RandomToken();
+  EXPECT_EQ(a.size(), 32u);
+  EXPECT_EQ(a.find_first_not_of("0123456789abcdef"), std::string::npos);
+  EXPECT_NE(a, b);
 }
 
 TEST(RendezvousServiceTest, GetWaitsForAKeySetLater) {
