@@ -55,6 +55,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
   group.output_rank = c->parallel_.output_rank();
   group.heartbeat_interval = options.heartbeat_interval;
   group.heartbeat_timeout = options.heartbeat_timeout;
+  group.join_token = options.join_token;
   c->workers_ = std::make_unique<WorkerGroup>(
       group, [self](const control::v1::StepResult& result) { self->scheduler_->OnStepResult(result); },
       [self](const absl::Status& status) { self->OnFailure(status); });

@@ -64,6 +64,8 @@ struct CoordinatorOptions {
   SchedulerOptions scheduler;  // num_kv_blocks and max_steps_in_flight are set by the coordinator
   std::chrono::milliseconds heartbeat_interval{500};
   std::chrono::milliseconds heartbeat_timeout{2000};
+  // Workers must present this (WorkerGroupOptions::join_token); empty: any worker that reaches the port joins.
+  std::string join_token;
   std::chrono::milliseconds comm_timeout{30000};      // rendezvous and every collective
   std::chrono::milliseconds startup_timeout{600000};  // workers joining, loading
   // A lost worker (exited, killed, silent past heartbeat_timeout) is replaced and its requests go on: the group

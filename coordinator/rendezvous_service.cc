@@ -29,13 +29,13 @@ grpc::Status RendezvousService::CheckToken(const grpc::ServerContext& context) {
   }
   if (expected.empty()) return grpc::Status::OK;
   const auto& metadata = context.client_metadata();
-  const auto it = metadata.find(kStoreTokenHeader);
+  const auto it = metadata.find(kStoreTokenMetadata);
   const std::string_view given = it == metadata.end() ? std::string_view()
                                                       : std::string_view(it->second.data(), it->second.size());
   if (ConstantTimeEquals(given, expected)) return grpc::Status::OK;
   return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                       "the rendezvous store answers only the registered workers of the current epoch (" +
-                          std::string(kStoreTokenHeader) + (it == metadata.end() ? " missing)" : " wrong)"));
+                          std::string(kStoreTokenMetadata) + (it == metadata.end() ? " missing)" : " wrong)"));
 }
 
 grpc::Status RendezvousService::Set(grpc::ServerContext* context, const control::v1::SetRequest* request,

@@ -1,8 +1,8 @@
 // RendezvousService: the coordinator's in-memory key-value store over gRPC (tessera.control.v1.Rendezvous),
 // through which workers bootstrap their communicators. Thread-safe; Wait and Get block a server thread until
-// the keys exist, the call's deadline passes or Shutdown() is called. Once SetToken gave it a token, it answers
-// only calls that carry it (metadata kStoreTokenHeader: the coordinator hands each epoch's token to its
-// registered workers in InitComm), and every other call is UNAUTHENTICATED.
+// the keys exist, the call's deadline passes or Shutdown() is called. Once SetToken gave it a token, it
+// answers only calls that carry it (metadata kStoreTokenMetadata, core/secret.h: the coordinator hands each
+// epoch's token to its registered workers in InitComm), and every other call is UNAUTHENTICATED.
 #pragma once
 
 #include <map>
@@ -12,9 +12,6 @@
 #include "tessera/control/v1/rendezvous.grpc.pb.h"
 
 namespace tessera {
-
-// The metadata key of the store token (parallel/grpc_store.h's GrpcStore::kTokenMetadata sends it).
-inline constexpr char kStoreTokenHeader[] = "x-tessera-store-token";
 
 class RendezvousService final : public control::v1::Rendezvous::Service {
  public:
@@ -33,8 +30,8 @@ class RendezvousService final : public control::v1::Rendezvous::Service {
   // Removes every key starting with `prefix` (a group torn down before it is formed again).
   void EraseGroup(const std::string& prefix);
   // The groups are re-formed under `live_prefix` (a new epoch's "epoch<E>/"): every key outside it is erased,
-  // and waits for such keys, now and later, fail at once with ABORTED (a rank still joining an old group gives
-  // up instead of waiting out its timeout).
+  // and waits for such keys, now and later, fail at once with ABORTED (a rank still joining an old group
+  // gives up instead of waiting out its timeout).
   void RetireAllBut(const std::string& live_prefix);
 
  private:

@@ -4,6 +4,8 @@
 #include <utility>
 
 #include "absl/time/time.h"
+#include "core/log.h"
+#include "core/secret.h"
 #include "core/str_cat.h"
 
 namespace tessera {
@@ -105,8 +107,25 @@ bool WorkerGroup::StepCanGoLocked() const {
   return true;
 }
 
-grpc::Status WorkerGroup::Register(grpc::ServerContext*, const control::v1::RegisterRequest* request,
+grpc::Status WorkerGroup::CheckJoinToken(const grpc::ServerContext& context, const char* call) const {
+  if (options_.join_token.empty()) return grpc::Status::OK;
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find(kJoinTokenMetadata);
+  if (it != metadata.end() &&
+      ConstantTimeEquals(std::string_view(it->second.data(), it->second.size()), options_.join_token)) {
+    return grpc::Status::OK;
+  }
+  const std::string why = it == metadata.end() ? "without the join token" : "with a wrong join token";
+  Log(LogLevel::kWarning, {.component = "coordinator", .rank = -1, .request_id = ""},
+      Cat("refused a worker's ", call, " from ", context.peer(), ": it came ", why));
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                      Cat("this coordinator takes only workers with its join token (--join-token / "
+                          "TESSERA_JOIN_TOKEN); this ", call, " came ", why));
+}
+
+grpc::Status WorkerGroup::Register(grpc::ServerContext* context, const control::v1::RegisterRequest* request,
                                    control::v1::RegisterResponse* response) {
+  if (grpc::Status s = CheckJoinToken(*context, "registration"); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   if (!failure_.ok() || shutting_down_) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -146,6 +165,7 @@ grpc::Status WorkerGroup::Register(grpc::ServerContext*, const control::v1::Regi
 
 grpc::Status WorkerGroup::Session(grpc::ServerContext* context,
                                   grpc::ServerReaderWriter<CoordinatorMessage, WorkerMessage>* stream) {
+  if (grpc::Status s = CheckJoinToken(*context, "session"); !s.ok()) return s;
   WorkerMessage message;
   if (!stream->Read(&message) || !message.has_open()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a session must start with an `open` message");

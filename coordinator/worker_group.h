@@ -36,6 +36,9 @@ struct WorkerGroupOptions {
   std::chrono::milliseconds heartbeat_timeout{5000};
   // Messages queued for one worker's writer; when full, SendStep and setup messages wait for room.
   int max_outbox_messages = 64;
+  // When set, Register and Session answer only calls carrying it as metadata kJoinTokenMetadata (core/secret.h,
+  // compared in constant time); others are UNAUTHENTICATED and logged with the caller's address.
+  std::string join_token;
 };
 
 class WorkerGroup final : public control::v1::Control::Service, public StepSink {
@@ -114,6 +117,9 @@ class WorkerGroup final : public control::v1::Control::Service, public StepSink 
       ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  // OK, or UNAUTHENTICATED (logged with the peer's address, never the token) when the join token is missing or
+  // wrong.
+  grpc::Status CheckJoinToken(const grpc::ServerContext& context, const char* call) const;
   using Message = std::shared_ptr<const control::v1::CoordinatorMessage>;
   // Guarded by mu_ (workers_ is).
   struct Worker {

@@ -10,6 +10,11 @@
 
 namespace tessera {
 
+// gRPC metadata keys of the control plane's secrets: the operator's join token (a worker's Register and
+// Session) and the current epoch's store token (the rendezvous store's calls).
+inline constexpr char kJoinTokenMetadata[] = "x-tessera-join-token";
+inline constexpr char kStoreTokenMetadata[] = "x-tessera-store-token";
+
 // Whether a == b, taking the same time whatever their contents for a given length of `b` (the expected secret).
 inline bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   volatile uint8_t diff = a.size() == b.size() ? 0 : 1;

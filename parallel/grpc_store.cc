@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/secret.h"
 #include "parallel/timeout_error.h"
 
 namespace tessera {
@@ -12,7 +13,7 @@ namespace {
 void Prepare(grpc::ClientContext& context, std::chrono::milliseconds timeout, const std::string& token) {
   context.set_deadline(std::chrono::system_clock::now() + timeout);
   context.set_wait_for_ready(true);  // the coordinator may still be starting
-  if (!token.empty()) context.AddMetadata(GrpcStore::kTokenMetadata, token);
+  if (!token.empty()) context.AddMetadata(kStoreTokenMetadata, token);
 }
 
 // TimeoutError when the call ran past its deadline, gloo::IoException otherwise.

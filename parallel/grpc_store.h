@@ -16,10 +16,8 @@ namespace tessera {
 class GrpcStore final : public gloo::rendezvous::Store {
  public:
   // `address` is the coordinator's HOST:PORT; every call is bounded by `timeout` and carries `token` (the
-  // epoch's store token from InitComm) as metadata kTokenMetadata when it is not empty.
+  // epoch's store token from InitComm) as metadata kStoreTokenMetadata (core/secret.h) when it is not empty.
   GrpcStore(const std::string& address, std::chrono::milliseconds timeout, std::string token = "");
-  // The metadata key the coordinator's RendezvousService checks (its kStoreTokenHeader).
-  static constexpr char kTokenMetadata[] = "x-tessera-store-token";
 
   // gloo::rendezvous::Store. Gloo expects failures as exceptions: these throw gloo::IoException naming the
   // key and the gRPC status (the communicator converts it to a Status at its edge).

@@ -1,6 +1,7 @@
 #include "tools/local_engine.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 
 #include "coordinator/chat_template/model_chat_templates.h"
@@ -94,6 +95,7 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   o.scheduler.max_queue_time_seconds = static_cast<double>(queue_time.count()) / 1000.0;
   ASSIGN_OR_RETURN(o.heartbeat_interval, ParseDuration(a.heartbeat_interval));
   ASSIGN_OR_RETURN(o.heartbeat_timeout, ParseDuration(a.heartbeat_timeout));
+  o.join_token = a.join_token;
   ASSIGN_OR_RETURN(o.comm_timeout, ParseDuration(a.comm_timeout));
   ASSIGN_OR_RETURN(o.startup_timeout, ParseDuration(a.startup_timeout));
   ASSIGN_OR_RETURN(o.replacement_timeout, ParseDuration(a.replacement_timeout));
@@ -133,6 +135,8 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Start(
                                      "--drain-timeout",
                                      "0s"};
     args.insert(args.end(), worker_args.begin(), worker_args.end());
+    // The join token reaches the children through their environment, never their argv (which ps shows).
+    if (!options.join_token.empty()) setenv("TESSERA_JOIN_TOKEN", options.join_token.c_str(), 1);
     ASSIGN_OR_RETURN(engine->workers_, LocalWorkers::Start(ExecutablePath(), args, count, log));
   }
   return engine;

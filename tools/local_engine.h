@@ -47,6 +47,7 @@ struct ServeArgs {
   std::string communicator = "auto";
   std::string heartbeat_interval = "500ms";
   std::string heartbeat_timeout = "2s";
+  std::string join_token;  // workers must present it (--join-token / TESSERA_JOIN_TOKEN); empty: none
   std::string replacement_timeout = "60s";  // 0: a lost worker fails every request (no recovery)
   std::string step_timeout = "60s";         // a step in flight longer than this: a stuck rank; 0: no watchdog
   std::string comm_timeout = "30s";

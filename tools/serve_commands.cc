@@ -6,11 +6,12 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
-#include <map>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -115,6 +116,10 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
   cmd->add_option("--heartbeat-timeout", a.heartbeat_timeout, "Silence after which a worker counts as failed")
       ->capture_default_str()
       ->envname("TESSERA_HEARTBEAT_TIMEOUT");
+  cmd->add_option("--join-token", a.join_token,
+                  "Workers must present this secret to register (compared in constant time; prefer the "
+                  "environment variable: a flag shows in ps)")
+      ->envname("TESSERA_JOIN_TOKEN");
   cmd->add_option("--replacement-timeout", a.replacement_timeout,
                   "A lost worker is replaced (serve restarts it) and its requests go on; they end UNAVAILABLE when "
                   "no replacement joins within this long (0: no recovery, fail at once)")
@@ -416,6 +421,8 @@ int RunWorkerCommand(WorkerArgs& a) {
     health = std::move(*started);
   }
   int code = 0;
+  // --local-ranks children get the join token through their environment, never their argv.
+  if (!a.options.join_token.empty()) setenv("TESSERA_JOIN_TOKEN", a.options.join_token.c_str(), 1);
   if (a.local_ranks == 1) {
     a.options.requested_rank = first;
     a.options.log = &out;
@@ -540,6 +547,10 @@ void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
       ->add_option("--listen-host", worker->options.listen_host, "Address other ranks reach this one at")
       ->capture_default_str()
       ->envname("TESSERA_LISTEN_HOST");
+  worker_cmd
+      ->add_option("--join-token", worker->options.join_token,
+                   "The coordinator's join token (prefer the environment variable: a flag shows in ps)")
+      ->envname("TESSERA_JOIN_TOKEN");
   worker_cmd
       ->add_option("--health-port", worker->health_port,
                    "grpc.health.v1 on this port (service \"\" SERVING while the worker runs); -1 = off")

@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/log.h"
+#include "core/secret.h"
 #include "kernels/backend_factory.h"
 #include "tessera/control/v1/control.grpc.pb.h"
 #include "worker/worker_shard.h"
@@ -65,6 +66,12 @@ std::string GrpcError(const grpc::Status& status) {
                       status.error_message());
 }
 
+// Adds the join token to a call to the coordinator's Control service (when there is one); returns `context`.
+grpc::ClientContext* WithJoinToken(grpc::ClientContext& context, const std::string& token) {
+  if (!token.empty()) context.AddMetadata(kJoinTokenMetadata, token);
+  return &context;
+}
+
 // Register, retrying while the coordinator is unreachable (see RunWorker).
 absl::StatusOr<cv1::RegisterResponse> Register(cv1::Control::Stub& stub, const WorkerOptions& options,
                                                LogSink& log) {
@@ -82,13 +89,14 @@ absl::StatusOr<cv1::RegisterResponse> Register(cv1::Control::Stub& stub, const W
     context.set_deadline(std::chrono::system_clock::now() +
                          std::min<Clock::duration>(left, kRegisterAttemptTimeout));
     cv1::RegisterResponse response;
-    const grpc::Status status = stub.Register(&context, request, &response);
+    const grpc::Status status = stub.Register(WithJoinToken(context, options.join_token), request, &response);
     if (status.ok()) return response;
     const grpc::StatusCode code = status.error_code();
     if (code != grpc::StatusCode::UNAVAILABLE && code != grpc::StatusCode::DEADLINE_EXCEEDED) {
       return absl::Status(static_cast<absl::StatusCode>(code),
                           absl::StrCat("the coordinator at ", options.coordinator,
-                                       " refused to register this worker: ", status.error_message()));
+                                       " refused to register this worker: ", status.error_message(), " (",
+                                       absl::StatusCodeToString(static_cast<absl::StatusCode>(code)), ")"));
     }
     if (code == grpc::StatusCode::UNAVAILABLE || last_error.empty()) last_error = GrpcError(status);
     const Clock::time_point now = Clock::now();
@@ -145,7 +153,7 @@ class Session {
         channel_(channel),
         shard_(shard),
         log_(log),
-        stream_(stub.Session(&context_)),
+        stream_(stub.Session(WithJoinToken(context_, options.join_token))),
         writer_(stream_.get()) {}
 
   // Runs the session to its end: OK after shutdown, else UNAVAILABLE "lost the coordinator at ADDR (why)".

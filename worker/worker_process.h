@@ -21,6 +21,8 @@ struct WorkerOptions {
   DeviceKind device = DeviceKind::kCpu;
   int device_index = -1;                  // CUDA: the GPU; -1 = the rank modulo the GPUs this process sees
   std::string listen_host = "127.0.0.1";  // the address this worker's Gloo connections listen on
+  // The coordinator's --join-token (sent as metadata kJoinTokenMetadata on Register and Session); empty: none.
+  std::string join_token;
   // How long to keep trying to register while the coordinator is unreachable (UNAVAILABLE).
   std::chrono::milliseconds connect_timeout{300000};
   std::ostream* log =
