@@ -148,6 +148,7 @@ int RunComplete(const CompleteOptions& options, std::ostream& out, std::ostream&
       grpc::CreateChannel(options.server, grpc::InsecureChannelCredentials());
   std::unique_ptr<v1::InferenceService::Stub> stub = v1::InferenceService::NewStub(channel);
   grpc::ClientContext context;
+  if (!options.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options.api_key);
   if (options.timeout != absl::InfiniteDuration()) {
     context.set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
   }

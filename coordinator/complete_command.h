@@ -14,7 +14,8 @@
 namespace tessera {
 
 struct CompleteOptions {
-  std::string server;  // HOST:PORT
+  std::string server;   // HOST:PORT
+  std::string api_key;  // sent as `authorization: Bearer KEY` when set
   std::string model;   // empty: the served model
   // Exactly one of the three prompts.
   std::optional<std::string> prompt;                 // text, tokenized by the server (bos added)

@@ -79,9 +79,14 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
     journals.window = absl::FromChrono(options.resume_window);
     c->journals_ = std::make_unique<StreamJournalStore>(*c->scheduler_, journals);
   }
-  c->inference_ = std::make_unique<InferenceService>(options.model, c->tokenizer_, *c->scheduler_,
-                                                     InferenceServiceOptions(), c->chat_, c->journals_.get());
-  c->models_ = std::make_unique<ModelService>(options.model, *c->scheduler_);
+  if (!options.api_key_file.empty()) {
+    ASSIGN_OR_RETURN(c->api_keys_, ApiKeys::Load(options.api_key_file));
+  }
+  InferenceServiceOptions inference;
+  inference.api_keys = c->api_keys_.get();
+  c->inference_ = std::make_unique<InferenceService>(options.model, c->tokenizer_, *c->scheduler_, inference,
+                                                     c->chat_, c->journals_.get());
+  c->models_ = std::make_unique<ModelService>(options.model, *c->scheduler_, c->api_keys_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -105,6 +110,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
     http.port = options.http_port;
     http.threads = options.http_threads;
     http.metrics = [self] { return self->MetricsText(); };
+    http.api_keys = c->api_keys_.get();
+    http.protect_metrics = options.protect_metrics;
     OpenAiApiOptions api_options;
     api_options.resumable_streams = c->journals_ != nullptr;
     auto api = std::make_shared<const OpenAiApi>(options.model, c->tokenizer_, c->chat_, api_options);

@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "coordinator/api_keys.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/served_model.h"
 #include "core/log.h"
@@ -49,6 +50,10 @@ struct CoordinatorOptions {
   // The OpenAI-compatible HTTP API (coordinator/http) on listen_address's host: -1 off, 0 a free port.
   int http_port = -1;
   int http_threads = 2;  // its io_context threads
+  // The public API's keys (--api-key-file, ApiKeys::Parse's format); empty: the API is open. protect_metrics:
+  // /metrics needs a key too (health checks stay open).
+  std::string api_key_file;
+  bool protect_metrics = false;
   // Resumable streams (gRPC and HTTP) are kept this long after their client left or their end, whichever is
   // later, for the client to reattach; 0: resumption off (resumable requests are refused).
   std::chrono::milliseconds resume_window{60000};
@@ -169,6 +174,7 @@ class Coordinator {
   // Resumable streams (null: resume_window 0); used by the APIs, cancels in scheduler_.
   std::unique_ptr<StreamJournalStore> journals_;
   std::unique_ptr<RendezvousService> rendezvous_;
+  std::unique_ptr<ApiKeys> api_keys_;  // null: the API is open
   uint64_t store_token_epoch_ = 0;  // the epoch store_token_ belongs to (the bring-up / recovery thread's)
   std::string store_token_;
   std::unique_ptr<InferenceService> inference_;

@@ -237,8 +237,18 @@ grpc::Status InferenceService::AwaitDone(grpc::ServerContext& context, const std
   return ToGrpcStatus(*done, &context);
 }
 
+absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> AdmitCall(ApiKeys* keys, const grpc::ServerContext& context) {
+  if (keys == nullptr) return std::unique_ptr<ApiKeys::Admission>();
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  return keys->Admit(it == metadata.end() ? std::string_view()
+                                          : std::string_view(it->second.data(), it->second.size()));
+}
+
 grpc::Status InferenceService::Complete(grpc::ServerContext* context, const v1::CompleteRequest* request,
                                         v1::CompleteResponse* response) {
+  absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admission = AdmitCall(options_.api_keys, *context);
+  if (!admission.ok()) return ToGrpcStatus(admission.status(), context);
   PreparedCompletion prepared;
   std::shared_ptr<CompletionObserver> observer;
   if (absl::Status s = StartCompletion(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s, context);
@@ -265,11 +275,14 @@ grpc::Status InferenceService::Complete(grpc::ServerContext* context, const v1::
   }
   FillUsage(static_cast<int>(prepared.request.prompt.size()), observer->CompletionTokens(),
             observer->CachedTokens(), *response->mutable_usage());
+  if (*admission != nullptr) (*admission)->Charge(response->usage().total_tokens());
   return grpc::Status::OK;
 }
 
 grpc::Status InferenceService::Chat(grpc::ServerContext* context, const v1::ChatRequest* request,
                                     v1::ChatResponse* response) {
+  absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admission = AdmitCall(options_.api_keys, *context);
+  if (!admission.ok()) return ToGrpcStatus(admission.status(), context);
   PreparedCompletion prepared;
   std::shared_ptr<CompletionObserver> observer;
   if (absl::Status s = StartChat(*request, prepared, observer); !s.ok()) return ToGrpcStatus(s, context);
@@ -290,6 +303,7 @@ grpc::Status InferenceService::Chat(grpc::ServerContext* context, const v1::Chat
   }
   FillUsage(static_cast<int>(prepared.request.prompt.size()), observer->CompletionTokens(),
             observer->CachedTokens(), *response->mutable_usage());
+  if (*admission != nullptr) (*admission)->Charge(response->usage().total_tokens());
   return grpc::Status::OK;
 }
 
@@ -368,23 +382,35 @@ grpc::Status InferenceService::StreamEvents(grpc::ServerContext& context, const 
 grpc::Status InferenceService::CompleteStream(grpc::ServerContext* context,
                                               const v1::CompleteRequest* request,
                                               grpc::ServerWriter<v1::CompleteStreamResponse>* writer) {
+  absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admission = AdmitCall(options_.api_keys, *context);
+  if (!admission.ok()) return ToGrpcStatus(admission.status(), context);
   PreparedCompletion prepared;
   std::shared_ptr<CompletionObserver> observer;
   std::shared_ptr<StreamJournal> journal;
   if (absl::Status s = StartCompletion(*request, prepared, observer, &journal); !s.ok())
     return ToGrpcStatus(s, context);
   if (journal != nullptr) return StreamFromJournal(*context, *journal, journal->Attach(nullptr), {}, *writer);
-  return StreamEvents(*context, prepared, *observer, *writer);
+  const grpc::Status status = StreamEvents(*context, prepared, *observer, *writer);
+  if (*admission != nullptr) {
+    (*admission)->Charge(static_cast<int64_t>(prepared.request.prompt.size()) + observer->CompletionTokens());
+  }
+  return status;
 }
 
 grpc::Status InferenceService::ChatStream(grpc::ServerContext* context, const v1::ChatRequest* request,
                                           grpc::ServerWriter<v1::ChatStreamResponse>* writer) {
+  absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admission = AdmitCall(options_.api_keys, *context);
+  if (!admission.ok()) return ToGrpcStatus(admission.status(), context);
   PreparedCompletion prepared;
   std::shared_ptr<CompletionObserver> observer;
   std::shared_ptr<StreamJournal> journal;
   if (absl::Status s = StartChat(*request, prepared, observer, &journal); !s.ok()) return ToGrpcStatus(s, context);
   if (journal != nullptr) return StreamFromJournal(*context, *journal, journal->Attach(nullptr), {}, *writer);
-  return StreamEvents(*context, prepared, *observer, *writer);
+  const grpc::Status status = StreamEvents(*context, prepared, *observer, *writer);
+  if (*admission != nullptr) {
+    (*admission)->Charge(static_cast<int64_t>(prepared.request.prompt.size()) + observer->CompletionTokens());
+  }
+  return status;
 }
 
 template <typename StreamResponse>
@@ -480,25 +506,33 @@ grpc::Status InferenceService::Resume(grpc::ServerContext& context, const v1::Re
 
 grpc::Status InferenceService::ResumeStream(grpc::ServerContext* context, const v1::ResumeRequest* request,
                                             grpc::ServerWriter<v1::CompleteStreamResponse>* writer) {
+  absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admission = AdmitCall(options_.api_keys, *context);
+  if (!admission.ok()) return ToGrpcStatus(admission.status(), context);
   return Resume(*context, *request, StreamKind::kCompletion, *writer);
 }
 
 grpc::Status InferenceService::ResumeChatStream(grpc::ServerContext* context,
                                                 const v1::ResumeRequest* request,
                                                 grpc::ServerWriter<v1::ChatStreamResponse>* writer) {
+  absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admission = AdmitCall(options_.api_keys, *context);
+  if (!admission.ok()) return ToGrpcStatus(admission.status(), context);
   return Resume(*context, *request, StreamKind::kChat, *writer);
 }
 
-grpc::Status InferenceService::Cancel(grpc::ServerContext*, const v1::CancelRequest* request,
+grpc::Status InferenceService::Cancel(grpc::ServerContext* context, const v1::CancelRequest* request,
                                       v1::CancelResponse*) {
+  absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admission = AdmitCall(options_.api_keys, *context);
+  if (!admission.ok()) return ToGrpcStatus(admission.status(), context);
   if (request->request_id().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id is empty");
   }
   return ToGrpcStatus(engine_.Cancel(request->request_id()));
 }
 
-grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
+grpc::Status InferenceService::Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                                         v1::TokenizeResponse* response) {
+  absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admission = AdmitCall(options_.api_keys, *context);
+  if (!admission.ok()) return ToGrpcStatus(admission.status(), context);
   if (absl::Status s = CheckModelName(request->model(), model_, "model"); !s.ok()) return ToGrpcStatus(s);
   if (tokenizer_ == nullptr) return ToGrpcStatus(MissingTokenizerError(model_, "Tokenize"));
   absl::StatusOr<std::vector<int32_t>> ids =
@@ -509,8 +543,10 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::Tokenize
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::Detokenize(grpc::ServerContext*, const v1::DetokenizeRequest* request,
+grpc::Status InferenceService::Detokenize(grpc::ServerContext* context, const v1::DetokenizeRequest* request,
                                           v1::DetokenizeResponse* response) {
+  absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admission = AdmitCall(options_.api_keys, *context);
+  if (!admission.ok()) return ToGrpcStatus(admission.status(), context);
   if (absl::Status s = CheckModelName(request->model(), model_, "model"); !s.ok()) return ToGrpcStatus(s);
   if (tokenizer_ == nullptr) return ToGrpcStatus(MissingTokenizerError(model_, "Detokenize"));
   const std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
@@ -533,14 +569,18 @@ void ModelService::Describe(v1::Model& out) const {
   out.set_ready(engine_.ready());
 }
 
-grpc::Status ModelService::ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+grpc::Status ModelService::ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
                                       v1::ListModelsResponse* response) {
+  absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admission = AdmitCall(api_keys_, *context);
+  if (!admission.ok()) return ToGrpcStatus(admission.status(), context);
   Describe(*response->add_models());
   return grpc::Status::OK;
 }
 
-grpc::Status ModelService::GetModel(grpc::ServerContext*, const v1::GetModelRequest* request,
+grpc::Status ModelService::GetModel(grpc::ServerContext* context, const v1::GetModelRequest* request,
                                     v1::Model* response) {
+  absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admission = AdmitCall(api_keys_, *context);
+  if (!admission.ok()) return ToGrpcStatus(admission.status(), context);
   if (request->id().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "id is empty (ListModels lists the served models)");

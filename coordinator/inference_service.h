@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "coordinator/api_keys.h"
 #include "coordinator/chat_renderer.h"
 #include "coordinator/completion_observer.h"
 #include "coordinator/completion_request.h"
@@ -33,7 +34,14 @@ struct InferenceServiceOptions {
   // once). Each open call wakes this often: at 5 ms, 64 idle streams kept 37% of a core busy
   // (docs/null-device-scale.md); at 50 ms a cancelled request's blocks are freed at most 50 ms later.
   absl::Duration cancel_poll_interval = absl::Milliseconds(50);
+  // When set (it must outlive the service), every call needs metadata `authorization: Bearer KEY` of one of
+  // these keys: UNAUTHENTICATED without, RESOURCE_EXHAUSTED over the key's limits.
+  ApiKeys* api_keys = nullptr;
 };
+
+// A call's admission under `keys` (its `authorization` metadata); null when `keys` is null (the API is open).
+[[nodiscard]] absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> AdmitCall(ApiKeys* keys,
+                                                                           const grpc::ServerContext& context);
 
 // Thread-safe (gRPC's sync server calls it from many threads). The engine must outlive the service.
 class InferenceService final : public v1::InferenceService::Service {
@@ -156,7 +164,9 @@ class InferenceService final : public v1::InferenceService::Service {
 // ListModels / GetModel for the served model; `ready` is engine.ready(). The engine must outlive the service.
 class ModelService final : public v1::ModelService::Service {
  public:
-  ModelService(ServedModel model, const Engine& engine) : model_(std::move(model)), engine_(engine) {}
+  // `api_keys` as InferenceServiceOptions::api_keys.
+  ModelService(ServedModel model, const Engine& engine, ApiKeys* api_keys = nullptr)
+      : model_(std::move(model)), engine_(engine), api_keys_(api_keys) {}
 
   grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest* request,
                           v1::ListModelsResponse* response) override;
@@ -169,6 +179,7 @@ class ModelService final : public v1::ModelService::Service {
 
   const ServedModel model_;
   const Engine& engine_;
+  ApiKeys* const api_keys_;
 };
 
 }  // namespace tessera

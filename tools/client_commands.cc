@@ -74,6 +74,8 @@ void AddCompleteCommand(CLI::App& app, std::vector<Subcommand>& commands) {
   CLI::App* cmd = app.add_subcommand("complete", "Ask a running Tessera server for a completion (gRPC)");
   cmd->add_option("--server", o.server, "The server's gRPC address, HOST:PORT")->required();
   cmd->add_option("--model", o.model, "Model name (default: the served model)");
+  cmd->add_option("--api-key", o.api_key, "The server's API key (prefer the environment variable: a flag shows in ps)")
+      ->envname("TESSERA_API_KEY");
   args->prompt_opt = cmd->add_option("--prompt", args->prompt, "Prompt text (the server adds bos)");
   args->prompt_ids_opt =
       cmd->add_option("--prompt-ids", args->prompt_ids, "Comma-separated prompt token ids");

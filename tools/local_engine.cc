@@ -96,6 +96,8 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   ASSIGN_OR_RETURN(o.heartbeat_interval, ParseDuration(a.heartbeat_interval));
   ASSIGN_OR_RETURN(o.heartbeat_timeout, ParseDuration(a.heartbeat_timeout));
   o.join_token = a.join_token;
+  o.api_key_file = a.api_key_file;
+  o.protect_metrics = a.protect_metrics;
   ASSIGN_OR_RETURN(o.comm_timeout, ParseDuration(a.comm_timeout));
   ASSIGN_OR_RETURN(o.startup_timeout, ParseDuration(a.startup_timeout));
   ASSIGN_OR_RETURN(o.replacement_timeout, ParseDuration(a.replacement_timeout));

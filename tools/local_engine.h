@@ -48,6 +48,8 @@ struct ServeArgs {
   std::string heartbeat_interval = "500ms";
   std::string heartbeat_timeout = "2s";
   std::string join_token;  // workers must present it (--join-token / TESSERA_JOIN_TOKEN); empty: none
+  std::string api_key_file;  // --api-key-file: the public API's keys; empty: open
+  bool protect_metrics = false;
   std::string replacement_timeout = "60s";  // 0: a lost worker fails every request (no recovery)
   std::string step_timeout = "60s";         // a step in flight longer than this: a stuck rank; 0: no watchdog
   std::string comm_timeout = "30s";

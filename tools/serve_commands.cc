@@ -120,6 +120,12 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
                   "Workers must present this secret to register (compared in constant time; prefer the "
                   "environment variable: a flag shows in ps)")
       ->envname("TESSERA_JOIN_TOKEN");
+  cmd->add_option("--api-key-file", a.api_key_file,
+                  "API keys, one a line: KEY [rpm=N] [tpm=N] [streams=N] (requests and tokens per minute, requests "
+                  "in flight); every gRPC and HTTP call then needs `authorization: Bearer KEY` (docs/security.md)")
+      ->envname("TESSERA_API_KEY_FILE");
+  cmd->add_flag("--protect-metrics", a.protect_metrics, "With --api-key-file, /metrics needs a key too")
+      ->envname("TESSERA_PROTECT_METRICS");
   cmd->add_option("--replacement-timeout", a.replacement_timeout,
                   "A lost worker is replaced (serve restarts it) and its requests go on; they end UNAVAILABLE when "
                   "no replacement joins within this long (0: no recovery, fail at once)")

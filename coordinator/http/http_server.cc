@@ -272,7 +272,7 @@ net::awaitable<bool> Resume(Impl& impl, beast::tcp_stream& stream, beast::flat_b
 
 // Runs one /v1/completions or /v1/chat/completions call. Returns whether the connection may serve another.
 net::awaitable<bool> Generate(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
-                              const Request& req, ApiKind kind) {
+                              const Request& req, ApiKind kind, ApiKeys::Admission* admission) {
   OpenAiCall call;
   // Replies are named locals before co_await: GCC 12 destroys some temporaries in co_await expressions twice.
   if (std::optional<ApiError> e = impl.api->Prepare(kind, req.body(), call)) {
@@ -324,6 +324,7 @@ net::awaitable<bool> Generate(Impl& impl, beast::tcp_stream& stream, beast::flat
     co_await queue->wake.async_wait(kTuple);  // an event, or the watch read ended
   }
   co_await StopWatching(*queue, stream.socket());
+  if (admission != nullptr) admission->Charge(state.TokensUsed());
   if (client_gone) {
     for (const std::string& id : ids) (void)impl.engine.Cancel(id);  // NOT_FOUND: it ended meanwhile
     co_return false;
@@ -352,6 +353,21 @@ net::awaitable<bool> Route(Impl& impl, beast::tcp_stream& stream, beast::flat_bu
     target.resize(q);
   }
   const bool get = req.method() == http::verb::get, post = req.method() == http::verb::post;
+  // API keys: everything but the probes (and /metrics unless protected) needs one; the admission is held while
+  // the request runs (its key's streams) and charged with the tokens it used.
+  std::unique_ptr<ApiKeys::Admission> admission;
+  const bool open = target == "/health" || (target == "/metrics" && !impl.options.protect_metrics);
+  if (impl.options.api_keys != nullptr && !open) {
+    const auto header = req.find(http::field::authorization);
+    const std::string_view authorization =
+        header == req.end() ? std::string_view() : std::string_view(header->value().data(), header->value().size());
+    absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admitted = impl.options.api_keys->Admit(authorization);
+    if (!admitted.ok()) {
+      HttpReply reply = ErrorReply(ErrorFromStatus(admitted.status()));
+      co_return co_await WriteReply(stream, req, std::move(reply));
+    }
+    admission = std::move(admitted).value();
+  }
   // GET /v1/completions/{id}/stream, GET /v1/chat/completions/{id}/stream: resume a stream.
   for (const auto& [prefix, kind] :
        {std::pair<std::string_view, ApiKind>{"/v1/completions/", ApiKind::kCompletion},
@@ -364,9 +380,9 @@ net::awaitable<bool> Route(Impl& impl, beast::tcp_stream& stream, beast::flat_bu
     }
   }
   if (target == "/v1/completions" && post)
-    co_return co_await Generate(impl, stream, buffer, req, ApiKind::kCompletion);
+    co_return co_await Generate(impl, stream, buffer, req, ApiKind::kCompletion, admission.get());
   if (target == "/v1/chat/completions" && post)
-    co_return co_await Generate(impl, stream, buffer, req, ApiKind::kChat);
+    co_return co_await Generate(impl, stream, buffer, req, ApiKind::kChat, admission.get());
   HttpReply reply;
   if (target == "/health" && get) {
     reply = impl.engine.ready()

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "coordinator/engine.h"
+#include "coordinator/api_keys.h"
 #include "coordinator/http/openai_api.h"
 #include "coordinator/stream_journal_store.h"
 
@@ -21,6 +22,10 @@ struct HttpServerOptions {
   int threads = 2;                       // io_context threads
   size_t max_body_bytes = 16 << 20;      // larger request bodies: 413
   std::function<std::string()> metrics;  // GET /metrics (Prometheus text); empty: an empty page
+  // When set (it must outlive the server), every route but /health and /metrics needs `Authorization: Bearer
+  // KEY` of one of these keys: 401 without, 429 over the key's limits. protect_metrics: /metrics too.
+  ApiKeys* api_keys = nullptr;
+  bool protect_metrics = false;
 };
 
 class HttpServer {

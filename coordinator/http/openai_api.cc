@@ -194,6 +194,11 @@ ApiError ErrorFromStatus(const absl::Status& status, std::string param) {
       e.status = 429;
       e.type = "rate_limit_error";
       break;
+    case absl::StatusCode::kUnauthenticated:
+      e.status = 401;
+      e.type = "authentication_error";
+      e.code = "invalid_api_key";
+      break;
     case absl::StatusCode::kUnavailable:
       e.status = 503;
       e.type = "service_unavailable";

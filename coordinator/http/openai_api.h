@@ -133,6 +133,8 @@ class OpenAiCallState {
   bool done() const { return prompts_done_ == static_cast<int>(call_.prompts.size()); }
   // The first failed request's status (OK while none failed).
   const absl::Status& status() const { return status_; }
+  // Prompt and generated tokens so far (what an API key's tpm is charged).
+  int64_t TokensUsed() const { return int64_t{PromptTokens()} + CompletionTokens(); }
   // The stream's tail: the usage chunk (include_usage) and "data: [DONE]".
   std::string StreamEnd() const;
   // SSE text for an error that ended the stream, then "data: [DONE]".

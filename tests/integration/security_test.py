@@ -1,8 +1,10 @@
-"""The control plane's secrets end to end, with real processes: a coordinator started with a join token refuses
+"""Security end to end. The control plane's secrets, with real processes: a coordinator started with a join token refuses
 a worker without it (or with a wrong one) with UNAUTHENTICATED, logs the refusal without the secret, and still
 comes up with the right workers; the rendezvous store answers only the current epoch's registered workers
 (a grpcio client without the epoch's store token is UNAUTHENTICATED); `tessera serve --join-token` hands the
-token to its own workers through their environment; no log line holds a secret.
+token to its own workers through their environment; no log line holds a secret. The public API's keys (--api-key-file) through grpcio, the openai client and
+`tessera complete`: UNAUTHENTICATED / 401 without a valid key, RESOURCE_EXHAUSTED / 429 over a key's request
+rate or streams, health and metrics open.
 
 usage: security_test.py --tessera build/tessera --workdir DIR [unittest args]
 """
@@ -107,6 +109,105 @@ class JoinTokenTest(unittest.TestCase):
         finally:
             self.assertEqual(server.stop(), 0)
         self.assertNotIn(TOKEN, "".join(server.stderr))
+
+
+KEYS = "# test keys\nsk-good-0001\nsk-limited-0002 rpm=2\nsk-one-stream-0003 streams=1\n"
+
+
+class ApiKeyTest(unittest.TestCase):
+    """--api-key-file through real clients: grpcio, the openai client and `tessera complete`."""
+
+    @classmethod
+    def setUpClass(cls):
+        tiny = make_tiny()
+        keys = os.path.join(ARGS.workdir, "keys.txt")
+        with open(keys, "w") as f:
+            f.write(KEYS)
+        cls.server = harness.Server(ARGS.tessera, tiny, 1, 1,
+                                    extra=["--api-key-file", keys, "--http-port", "0"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.server.stop() == 0
+        log = "".join(cls.server.stderr)
+        for key in ("sk-good-0001", "sk-limited-0002", "sk-one-stream-0003", "sk-wrong"):
+            assert key not in log, "a key appears in the server's log"
+
+    def grpc_complete(self, key, max_tokens=2):
+        pb, pb_grpc, _, _ = harness.stubs()
+        stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(self.server.address))
+        metadata = (("authorization", "Bearer " + key),) if key is not None else ()
+        request = pb.CompleteRequest(token_ids=pb.TokenIds(ids=[1, 2, 3]), max_tokens=max_tokens, temperature=0.0)
+        return stub.Complete(request, metadata=metadata, timeout=60)
+
+    def openai_client(self, key):
+        import openai
+        return openai.OpenAI(base_url="http://%s/v1" % self.server.http_address, api_key=key, max_retries=0,
+                             timeout=60)
+
+    def test_grpc_refuses_calls_without_a_valid_key_and_admits_good_ones(self):
+        for key, text in ((None, "API key is required"), ("sk-wrong", "not valid")):
+            with self.assertRaises(grpc.RpcError) as refused:
+                self.grpc_complete(key)
+            self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+            self.assertIn(text, refused.exception.details())
+        self.assertEqual(len(self.grpc_complete("sk-good-0001").choices[0].token_ids), 2)
+        # Health stays open.
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(self.server.address))
+        self.assertEqual(health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status,
+                         health_pb2.HealthCheckResponse.SERVING)
+
+    def test_a_key_over_its_request_rate_gets_resource_exhausted_and_others_go_on(self):
+        self.grpc_complete("sk-limited-0002")
+        self.grpc_complete("sk-limited-0002")
+        with self.assertRaises(grpc.RpcError) as refused:
+            self.grpc_complete("sk-limited-0002")
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("rpm=2", refused.exception.details())
+        import openai
+        with self.assertRaises(openai.RateLimitError):
+            self.openai_client("sk-limited-0002").completions.create(model="tiny", prompt=[1, 2], max_tokens=2)
+        self.assertEqual(len(self.grpc_complete("sk-good-0001").choices[0].token_ids), 2)
+
+    def test_http_needs_a_key_but_health_and_metrics_do_not(self):
+        import openai
+        with self.assertRaises(openai.AuthenticationError):
+            self.openai_client("sk-wrong").completions.create(model="tiny", prompt=[1, 2], max_tokens=2)
+        reply = self.openai_client("sk-good-0001").completions.create(model="tiny", prompt=[1, 2], max_tokens=2)
+        self.assertEqual(reply.usage.completion_tokens, 2)
+        import urllib.request
+        for path in ("/health", "/metrics"):
+            with urllib.request.urlopen("http://%s%s" % (self.server.http_address, path), timeout=10) as r:
+                self.assertEqual(r.status, 200)
+        import urllib.error
+        with self.assertRaises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen("http://%s/v1/models" % self.server.http_address, timeout=10)
+        self.assertEqual(refused.exception.code, 401)
+
+    def test_a_key_with_one_stream_cannot_open_a_second_while_the_first_runs(self):
+        pb, pb_grpc, _, _ = harness.stubs()
+        stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(self.server.address))
+        metadata = (("authorization", "Bearer sk-one-stream-0003"),)
+        request = pb.CompleteRequest(token_ids=pb.TokenIds(ids=[1, 2, 3]), max_tokens=400, temperature=0.0,
+                                     ignore_eos=True)
+        stream = stub.CompleteStream(request, metadata=metadata, timeout=120)
+        next(stream)  # running
+        with self.assertRaises(grpc.RpcError) as refused:
+            stub.Complete(request, metadata=metadata, timeout=60)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("streams=1", refused.exception.details())
+        stream.cancel()
+
+    def test_tessera_complete_takes_the_key_from_the_environment(self):
+        env = dict(os.environ, TESSERA_API_KEY="sk-good-0001")
+        argv = [ARGS.tessera, "complete", "--server", self.server.address, "--prompt-ids", "1,2,3",
+                "--max-tokens", "2", "--temperature", "0"]
+        self.assertEqual(subprocess.run(argv, env=env, capture_output=True, timeout=60).returncode, 0)
+        env.pop("TESSERA_API_KEY")
+        refused = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("API key is required", refused.stderr)
 
 
 if __name__ == "__main__":
