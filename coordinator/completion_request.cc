@@ -28,7 +28,21 @@ absl::Status CheckSampling(const v1::CompleteRequest& request, const CompletionL
     return absl::InvalidArgumentError(Cat("top_k must be >= 0 (0 = off), got ", request.top_k()));
   }
   if (request.has_n() && (request.n() < 1 || request.n() > limits.max_n)) {
-    return absl::InvalidArgumentError(Cat("n must be in [1, ", limits.max_n, "], got ", request.n()));
+    return absl::InvalidArgumentError(Cat("n must be in [1, ", limits.max_n, "] (--max-n), got ", request.n()));
+  }
+  if (limits.max_tokens > 0 && request.has_max_tokens() && request.max_tokens() > limits.max_tokens) {
+    return absl::InvalidArgumentError(Cat("max_tokens must be at most ", limits.max_tokens,
+                                          " on this server (--max-tokens-limit), got ", request.max_tokens()));
+  }
+  if (limits.max_stop_strings > 0 && request.stop_size() > limits.max_stop_strings) {
+    return absl::InvalidArgumentError(Cat("stop has ", request.stop_size(), " strings; this server takes at most ",
+                                          limits.max_stop_strings, " (--max-stop-strings)"));
+  }
+  for (int i = 0; i < request.stop_size(); ++i) {
+    if (limits.max_stop_string_bytes > 0 && static_cast<int64_t>(request.stop(i).size()) > limits.max_stop_string_bytes) {
+      return absl::InvalidArgumentError(Cat("stop[", i, "] is ", request.stop(i).size(),
+                                            " bytes; this server takes at most ", limits.max_stop_string_bytes));
+    }
   }
   // vLLM's ranges (SamplingParams._verify_args).
   if (request.has_min_p() && !(request.min_p() >= 0.0f && request.min_p() <= 1.0f)) {
@@ -195,12 +209,18 @@ absl::StatusOr<PreparedCompletion> PrepareCompletion(const v1::CompleteRequest& 
   ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(request, model, tokenizer, rendered_chat));
   const int prompt_len = static_cast<int>(prompt.size());
   const int context = model.max_position_embeddings;
+  if (limits.max_prompt_tokens > 0 && prompt_len > limits.max_prompt_tokens) {
+    return absl::InvalidArgumentError(Cat("prompt has ", prompt_len, " tokens; this server takes at most ",
+                                          limits.max_prompt_tokens, " (--max-prompt-tokens)"));
+  }
   if (prompt_len >= context) {
     return absl::InvalidArgumentError(Cat("prompt has ", prompt_len,
                                           " tokens but max_model_len (the served context length) is ",
                                           context, ": no room left to generate"));
   }
-  const int max_tokens = request.has_max_tokens() ? request.max_tokens() : context - prompt_len;
+  const int max_tokens = request.has_max_tokens() ? request.max_tokens()
+                         : limits.max_tokens > 0 ? std::min(limits.max_tokens, context - prompt_len)
+                                                 : context - prompt_len;
   if (static_cast<int64_t>(prompt_len) + max_tokens > context) {
     return absl::InvalidArgumentError(Cat("prompt (", prompt_len, " tokens) + max_tokens (", max_tokens,
                                           ") = ", static_cast<int64_t>(prompt_len) + max_tokens,

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "coordinator/completion_limits.h"
 #include "coordinator/engine.h"
 #include "coordinator/served_model.h"
 #include "coordinator/tokenizer/tokenizer.h"
@@ -18,10 +19,6 @@ namespace tessera {
 
 // The most alternatives top_logprobs may ask for (vLLM's default max_logprobs).
 inline constexpr int kMaxTopLogprobs = 20;
-
-struct CompletionLimits {
-  int max_n = 16;  // choices per request
-};
 
 struct PreparedCompletion {
   GenerationRequest request;  // request.id is the client's request_id (empty: the caller makes one)

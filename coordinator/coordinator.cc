@@ -84,6 +84,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
   }
   InferenceServiceOptions inference;
   inference.api_keys = c->api_keys_.get();
+  inference.limits = options.limits;
   c->inference_ = std::make_unique<InferenceService>(options.model, c->tokenizer_, *c->scheduler_, inference,
                                                      c->chat_, c->journals_.get());
   c->models_ = std::make_unique<ModelService>(options.model, *c->scheduler_, c->api_keys_.get());
@@ -111,9 +112,11 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
     http.threads = options.http_threads;
     http.metrics = [self] { return self->MetricsText(); };
     http.api_keys = c->api_keys_.get();
+    http.max_body_bytes = options.max_request_bytes;
     http.protect_metrics = options.protect_metrics;
     OpenAiApiOptions api_options;
     api_options.resumable_streams = c->journals_ != nullptr;
+    api_options.limits = options.limits;
     auto api = std::make_shared<const OpenAiApi>(options.model, c->tokenizer_, c->chat_, api_options);
     ASSIGN_OR_RETURN(c->http_, HttpServer::Start(http, std::move(api), *c->scheduler_, c->journals_.get()));
   }

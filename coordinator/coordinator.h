@@ -17,6 +17,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "coordinator/api_keys.h"
+#include "coordinator/completion_limits.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/served_model.h"
 #include "core/log.h"
@@ -54,6 +55,8 @@ struct CoordinatorOptions {
   // /metrics needs a key too (health checks stay open).
   std::string api_key_file;
   bool protect_metrics = false;
+  CompletionLimits limits;                  // per request, on both APIs
+  size_t max_request_bytes = 16 << 20;      // an HTTP request body (larger: 413); gRPC keeps its 4 MiB
   // Resumable streams (gRPC and HTTP) are kept this long after their client left or their end, whichever is
   // later, for the client to reattach; 0: resumption off (resumable requests are refused).
   std::chrono::milliseconds resume_window{60000};

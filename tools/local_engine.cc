@@ -98,6 +98,18 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   o.join_token = a.join_token;
   o.api_key_file = a.api_key_file;
   o.protect_metrics = a.protect_metrics;
+  if (a.max_n < 1 || a.max_tokens_limit < 0 || a.max_prompt_tokens < 0 || a.max_stop_strings < 0) {
+    return absl::InvalidArgumentError(Cat("--max-n=", a.max_n, " must be >= 1 and --max-tokens-limit=",
+                                          a.max_tokens_limit, ", --max-prompt-tokens=", a.max_prompt_tokens,
+                                          ", --max-stop-strings=", a.max_stop_strings, " >= 0"));
+  }
+  o.limits.max_n = a.max_n;
+  o.limits.max_tokens = a.max_tokens_limit;
+  o.limits.max_prompt_tokens = a.max_prompt_tokens;
+  o.limits.max_stop_strings = a.max_stop_strings;
+  ASSIGN_OR_RETURN(const int64_t request_bytes, ParseByteSize(a.max_request_bytes));
+  if (request_bytes <= 0) return absl::InvalidArgumentError(Cat("--max-request-bytes=", a.max_request_bytes, " must be positive"));
+  o.max_request_bytes = static_cast<size_t>(request_bytes);
   ASSIGN_OR_RETURN(o.comm_timeout, ParseDuration(a.comm_timeout));
   ASSIGN_OR_RETURN(o.startup_timeout, ParseDuration(a.startup_timeout));
   ASSIGN_OR_RETURN(o.replacement_timeout, ParseDuration(a.replacement_timeout));

@@ -50,6 +50,11 @@ struct ServeArgs {
   std::string join_token;  // workers must present it (--join-token / TESSERA_JOIN_TOKEN); empty: none
   std::string api_key_file;  // --api-key-file: the public API's keys; empty: open
   bool protect_metrics = false;
+  int max_n = 16;
+  int max_tokens_limit = 0;
+  int max_prompt_tokens = 0;
+  int max_stop_strings = 16;
+  std::string max_request_bytes = "16MiB";
   std::string replacement_timeout = "60s";  // 0: a lost worker fails every request (no recovery)
   std::string step_timeout = "60s";         // a step in flight longer than this: a stuck rank; 0: no watchdog
   std::string comm_timeout = "30s";

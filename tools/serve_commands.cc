@@ -126,6 +126,20 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
       ->envname("TESSERA_API_KEY_FILE");
   cmd->add_flag("--protect-metrics", a.protect_metrics, "With --api-key-file, /metrics needs a key too")
       ->envname("TESSERA_PROTECT_METRICS");
+  cmd->add_option("--max-n", a.max_n, "Choices per request")->capture_default_str()->envname("TESSERA_MAX_N");
+  cmd->add_option("--max-tokens-limit", a.max_tokens_limit,
+                  "Most tokens one request may generate (0: the context); an unset max_tokens is capped to it")
+      ->capture_default_str()
+      ->envname("TESSERA_MAX_TOKENS_LIMIT");
+  cmd->add_option("--max-prompt-tokens", a.max_prompt_tokens, "Most prompt tokens (0: the context)")
+      ->capture_default_str()
+      ->envname("TESSERA_MAX_PROMPT_TOKENS");
+  cmd->add_option("--max-stop-strings", a.max_stop_strings, "Stop strings per request")
+      ->capture_default_str()
+      ->envname("TESSERA_MAX_STOP_STRINGS");
+  cmd->add_option("--max-request-bytes", a.max_request_bytes, "Largest HTTP request body (larger: 413)")
+      ->capture_default_str()
+      ->envname("TESSERA_MAX_REQUEST_BYTES");
   cmd->add_option("--replacement-timeout", a.replacement_timeout,
                   "A lost worker is replaced (serve restarts it) and its requests go on; they end UNAVAILABLE when "
                   "no replacement joins within this long (0: no recovery, fail at once)")

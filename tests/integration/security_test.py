@@ -4,7 +4,7 @@ comes up with the right workers; the rendezvous store answers only the current e
 (a grpcio client without the epoch's store token is UNAUTHENTICATED); `tessera serve --join-token` hands the
 token to its own workers through their environment; no log line holds a secret. The public API's keys (--api-key-file) through grpcio, the openai client and
 `tessera complete`: UNAUTHENTICATED / 401 without a valid key, RESOURCE_EXHAUSTED / 429 over a key's request
-rate or streams, health and metrics open.
+rate or streams, health and metrics open. Per-request limits named in each refusal.
 
 usage: security_test.py --tessera build/tessera --workdir DIR [unittest args]
 """
@@ -208,6 +208,49 @@ class ApiKeyTest(unittest.TestCase):
         refused = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         self.assertNotEqual(refused.returncode, 0)
         self.assertIn("API key is required", refused.stderr)
+
+
+class LimitsTest(unittest.TestCase):
+    """Per-request limits: each breach is refused naming its limit (INVALID_ARGUMENT / 400, or 413 for a body
+    over --max-request-bytes), and a request within them, sent right after, is served."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = harness.Server(ARGS.tessera, make_tiny(), 1, 1, extra=[
+            "--http-port", "0", "--max-n", "2", "--max-tokens-limit", "8", "--max-prompt-tokens", "16",
+            "--max-stop-strings", "2", "--max-request-bytes", "4KiB"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.server.stop() == 0
+
+    def test_each_breach_names_its_limit_over_grpc(self):
+        pb, pb_grpc, _, _ = harness.stubs()
+        stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(self.server.address))
+        ok = dict(token_ids=pb.TokenIds(ids=[1, 2, 3]), max_tokens=4, temperature=0.0)
+        for change, text in ((dict(max_tokens=9), "--max-tokens-limit"), (dict(n=3), "--max-n"),
+                             (dict(token_ids=pb.TokenIds(ids=list(range(1, 18)))), "--max-prompt-tokens"),
+                             (dict(stop=["a", "b", "c"]), "--max-stop-strings")):
+            with self.assertRaises(grpc.RpcError) as refused:
+                stub.Complete(pb.CompleteRequest(**dict(ok, **change)), timeout=60)
+            self.assertEqual(refused.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn(text, refused.exception.details())
+            self.assertEqual(len(stub.Complete(pb.CompleteRequest(**ok), timeout=60).choices[0].token_ids), 4)
+        # An unset max_tokens is capped to the limit.
+        unset = pb.CompleteRequest(token_ids=pb.TokenIds(ids=[1, 2, 3]), temperature=0.0, ignore_eos=True)
+        self.assertEqual(len(stub.Complete(unset, timeout=60).choices[0].token_ids), 8)
+
+    def test_http_refuses_breaches_with_400_and_a_large_body_with_413(self):
+        import openai
+        client = openai.OpenAI(base_url="http://%s/v1" % self.server.http_address, api_key="unused",
+                               max_retries=0, timeout=60)
+        with self.assertRaises(openai.BadRequestError) as refused:
+            client.completions.create(model="tiny", prompt=[1, 2, 3], max_tokens=9)
+        self.assertIn("--max-tokens-limit", str(refused.exception))
+        with self.assertRaises(openai.APIStatusError) as refused:
+            client.completions.create(model="tiny", prompt="x" * 5000, max_tokens=2)
+        self.assertEqual(refused.exception.status_code, 413)
+        self.assertEqual(client.completions.create(model="tiny", prompt=[1, 2, 3], max_tokens=2).usage.completion_tokens, 2)
 
 
 if __name__ == "__main__":
