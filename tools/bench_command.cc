@@ -56,7 +56,7 @@ int CheckOptions(const BenchOptions& o, std::ostream& err) {
 // The random prompts' id range: [1000, vocab_size) from the server's model list over gRPC, else the safe one.
 absl::StatusOr<std::pair<int32_t, int32_t>> RandomIdRange(const BenchOptions& o, std::ostream& err) {
   if (o.backend == BenchBackend::kHttp) return std::pair{kSafeIdBegin, kSafeIdEnd};
-  absl::StatusOr<int> vocab = bench::QueryVocabSize(o.server, o.model, absl::Seconds(10));
+  absl::StatusOr<int> vocab = bench::QueryVocabSize(o.server, o.model, o.api_key, absl::Seconds(10));
   if (vocab.ok()) {
     const int32_t begin = *vocab > 2 * kSafeIdBegin ? kSafeIdBegin : 0;
     return std::pair{begin, static_cast<int32_t>(*vocab)};
@@ -111,7 +111,7 @@ int RunBench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
   if (int code = CheckOptions(o, err); code != 0) return code;
   std::string model = o.model;
   if (o.backend == BenchBackend::kHttp && model.empty()) {
-    absl::StatusOr<std::string> served = bench::QueryHttpModel(o.server);
+    absl::StatusOr<std::string> served = bench::QueryHttpModel(o.server, o.api_key);
     if (!served.ok()) return Fail("bench", served.status());
     model = *served;
   }
@@ -133,9 +133,9 @@ int RunBench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
 
   std::unique_ptr<bench::BenchClient> client;
   if (o.backend == BenchBackend::kGrpc) {
-    client = std::make_unique<bench::GrpcBenchClient>(o.server, model);
+    client = std::make_unique<bench::GrpcBenchClient>(o.server, model, o.api_key);
   } else {
-    client = std::make_unique<bench::HttpBenchClient>(o.server, model);
+    client = std::make_unique<bench::HttpBenchClient>(o.server, model, o.api_key);
   }
   const bench::RunResult run =
       bench::RunRequests(*client, requests, arrivals, concurrency, [&](int done, int total) {
@@ -189,6 +189,8 @@ void AddBenchCommand(CLI::App& app, std::vector<Subcommand>& commands) {
   CLI::App* cmd =
       app.add_subcommand("bench", "Load-test a running Tessera server (gRPC or HTTP) and report latencies");
   cmd->add_option("--server", o.server, "The server's address, HOST:PORT")->required();
+  cmd->add_option("--api-key", o.api_key, "The server's API key (prefer the environment variable: a flag shows in ps)")
+      ->envname("TESSERA_API_KEY");
   auto* grpc_flag = cmd->add_flag_callback(
       "--grpc", [options] { options->backend = BenchBackend::kGrpc; }, "Streamed gRPC CompleteStream calls");
   auto* http_flag = cmd->add_flag_callback(

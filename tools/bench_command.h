@@ -13,7 +13,8 @@ namespace tessera::tools {
 enum class BenchBackend { kGrpc, kHttp };
 
 struct BenchOptions {
-  std::string server;  // HOST:PORT
+  std::string server;   // HOST:PORT
+  std::string api_key;  // sent with every request when set (--api-key / TESSERA_API_KEY)
   BenchBackend backend = BenchBackend::kGrpc;
   std::string model;  // empty: the served model (gRPC), GET /v1/models' first (HTTP)
   // The prompts: a JSONL dataset, else random token ids.

@@ -111,6 +111,7 @@ class JoinTokenTest(unittest.TestCase):
         self.assertNotIn(TOKEN, "".join(server.stderr))
 
 
+PRIVATE_PROMPT = "xyzzy private prompt text"
 KEYS = "# test keys\nsk-good-0001\nsk-limited-0002 rpm=2\nsk-one-stream-0003 streams=1\n"
 
 
@@ -130,8 +131,8 @@ class ApiKeyTest(unittest.TestCase):
     def tearDownClass(cls):
         assert cls.server.stop() == 0
         log = "".join(cls.server.stderr)
-        for key in ("sk-good-0001", "sk-limited-0002", "sk-one-stream-0003", "sk-wrong"):
-            assert key not in log, "a key appears in the server's log"
+        for secret in ("sk-good-0001", "sk-limited-0002", "sk-one-stream-0003", "sk-wrong", PRIVATE_PROMPT):
+            assert secret not in log, "a key or the prompt's text appears in the server's log"
 
     def grpc_complete(self, key, max_tokens=2):
         pb, pb_grpc, _, _ = harness.stubs()
@@ -176,6 +177,8 @@ class ApiKeyTest(unittest.TestCase):
             self.openai_client("sk-wrong").completions.create(model="tiny", prompt=[1, 2], max_tokens=2)
         reply = self.openai_client("sk-good-0001").completions.create(model="tiny", prompt=[1, 2], max_tokens=2)
         self.assertEqual(reply.usage.completion_tokens, 2)
+        # Prompt text is not logged (without --log-requests); tearDownClass greps for it.
+        self.openai_client("sk-good-0001").completions.create(model="tiny", prompt=PRIVATE_PROMPT, max_tokens=2)
         import urllib.request
         for path in ("/health", "/metrics"):
             with urllib.request.urlopen("http://%s%s" % (self.server.http_address, path), timeout=10) as r:
@@ -198,6 +201,22 @@ class ApiKeyTest(unittest.TestCase):
         self.assertEqual(refused.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
         self.assertIn("streams=1", refused.exception.details())
         stream.cancel()
+
+    def test_tessera_bench_speaks_the_key_over_grpc_and_http(self):
+        import json
+        for backend in ("--grpc", "--http"):
+            server = self.server.address if backend == "--grpc" else self.server.http_address
+            out = os.path.join(ARGS.workdir, "bench%s.json" % backend)
+            argv = [ARGS.tessera, "bench", "--server", server, backend, "--random-input-len", "4",
+                    "--random-output-len", "2", "--num-prompts", "3", "--out", out]
+            env = dict(os.environ, TESSERA_API_KEY="sk-good-0001")
+            result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            with open(out) as f:
+                self.assertEqual(json.load(f)["completed"], 3)
+            env.pop("TESSERA_API_KEY")
+            refused = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+            self.assertNotEqual(refused.returncode, 0, backend)
 
     def test_tessera_complete_takes_the_key_from_the_environment(self):
         env = dict(os.environ, TESSERA_API_KEY="sk-good-0001")

@@ -16,8 +16,9 @@ std::string CodeName(grpc::StatusCode code) {
 
 }  // namespace
 
-GrpcBenchClient::GrpcBenchClient(const std::string& server, const std::string& model)
+GrpcBenchClient::GrpcBenchClient(const std::string& server, const std::string& model, const std::string& api_key)
     : model_(model),
+      authorization_(api_key.empty() ? "" : "Bearer " + api_key),
       channel_(grpc::CreateChannel(server, grpc::InsecureChannelCredentials())),
       stub_(v1::InferenceService::NewStub(channel_)) {}
 
@@ -36,6 +37,7 @@ RequestResult GrpcBenchClient::Send(const BenchRequest& request, Clock::time_poi
   RequestResult result;
   result.input_tokens = request.text.has_value() ? 0 : static_cast<int>(request.token_ids.size());
   grpc::ClientContext context;
+  if (!authorization_.empty()) context.AddMetadata("authorization", authorization_);
   const Clock::time_point sent = Clock::now();
   result.start_s = Seconds(sent - run_start);
   std::unique_ptr<grpc::ClientReader<v1::CompleteStreamResponse>> reader =
@@ -81,10 +83,11 @@ RequestResult GrpcBenchClient::Send(const BenchRequest& request, Clock::time_poi
   return result;
 }
 
-absl::StatusOr<int> QueryVocabSize(const std::string& server, const std::string& model,
+absl::StatusOr<int> QueryVocabSize(const std::string& server, const std::string& model, const std::string& api_key,
                                    absl::Duration timeout) {
   auto stub = v1::ModelService::NewStub(grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
+  if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   v1::ListModelsResponse response;
   const grpc::Status status = stub->ListModels(&context, v1::ListModelsRequest(), &response);

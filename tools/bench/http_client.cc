@@ -61,7 +61,8 @@ std::vector<std::string> SseParser::Feed(const std::string& bytes) {
   return events;
 }
 
-HttpBenchClient::HttpBenchClient(const std::string& server, const std::string& model) : model_(model) {
+HttpBenchClient::HttpBenchClient(const std::string& server, const std::string& model, const std::string& api_key)
+    : model_(model), authorization_(api_key.empty() ? "" : "Bearer " + api_key) {
   SplitHostPort(server, host_, port_);
 }
 
@@ -101,6 +102,7 @@ RequestResult HttpBenchClient::Send(const BenchRequest& request, Clock::time_poi
     req.set(http::field::host, host_);
     req.set(http::field::content_type, "application/json");
     req.set(http::field::accept, "text/event-stream");
+    if (!authorization_.empty()) req.set(http::field::authorization, authorization_);
     req.body() = body.dump();
     req.prepare_payload();
     http::write(stream, req, ec);
@@ -180,7 +182,7 @@ RequestResult HttpBenchClient::Send(const BenchRequest& request, Clock::time_poi
   }
 }
 
-absl::StatusOr<std::string> QueryHttpModel(const std::string& server) {
+absl::StatusOr<std::string> QueryHttpModel(const std::string& server, const std::string& api_key) {
   std::string host, port;
   SplitHostPort(server, host, port);
   try {
@@ -193,6 +195,7 @@ absl::StatusOr<std::string> QueryHttpModel(const std::string& server) {
     if (!ec) stream.connect(endpoints, ec);
     http::request<http::empty_body> req(http::verb::get, "/v1/models", 11);
     req.set(http::field::host, host);
+    if (!api_key.empty()) req.set(http::field::authorization, "Bearer " + api_key);
     if (!ec) http::write(stream, req, ec);
     beast::flat_buffer buffer;
     http::response<http::string_body> response;

@@ -23,16 +23,17 @@ class SseParser {
 
 class HttpBenchClient : public BenchClient {
  public:
-  // `server` is HOST:PORT; `model` is the "model" field of every request.
-  HttpBenchClient(const std::string& server, const std::string& model);
+  // `server` is HOST:PORT; `model` is the "model" field of every request; `api_key` (when set) goes with
+  // every request as `Authorization: Bearer KEY`.
+  HttpBenchClient(const std::string& server, const std::string& model, const std::string& api_key = "");
   RequestResult Send(const BenchRequest& request, Clock::time_point run_start) override;
 
  private:
-  std::string host_, port_, model_;
+  std::string host_, port_, model_, authorization_;
 };
 
 // The first model id of GET /v1/models on `server`. UNAVAILABLE "the server does not answer HTTP at SERVER:
 // ..." when it cannot be reached or does not speak HTTP; INTERNAL for an answer without a model id.
-[[nodiscard]] absl::StatusOr<std::string> QueryHttpModel(const std::string& server);
+[[nodiscard]] absl::StatusOr<std::string> QueryHttpModel(const std::string& server, const std::string& api_key = "");
 
 }  // namespace tessera::tools::bench
