@@ -848,6 +848,8 @@ void Scheduler::Pump() {
   while (true) {
     ExpireLocked();
     if (!events_.empty()) {
+      // A client woken by these events (a request's end) may read /metrics at once: the gauges first.
+      RecordGaugesLocked();
       DeliverEventsLocked(dropped);
       continue;
     }

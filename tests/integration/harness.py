@@ -32,6 +32,16 @@ def stubs():
     return _STUBS
 
 
+def make_tiny(tessera, workdir):
+    """The tiny preset (seed 3, with the Llama 3.1 tokenizer) in workdir/tiny, made once."""
+    out = os.path.join(workdir, "tiny")
+    if not os.path.exists(os.path.join(out, "config.json")):
+        tokenizer = os.path.join(REPO, "tests", "data", "llama-3.1-tokenizer")
+        subprocess.run([tessera, "make-model", "--preset", "tiny", "--out", out, "--seed", "3", "--tokenizer",
+                        tokenizer], check=True, capture_output=True, timeout=120)
+    return out
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

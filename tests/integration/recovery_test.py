@@ -27,8 +27,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import harness
 
-ROOT = harness.REPO
-TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llama-3.1-tokenizer")
 ARGS = None
 SERVICE = "tessera.v1.InferenceService"
 PROMPTS = [[128000, 9906, 11, 1917], [128000, 791, 4062, 14198, 39935, 35308, 927, 279, 16053, 5679, 13],
@@ -37,11 +35,7 @@ PROMPTS = [[128000, 9906, 11, 1917], [128000, 791, 4062, 14198, 39935, 35308, 92
 
 
 def make_tiny():
-    tiny = os.path.join(ARGS.workdir, "tiny")
-    if not os.path.exists(os.path.join(tiny, "config.json")):
-        subprocess.run([ARGS.tessera, "make-model", "--preset", "tiny", "--out", tiny, "--seed", "3", "--tokenizer",
-                        TOKENIZER_DIR], check=True, capture_output=True, timeout=120)
-    return tiny
+    return harness.make_tiny(ARGS.tessera, ARGS.workdir)
 
 
 def stub(address):

@@ -9,7 +9,6 @@ usage: .venv/bin/python tests/integration/scheduler_test.py --tessera build/tess
 import argparse
 import concurrent.futures
 import os
-import subprocess
 import sys
 import unittest
 import urllib.request
@@ -18,8 +17,6 @@ import grpc
 
 import harness
 
-ROOT = harness.REPO
-TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "llama-3.1-tokenizer")
 ARGS = None
 # Four prompts of 20 tokens (2 blocks of 16), each asking for 180 more: 200 tokens = 13 blocks a sequence.
 PROMPTS = [[128000] + [1000 + 37 * i + j for j in range(19)] for i in range(4)]
@@ -28,11 +25,7 @@ BLOCKS_PER_SEQ = 13
 
 
 def tiny_model():
-    model = os.path.join(ARGS.workdir, "tiny")
-    if not os.path.exists(os.path.join(model, "config.json")):
-        subprocess.run([ARGS.tessera, "make-model", "--preset", "tiny", "--out", model, "--seed", "3",
-                        "--tokenizer", TOKENIZER_DIR], check=True, capture_output=True, timeout=120)
-    return model
+    return harness.make_tiny(ARGS.tessera, ARGS.workdir)
 
 
 def complete(address, prompt, max_tokens=MAX_TOKENS):

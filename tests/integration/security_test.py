@@ -20,16 +20,11 @@ import grpc
 import harness
 
 ARGS = None
-TOKENIZER_DIR = os.path.join(harness.REPO, "tests", "data", "llama-3.1-tokenizer")
 TOKEN = "s3cret-join-token-5f1c"  # no log line may contain it
 
 
 def make_tiny():
-    out = os.path.join(ARGS.workdir, "tiny")
-    if not os.path.exists(os.path.join(out, "config.json")):
-        subprocess.run([ARGS.tessera, "make-model", "--preset", "tiny", "--out", out, "--seed", "3",
-                        "--tokenizer", TOKENIZER_DIR], check=True, capture_output=True, timeout=120)
-    return out
+    return harness.make_tiny(ARGS.tessera, ARGS.workdir)
 
 
 def rendezvous_stub(address):
