@@ -125,11 +125,14 @@ class FakeEngine final : public Engine {
 
  private:
   // Observers are called without mu_ held, as the real engine does.
+  // As the real scheduler, the id is free again before OnDone wakes the caller (who may reuse it at once).
   void Finish(const std::string& id, GenerationObserver& observer, const absl::Status& status)
       ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      running_.erase(id);
+    }
     observer.OnDone(status);
-    absl::MutexLock lock(&mu_);
-    running_.erase(id);
   }
 
   bool Cancelled(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_) {
