@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/clock.h"
+#include "core/tls.h"
 #include "tessera/v1/inference.grpc.pb.h"
 
 namespace tessera {
@@ -144,8 +145,13 @@ int RunComplete(const CompleteOptions& options, std::ostream& out, std::ostream&
         << "\n";
     return 2;
   }
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(options.server, grpc::InsecureChannelCredentials());
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      GrpcChannelCredentials(TlsFiles{.cert = "", .key = "", .ca = options.tls_ca}, "--tls-ca");
+  if (!credentials.ok()) {
+    err << "tessera complete: " << credentials.status().message() << "\n";
+    return 2;
+  }
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(options.server, *credentials);
   std::unique_ptr<v1::InferenceService::Stub> stub = v1::InferenceService::NewStub(channel);
   grpc::ClientContext context;
   if (!options.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options.api_key);

@@ -16,6 +16,7 @@ namespace tessera {
 struct CompleteOptions {
   std::string server;   // HOST:PORT
   std::string api_key;  // sent as `authorization: Bearer KEY` when set
+  std::string tls_ca;   // TLS, the server's certificate verified against this PEM CA file; empty: plaintext
   std::string model;   // empty: the served model
   // Exactly one of the three prompts.
   std::optional<std::string> prompt;                 // text, tokenized by the server (bos added)

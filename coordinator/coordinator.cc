@@ -91,15 +91,38 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  const bool own_control_port = !options.control_address.empty();
+  if (!own_control_port && (!options.public_tls.empty() || !options.control_tls.empty())) {
+    return absl::InvalidArgumentError(
+        "with TLS the control plane needs a port of its own (--control-port): its certificates are not the "
+        "public API's");
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> public_credentials,
+                   GrpcServerCredentials(options.public_tls, "--tls-cert / --tls-key"));
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &c->port_);
-  builder.RegisterService(c->workers_.get());
-  builder.RegisterService(c->rendezvous_.get());
+  builder.AddListeningPort(options.listen_address, public_credentials, &c->port_);
+  if (!own_control_port) {
+    builder.RegisterService(c->workers_.get());
+    builder.RegisterService(c->rendezvous_.get());
+  }
   builder.RegisterService(c->inference_.get());
   builder.RegisterService(c->models_.get());
   c->server_ = builder.BuildAndStart();
   if (c->server_ == nullptr || c->port_ == 0) {
     return absl::UnavailableError(Cat("cannot listen on ", options.listen_address, " (port in use?)"));
+  }
+  if (own_control_port) {
+    ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> control_credentials,
+                     GrpcServerCredentials(options.control_tls, "--control-cert / --control-key / --control-ca"));
+    grpc::ServerBuilder control;
+    control.AddListeningPort(options.control_address, control_credentials, &c->control_port_);
+    control.RegisterService(c->workers_.get());
+    control.RegisterService(c->rendezvous_.get());
+    c->control_server_ = control.BuildAndStart();
+    if (c->control_server_ == nullptr || c->control_port_ == 0) {
+      return absl::UnavailableError(
+          Cat("cannot listen on the control address ", options.control_address, " (port in use?)"));
+    }
   }
   c->server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
   if (options.http_port >= 0) {
@@ -114,6 +137,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
     http.api_keys = c->api_keys_.get();
     http.max_body_bytes = options.max_request_bytes;
     http.protect_metrics = options.protect_metrics;
+    http.tls = options.public_tls;
+    http.log = [self](const std::string& line) { self->Log(line); };
     OpenAiApiOptions api_options;
     api_options.resumable_streams = c->journals_ != nullptr;
     api_options.limits = options.limits;
@@ -169,7 +194,7 @@ CoordinatorMessage Coordinator::InitCommMessage() {
   CoordinatorMessage m;
   auto* comm = m.mutable_init_comm();
   comm->set_store_token(store_token_);
-  comm->set_store_address(Cat(options_.advertise_host, ":", port_));
+  comm->set_store_address(Cat(options_.advertise_host, ":", control_port()));
   comm->set_group_prefix(Cat("epoch", workers_->epoch()));  // a new epoch's groups never meet the old ones
   comm->set_timeout_ms(options_.comm_timeout.count());
   return m;
@@ -201,7 +226,7 @@ absl::Status Coordinator::BringUp() {
 absl::Status Coordinator::BringUpOnce() {
   const int world = parallel_.world_size();
   const auto t0 = Clock::now();
-  Log(Cat("coordinator: waiting for ", world, " workers on port ", port_));
+  Log(Cat("coordinator: waiting for ", world, " workers on port ", control_port()));
   RETURN_IF_ERROR(workers_->WaitForWorkers(options_.startup_timeout));
   Log(Cat("coordinator: ", world, " workers joined in ", SecondsSince(t0), " s (", parallel_.ToString(),
           ")"));
@@ -495,8 +520,9 @@ void Coordinator::Shutdown(std::chrono::milliseconds grace) {
   }
   if (recovery.joinable()) recovery.join();
   if (rendezvous_ != nullptr) rendezvous_->Shutdown();
-  if (server_ != nullptr)
-    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(500);
+  if (server_ != nullptr) server_->Shutdown(deadline);
+  if (control_server_ != nullptr) control_server_->Shutdown(deadline);
   absl::MutexLock lock(&shutdown_mu_);
   shutdown_done_ = true;
 }

@@ -1,5 +1,6 @@
-// Coordinator: one gRPC server (one port) carrying the public API (InferenceService, ModelService, health,
-// reflection), the control plane (Control) and the rendezvous store; the worker group and the scheduler
+// Coordinator: a gRPC server carrying the public API (InferenceService, ModelService, health, reflection) and,
+// on the same port or on a control port of its own (CoordinatorOptions::control_address, mutual TLS with
+// control_tls), the control plane (Control) and the rendezvous store; the worker group and the scheduler
 // behind them; and the bring-up that takes T x P registered workers from nothing to serving.
 #pragma once
 
@@ -21,6 +22,7 @@
 #include "coordinator/scheduler.h"
 #include "coordinator/served_model.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "parallel/parallel_config.h"
 #include "tessera/control/v1/control.pb.h"
 
@@ -48,6 +50,15 @@ struct CoordinatorOptions {
   ShardedShape shape;                        // the model's dimensions that sharding depends on
   std::vector<int> pp_layers;                // layers per stage; empty = even
   std::string listen_address = "0.0.0.0:0";  // HOST:PORT; port 0 picks a free one
+  // TLS of the public gRPC and HTTP ports (cert + key, re-read when they change); empty: plaintext.
+  TlsFiles public_tls;
+  // The control plane (workers' sessions, the rendezvous store) on a port of its own, HOST:PORT (port 0: a free
+  // one); empty: on listen_address. Required when public_tls or control_tls is set: the control plane's
+  // identity and trust differ from the public API's.
+  std::string control_address;
+  // Mutual TLS on the control port: cert + key (the coordinator's identity) and ca (the CA workers'
+  // certificates must chain to; workers verify the coordinator against their own copy). Empty: plaintext.
+  TlsFiles control_tls;
   // The OpenAI-compatible HTTP API (coordinator/http) on listen_address's host: -1 off, 0 a free port.
   int http_port = -1;
   int http_threads = 2;  // its io_context threads
@@ -102,6 +113,8 @@ class Coordinator {
   ~Coordinator();
 
   int port() const { return port_; }
+  // The port workers and the rendezvous store use: control_address's, or port().
+  int control_port() const { return control_port_ > 0 ? control_port_ : port_; }
   // The HTTP API's port; -1 when it is off.
   int http_port() const;
   const CoordinatorOptions& options() const { return options_; }
@@ -183,8 +196,10 @@ class Coordinator {
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<ModelService> models_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> control_server_;  // null: the control plane is on server_
   std::unique_ptr<HttpServer> http_;  // null when off
   int port_ = 0;
+  int control_port_ = 0;  // 0: no control server of its own
   int num_kv_blocks_ = 0;  // per rank, from BringUp: what a replacement must hold
   absl::Mutex recovery_mu_;
   bool serving_ ABSL_GUARDED_BY(recovery_mu_) = false;     // BringUp finished

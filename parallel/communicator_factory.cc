@@ -37,6 +37,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> JoinGroup(CommunicatorKind kind, c
     gloo.size = options.size;
     gloo.store_address = options.store_address;
     gloo.store_token = options.store_token;
+    gloo.store_tls = options.store_tls;
     gloo.hostname = options.hostname;
     gloo.timeout = options.timeout;
     absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm = GlooCommunicator::Create(gloo);
@@ -51,6 +52,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> JoinGroup(CommunicatorKind kind, c
   nccl.device = options.device_index;
   nccl.store_address = options.store_address;
   nccl.store_token = options.store_token;
+  nccl.store_tls = options.store_tls;
   nccl.timeout = options.timeout;
   nccl.stream = options.cuda_stream;
   const char* custom = std::getenv("TESSERA_CUSTOM_ALL_REDUCE");

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "core/tls.h"
 #include "absl/status/statusor.h"
 #include "parallel/communicator.h"
 
@@ -19,6 +20,7 @@ struct GroupOptions {
   int size = 1;
   std::string store_address;           // the coordinator's Rendezvous service, HOST:PORT
   std::string store_token;             // the secret it asks for (InitComm's store_token); empty: none
+  TlsFiles store_tls;                  // the worker's control-plane TLS files (--control-*); empty: plaintext
   std::string hostname = "127.0.0.1";  // Gloo: the address this rank listens on
   int device_index = 0;                // NCCL: the GPU of this rank
   // NCCL: when set (the CUDA backend's stream, Backend::native_stream), the communicator is stream-ordered

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "core/tls.h"
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
 #include "parallel/all_reduce_choice.h"
@@ -23,6 +24,7 @@ struct CustomAllReduceOptions {
   int device = 0;             // CUDA device ordinal of this rank
   std::string store_address;  // the rendezvous store and its token, as NcclOptions
   std::string store_token;
+  TlsFiles store_tls;
   std::string store_dir;
   std::chrono::milliseconds timeout{30000};  // for each exchange through the store
   int64_t max_bytes = 0;                     // the largest message it takes; 0: DefaultOneShotMaxBytes(size)

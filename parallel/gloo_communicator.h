@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "core/tls.h"
 #include "absl/status/statusor.h"
 #include "parallel/communicator.h"
 
@@ -17,6 +18,7 @@ struct GlooOptions {
   int rank = 0;
   int size = 1;
   std::string store_token;    // the Rendezvous service's secret for this epoch (empty: none)
+  TlsFiles store_tls;         // TLS files of the store's channel (empty: plaintext)
   std::string store_address;  // rendezvous through the coordinator's Rendezvous service at HOST:PORT, or
   std::string store_dir;      // through files in this directory (shared by the group's ranks)
   std::string hostname = "127.0.0.1";        // the address this rank listens on

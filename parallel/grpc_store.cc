@@ -28,12 +28,14 @@ void Prepare(grpc::ClientContext& context, std::chrono::milliseconds timeout, co
 
 }  // namespace
 
-GrpcStore::GrpcStore(const std::string& address, std::chrono::milliseconds timeout, std::string token)
-    : address_(address),
-      timeout_(timeout),
-      token_(std::move(token)),
-      stub_(control::v1::Rendezvous::NewStub(
-          grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))) {}
+GrpcStore::GrpcStore(const std::string& address, std::chrono::milliseconds timeout, std::string token,
+                     const TlsFiles& tls)
+    : address_(address), timeout_(timeout), token_(std::move(token)) {
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      GrpcChannelCredentials(tls, "the rendezvous store's channel");
+  if (!credentials.ok()) throw gloo::IoException(std::string(credentials.status().message()));
+  stub_ = control::v1::Rendezvous::NewStub(grpc::CreateChannel(address, *credentials));
+}
 
 void GrpcStore::set(const std::string& key, const std::vector<char>& data) {
   grpc::ClientContext context;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/tls.h"
 #include "tessera/control/v1/rendezvous.grpc.pb.h"
 
 namespace tessera {
@@ -17,7 +18,10 @@ class GrpcStore final : public gloo::rendezvous::Store {
  public:
   // `address` is the coordinator's HOST:PORT; every call is bounded by `timeout` and carries `token` (the
   // epoch's store token from InitComm) as metadata kStoreTokenMetadata (core/secret.h) when it is not empty.
-  GrpcStore(const std::string& address, std::chrono::milliseconds timeout, std::string token = "");
+  // `tls`: the worker's control-plane TLS files (mutual TLS with the coordinator); empty: plaintext. Throws
+  // gloo::IoException when they cannot be used (the worker checked them at start-up).
+  GrpcStore(const std::string& address, std::chrono::milliseconds timeout, std::string token = "",
+            const TlsFiles& tls = {});
 
   // gloo::rendezvous::Store. Gloo expects failures as exceptions: these throw gloo::IoException naming the
   // key and the gRPC status (the communicator converts it to a Status at its edge).

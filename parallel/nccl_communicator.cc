@@ -240,7 +240,8 @@ struct NcclCommunicator::Impl {
     }
     if (options.size == 1) return absl::OkStatus();
     const std::string key = absl::StrCat(options.group, "/nccl_unique_id");
-    const StoreLocation location{options.store_address, options.store_dir, options.timeout, options.store_token};
+    const StoreLocation location{options.store_address, options.store_dir, options.timeout, options.store_token,
+                                 options.store_tls};
     return UseStore(location, absl::StrCat("nccl rendezvous of '", key, "' on ", Where()),
                     [&](gloo::rendezvous::Store& store) {
                       if (options.rank == 0) {
@@ -342,6 +343,7 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(const
       custom.device = options.device;
       custom.store_address = options.store_address;
       custom.store_token = options.store_token;
+      custom.store_tls = options.store_tls;
       custom.store_dir = options.store_dir;
       custom.timeout = options.timeout;
       absl::StatusOr<std::unique_ptr<CustomAllReduce>> made = CustomAllReduce::Create(custom);

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "core/tls.h"
 #include "absl/status/statusor.h"
 #include "parallel/communicator.h"
 
@@ -19,6 +20,7 @@ struct NcclOptions {
   int size = 1;
   int device = 0;             // CUDA device ordinal this rank uses (NCCL allows one rank per GPU)
   std::string store_token;    // the Rendezvous service's secret for this epoch (empty: none)
+  TlsFiles store_tls;         // TLS files of the store's channel (empty: plaintext)
   std::string store_address;  // rendezvous through the coordinator's Rendezvous service at HOST:PORT, or
   std::string store_dir;      // through files in this directory (fresh for each group: a stale id is read);
                               // a group of size 1 needs neither

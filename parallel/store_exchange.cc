@@ -18,7 +18,7 @@ absl::Status UseStore(const StoreLocation& location, std::string_view what,
   try {
     std::unique_ptr<gloo::rendezvous::Store> store;
     if (!location.address.empty()) {
-      store = std::make_unique<GrpcStore>(location.address, location.timeout, location.token);
+      store = std::make_unique<GrpcStore>(location.address, location.timeout, location.token, location.tls);
     } else {
       std::filesystem::create_directories(location.dir);
       store = std::make_unique<gloo::rendezvous::FileStore>(location.dir);

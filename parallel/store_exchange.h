@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/tls.h"
 #include "absl/status/statusor.h"
 
 namespace gloo::rendezvous {
@@ -22,6 +23,7 @@ struct StoreLocation {
   std::string dir;      // a directory of files (created when missing)
   std::chrono::milliseconds timeout{30000};
   std::string token;  // the Rendezvous service's secret (empty: none)
+  TlsFiles tls;       // TLS files of the channel to it (empty: plaintext)
 };
 
 // Opens the store and runs `use` on it. A store timeout becomes DEADLINE_EXCEEDED, any other store failure

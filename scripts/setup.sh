@@ -15,6 +15,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler  # control plane and public API
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost1.81-dev                    # Boost.Beast / Asio: the OpenAI-compatible HTTP server and bench's client
+  libssl-dev                          # OpenSSL: TLS of the HTTP server and bench (Asio SSL), PEM checks of core/tls
   python3-venv
   patchelf                            # deploy/docker/bundle.sh: RUNPATH of the container image's bundle
 )

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/tls.h"
 #include "tools/bench/chart.h"
 #include "tools/bench/grpc_client.h"
 #include "tools/bench/http_client.h"
@@ -54,9 +55,11 @@ int CheckOptions(const BenchOptions& o, std::ostream& err) {
 }
 
 // The random prompts' id range: [1000, vocab_size) from the server's model list over gRPC, else the safe one.
-absl::StatusOr<std::pair<int32_t, int32_t>> RandomIdRange(const BenchOptions& o, std::ostream& err) {
+absl::StatusOr<std::pair<int32_t, int32_t>> RandomIdRange(
+    const BenchOptions& o, const std::shared_ptr<grpc::ChannelCredentials>& credentials, std::ostream& err) {
   if (o.backend == BenchBackend::kHttp) return std::pair{kSafeIdBegin, kSafeIdEnd};
-  absl::StatusOr<int> vocab = bench::QueryVocabSize(o.server, o.model, o.api_key, absl::Seconds(10));
+  absl::StatusOr<int> vocab =
+      bench::QueryVocabSize(o.server, o.model, o.api_key, absl::Seconds(10), credentials);
   if (vocab.ok()) {
     const int32_t begin = *vocab > 2 * kSafeIdBegin ? kSafeIdBegin : 0;
     return std::pair{begin, static_cast<int32_t>(*vocab)};
@@ -109,15 +112,18 @@ absl::Status WriteFile(const std::string& path, const std::string& text) {
 
 int RunBench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
   if (int code = CheckOptions(o, err); code != 0) return code;
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      GrpcChannelCredentials(TlsFiles{.cert = "", .key = "", .ca = o.tls_ca}, "--tls-ca");
+  if (!credentials.ok()) return Fail("bench", credentials.status());
   std::string model = o.model;
   if (o.backend == BenchBackend::kHttp && model.empty()) {
-    absl::StatusOr<std::string> served = bench::QueryHttpModel(o.server, o.api_key);
+    absl::StatusOr<std::string> served = bench::QueryHttpModel(o.server, o.api_key, o.tls_ca);
     if (!served.ok()) return Fail("bench", served.status());
     model = *served;
   }
   std::vector<BenchRequest> requests;
   if (o.dataset.empty()) {
-    absl::StatusOr<std::pair<int32_t, int32_t>> range = RandomIdRange(o, err);
+    absl::StatusOr<std::pair<int32_t, int32_t>> range = RandomIdRange(o, *credentials, err);
     if (!range.ok()) return Fail("bench", range.status());
     requests = bench::RandomRequests(o.num_prompts, o.random_input_len, o.random_output_len, range->first,
                                      range->second, o.seed);
@@ -133,9 +139,9 @@ int RunBench(const BenchOptions& o, std::ostream& out, std::ostream& err) {
 
   std::unique_ptr<bench::BenchClient> client;
   if (o.backend == BenchBackend::kGrpc) {
-    client = std::make_unique<bench::GrpcBenchClient>(o.server, model, o.api_key);
+    client = std::make_unique<bench::GrpcBenchClient>(o.server, model, o.api_key, *credentials);
   } else {
-    client = std::make_unique<bench::HttpBenchClient>(o.server, model, o.api_key);
+    client = std::make_unique<bench::HttpBenchClient>(o.server, model, o.api_key, o.tls_ca);
   }
   const bench::RunResult run =
       bench::RunRequests(*client, requests, arrivals, concurrency, [&](int done, int total) {
@@ -191,6 +197,8 @@ void AddBenchCommand(CLI::App& app, std::vector<Subcommand>& commands) {
   cmd->add_option("--server", o.server, "The server's address, HOST:PORT")->required();
   cmd->add_option("--api-key", o.api_key, "The server's API key (prefer the environment variable: a flag shows in ps)")
       ->envname("TESSERA_API_KEY");
+  cmd->add_option("--tls-ca", o.tls_ca, "TLS (gRPC and HTTPS): the PEM CA bundle the server's certificate chains to")
+      ->envname("TESSERA_TLS_CA");
   auto* grpc_flag = cmd->add_flag_callback(
       "--grpc", [options] { options->backend = BenchBackend::kGrpc; }, "Streamed gRPC CompleteStream calls");
   auto* http_flag = cmd->add_flag_callback(

@@ -15,6 +15,7 @@ enum class BenchBackend { kGrpc, kHttp };
 struct BenchOptions {
   std::string server;   // HOST:PORT
   std::string api_key;  // sent with every request when set (--api-key / TESSERA_API_KEY)
+  std::string tls_ca;   // --tls-ca: TLS, the server's certificate verified against this PEM CA file
   BenchBackend backend = BenchBackend::kGrpc;
   std::string model;  // empty: the served model (gRPC), GET /v1/models' first (HTTP)
   // The prompts: a JSONL dataset, else random token ids.

@@ -76,6 +76,8 @@ void AddCompleteCommand(CLI::App& app, std::vector<Subcommand>& commands) {
   cmd->add_option("--model", o.model, "Model name (default: the served model)");
   cmd->add_option("--api-key", o.api_key, "The server's API key (prefer the environment variable: a flag shows in ps)")
       ->envname("TESSERA_API_KEY");
+  cmd->add_option("--tls-ca", o.tls_ca, "TLS: the PEM CA bundle the server's certificate chains to")
+      ->envname("TESSERA_TLS_CA");
   args->prompt_opt = cmd->add_option("--prompt", args->prompt, "Prompt text (the server adds bos)");
   args->prompt_ids_opt =
       cmd->add_option("--prompt-ids", args->prompt_ids, "Comma-separated prompt token ids");

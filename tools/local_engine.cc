@@ -96,6 +96,24 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   ASSIGN_OR_RETURN(o.heartbeat_interval, ParseDuration(a.heartbeat_interval));
   ASSIGN_OR_RETURN(o.heartbeat_timeout, ParseDuration(a.heartbeat_timeout));
   o.join_token = a.join_token;
+  o.public_tls = TlsFiles{.cert = a.tls_cert, .key = a.tls_key, .ca = ""};
+  o.control_tls = TlsFiles{.cert = a.control_cert, .key = a.control_key, .ca = a.control_ca};
+  RETURN_IF_ERROR(CheckTlsFiles(o.public_tls, "--tls-cert / --tls-key", /*need_identity=*/false));
+  if (!o.control_tls.empty()) {
+    if (a.control_ca.empty()) {
+      return absl::InvalidArgumentError(
+          "--control-cert / --control-key need --control-ca: the CA that workers' certificates chain to");
+    }
+    RETURN_IF_ERROR(CheckTlsFiles(o.control_tls, "--control-cert / --control-key / --control-ca",
+                                  /*need_identity=*/true));
+  }
+  if (a.control_port < -1 || a.control_port > 65535) {
+    return absl::InvalidArgumentError(Cat("--control-port=", a.control_port, " is not a port number (-1 = off)"));
+  }
+  if (a.control_port >= 0) {
+    o.control_address =
+        Cat(a.host.find(':') != std::string::npos ? Cat("[", a.host, "]") : a.host, ":", a.control_port);
+  }
   o.api_key_file = a.api_key_file;
   o.protect_metrics = a.protect_metrics;
   if (a.max_n < 1 || a.max_tokens_limit < 0 || a.max_prompt_tokens < 0 || a.max_stop_strings < 0) {
@@ -115,6 +133,16 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   ASSIGN_OR_RETURN(o.replacement_timeout, ParseDuration(a.replacement_timeout));
   ASSIGN_OR_RETURN(o.step_timeout, ParseDuration(a.step_timeout));
   return o;
+}
+
+std::vector<std::string> ControlTlsArgs(const TlsFiles& files) {
+  std::vector<std::string> args;
+  for (const auto& [flag, path] : {std::pair<const char*, const std::string&>{"--control-ca", files.ca},
+                                   {"--control-cert", files.cert},
+                                   {"--control-key", files.key}}) {
+    if (!path.empty()) args.insert(args.end(), {flag, path});
+  }
+  return args;
 }
 
 absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Start(
@@ -139,7 +167,7 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Start(
     // process inherited, and they stop at once on SIGTERM (this process drains, then stops them).
     std::vector<std::string> args = {"worker",
                                      "--coordinator",
-                                     Cat("127.0.0.1:", engine->coordinator_->port()),
+                                     Cat("127.0.0.1:", engine->coordinator_->control_port()),
                                      "--device",
                                      options.model.device,
                                      "--local-ranks",
@@ -148,6 +176,8 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Start(
                                      "-1",
                                      "--drain-timeout",
                                      "0s"};
+    // Local workers present the coordinator's own control certificate (it is made for both ends).
+    for (std::string& arg : ControlTlsArgs(options.control_tls)) args.push_back(std::move(arg));
     args.insert(args.end(), worker_args.begin(), worker_args.end());
     // The join token reaches the children through their environment, never their argv (which ps shows).
     if (!options.join_token.empty()) setenv("TESSERA_JOIN_TOKEN", options.join_token.c_str(), 1);

@@ -48,6 +48,9 @@ struct ServeArgs {
   std::string heartbeat_interval = "500ms";
   std::string heartbeat_timeout = "2s";
   std::string join_token;  // workers must present it (--join-token / TESSERA_JOIN_TOKEN); empty: none
+  std::string tls_cert, tls_key;  // --tls-cert / --tls-key: HTTPS and gRPC over TLS on the public ports
+  int control_port = -1;          // --control-port: the control plane's own port; -1: the gRPC port
+  std::string control_ca, control_cert, control_key;  // --control-*: mutual TLS on the control port
   std::string api_key_file;  // --api-key-file: the public API's keys; empty: open
   bool protect_metrics = false;
   int max_n = 16;
@@ -64,6 +67,9 @@ struct ServeArgs {
   std::string drain_timeout = "30s";  // SIGTERM: how long accepted requests may take to finish
   bool log_requests = false;          // prompt and output text may appear in the logs
 };
+
+// The `tessera worker` flags that give a child process these control-plane TLS files (paths are not secrets).
+[[nodiscard]] std::vector<std::string> ControlTlsArgs(const TlsFiles& files);
 
 // Reads the model's config.json and generation_config.json and checks every setting. Errors:
 // INVALID_ARGUMENT naming the flag and its value, or the file; the split's error (naming the numbers).

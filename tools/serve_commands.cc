@@ -120,6 +120,23 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
                   "Workers must present this secret to register (compared in constant time; prefer the "
                   "environment variable: a flag shows in ps)")
       ->envname("TESSERA_JOIN_TOKEN");
+  cmd->add_option("--tls-cert", a.tls_cert,
+                  "PEM certificate chain of the public gRPC and HTTP ports (TLS; re-read when it changes)")
+      ->envname("TESSERA_TLS_CERT");
+  cmd->add_option("--tls-key", a.tls_key, "PEM private key of --tls-cert")->envname("TESSERA_TLS_KEY");
+  cmd->add_option("--control-port", a.control_port,
+                  "Workers and the rendezvous store on a port of their own (0 = a free one; -1 = the gRPC "
+                  "port). Needed with TLS; serve picks a free one by itself")
+      ->capture_default_str()
+      ->envname("TESSERA_CONTROL_PORT");
+  cmd->add_option("--control-ca", a.control_ca,
+                  "Mutual TLS on the control port: the CA bundle workers' certificates must chain to")
+      ->envname("TESSERA_CONTROL_CA");
+  cmd->add_option("--control-cert", a.control_cert,
+                  "The coordinator's certificate on the control port (serve's local workers present it too)")
+      ->envname("TESSERA_CONTROL_CERT");
+  cmd->add_option("--control-key", a.control_key, "PEM private key of --control-cert")
+      ->envname("TESSERA_CONTROL_KEY");
   cmd->add_option("--api-key-file", a.api_key_file,
                   "API keys, one a line: KEY [rpm=N] [tpm=N] [streams=N] (requests and tokens per minute, requests "
                   "in flight); every gRPC and HTTP call then needs `authorization: Bearer KEY` (docs/security.md)")
@@ -234,8 +251,13 @@ absl::Status CheckLocalRanks(int local_ranks, int world_size) {
 // Runs a coordinator until a signal, with `local_ranks` of its workers (-1: all) as child processes. The
 // first SIGTERM / SIGINT after bring-up drains (up to --drain-timeout); a second one, or one during bring-up,
 // stops at once.
-int RunServing(const char* command, const ServeArgs& args, int local_ranks) {
-  if (absl::Status s = SetUpLogs(args.log_level, args.log_requests); !s.ok()) return Fail(command, s);
+int RunServing(const char* command, const ServeArgs& given, int local_ranks) {
+  if (absl::Status s = SetUpLogs(given.log_level, given.log_requests); !s.ok()) return Fail(command, s);
+  ServeArgs args = given;
+  // TLS separates the control plane from the public API; serve's workers are its own children, so it picks the
+  // control port itself (a coordinator's remote workers need it named).
+  const bool tls = !args.tls_cert.empty() || !args.control_cert.empty() || !args.control_ca.empty();
+  if (tls && args.control_port < 0 && local_ranks < 0) args.control_port = 0;
   absl::StatusOr<CoordinatorOptions> options = MakeCoordinatorOptions(args);
   if (!options.ok()) return Fail(command, options.status());
   absl::StatusOr<std::chrono::milliseconds> drain_timeout = ParseDuration(args.drain_timeout);
@@ -295,6 +317,7 @@ int RunServing(const char* command, const ServeArgs& args, int local_ranks) {
   }
   const int port = engine->coordinator().port();
   nlohmann::json listening = {{"event", "listening"}, {"grpc_port", port}};
+  if (engine->coordinator().control_port() != port) listening["control_port"] = engine->coordinator().control_port();
   const int http_port = engine->coordinator().http_port();
   if (http_port >= 0) listening["http_port"] = http_port;
   std::cout << listening.dump() << std::endl;
@@ -309,6 +332,7 @@ int RunServing(const char* command, const ServeArgs& args, int local_ranks) {
                             {"kv_blocks", engine->coordinator().scheduler().num_blocks()},
                             {"max_model_len", engine->coordinator().scheduler().max_model_len()}};
     if (http_port >= 0) ready["http_port"] = http_port;
+    if (listening.contains("control_port")) ready["control_port"] = listening["control_port"];
     std::cout << ready.dump() << std::endl;
     bool drain = false;
     {
@@ -473,6 +497,7 @@ int RunWorkerCommand(WorkerArgs& a) {
       args.push_back("--log-file");
       args.push_back(a.log_file);
     }
+    for (std::string& arg : ControlTlsArgs(a.options.control_tls)) args.push_back(std::move(arg));
     absl::StatusOr<std::unique_ptr<LocalWorkers>> children =
         LocalWorkers::Start(ExecutablePath(), args, a.local_ranks, out, first);
     if (!children.ok()) return Fail("worker", children.status());
@@ -571,6 +596,16 @@ void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
       ->add_option("--join-token", worker->options.join_token,
                    "The coordinator's join token (prefer the environment variable: a flag shows in ps)")
       ->envname("TESSERA_JOIN_TOKEN");
+  worker_cmd
+      ->add_option("--control-ca", worker->options.control_tls.ca,
+                   "Mutual TLS with the coordinator's control port: the CA its certificate must chain to")
+      ->envname("TESSERA_CONTROL_CA");
+  worker_cmd
+      ->add_option("--control-cert", worker->options.control_tls.cert,
+                   "This worker's certificate (signed by the CA the coordinator's --control-ca holds)")
+      ->envname("TESSERA_CONTROL_CERT");
+  worker_cmd->add_option("--control-key", worker->options.control_tls.key, "PEM private key of --control-cert")
+      ->envname("TESSERA_CONTROL_KEY");
   worker_cmd
       ->add_option("--health-port", worker->health_port,
                    "grpc.health.v1 on this port (service \"\" SERVING while the worker runs); -1 = off")

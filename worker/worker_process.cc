@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "core/log.h"
 #include "core/secret.h"
+#include "core/status_macros.h"
 #include "kernels/backend_factory.h"
 #include "tessera/control/v1/control.grpc.pb.h"
 #include "worker/worker_shard.h"
@@ -409,6 +410,8 @@ absl::Status RunWorker(const WorkerOptions& options) {
         absl::StrCat("max_queued_messages is ", options.max_queued_messages, "; it must be at least 1"));
   }
   LogSink log(options.log);
+  ASSIGN_OR_RETURN(const std::shared_ptr<grpc::ChannelCredentials> credentials,
+                   GrpcChannelCredentials(options.control_tls, "--control-ca / --control-cert / --control-key"));
   grpc::ChannelArguments args;
   // gRPC's own reconnect backoff (1 s growing to 120 s by default) would hide a coordinator that has come up.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, static_cast<int>(kFirstBackoff.count()));
@@ -416,7 +419,7 @@ absl::Status RunWorker(const WorkerOptions& options) {
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(kMaxBackoff.count()));
   args.SetMaxReceiveMessageSize(-1);  // steps of large batches
   const std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.coordinator, grpc::InsecureChannelCredentials(), args);
+      grpc::CreateCustomChannel(options.coordinator, credentials, args);
   std::unique_ptr<cv1::Control::Stub> stub = cv1::Control::NewStub(channel);
   absl::StatusOr<cv1::RegisterResponse> registered = Register(*stub, options, log);
   if (!registered.ok()) return registered.status();
@@ -431,6 +434,7 @@ absl::Status RunWorker(const WorkerOptions& options) {
   shard_options.epoch = reg.epoch();
   shard_options.device = options.device;
   shard_options.listen_host = options.listen_host;
+  shard_options.control_tls = options.control_tls;
   shard_options.device_index = options.device_index;
   shard_options.log = [&log](const std::string& line) { log.Line(line); };
   WorkerShard shard(shard_options);

@@ -9,6 +9,7 @@
 #include <ostream>
 #include <string>
 
+#include "core/tls.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
@@ -23,6 +24,10 @@ struct WorkerOptions {
   std::string listen_host = "127.0.0.1";  // the address this worker's Gloo connections listen on
   // The coordinator's --join-token (sent as metadata kJoinTokenMetadata on Register and Session); empty: none.
   std::string join_token;
+  // Mutual TLS with the coordinator's control port (--control-ca / --control-cert / --control-key): this
+  // worker's certificate and key, and the CA the coordinator's certificate must chain to; also the rendezvous
+  // store's channel. Empty: plaintext.
+  TlsFiles control_tls;
   // How long to keep trying to register while the coordinator is unreachable (UNAVAILABLE).
   std::chrono::milliseconds connect_timeout{300000};
   std::ostream* log =

@@ -287,6 +287,7 @@ absl::Status WorkerShard::InitComm(const cv1::InitComm& init) {
     group_options.size = size;
     group_options.store_address = init.store_address();
     group_options.store_token = init.store_token();
+    group_options.store_tls = options_.control_tls;
     group_options.hostname = options_.listen_host;
     group_options.device_index = device_index_;
     if (ordering == Ordering::kStream) group_options.cuda_stream = backend_->native_stream();

@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/tls.h"
 #include "kernels/backend.h"
 #include "parallel/communicator.h"
 #include "parallel/communicator_slot.h"
@@ -38,6 +39,7 @@ struct WorkerShardOptions {
   // layout of a node whose workers are ranks 0..N-1 of N GPUs; set CUDA_VISIBLE_DEVICES or this otherwise).
   int device_index = -1;
   std::string listen_host = "127.0.0.1";  // the address this rank's Gloo connections listen on
+  TlsFiles control_tls;  // the rendezvous store's channel (the worker's --control-* files); empty: plaintext
   // Receives one line (no newline) per setup phase, e.g. "worker rank 0: loaded weights in 1.2 s (B bytes)".
   std::function<void(const std::string&)> log;
 };

@@ -1,17 +1,23 @@
 // HttpServer: the Beast transport. The only translation unit that includes Beast / Asio (template-heavy).
 // Each connection is a coroutine on its own strand: read a request, route it, and for a generation wait on a
 // timer that the engine's events cancel (they are posted onto the strand), or on the client closing the
-// socket, which cancels the request in the engine.
+// socket, which cancels the request in the engine. With TLS, a connection is the same coroutine over a TLS
+// stream (Stream picks one at run time, so the coroutines are compiled once).
 #include "coordinator/http/http_server.h"
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <charconv>
 #include <deque>
+#include <filesystem>
+#include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
+#include "core/status_macros.h"
 #include "core/str_cat.h"
 
 namespace tessera {
@@ -20,12 +26,121 @@ namespace {
 namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
 using Request = http::request<http::string_body>;
 constexpr auto kTuple = net::as_tuple(net::use_awaitable);
 // Bytes of a pipelined next request read while a generation runs; past this the client is no longer watched.
 constexpr size_t kMaxReadAhead = 64 << 10;
 constexpr auto kIdleTimeout = std::chrono::seconds(120);
+constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
+constexpr auto kCloseNotifyTimeout = std::chrono::seconds(1);
+
+// A connection's byte stream: plain TCP, or TLS over it. Beast's and Asio's algorithms take it as an
+// AsyncReadStream / AsyncWriteStream; each operation goes to the one that is in use.
+class Stream {
+ public:
+  using executor_type = beast::tcp_stream::executor_type;
+
+  // Plain TCP when `tls` is null.
+  Stream(tcp::socket socket, std::shared_ptr<ssl::context> tls) : context_(std::move(tls)) {
+    if (context_ != nullptr) {
+      tls_.emplace(std::move(socket), *context_);
+    } else {
+      plain_.emplace(std::move(socket));
+    }
+  }
+
+  executor_type get_executor() { return lowest().get_executor(); }
+  beast::tcp_stream& lowest() { return tls_ ? tls_->next_layer() : *plain_; }
+  bool is_tls() const { return tls_.has_value(); }
+  beast::ssl_stream<beast::tcp_stream>& tls() { return *tls_; }
+
+  template <class Buffers, class Token>
+  auto async_read_some(const Buffers& buffers, Token&& token) {
+    if (tls_) return tls_->async_read_some(buffers, std::forward<Token>(token));
+    return plain_->async_read_some(buffers, std::forward<Token>(token));
+  }
+  template <class Buffers, class Token>
+  auto async_write_some(const Buffers& buffers, Token&& token) {
+    if (tls_) return tls_->async_write_some(buffers, std::forward<Token>(token));
+    return plain_->async_write_some(buffers, std::forward<Token>(token));
+  }
+
+ private:
+  std::shared_ptr<ssl::context> context_;  // outlives tls_ (declared first: destroyed last)
+  std::optional<beast::ssl_stream<beast::tcp_stream>> tls_;
+  std::optional<beast::tcp_stream> plain_;
+};
+
+// The server's TLS context, loaded again when the certificate or key file changes. Connections keep the context
+// they started with.
+class TlsContexts {
+ public:
+  TlsContexts(TlsFiles files, std::function<void(const std::string&)> log)
+      : files_(std::move(files)), log_(std::move(log)) {}
+
+  // Loads the files. Errors: INVALID_ARGUMENT naming the file.
+  absl::Status Load() {
+    RETURN_IF_ERROR(CheckTlsFiles(files_, "--tls-cert / --tls-key", /*need_identity=*/true));
+    auto context = std::make_shared<ssl::context>(ssl::context::tls_server);
+    context->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                         ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 | ssl::context::single_dh_use);
+    beast::error_code ec;
+    context->use_certificate_chain_file(files_.cert, ec);
+    if (ec) return absl::InvalidArgumentError(Cat("--tls-cert ", files_.cert, ": ", ec.message()));
+    context->use_private_key_file(files_.key, ssl::context::pem, ec);
+    if (ec) return absl::InvalidArgumentError(Cat("--tls-key ", files_.key, ": ", ec.message()));
+    const Stamp stamp = StampOf();
+    std::lock_guard lock(mu_);
+    context_ = std::move(context);
+    stamp_ = stamp;
+    return absl::OkStatus();
+  }
+
+  // The context for a new connection: the loaded one, reloaded first when the files changed (looked at no more
+  // often than every kTlsReloadSeconds). A change that does not load (a key and certificate written one after
+  // the other) keeps the old context and is tried again next time.
+  std::shared_ptr<ssl::context> Current() {
+    const auto now = std::chrono::steady_clock::now();
+    bool check = false;
+    {
+      std::lock_guard lock(mu_);
+      if (now - checked_ >= std::chrono::seconds(kTlsReloadSeconds)) {
+        checked_ = now;
+        check = true;
+      }
+    }
+    if (check && StampOf() != stamp()) {
+      absl::Status s = Load();
+      if (log_) {
+        log_(s.ok() ? Cat("HTTP: loaded the changed TLS certificate ", files_.cert)
+                    : Cat("HTTP: keeping the TLS certificate in use: ", s.message()));
+      }
+    }
+    std::lock_guard lock(mu_);
+    return context_;
+  }
+
+ private:
+  using Stamp = std::pair<std::filesystem::file_time_type, std::filesystem::file_time_type>;
+  Stamp StampOf() const {
+    std::error_code ignored;
+    return {std::filesystem::last_write_time(files_.cert, ignored),
+            std::filesystem::last_write_time(files_.key, ignored)};
+  }
+  Stamp stamp() {
+    std::lock_guard lock(mu_);
+    return stamp_;
+  }
+
+  const TlsFiles files_;
+  const std::function<void(const std::string&)> log_;
+  std::mutex mu_;
+  std::shared_ptr<ssl::context> context_;
+  Stamp stamp_;
+  std::chrono::steady_clock::time_point checked_ = std::chrono::steady_clock::now();
+};
 
 // An io_context whose pending handlers (suspended connection coroutines among them) Stop can destroy; they hold
 // EventQueues, which hold the context, so without this they would keep each other alive.
@@ -50,10 +165,10 @@ struct EventQueue {
 // Reads from the client while a generation runs (a callback on the connection's strand, not a parallel group
 // of awaitables): EOF or an error means the client went away; bytes are its next (pipelined) request and stay
 // in `buffer`. `buffer` must outlive the read: the caller waits for `reading` to clear before leaving.
-void WatchClient(const std::shared_ptr<EventQueue>& queue, tcp::socket& socket, beast::flat_buffer& buffer) {
+void WatchClient(const std::shared_ptr<EventQueue>& queue, Stream& stream, beast::flat_buffer& buffer) {
   if (queue->reading || queue->client_gone || buffer.size() >= kMaxReadAhead) return;
   queue->reading = true;
-  socket.async_read_some(buffer.prepare(4096), [queue, &buffer](beast::error_code ec, size_t n) {
+  stream.async_read_some(buffer.prepare(4096), [queue, &buffer](beast::error_code ec, size_t n) {
     queue->reading = false;
     if (!ec) {
       buffer.commit(n);
@@ -66,10 +181,10 @@ void WatchClient(const std::shared_ptr<EventQueue>& queue, tcp::socket& socket, 
 
 // Stops WatchClient's read, if one is pending, and waits until it has ended; the bytes it read (if any) stay
 // in its buffer.
-net::awaitable<void> StopWatching(EventQueue& queue, tcp::socket& socket) {
+net::awaitable<void> StopWatching(EventQueue& queue, Stream& stream) {
   if (!queue.reading) co_return;
   beast::error_code ignored;
-  socket.cancel(ignored);
+  stream.lowest().socket().cancel(ignored);
   while (queue.reading) {
     queue.wake.expires_at(net::steady_timer::time_point::max());
     co_await queue.wake.async_wait(kTuple);
@@ -93,6 +208,7 @@ struct HttpServer::Impl {
   StreamJournalStore* const journals;  // null: resumption off
   std::shared_ptr<IoContext> ioc;  // shared with observers that may outlive the server
   tcp::acceptor acceptor;
+  std::unique_ptr<TlsContexts> tls;  // null: plain HTTP
   std::vector<std::thread> threads;
   int port = 0;
   bool stopped = false;  // touched by Stop's caller only
@@ -113,7 +229,7 @@ http::response<http::empty_body> SseHeader(const Request& req) {
   return res;
 }
 
-net::awaitable<bool> WriteReply(beast::tcp_stream& stream, const Request& req, HttpReply reply) {
+net::awaitable<bool> WriteReply(Stream& stream, const Request& req, HttpReply reply) {
   http::response<http::string_body> res;
   res.version(req.version());
   res.result(static_cast<unsigned>(reply.status));
@@ -128,7 +244,7 @@ net::awaitable<bool> WriteReply(beast::tcp_stream& stream, const Request& req, H
   co_return !ec && req.keep_alive();
 }
 
-net::awaitable<bool> WriteChunk(beast::tcp_stream& stream, const std::string& data) {
+net::awaitable<bool> WriteChunk(Stream& stream, const std::string& data) {
   auto [ec, n] = co_await net::async_write(stream, http::make_chunk(net::buffer(data)), kTuple);
   co_return !ec;
 }
@@ -137,7 +253,7 @@ net::awaitable<bool> WriteChunk(beast::tcp_stream& stream, const std::string& da
 // chunks as the journal fills, to the request's end. The first `skip` tokens are replayed without being sent
 // (the client has them). The client leaving detaches the journal (the request goes on); another connection
 // resuming the stream ends this one with an error event. Returns whether the connection may serve another.
-net::awaitable<bool> StreamJournalSse(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
+net::awaitable<bool> StreamJournalSse(Impl& impl, Stream& stream, beast::flat_buffer& buffer,
                                       const Request& req, const OpenAiCall& call,
                                       std::shared_ptr<StreamJournal> journal, size_t skip, bool fresh) {
   auto queue = std::make_shared<EventQueue>(impl.ioc, co_await net::this_coro::executor);
@@ -174,11 +290,11 @@ net::awaitable<bool> StreamJournalSse(Impl& impl, beast::tcp_stream& stream, bea
     }
     if (queue->client_gone) client_gone = true;
     if (client_gone || state.done()) break;
-    WatchClient(queue, stream.socket(), buffer);
+    WatchClient(queue, stream, buffer);
     queue->wake.expires_at(net::steady_timer::time_point::max());
     co_await queue->wake.async_wait(kTuple);  // news, or the watch read ended
   }
-  co_await StopWatching(*queue, stream.socket());
+  co_await StopWatching(*queue, stream);
   journal->Detach(reader);           // no-op after a take-over
   if (client_gone) co_return false;  // the request goes on; the client may resume it
   if (taken_over) {
@@ -195,7 +311,7 @@ net::awaitable<bool> StreamJournalSse(Impl& impl, beast::tcp_stream& stream, bea
 }
 
 // A resumable call: its journal is the engine request's observer, and the stream is read from it.
-net::awaitable<bool> GenerateResumable(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
+net::awaitable<bool> GenerateResumable(Impl& impl, Stream& stream, beast::flat_buffer& buffer,
                                        const Request& req, const OpenAiCall& call) {
   StreamInfo info;
   info.kind = call.kind == ApiKind::kChat ? StreamKind::kChat : StreamKind::kCompletion;
@@ -220,7 +336,7 @@ net::awaitable<bool> GenerateResumable(Impl& impl, beast::tcp_stream& stream, be
 
 // GET /v1/completions/{id}/stream?tokens_received=N (and /v1/chat/completions/...): the rest of a resumable
 // stream after the client's first N tokens.
-net::awaitable<bool> Resume(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
+net::awaitable<bool> Resume(Impl& impl, Stream& stream, beast::flat_buffer& buffer,
                             const Request& req, ApiKind kind, const std::string& id, std::string_view query) {
   std::optional<ApiError> error;
   int64_t tokens_received = 0;
@@ -271,7 +387,7 @@ net::awaitable<bool> Resume(Impl& impl, beast::tcp_stream& stream, beast::flat_b
 }
 
 // Runs one /v1/completions or /v1/chat/completions call. Returns whether the connection may serve another.
-net::awaitable<bool> Generate(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
+net::awaitable<bool> Generate(Impl& impl, Stream& stream, beast::flat_buffer& buffer,
                               const Request& req, ApiKind kind, ApiKeys::Admission* admission) {
   OpenAiCall call;
   // Replies are named locals before co_await: GCC 12 destroys some temporaries in co_await expressions twice.
@@ -319,11 +435,11 @@ net::awaitable<bool> Generate(Impl& impl, beast::tcp_stream& stream, beast::flat
     }
     if (queue->client_gone) client_gone = true;
     if (client_gone || state.done()) break;
-    WatchClient(queue, stream.socket(), buffer);
+    WatchClient(queue, stream, buffer);
     queue->wake.expires_at(net::steady_timer::time_point::max());
     co_await queue->wake.async_wait(kTuple);  // an event, or the watch read ended
   }
-  co_await StopWatching(*queue, stream.socket());
+  co_await StopWatching(*queue, stream);
   if (admission != nullptr) admission->Charge(state.TokensUsed());
   if (client_gone) {
     for (const std::string& id : ids) (void)impl.engine.Cancel(id);  // NOT_FOUND: it ended meanwhile
@@ -344,7 +460,7 @@ HttpReply NotFound(const std::string& target) {
   return ErrorReply(ApiError{404, Cat("no route for ", target), "", "not_found_error", ""});
 }
 
-net::awaitable<bool> Route(Impl& impl, beast::tcp_stream& stream, beast::flat_buffer& buffer,
+net::awaitable<bool> Route(Impl& impl, Stream& stream, beast::flat_buffer& buffer,
                            const Request& req) {
   std::string target(req.target());
   std::string query;
@@ -409,14 +525,19 @@ net::awaitable<bool> Route(Impl& impl, beast::tcp_stream& stream, beast::flat_bu
 }
 
 net::awaitable<void> Session(Impl& impl, tcp::socket socket) {
-  beast::tcp_stream stream(std::move(socket));
+  Stream stream(std::move(socket), impl.tls != nullptr ? impl.tls->Current() : nullptr);
+  if (stream.is_tls()) {
+    stream.lowest().expires_after(kHandshakeTimeout);
+    auto [ec] = co_await stream.tls().async_handshake(ssl::stream_base::server, kTuple);
+    if (ec) co_return;  // not TLS, an untrusted certificate, a timeout: the socket closes
+  }
   beast::flat_buffer buffer;
   for (;;) {
     http::request_parser<http::string_body> parser;
     parser.body_limit(impl.options.max_body_bytes);
-    stream.expires_after(kIdleTimeout);
+    stream.lowest().expires_after(kIdleTimeout);
     auto [ec, n] = co_await http::async_read(stream, buffer, parser, kTuple);
-    stream.expires_never();
+    stream.lowest().expires_never();
     if (ec == http::error::body_limit) {
       Request req;
       req.version(11);
@@ -431,8 +552,12 @@ net::awaitable<void> Session(Impl& impl, tcp::socket socket) {
     const Request req = parser.release();
     if (!co_await Route(impl, stream, buffer, req)) break;
   }
+  if (stream.is_tls()) {  // close_notify, so that the client can tell the end from a cut
+    stream.lowest().expires_after(kCloseNotifyTimeout);
+    co_await stream.tls().async_shutdown(kTuple);
+  }
   beast::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  stream.lowest().socket().shutdown(tcp::socket::shutdown_send, ignored);
 }
 
 net::awaitable<void> Accept(Impl& impl) {
@@ -461,6 +586,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
                                                               std::shared_ptr<const OpenAiApi> api,
                                                               Engine& engine, StreamJournalStore* journals) {
   auto impl = std::make_unique<Impl>(options, std::move(api), engine, journals);
+  if (!options.tls.empty()) {
+    impl->tls = std::make_unique<TlsContexts>(options.tls, options.log);
+    RETURN_IF_ERROR(impl->tls->Load());
+  }
   const std::string where = Cat(options.host, ":", options.port);
   beast::error_code ec;
   const net::ip::address address = net::ip::make_address(options.host, ec);

@@ -13,6 +13,7 @@
 #include "coordinator/api_keys.h"
 #include "coordinator/http/openai_api.h"
 #include "coordinator/stream_journal_store.h"
+#include "core/tls.h"
 
 namespace tessera {
 
@@ -26,6 +27,11 @@ struct HttpServerOptions {
   // KEY` of one of these keys: 401 without, 429 over the key's limits. protect_metrics: /metrics too.
   ApiKeys* api_keys = nullptr;
   bool protect_metrics = false;
+  // HTTPS with this certificate and key (TLS 1.2 or later), re-read when the files change (checked at most
+  // every kTlsReloadSeconds, on a new connection); empty: plain HTTP.
+  TlsFiles tls;
+  // Receives one line (no newline) when a changed certificate is loaded or cannot be; may be empty.
+  std::function<void(const std::string&)> log;
 };
 
 class HttpServer {
@@ -33,7 +39,7 @@ class HttpServer {
   // Listens and starts serving `api` over `engine` (both must outlive the server). `journals` keeps resumable
   // streams ("resumable": true; GET /v1/completions/{id}/stream and /v1/chat/completions/{id}/stream resume
   // them); null: resumption off. It must outlive the server. Errors: UNAVAILABLE naming the address when it
-  // cannot listen.
+  // cannot listen; INVALID_ARGUMENT naming the file when options.tls cannot be used.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<HttpServer>> Start(
       const HttpServerOptions& options, std::shared_ptr<const OpenAiApi> api, Engine& engine,
       StreamJournalStore* journals = nullptr);

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 import grpc
@@ -265,6 +266,214 @@ class LimitsTest(unittest.TestCase):
             client.completions.create(model="tiny", prompt="x" * 5000, max_tokens=2)
         self.assertEqual(refused.exception.status_code, 413)
         self.assertEqual(client.completions.create(model="tiny", prompt=[1, 2, 3], max_tokens=2).usage.completion_tokens, 2)
+
+
+TLS_DIR = os.path.join(harness.REPO, "tests", "data", "tls")
+
+
+def tls(name):
+    return os.path.join(TLS_DIR, name)
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def tls_complete_ids(address, ca, prompt=(1, 2, 3)):
+    pb, pb_grpc, _, _ = harness.stubs()
+    channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=read(ca)))
+    request = pb.CompleteRequest(token_ids=pb.TokenIds(ids=list(prompt)), max_tokens=2, temperature=0.0)
+    try:
+        return list(pb_grpc.InferenceServiceStub(channel).Complete(request, timeout=20).choices[0].token_ids)
+    finally:
+        channel.close()
+
+
+def https_client(address, ca):
+    import openai
+    import ssl
+    return openai.OpenAI(base_url="https://%s/v1" % address, api_key="unused", max_retries=0, timeout=20,
+                         http_client=openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=ca)))
+
+
+class TlsTest(unittest.TestCase):
+    """--tls-cert / --tls-key on the public ports (grpcio, the openai client, tessera complete and bench, all
+    verifying against the test CA), the control plane on its own port with mutual TLS (serve's workers at tp 2,
+    so the rendezvous store's channel is mutual TLS too), and a certificate swapped while serving."""
+
+    @classmethod
+    def setUpClass(cls):
+        # The served certificate lives in a directory of its own, so that the reload test can replace it.
+        cls.certs = tempfile.mkdtemp(prefix="tessera_tls_", dir=ARGS.workdir)
+        for name in ("server.pem", "server.key"):
+            with open(os.path.join(cls.certs, name), "wb") as f:
+                f.write(read(tls(name)))
+        cls.server = harness.Server(ARGS.tessera, make_tiny(), 2, 1, extra=[
+            "--http-port", "0", "--tls-cert", os.path.join(cls.certs, "server.pem"),
+            "--tls-key", os.path.join(cls.certs, "server.key"), "--control-ca", tls("ca.pem"),
+            "--control-cert", tls("server.pem"), "--control-key", tls("server.key")]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.server is not None:
+            assert cls.server.stop() == 0, "".join(cls.server.stderr)
+
+    def test_grpc_speaks_tls_only(self):
+        self.assertEqual(len(tls_complete_ids(self.server.address, tls("ca.pem"))), 2)
+        with self.assertRaises(grpc.RpcError) as refused:  # plaintext to a TLS port
+            complete_ids(self.server.address, [1, 2, 3])
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        with self.assertRaises(grpc.RpcError) as refused:  # a certificate of a CA the client does not trust
+            tls_complete_ids(self.server.address, tls("rogue-ca.pem"))
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAVAILABLE)
+
+    def test_the_control_port_is_its_own_and_wants_a_client_certificate(self):
+        control = self.server.ready.get("control_port")
+        self.assertIsNotNone(control, self.server.ready)
+        self.assertNotEqual(control, self.server.port)
+        pb, stub = rendezvous_stub("127.0.0.1:%d" % control)
+        # No client certificate: the handshake fails before any call reaches the store.
+        channel = grpc.secure_channel("127.0.0.1:%d" % control,
+                                      grpc.ssl_channel_credentials(root_certificates=read(tls("ca.pem"))))
+        from tessera.control.v1 import rendezvous_pb2_grpc
+        with self.assertRaises(grpc.RpcError) as refused:
+            rendezvous_pb2_grpc.RendezvousStub(channel).Get(pb.GetRequest(key="x"), timeout=10)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        # A certificate of another CA: refused as well.
+        rogue = grpc.ssl_channel_credentials(root_certificates=read(tls("ca.pem")),
+                                             private_key=read(tls("rogue.key")),
+                                             certificate_chain=read(tls("rogue.pem")))
+        with self.assertRaises(grpc.RpcError) as refused:
+            rendezvous_pb2_grpc.RendezvousStub(grpc.secure_channel("127.0.0.1:%d" % control, rogue)).Get(
+                pb.GetRequest(key="x"), timeout=10)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        # The public port does not carry the control plane.
+        channel = grpc.secure_channel(self.server.address,
+                                      grpc.ssl_channel_credentials(root_certificates=read(tls("ca.pem"))))
+        with self.assertRaises(grpc.RpcError) as refused:
+            rendezvous_pb2_grpc.RendezvousStub(channel).Get(pb.GetRequest(key="x"), timeout=10)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+
+    def test_https_with_the_openai_client(self):
+        reply = https_client(self.server.http_address, tls("ca.pem")).completions.create(
+            model="tiny", prompt=[1, 2], max_tokens=2)
+        self.assertEqual(reply.usage.completion_tokens, 2)
+        stream = https_client(self.server.http_address, tls("ca.pem")).completions.create(
+            model="tiny", prompt=[1, 2], max_tokens=3, stream=True, stream_options={"include_usage": True})
+        chunks = list(stream)
+        self.assertEqual(chunks[-1].usage.completion_tokens, 3)
+        import openai
+        with self.assertRaises(openai.APIConnectionError):  # an untrusted certificate
+            https_client(self.server.http_address, tls("rogue-ca.pem")).completions.create(
+                model="tiny", prompt=[1, 2], max_tokens=2)
+        with self.assertRaises(openai.APIConnectionError):  # plain HTTP to the HTTPS port
+            openai.OpenAI(base_url="http://%s/v1" % self.server.http_address, api_key="unused", max_retries=0,
+                          timeout=20).completions.create(model="tiny", prompt=[1, 2], max_tokens=2)
+
+    def test_tessera_complete_and_bench_take_the_ca(self):
+        import json
+        result = subprocess.run([ARGS.tessera, "complete", "--server", self.server.address, "--tls-ca",
+                                 tls("ca.pem"), "--prompt-ids", "1,2,3", "--max-tokens", "2", "--json"],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(len(json.loads(result.stdout.splitlines()[0])["token_ids"]), 2)
+        result = subprocess.run([ARGS.tessera, "complete", "--server", self.server.address, "--tls-ca",
+                                 tls("missing.pem"), "--prompt-ids", "1,2,3"],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("missing.pem", result.stderr)
+        for backend in ("--grpc", "--http"):
+            server = self.server.address if backend == "--grpc" else self.server.http_address
+            out = os.path.join(ARGS.workdir, "tls-bench%s.json" % backend)
+            argv = [ARGS.tessera, "bench", "--server", server, backend, "--tls-ca", tls("ca.pem"),
+                    "--random-input-len", "4", "--random-output-len", "2", "--num-prompts", "3", "--out", out]
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            with open(out) as f:
+                self.assertEqual(json.load(f)["completed"], 3, backend)
+
+    def test_zz_a_renewed_certificate_is_served_without_a_restart(self):
+        # Runs last (zz): afterwards the server presents a certificate of the other CA.
+        for name, source in (("server.pem", "other-server.pem"), ("server.key", "other-server.key")):
+            staged = os.path.join(self.certs, name + ".new")
+            with open(staged, "wb") as f:
+                f.write(read(tls(source)))
+            os.replace(staged, os.path.join(self.certs, name))
+        deadline = time.monotonic() + 30
+        grpc_ok = https_ok = False
+        while time.monotonic() < deadline and not (grpc_ok and https_ok):
+            time.sleep(0.5)
+            try:
+                grpc_ok = grpc_ok or len(tls_complete_ids(self.server.address, tls("rogue-ca.pem"))) == 2
+            except grpc.RpcError:
+                pass
+            try:
+                https_ok = https_ok or https_client(self.server.http_address, tls("rogue-ca.pem")).completions.create(
+                    model="tiny", prompt=[1, 2], max_tokens=2).usage.completion_tokens == 2
+            except Exception:  # noqa: BLE001 - the old certificate: openai.APIConnectionError
+                pass
+        self.assertTrue(grpc_ok, "gRPC still presents the old certificate")
+        self.assertTrue(https_ok, "HTTPS still presents the old certificate")
+        with self.assertRaises(grpc.RpcError):
+            tls_complete_ids(self.server.address, tls("ca.pem"))
+        self.server.wait_stderr("loaded the changed TLS certificate")
+
+
+class TlsConfigTest(unittest.TestCase):
+    """Certificates that cannot be used stop the server at start, naming the file; remote workers join the
+    control port only with a certificate of the coordinator's CA."""
+
+    def run_tessera(self, *args):
+        return subprocess.run([ARGS.tessera] + list(args), capture_output=True, text=True, timeout=60)
+
+    def test_unusable_files_are_named(self):
+        tiny = make_tiny()
+        for extra, text in (
+                (["--tls-cert", tls("server.pem"), "--tls-key", tls("missing.key")], "missing.key"),
+                (["--tls-cert", tls("server.pem"), "--tls-key", tls("worker.key")],
+                 "is not the key of the certificate"),
+                (["--tls-cert", tls("server.pem")], "needs its key"),
+                (["--tls-cert", tls("make-certs.sh"), "--tls-key", tls("server.key")], "holds no PEM certificate"),
+                (["--control-cert", tls("server.pem"), "--control-key", tls("server.key")], "--control-ca")):
+            result = self.run_tessera("serve", "--model", tiny, "--grpc-port", "0", "--host", "127.0.0.1", *extra)
+            self.assertNotEqual(result.returncode, 0, extra)
+            self.assertIn(text, result.stderr, extra)
+        # A coordinator's remote workers need the control port named.
+        result = self.run_tessera("coordinator", "--model", tiny, "--grpc-port", "0", "--host", "127.0.0.1",
+                                  "--tls-cert", tls("server.pem"), "--tls-key", tls("server.key"))
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--control-port", result.stderr)
+
+    def test_remote_workers_need_a_certificate_of_the_coordinators_ca(self):
+        control = harness.free_port()
+        coordinator = harness.Process([
+            ARGS.tessera, "coordinator", "--model", make_tiny(), "--tp", "2", "--grpc-port", "0",
+            "--host", "127.0.0.1", "--kv-cache-memory", "16MiB", "--control-port", str(control),
+            "--control-ca", tls("ca.pem"), "--control-cert", tls("server.pem"), "--control-key", tls("server.key")])
+        workers = []
+
+        def worker(*files):
+            return harness.Process([ARGS.tessera, "worker", "--coordinator", "127.0.0.1:%d" % control,
+                                    "--drain-timeout", "0s", "--control-ca", tls("ca.pem")] + list(files))
+        try:
+            listening = coordinator.wait_event("listening")
+            self.assertEqual(listening["control_port"], control)
+            intruders = [worker(), worker("--control-cert", tls("rogue.pem"), "--control-key", tls("rogue.key"))]
+            time.sleep(3)
+            for intruder in intruders:  # still knocking: no registration got through
+                self.assertIsNone(intruder.proc.poll(), "".join(intruder.stderr))
+                self.assertNotIn("registered", "".join(intruder.stderr))
+                intruder.stop()
+            workers = [worker("--control-cert", tls("worker.pem"), "--control-key", tls("worker.key"))
+                       for _ in range(2)]
+            ready = coordinator.wait_event("ready")
+            self.assertEqual(len(complete_ids("127.0.0.1:%d" % ready["grpc_port"], [1, 2, 3])), 4)
+        finally:
+            self.assertEqual(coordinator.stop(), 0, "".join(coordinator.stderr))
+            for w in workers:
+                w.proc.wait(15)
+                self.assertEqual(w.proc.returncode, 0, "".join(w.stderr))
 
 
 if __name__ == "__main__":

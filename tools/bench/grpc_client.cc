@@ -16,10 +16,11 @@ std::string CodeName(grpc::StatusCode code) {
 
 }  // namespace
 
-GrpcBenchClient::GrpcBenchClient(const std::string& server, const std::string& model, const std::string& api_key)
+GrpcBenchClient::GrpcBenchClient(const std::string& server, const std::string& model, const std::string& api_key,
+                                 std::shared_ptr<grpc::ChannelCredentials> credentials)
     : model_(model),
       authorization_(api_key.empty() ? "" : "Bearer " + api_key),
-      channel_(grpc::CreateChannel(server, grpc::InsecureChannelCredentials())),
+      channel_(grpc::CreateChannel(server, credentials ? credentials : grpc::InsecureChannelCredentials())),
       stub_(v1::InferenceService::NewStub(channel_)) {}
 
 RequestResult GrpcBenchClient::Send(const BenchRequest& request, Clock::time_point run_start) {
@@ -84,8 +85,9 @@ RequestResult GrpcBenchClient::Send(const BenchRequest& request, Clock::time_poi
 }
 
 absl::StatusOr<int> QueryVocabSize(const std::string& server, const std::string& model, const std::string& api_key,
-                                   absl::Duration timeout) {
-  auto stub = v1::ModelService::NewStub(grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
+                                   absl::Duration timeout, std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  auto stub = v1::ModelService::NewStub(
+      grpc::CreateChannel(server, credentials ? credentials : grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));

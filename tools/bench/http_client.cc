@@ -1,10 +1,13 @@
 #include "tools/bench/http_client.h"
 
 #include <boost/asio/connect.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -15,6 +18,7 @@ namespace {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -29,6 +33,67 @@ void SplitHostPort(const std::string& server, std::string& host, std::string& po
 std::string NoAnswer(const std::string& host, const std::string& port, const std::string& what) {
   return absl::StrCat("the server does not answer HTTP at ", host, ":", port, ": ", what);
 }
+
+// One client connection: plain TCP, or TLS verifying the server's certificate against a CA file and its host
+// name. A SyncReadStream / SyncWriteStream for Beast's algorithms.
+class ClientStream {
+ public:
+  // TLS when `tls_ca` is set.
+  ClientStream(asio::io_context& io, const std::string& tls_ca) {
+    if (tls_ca.empty()) {
+      plain_.emplace(io);
+      return;
+    }
+    context_.emplace(ssl::context::tls_client);
+    context_->load_verify_file(tls_ca);  // throws, naming the cause, for a file that is not PEM
+    context_->set_verify_mode(ssl::verify_peer);
+    tls_.emplace(io, *context_);
+  }
+
+  // Connects (and shakes hands) within `timeout`.
+  void Connect(const std::string& host, const std::string& port, std::chrono::seconds timeout,
+               beast::error_code& ec) {
+    tcp::resolver resolver(lowest().get_executor());
+    const auto endpoints = resolver.resolve(host, port, ec);
+    if (ec) return;
+    lowest().expires_after(timeout);
+    lowest().connect(endpoints, ec);
+    if (ec || !tls_) return;
+    SSL_set_tlsext_host_name(tls_->native_handle(), host.c_str());  // SNI
+    tls_->set_verify_callback(ssl::host_name_verification(host));
+    tls_->handshake(ssl::stream_base::client, ec);
+  }
+  void NoTimeout() { lowest().expires_never(); }
+  void Close() {
+    beast::error_code ignored;
+    if (tls_) tls_->shutdown(ignored);
+    lowest().socket().shutdown(tcp::socket::shutdown_both, ignored);
+  }
+
+  template <class Buffers>
+  size_t read_some(const Buffers& buffers, beast::error_code& ec) {
+    return tls_ ? tls_->read_some(buffers, ec) : plain_->read_some(buffers, ec);
+  }
+  template <class Buffers>
+  size_t read_some(const Buffers& buffers) {
+    return tls_ ? tls_->read_some(buffers) : plain_->read_some(buffers);
+  }
+  template <class Buffers>
+  size_t write_some(const Buffers& buffers, beast::error_code& ec) {
+    return tls_ ? tls_->write_some(buffers, ec) : plain_->write_some(buffers, ec);
+  }
+  template <class Buffers>
+  size_t write_some(const Buffers& buffers) {
+    return tls_ ? tls_->write_some(buffers) : plain_->write_some(buffers);
+  }
+
+ private:
+  beast::tcp_stream& lowest() { return tls_ ? tls_->next_layer() : *plain_; }
+
+  std::optional<ssl::context> context_;  // outlives tls_
+  std::optional<beast::ssl_stream<beast::tcp_stream>> tls_;
+  std::optional<beast::tcp_stream> plain_;
+};
 
 }  // namespace
 
@@ -61,8 +126,9 @@ std::vector<std::string> SseParser::Feed(const std::string& bytes) {
   return events;
 }
 
-HttpBenchClient::HttpBenchClient(const std::string& server, const std::string& model, const std::string& api_key)
-    : model_(model), authorization_(api_key.empty() ? "" : "Bearer " + api_key) {
+HttpBenchClient::HttpBenchClient(const std::string& server, const std::string& model, const std::string& api_key,
+                                 const std::string& tls_ca)
+    : model_(model), authorization_(api_key.empty() ? "" : "Bearer " + api_key), tls_ca_(tls_ca) {
   SplitHostPort(server, host_, port_);
 }
 
@@ -91,12 +157,11 @@ RequestResult HttpBenchClient::Send(const BenchRequest& request, Clock::time_poi
   };
   try {
     asio::io_context io;
-    tcp::resolver resolver(io);
-    beast::tcp_stream stream(io);
+    ClientStream stream(io, tls_ca_);
     beast::error_code ec;
-    const auto endpoints = resolver.resolve(host_, port_, ec);
-    if (!ec) stream.connect(endpoints, ec);
+    stream.Connect(host_, port_, std::chrono::seconds(30), ec);
     if (ec) return fail("UNAVAILABLE", NoAnswer(host_, port_, ec.message()));
+    stream.NoTimeout();
 
     http::request<http::string_body> req(http::verb::post, "/v1/completions", 11);
     req.set(http::field::host, host_);
@@ -174,25 +239,22 @@ RequestResult HttpBenchClient::Send(const BenchRequest& request, Clock::time_poi
     result.output_tokens = usage_tokens >= 0 ? usage_tokens : counted_chunks;
     if (!any_token) result.ttft_s = result.e2e_s;
     result.ok = true;
-    beast::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream.Close();
     return result;
   } catch (const std::exception& e) {  // Beast and nlohmann throw; nothing crosses this edge
     return fail("INTERNAL", e.what());
   }
 }
 
-absl::StatusOr<std::string> QueryHttpModel(const std::string& server, const std::string& api_key) {
+absl::StatusOr<std::string> QueryHttpModel(const std::string& server, const std::string& api_key,
+                                           const std::string& tls_ca) {
   std::string host, port;
   SplitHostPort(server, host, port);
   try {
     asio::io_context io;
-    tcp::resolver resolver(io);
-    beast::tcp_stream stream(io);
-    stream.expires_after(std::chrono::seconds(10));
+    ClientStream stream(io, tls_ca);
     beast::error_code ec;
-    const auto endpoints = resolver.resolve(host, port, ec);
-    if (!ec) stream.connect(endpoints, ec);
+    stream.Connect(host, port, std::chrono::seconds(10), ec);
     http::request<http::empty_body> req(http::verb::get, "/v1/models", 11);
     req.set(http::field::host, host);
     if (!api_key.empty()) req.set(http::field::authorization, "Bearer " + api_key);

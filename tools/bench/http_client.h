@@ -25,15 +25,18 @@ class HttpBenchClient : public BenchClient {
  public:
   // `server` is HOST:PORT; `model` is the "model" field of every request; `api_key` (when set) goes with
   // every request as `Authorization: Bearer KEY`.
-  HttpBenchClient(const std::string& server, const std::string& model, const std::string& api_key = "");
+  // `tls_ca` (when set): HTTPS, the server's certificate verified against this PEM CA file and its host name.
+  HttpBenchClient(const std::string& server, const std::string& model, const std::string& api_key = "",
+                  const std::string& tls_ca = "");
   RequestResult Send(const BenchRequest& request, Clock::time_point run_start) override;
 
  private:
-  std::string host_, port_, model_, authorization_;
+  std::string host_, port_, model_, authorization_, tls_ca_;
 };
 
 // The first model id of GET /v1/models on `server`. UNAVAILABLE "the server does not answer HTTP at SERVER:
 // ..." when it cannot be reached or does not speak HTTP; INTERNAL for an answer without a model id.
-[[nodiscard]] absl::StatusOr<std::string> QueryHttpModel(const std::string& server, const std::string& api_key = "");
+[[nodiscard]] absl::StatusOr<std::string> QueryHttpModel(const std::string& server, const std::string& api_key = "",
+                                                         const std::string& tls_ca = "");
 
 }  // namespace tessera::tools::bench
