@@ -35,6 +35,10 @@ constexpr size_t kMaxReadAhead = 64 << 10;
 constexpr auto kIdleTimeout = std::chrono::seconds(120);
 constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
 constexpr auto kCloseNotifyTimeout = std::chrono::seconds(1);
+// A request without a valid API key is answered 401 after this long, holding no thread (a timer on the
+// connection's strand): a client guessing keys, or a flood of keyless requests, gets at most ~10 refusals a
+// second per connection, and the CPU the server spends refusing stays small next to what keyed requests need.
+constexpr auto kUnauthenticatedDelay = std::chrono::milliseconds(100);
 
 // A connection's byte stream: plain TCP, or TLS over it. Beast's and Asio's algorithms take it as an
 // AsyncReadStream / AsyncWriteStream; each operation goes to the one that is in use.
@@ -73,8 +77,8 @@ class Stream {
   std::optional<beast::tcp_stream> plain_;
 };
 
-// The server's TLS context, loaded again when the certificate or key file changes. Connections keep the context
-// they started with.
+// The server's TLS context, loaded again when the certificate or key file changes. Connections keep the
+// context they started with.
 class TlsContexts {
  public:
   TlsContexts(TlsFiles files, std::function<void(const std::string&)> log)
@@ -98,9 +102,9 @@ class TlsContexts {
     return absl::OkStatus();
   }
 
-  // The context for a new connection: the loaded one, reloaded first when the files changed (looked at no more
-  // often than every kTlsReloadSeconds). A change that does not load (a key and certificate written one after
-  // the other) keeps the old context and is tried again next time.
+  // The context for a new connection: the loaded one, reloaded first when the files changed (looked at no
+  // more often than every kTlsReloadSeconds). A change that does not load (a key and certificate written one
+  // after the other) keeps the old context and is tried again next time.
   std::shared_ptr<ssl::context> Current() {
     const auto now = std::chrono::steady_clock::now();
     bool check = false;
@@ -336,8 +340,8 @@ net::awaitable<bool> GenerateResumable(Impl& impl, Stream& stream, beast::flat_b
 
 // GET /v1/completions/{id}/stream?tokens_received=N (and /v1/chat/completions/...): the rest of a resumable
 // stream after the client's first N tokens.
-net::awaitable<bool> Resume(Impl& impl, Stream& stream, beast::flat_buffer& buffer,
-                            const Request& req, ApiKind kind, const std::string& id, std::string_view query) {
+net::awaitable<bool> Resume(Impl& impl, Stream& stream, beast::flat_buffer& buffer, const Request& req,
+                            ApiKind kind, const std::string& id, std::string_view query) {
   std::optional<ApiError> error;
   int64_t tokens_received = 0;
   std::shared_ptr<StreamJournal> journal;
@@ -387,8 +391,8 @@ net::awaitable<bool> Resume(Impl& impl, Stream& stream, beast::flat_buffer& buff
 }
 
 // Runs one /v1/completions or /v1/chat/completions call. Returns whether the connection may serve another.
-net::awaitable<bool> Generate(Impl& impl, Stream& stream, beast::flat_buffer& buffer,
-                              const Request& req, ApiKind kind, ApiKeys::Admission* admission) {
+net::awaitable<bool> Generate(Impl& impl, Stream& stream, beast::flat_buffer& buffer, const Request& req,
+                              ApiKind kind, ApiKeys::Admission* admission) {
   OpenAiCall call;
   // Replies are named locals before co_await: GCC 12 destroys some temporaries in co_await expressions twice.
   if (std::optional<ApiError> e = impl.api->Prepare(kind, req.body(), call)) {
@@ -460,8 +464,7 @@ HttpReply NotFound(const std::string& target) {
   return ErrorReply(ApiError{404, Cat("no route for ", target), "", "not_found_error", ""});
 }
 
-net::awaitable<bool> Route(Impl& impl, Stream& stream, beast::flat_buffer& buffer,
-                           const Request& req) {
+net::awaitable<bool> Route(Impl& impl, Stream& stream, beast::flat_buffer& buffer, const Request& req) {
   std::string target(req.target());
   std::string query;
   if (size_t q = target.find('?'); q != std::string::npos) {
@@ -479,6 +482,10 @@ net::awaitable<bool> Route(Impl& impl, Stream& stream, beast::flat_buffer& buffe
         header == req.end() ? std::string_view() : std::string_view(header->value().data(), header->value().size());
     absl::StatusOr<std::unique_ptr<ApiKeys::Admission>> admitted = impl.options.api_keys->Admit(authorization);
     if (!admitted.ok()) {
+      if (absl::IsUnauthenticated(admitted.status())) {
+        net::steady_timer delay(co_await net::this_coro::executor, kUnauthenticatedDelay);
+        co_await delay.async_wait(kTuple);
+      }
       HttpReply reply = ErrorReply(ErrorFromStatus(admitted.status()));
       co_return co_await WriteReply(stream, req, std::move(reply));
     }
