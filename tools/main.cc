@@ -7,8 +7,8 @@
 #include "tools/commands.h"
 
 int main(int argc, char** argv) {
-  // Debian's Abseil is built with deadlock detection on: every absl::Mutex (gRPC's included) would update a lock
-  // graph, a few percent of the gRPC front end's CPU. TSan builds check lock order themselves.
+  // Debian's Abseil is built with deadlock detection on: every absl::Mutex (gRPC's included) would update a
+  // lock graph, a few percent of the gRPC front end's CPU. TSan builds check lock order themselves.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   CLI::App app{"Tessera: tensor x pipeline parallel inference for Llama-family models"};
   app.require_subcommand(0, 1);
