@@ -112,8 +112,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
     return absl::UnavailableError(Cat("cannot listen on ", options.listen_address, " (port in use?)"));
   }
   if (own_control_port) {
-    ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> control_credentials,
-                     GrpcServerCredentials(options.control_tls, "--control-cert / --control-key / --control-ca"));
+    ASSIGN_OR_RETURN(
+        std::shared_ptr<grpc::ServerCredentials> control_credentials,
+        GrpcServerCredentials(options.control_tls, "--control-cert / --control-key / --control-ca"));
     grpc::ServerBuilder control;
     control.AddListeningPort(options.control_address, control_credentials, &c->control_port_);
     control.RegisterService(c->workers_.get());

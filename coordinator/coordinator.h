@@ -1,5 +1,5 @@
-// Coordinator: a gRPC server carrying the public API (InferenceService, ModelService, health, reflection) and,
-// on the same port or on a control port of its own (CoordinatorOptions::control_address, mutual TLS with
+// Coordinator: a gRPC server carrying the public API (InferenceService, ModelService, health, reflection)
+// and, on the same port or on a control port of its own (CoordinatorOptions::control_address, mutual TLS with
 // control_tls), the control plane (Control) and the rendezvous store; the worker group and the scheduler
 // behind them; and the bring-up that takes T x P registered workers from nothing to serving.
 #pragma once
@@ -52,8 +52,8 @@ struct CoordinatorOptions {
   std::string listen_address = "0.0.0.0:0";  // HOST:PORT; port 0 picks a free one
   // TLS of the public gRPC and HTTP ports (cert + key, re-read when they change); empty: plaintext.
   TlsFiles public_tls;
-  // The control plane (workers' sessions, the rendezvous store) on a port of its own, HOST:PORT (port 0: a free
-  // one); empty: on listen_address. Required when public_tls or control_tls is set: the control plane's
+  // The control plane (workers' sessions, the rendezvous store) on a port of its own, HOST:PORT (port 0: a
+  // free one); empty: on listen_address. Required when public_tls or control_tls is set: the control plane's
   // identity and trust differ from the public API's.
   std::string control_address;
   // Mutual TLS on the control port: cert + key (the coordinator's identity) and ca (the CA workers'
@@ -199,7 +199,7 @@ class Coordinator {
   std::unique_ptr<grpc::Server> control_server_;  // null: the control plane is on server_
   std::unique_ptr<HttpServer> http_;  // null when off
   int port_ = 0;
-  int control_port_ = 0;  // 0: no control server of its own
+  int control_port_ = 0;   // 0: no control server of its own
   int num_kv_blocks_ = 0;  // per rank, from BringUp: what a replacement must hold
   absl::Mutex recovery_mu_;
   bool serving_ ABSL_GUARDED_BY(recovery_mu_) = false;     // BringUp finished

@@ -71,7 +71,8 @@ struct CustomAllReduce::Impl {
     return absl::UnavailableError(Cat(call, " failed on ", Where(), ": ", cudaGetErrorString(e)));
   }
   StoreLocation Location() const {
-    return {options.store_address, options.store_dir, options.timeout, options.store_token, options.store_tls};
+    return {options.store_address, options.store_dir, options.timeout, options.store_token,
+            options.store_tls};
   }
 
   // Whether this device can read every peer's, from the peers' PCI bus ids.

@@ -10,9 +10,9 @@
 #include <memory>
 #include <string>
 
-#include "core/tls.h"
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
+#include "core/tls.h"
 #include "parallel/all_reduce_choice.h"
 
 namespace tessera {

@@ -121,8 +121,8 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(const
   impl->options = options;
   absl::Status status = impl->Guard("rendezvous", [&] {
     if (!options.store_address.empty()) {
-      impl->base_store = std::make_unique<GrpcStore>(options.store_address, options.timeout, options.store_token,
-                                                     options.store_tls);
+      impl->base_store = std::make_unique<GrpcStore>(options.store_address, options.timeout,
+                                                     options.store_token, options.store_tls);
     } else {
       std::filesystem::create_directories(options.store_dir);
       impl->base_store = std::make_unique<gloo::rendezvous::FileStore>(options.store_dir);

@@ -240,8 +240,8 @@ struct NcclCommunicator::Impl {
     }
     if (options.size == 1) return absl::OkStatus();
     const std::string key = absl::StrCat(options.group, "/nccl_unique_id");
-    const StoreLocation location{options.store_address, options.store_dir, options.timeout, options.store_token,
-                                 options.store_tls};
+    const StoreLocation location{options.store_address, options.store_dir, options.timeout,
+                                 options.store_token, options.store_tls};
     return UseStore(location, absl::StrCat("nccl rendezvous of '", key, "' on ", Where()),
                     [&](gloo::rendezvous::Store& store) {
                       if (options.rank == 0) {

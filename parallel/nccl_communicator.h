@@ -8,8 +8,8 @@
 #include <memory>
 #include <string>
 
-#include "core/tls.h"
 #include "absl/status/statusor.h"
+#include "core/tls.h"
 #include "parallel/communicator.h"
 
 namespace tessera {

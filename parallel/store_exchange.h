@@ -9,8 +9,8 @@
 #include <string_view>
 #include <vector>
 
-#include "core/tls.h"
 #include "absl/status/statusor.h"
+#include "core/tls.h"
 
 namespace gloo::rendezvous {
 class Store;

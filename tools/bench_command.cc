@@ -197,7 +197,8 @@ void AddBenchCommand(CLI::App& app, std::vector<Subcommand>& commands) {
   cmd->add_option("--server", o.server, "The server's address, HOST:PORT")->required();
   cmd->add_option("--api-key", o.api_key, "The server's API key (prefer the environment variable: a flag shows in ps)")
       ->envname("TESSERA_API_KEY");
-  cmd->add_option("--tls-ca", o.tls_ca, "TLS (gRPC and HTTPS): the PEM CA bundle the server's certificate chains to")
+  cmd->add_option("--tls-ca", o.tls_ca,
+                  "TLS (gRPC and HTTPS): the PEM CA bundle the server's certificate chains to")
       ->envname("TESSERA_TLS_CA");
   auto* grpc_flag = cmd->add_flag_callback(
       "--grpc", [options] { options->backend = BenchBackend::kGrpc; }, "Streamed gRPC CompleteStream calls");

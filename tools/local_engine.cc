@@ -108,7 +108,8 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
                                   /*need_identity=*/true));
   }
   if (a.control_port < -1 || a.control_port > 65535) {
-    return absl::InvalidArgumentError(Cat("--control-port=", a.control_port, " is not a port number (-1 = off)"));
+    return absl::InvalidArgumentError(
+        Cat("--control-port=", a.control_port, " is not a port number (-1 = off)"));
   }
   if (a.control_port >= 0) {
     o.control_address =

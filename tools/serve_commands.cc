@@ -254,8 +254,8 @@ absl::Status CheckLocalRanks(int local_ranks, int world_size) {
 int RunServing(const char* command, const ServeArgs& given, int local_ranks) {
   if (absl::Status s = SetUpLogs(given.log_level, given.log_requests); !s.ok()) return Fail(command, s);
   ServeArgs args = given;
-  // TLS separates the control plane from the public API; serve's workers are its own children, so it picks the
-  // control port itself (a coordinator's remote workers need it named).
+  // TLS separates the control plane from the public API; serve's workers are its own children, so it picks
+  // the control port itself (a coordinator's remote workers need it named).
   const bool tls = !args.tls_cert.empty() || !args.control_cert.empty() || !args.control_ca.empty();
   if (tls && args.control_port < 0 && local_ranks < 0) args.control_port = 0;
   absl::StatusOr<CoordinatorOptions> options = MakeCoordinatorOptions(args);
@@ -317,7 +317,8 @@ int RunServing(const char* command, const ServeArgs& given, int local_ranks) {
   }
   const int port = engine->coordinator().port();
   nlohmann::json listening = {{"event", "listening"}, {"grpc_port", port}};
-  if (engine->coordinator().control_port() != port) listening["control_port"] = engine->coordinator().control_port();
+  if (engine->coordinator().control_port() != port)
+    listening["control_port"] = engine->coordinator().control_port();
   const int http_port = engine->coordinator().http_port();
   if (http_port >= 0) listening["http_port"] = http_port;
   std::cout << listening.dump() << std::endl;
@@ -604,7 +605,8 @@ void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
       ->add_option("--control-cert", worker->options.control_tls.cert,
                    "This worker's certificate (signed by the CA the coordinator's --control-ca holds)")
       ->envname("TESSERA_CONTROL_CERT");
-  worker_cmd->add_option("--control-key", worker->options.control_tls.key, "PEM private key of --control-cert")
+  worker_cmd
+      ->add_option("--control-key", worker->options.control_tls.key, "PEM private key of --control-cert")
       ->envname("TESSERA_CONTROL_KEY");
   worker_cmd
       ->add_option("--health-port", worker->health_port,

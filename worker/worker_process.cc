@@ -410,8 +410,9 @@ absl::Status RunWorker(const WorkerOptions& options) {
         absl::StrCat("max_queued_messages is ", options.max_queued_messages, "; it must be at least 1"));
   }
   LogSink log(options.log);
-  ASSIGN_OR_RETURN(const std::shared_ptr<grpc::ChannelCredentials> credentials,
-                   GrpcChannelCredentials(options.control_tls, "--control-ca / --control-cert / --control-key"));
+  ASSIGN_OR_RETURN(
+      const std::shared_ptr<grpc::ChannelCredentials> credentials,
+      GrpcChannelCredentials(options.control_tls, "--control-ca / --control-cert / --control-key"));
   grpc::ChannelArguments args;
   // gRPC's own reconnect backoff (1 s growing to 120 s by default) would hide a coordinator that has come up.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, static_cast<int>(kFirstBackoff.count()));

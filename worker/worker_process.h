@@ -9,9 +9,9 @@
 #include <ostream>
 #include <string>
 
-#include "core/tls.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/tls.h"
 #include "kernels/backend.h"
 
 namespace tessera {

@@ -9,8 +9,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "coordinator/engine.h"
 #include "coordinator/api_keys.h"
+#include "coordinator/engine.h"
 #include "coordinator/http/openai_api.h"
 #include "coordinator/stream_journal_store.h"
 #include "core/tls.h"

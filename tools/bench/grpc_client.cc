@@ -16,7 +16,8 @@ std::string CodeName(grpc::StatusCode code) {
 
 }  // namespace
 
-GrpcBenchClient::GrpcBenchClient(const std::string& server, const std::string& model, const std::string& api_key,
+GrpcBenchClient::GrpcBenchClient(const std::string& server, const std::string& model,
+                                 const std::string& api_key,
                                  std::shared_ptr<grpc::ChannelCredentials> credentials)
     : model_(model),
       authorization_(api_key.empty() ? "" : "Bearer " + api_key),
@@ -84,8 +85,9 @@ RequestResult GrpcBenchClient::Send(const BenchRequest& request, Clock::time_poi
   return result;
 }
 
-absl::StatusOr<int> QueryVocabSize(const std::string& server, const std::string& model, const std::string& api_key,
-                                   absl::Duration timeout, std::shared_ptr<grpc::ChannelCredentials> credentials) {
+absl::StatusOr<int> QueryVocabSize(const std::string& server, const std::string& model,
+                                   const std::string& api_key, absl::Duration timeout,
+                                   std::shared_ptr<grpc::ChannelCredentials> credentials) {
   auto stub = v1::ModelService::NewStub(
       grpc::CreateChannel(server, credentials ? credentials : grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;

@@ -32,8 +32,8 @@ class GrpcBenchClient : public BenchClient {
 // The served model's vocab_size from ModelService.ListModels (the first model, or the one named `model`).
 // UNAVAILABLE and the other gRPC errors pass through as "ListModels on SERVER: message"; NOT_FOUND when the
 // server lists no model (or not `model`), FAILED_PRECONDITION when it reports no vocab_size.
-[[nodiscard]] absl::StatusOr<int> QueryVocabSize(const std::string& server, const std::string& model,
-                                                 const std::string& api_key, absl::Duration timeout,
-                                                 std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
+[[nodiscard]] absl::StatusOr<int> QueryVocabSize(
+    const std::string& server, const std::string& model, const std::string& api_key, absl::Duration timeout,
+    std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
 
 }  // namespace tessera::tools::bench

@@ -1,8 +1,8 @@
 #include "tools/bench/http_client.h"
 
 #include <boost/asio/connect.hpp>
-#include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
@@ -126,8 +126,8 @@ std::vector<std::string> SseParser::Feed(const std::string& bytes) {
   return events;
 }
 
-HttpBenchClient::HttpBenchClient(const std::string& server, const std::string& model, const std::string& api_key,
-                                 const std::string& tls_ca)
+HttpBenchClient::HttpBenchClient(const std::string& server, const std::string& model,
+                                 const std::string& api_key, const std::string& tls_ca)
     : model_(model), authorization_(api_key.empty() ? "" : "Bearer " + api_key), tls_ca_(tls_ca) {
   SplitHostPort(server, host_, port_);
 }

@@ -36,7 +36,8 @@ class HttpBenchClient : public BenchClient {
 
 // The first model id of GET /v1/models on `server`. UNAVAILABLE "the server does not answer HTTP at SERVER:
 // ..." when it cannot be reached or does not speak HTTP; INTERNAL for an answer without a model id.
-[[nodiscard]] absl::StatusOr<std::string> QueryHttpModel(const std::string& server, const std::string& api_key = "",
+[[nodiscard]] absl::StatusOr<std::string> QueryHttpModel(const std::string& server,
+                                                         const std::string& api_key = "",
                                                          const std::string& tls_ca = "");
 
 }  // namespace tessera::tools::bench
