@@ -134,7 +134,7 @@ std::vector<cv1::WorkerMessage> WorkerShard::Handle(const cv1::CoordinatorMessag
       return replies;
     }
     case cv1::CoordinatorMessage::kReset:
-      seqs_.clear();
+      seqs_.Clear();
       if (message.reset().new_epoch() > epoch()) {
         // The old groups are broken (a rank is gone): close them; the model keeps its weights and KV cache.
         if (tp_group_ != nullptr) tp_group_->Reset(nullptr);
@@ -417,7 +417,7 @@ absl::Status WorkerShard::AddLogitsRow(uint64_t seq_id, const Tensor& row, cv1::
   return backend_->CopyToHost(values.data(), row.data(), row.nbytes());
 }
 
-absl::Status WorkerShard::AddPromptLogprobs(uint64_t seq_id, const Entry& entry, const Tensor& row,
+absl::Status WorkerShard::AddPromptLogprobs(uint64_t seq_id, const SequenceEntry& entry, const Tensor& row,
                                             cv1::StepResult& result) {
   const Sequence& seq = entry.seq;
   const int next = seq.num_computed_tokens;  // the token after the last position computed
@@ -440,15 +440,6 @@ absl::Status WorkerShard::AddPromptLogprobs(uint64_t seq_id, const Entry& entry,
   return absl::OkStatus();
 }
 
-void WorkerShard::UndoStep() {
-  for (const Appended& a : appended_) {
-    a.seq->tokens.resize(a.num_tokens);
-    a.seq->block_table.resize(a.num_blocks);
-  }
-  for (uint64_t id : added_) seqs_.erase(id);
-  for (auto& [id, entry] : removed_) seqs_.emplace(id, std::move(entry));
-}
-
 absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point received, uint64_t& step_id,
                                cv1::StepResult& result, bool& has_result) {
   cv1::Step step;
@@ -462,109 +453,37 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
                       static_cast<int>(phase_));
   }
   const std::string where = absl::StrCat("step ", step_id, ": ");
-  removed_.clear();
-  added_.clear();
-  appended_.clear();
-  batch_.clear();
-  const uint64_t mark = ++step_counter_;
-  // Applies the delta in the proto's order; on any error undoes it, so the batch is as before the step.
+  // Applies the delta in the proto's order, checked against the model and the KV cache; on any error the
+  // batch is as before the step (the table undoes the delta itself, or Undo after it was applied).
+  const ModelConfig& config = runner_->config();
+  StepLimits limits;
+  limits.vocab_size = config.vocab_size;
+  limits.max_context = config.max_position_embeddings;
+  limits.num_kv_blocks = runner_->num_kv_blocks();
+  limits.max_num_tokens = assign_.max_num_tokens();
+  limits.max_num_seqs = assign_.max_num_seqs();
+  RETURN_IF_ERROR(Prefixed(seqs_.Apply(step, limits), where));
   auto fail = [&](absl::Status status) {
-    UndoStep();
+    seqs_.Undo();
     return Prefixed(status, where);
   };
-  for (uint64_t id : step.finished()) {
-    auto it = seqs_.find(id);
-    if (it == seqs_.end())
-      return fail(absl::InvalidArgumentError(absl::StrCat("finished sequence ", id, " is unknown")));
-    removed_.emplace_back(id, std::move(it->second));
-    seqs_.erase(it);
-  }
-  for (const cv1::NewSequence& n : step.new_sequences()) {
-    const cv1::SamplingParams& sp = n.sampling();
-    if (n.num_prompt_tokens() < 0 || sp.temperature() < 0 || sp.top_k() < 0 || sp.top_p() < 0 ||
-        sp.top_p() > 1) {
-      return fail(absl::InvalidArgumentError(
-          absl::StrCat("new sequence ", n.seq_id(), ": num_prompt_tokens=", n.num_prompt_tokens(),
-                       ", temperature=", sp.temperature(), ", top_k=", sp.top_k(), ", top_p=", sp.top_p(),
-                       " (want num_prompt_tokens, temperature, top_k >= 0 and top_p in [0, 1])")));
-    }
-    auto [it, inserted] = seqs_.try_emplace(n.seq_id());
-    if (!inserted) {
-      return fail(absl::InvalidArgumentError(absl::StrCat("new sequence ", n.seq_id(), " already exists")));
-    }
-    added_.push_back(n.seq_id());
-    Sequence& seq = it->second.seq;
-    seq.id = n.seq_id();
-    seq.num_prompt_tokens = n.num_prompt_tokens();
-    seq.sampling.temperature = sp.temperature();
-    seq.sampling.top_k = sp.top_k();
-    seq.sampling.top_p = sp.top_p() > 0 ? sp.top_p() : 1.0f;  // proto3's unset 0 means off, like 1
-    seq.sampling.seed = sp.seed();
-    seq.sampling.min_p = sp.min_p();
-    seq.sampling.repetition_penalty = sp.repetition_penalty() > 0 ? sp.repetition_penalty() : 1.0f;  // 0: off
-    seq.sampling.presence_penalty = sp.presence_penalty();
-    seq.sampling.frequency_penalty = sp.frequency_penalty();
-    seq.sampling.top_logprobs = sp.logprobs() ? std::clamp(sp.top_logprobs(), 0, kMaxTopLogprobs) : -1;
-    seq.logit_bias.clear();
-    for (const auto& [token, bias] : sp.logit_bias()) seq.logit_bias.push_back({token, bias});
-    std::sort(seq.logit_bias.begin(), seq.logit_bias.end(),  // the map's order is unspecified
-              [](const LogitBias& a, const LogitBias& b) { return a.token < b.token; });
-    seq.stop_token_ids.assign(sp.stop_token_ids().begin(), sp.stop_token_ids().end());
-    seq.min_tokens = sp.min_tokens();
-    it->second.return_logits = n.return_logits();
-    it->second.prompt_logprobs = sp.prompt_logprobs() ? std::clamp(sp.top_logprobs(), 0, kMaxTopLogprobs) : -1;
-    it->second.prompt.assign(n.prompt_tokens().begin(), n.prompt_tokens().end());
-    for (int32_t token : it->second.prompt) {
-      if (token < 0 || token >= runner_->config().vocab_size) {
-        return fail(absl::InvalidArgumentError(absl::StrCat("new sequence ", n.seq_id(), ": prompt token ", token,
-                                                            " is outside the vocabulary [0, ",
-                                                            runner_->config().vocab_size, ")")));
-      }
-    }
-    // A cached or shared prefix: in the blocks the first scheduled entry brings, computed already.
-    for (int32_t token : n.cached_tokens()) {
-      if (token < 0 || token >= runner_->config().vocab_size) {
-        return fail(absl::InvalidArgumentError(absl::StrCat("new sequence ", n.seq_id(), ": cached token ", token,
-                                                            " is outside the vocabulary [0, ",
-                                                            runner_->config().vocab_size, ")")));
-      }
-    }
-    seq.tokens.assign(n.cached_tokens().begin(), n.cached_tokens().end());
-    seq.num_computed_tokens = n.cached_tokens_size();
-  }
-  if (step.copies_size() > 0) {
-    block_copies_.clear();
-    for (const cv1::BlockCopy& c : step.copies()) block_copies_.emplace_back(c.src(), c.dst());
-    absl::Status copied = runner_->CopyKvBlocks(block_copies_);
+  if (!seqs_.copies().empty()) {
+    absl::Status copied = runner_->CopyKvBlocks(seqs_.copies());
     if (!copied.ok()) return fail(copied);
   }
-  for (const cv1::ScheduledSequence& s : step.scheduled()) {
-    auto it = seqs_.find(s.seq_id());
-    if (it == seqs_.end()) {
-      return fail(absl::InvalidArgumentError(absl::StrCat("scheduled sequence ", s.seq_id(), " is unknown")));
-    }
-    if (it->second.scheduled_mark == mark) {
-      return fail(absl::InvalidArgumentError(absl::StrCat("sequence ", s.seq_id(), " is scheduled twice")));
-    }
-    it->second.scheduled_mark = mark;
-    Sequence& seq = it->second.seq;
-    appended_.push_back({&seq, seq.tokens.size(), seq.block_table.size()});
-    seq.tokens.insert(seq.tokens.end(), s.tokens().begin(), s.tokens().end());
-    seq.block_table.insert(seq.block_table.end(), s.new_block_ids().begin(), s.new_block_ids().end());
-    batch_.push_back(&seq);
-  }
+  const std::vector<Sequence*>& batch = seqs_.batch();
   const bool output_rank = options_.rank == parallel_->output_rank();
   has_result = output_rank;
   result.set_step_id(step_id);
-  if (batch_.empty()) return absl::OkStatus();
+  if (batch.empty()) return absl::OkStatus();
   const int64_t graph_steps = runner_->graph_steps();
-  absl::StatusOr<Tensor> logits = runner_->Forward(batch_);
+  absl::StatusOr<Tensor> logits = runner_->Forward(batch);
   busy_seconds_.store(runner_->compute_seconds(), std::memory_order_relaxed);
   if (!logits.ok()) return fail(logits.status());
   result.set_graph(runner_->graph_steps() > graph_steps);
   if (output_rank) {
     for (int i = 0; i < step.scheduled_size(); ++i) {  // prompt logprobs, from the rows of prompt positions
-      const Entry& entry = seqs_.at(step.scheduled(i).seq_id());
+      const SequenceEntry& entry = *seqs_.Find(step.scheduled(i).seq_id());
       if (entry.prompt_logprobs < 0) continue;
       absl::Status added = AddPromptLogprobs(step.scheduled(i).seq_id(), entry, logits->Rows(i, 1), result);
       if (!added.ok()) return fail(added);
@@ -578,10 +497,10 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
       }
       int end = begin;
       sample_run_.clear();
-      while (end < n && step.scheduled(end).sample()) sample_run_.push_back(batch_[end++]);
+      while (end < n && step.scheduled(end).sample()) sample_run_.push_back(batch[end++]);
       for (int i = begin; i < end; ++i) {
         const uint64_t id = step.scheduled(i).seq_id();
-        if (!seqs_.at(id).return_logits) continue;
+        if (!seqs_.Find(id)->return_logits) continue;
         absl::Status added = AddLogitsRow(id, logits->Rows(i, 1), result);
         if (!added.ok()) return fail(added);
       }
@@ -590,7 +509,7 @@ absl::Status WorkerShard::Step(const std::string& bytes, Clock::time_point recei
       if (!sampled.ok()) return fail(sampled);
       result.mutable_tokens()->Add(sampled_.begin(), sampled_.end());
       for (int i = begin; i < end; ++i) {  // the logprobs of the sequences that asked, in step order
-        if (batch_[i]->sampling.top_logprobs < 0) continue;
+        if (batch[i]->sampling.top_logprobs < 0) continue;
         const SampleLogprobs& lp = runner_->sampled_logprobs()[i - begin];
         cv1::TokenLogprobs* out = result.add_logprobs();
         out->set_seq_id(step.scheduled(i).seq_id());

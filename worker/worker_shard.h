@@ -4,13 +4,12 @@
 // stream.
 #pragma once
 
-#include <chrono>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -18,13 +17,14 @@
 #include "absl/status/statusor.h"
 #include "core/tls.h"
 #include "kernels/backend.h"
+#include "kernels/sampler.h"
 #include "parallel/communicator.h"
 #include "parallel/communicator_slot.h"
 #include "parallel/parallel_config.h"
 #include "tessera/control/v1/control.pb.h"
-#include "kernels/sampler.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/model_runner.h"
+#include "worker/step_delta.h"
 
 namespace tessera {
 
@@ -101,7 +101,7 @@ class WorkerShard {
   // abandoned group fails at once instead of waiting out --comm-timeout.
   void AbortCommunicators();
   // The sequences this worker keeps (for tests).
-  int num_sequences() const { return static_cast<int>(seqs_.size()); }
+  int num_sequences() const { return seqs_.size(); }
 
   // The KV cache budget of one rank when the coordinator leaves it to the worker (kv_cache_memory_bytes = 0):
   // a quarter of the host's MemAvailable (/proc/meminfo) split evenly over `world_size` ranks (the worker
@@ -131,27 +131,13 @@ class WorkerShard {
                                   control::v1::StepResult& result, bool& has_result);
   void Log(const std::string& line) const;
 
-  struct Entry {
-    Sequence seq;
-    uint64_t scheduled_mark = 0;  // the step_counter_ of the last step that scheduled it
-    bool return_logits = false;   // the output rank returns the rows its tokens are sampled from
-    // The output rank returns the logprob of the prompt token after each prompt position computed (with
-    // this many alternatives; -1: none). The coordinator computes such prompts one token a step.
-    int prompt_logprobs = -1;
-    std::vector<int32_t> prompt;  // with prompt_logprobs: the whole prompt
-  };
   // Appends, for a sequence with prompt_logprobs whose last computed position p is followed by a prompt
   // token, that token's logprobs from `row` (position p's logits).
-  [[nodiscard]] absl::Status AddPromptLogprobs(uint64_t seq_id, const Entry& entry, const Tensor& row, control::v1::StepResult& result);
+  [[nodiscard]] absl::Status AddPromptLogprobs(uint64_t seq_id, const SequenceEntry& entry, const Tensor& row,
+                                               control::v1::StepResult& result);
   // Appends `row` (one sequence's float32 logits, before sampling touches them) to the result.
-  [[nodiscard]] absl::Status AddLogitsRow(uint64_t seq_id, const Tensor& row, control::v1::StepResult& result);
-  // What a step changed, so that a failed step can be undone.
-  struct Appended {
-    Sequence* seq;
-    size_t num_tokens;  // sizes before the step
-    size_t num_blocks;
-  };
-  void UndoStep();
+  [[nodiscard]] absl::Status AddLogitsRow(uint64_t seq_id, const Tensor& row,
+                                          control::v1::StepResult& result);
 
   WorkerShardOptions options_;
   Phase phase_ = Phase::kNew;
@@ -175,15 +161,9 @@ class WorkerShard {
   Phase rejoin_phase_ = Phase::kNew;
   std::unique_ptr<ModelRunner> runner_;
   std::atomic<double> busy_seconds_{0};
-  std::unordered_map<uint64_t, Entry> seqs_;  // the batch every rank keeps, by seq_id
-  uint64_t step_counter_ = 0;
+  SequenceTable seqs_;  // the batch every rank keeps, by seq_id
   // Per-step scratch, kept to reuse its capacity.
-  std::vector<std::pair<uint64_t, Entry>> removed_;
-  std::vector<uint64_t> added_;
-  std::vector<Appended> appended_;
-  std::vector<Sequence*> batch_;
   std::vector<Sequence*> sample_run_;
-  std::vector<std::pair<int32_t, int32_t>> block_copies_;  // a step's copy-on-write copies
   std::vector<float> host_row_;                             // one logits row on the host
   SampleScratch logprob_scratch_;
   std::vector<int32_t> sampled_;
