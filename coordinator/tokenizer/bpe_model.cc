@@ -55,7 +55,7 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Build(TokenizerSpec& spec, s
   model->merges_.reserve(spec.merges.size());
   std::string joined;
   for (size_t rank = 0; rank < spec.merges.size(); ++rank) {
-    const std::string& a = spec.merges[rank].first;  // not a structured binding: the lambda below captures
+    const std::string& a = spec.merges[rank].first;   // not a structured binding: the lambda below captures
     const std::string& b = spec.merges[rank].second;  // them, which clang accepts only from version 16
     const auto unknown = [&](std::string_view token) {
       return absl::InvalidArgumentError(Cat(source_name, ": model.merges[", rank, "] \"", a, " ", b,
