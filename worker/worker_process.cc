@@ -73,9 +73,19 @@ grpc::ClientContext* WithJoinToken(grpc::ClientContext& context, const std::stri
   return &context;
 }
 
-// Register, retrying while the coordinator is unreachable (see RunWorker).
-absl::StatusOr<cv1::RegisterResponse> Register(cv1::Control::Stub& stub, const WorkerOptions& options,
-                                               LogSink& log) {
+// A channel to the coordinator and its Control stub.
+struct Connection {
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<cv1::Control::Stub> stub;
+};
+
+// Register, retrying while the coordinator is unreachable (see RunWorker), each attempt after a failed one on a
+// new connection from `connect`: a TLS channel whose first attempts found no listener never completes a
+// handshake once the coordinator listens (gRPC 1.51 with a certificate provider: "Handshake timed out"), so
+// a worker that starts before its coordinator would wait out connect_timeout.
+absl::StatusOr<cv1::RegisterResponse> Register(Connection& connection,
+                                               const std::function<Connection()>& connect,
+                                               const WorkerOptions& options, LogSink& log) {
   cv1::RegisterRequest request;
   request.set_requested_rank(options.requested_rank);
   request.set_hostname(Hostname());
@@ -90,7 +100,8 @@ absl::StatusOr<cv1::RegisterResponse> Register(cv1::Control::Stub& stub, const W
     context.set_deadline(std::chrono::system_clock::now() +
                          std::min<Clock::duration>(left, kRegisterAttemptTimeout));
     cv1::RegisterResponse response;
-    const grpc::Status status = stub.Register(WithJoinToken(context, options.join_token), request, &response);
+    const grpc::Status status =
+        connection.stub->Register(WithJoinToken(context, options.join_token), request, &response);
     if (status.ok()) return response;
     const grpc::StatusCode code = status.error_code();
     if (code != grpc::StatusCode::UNAVAILABLE && code != grpc::StatusCode::DEADLINE_EXCEEDED) {
@@ -109,6 +120,7 @@ absl::StatusOr<cv1::RegisterResponse> Register(cv1::Control::Stub& stub, const W
     if (attempt == 1) log.Line(absl::StrCat("worker: waiting for the coordinator at ", options.coordinator));
     std::this_thread::sleep_for(std::min<Clock::duration>(backoff, deadline - now));
     backoff = std::min(backoff * 2, kMaxBackoff);
+    connection = connect();
   }
 }
 
@@ -419,10 +431,14 @@ absl::Status RunWorker(const WorkerOptions& options) {
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, static_cast<int>(kFirstBackoff.count()));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(kMaxBackoff.count()));
   args.SetMaxReceiveMessageSize(-1);  // steps of large batches
-  const std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.coordinator, credentials, args);
-  std::unique_ptr<cv1::Control::Stub> stub = cv1::Control::NewStub(channel);
-  absl::StatusOr<cv1::RegisterResponse> registered = Register(*stub, options, log);
+  const auto connect = [&] {
+    Connection c;
+    c.channel = grpc::CreateCustomChannel(options.coordinator, credentials, args);
+    c.stub = cv1::Control::NewStub(c.channel);
+    return c;
+  };
+  Connection connection = connect();
+  absl::StatusOr<cv1::RegisterResponse> registered = Register(connection, connect, options, log);
   if (!registered.ok()) return registered.status();
   const cv1::RegisterResponse& reg = *registered;
   log.set_rank(reg.rank());
@@ -439,7 +455,7 @@ absl::Status RunWorker(const WorkerOptions& options) {
   shard_options.device_index = options.device_index;
   shard_options.log = [&log](const std::string& line) { log.Line(line); };
   WorkerShard shard(shard_options);
-  Session session(options, reg, *channel, *stub, shard, log);
+  Session session(options, reg, *connection.channel, *connection.stub, shard, log);
   return session.Run();
 }
 

@@ -12,6 +12,7 @@ Tools (scripts/setup.sh installs them): .venv/bin/kubectl (unpacked from Debian'
 usage: .venv/bin/python tests/deploy/manifests_static_test.py [unittest arguments]
 """
 import copy
+import fnmatch
 import json
 import os
 import re
@@ -51,10 +52,22 @@ OPEN_FINDINGS = {
                   "does not depend on the registry; passes once the overlay pins a digest",
     "CKV_K8S_43": "Image should use digest: the image is built by the operator, so the overlays carry a tag "
                   "placeholder; pinning `digest:` in `images:` closes it (tested below)",
+    "CKV_K8S_35": "Prefer using secrets as files over secrets as environment variables: TESSERA_JOIN_TOKEN is a "
+                  "secretKeyRef variable, since tessera reads the join token from --join-token or the "
+                  "environment only (no file variant); the certificates and keys are files",
 }
 
 # What LWS injects into every container (sigs.k8s.io/lws pkg/utils/pod/pod_utils.go, AddLWSVariables).
 LWS_VARIABLES = {"LWS_LEADER_ADDRESS", "LWS_GROUP_SIZE", "LWS_WORKER_INDEX"}
+
+# The Secrets the operator makes (deploy/README.md, "Deploy"): name -> the keys the pods use.
+SECRETS = {"tessera-tls": {"tls.crt", "tls.key"}, "tessera-control-tls": {"ca.crt", "tls.crt", "tls.key"},
+           "tessera-join-token": {"token"}}
+# Which file variable names which key of which Secret; the coordinator alone serves the public ports.
+TLS_FILES = {"TESSERA_TLS_CERT": ("tessera-tls", "tls.crt"), "TESSERA_TLS_KEY": ("tessera-tls", "tls.key")}
+CONTROL_FILES = {"TESSERA_CONTROL_CA": ("tessera-control-tls", "ca.crt"),
+                 "TESSERA_CONTROL_CERT": ("tessera-control-tls", "tls.crt"),
+                 "TESSERA_CONTROL_KEY": ("tessera-control-tls", "tls.key")}
 LWS_SCHEMA = None
 
 
@@ -213,6 +226,7 @@ class ManifestsTest(unittest.TestCase):
         self.assertEqual(spec["startupPolicy"], "LeaderCreated")  # the leader is Ready only with every rank
         self.assertEqual(spec["leaderWorkerTemplate"]["restartPolicy"], "None")  # tessera re-forms the group
         grpc_port, http_port = int(config["TESSERA_GRPC_PORT"]), int(config["TESSERA_HTTP_PORT"])
+        control_port = int(config["TESSERA_CONTROL_PORT"])
         drain = re.fullmatch(r"(\d+)s", config["TESSERA_DRAIN_TIMEOUT"])
         self.assertIsNotNone(drain, config["TESSERA_DRAIN_TIMEOUT"])
         leader_pod, worker_pod = lws_pods(lws)
@@ -252,19 +266,52 @@ class ManifestsTest(unittest.TestCase):
             self.assertTrue(mounts["/models"]["readOnly"])
             self.assertEqual(mounts["/dev/shm"]["name"], "dshm")
             self.assertIn("emptyDir", volumes[mounts["/tmp"]["name"]])
-            probes = {p: c[p + "Probe"]["grpc"] for p in ("startup", "liveness", "readiness")}
+            # The join token from its Secret, in the environment only (argv shows in ps).
+            self.assertEqual(env["TESSERA_JOIN_TOKEN"]["valueFrom"],
+                             {"secretKeyRef": {"name": "tessera-join-token", "key": "token"}})
+            self.assertNotIn("TESSERA_JOIN_TOKEN", from_maps)
+            self.assertFalse(any("join-token" in a or "TESSERA_JOIN_TOKEN" in a for a in c["args"]), c["args"])
+            # Every file variable is a key of the Secret mounted (whole, read-only: renewals reach the files)
+            # where it points; the control plane's in both pods, the public certificate in the leader's only.
+            files = dict(CONTROL_FILES, **(TLS_FILES if role == "coordinator" else {}))
+            values = {k: v["value"] for k, v in env.items() if "value" in v}
+            values.update({k: v for k, v in config.items() if k in files})
+            self.assertEqual({k for k in values if k.startswith(("TESSERA_TLS_", "TESSERA_CONTROL_"))} - {
+                "TESSERA_CONTROL_PORT"}, set(files))
+            secret_volumes = {}
+            for name, (secret, key) in files.items():
+                directory, filename = values[name].rsplit("/", 1)
+                mount = mounts[directory]
+                self.assertTrue(mount["readOnly"], mount)
+                self.assertNotIn("subPath", mount)
+                source = volumes[mount["name"]]["secret"]
+                self.assertEqual((source["secretName"], filename), (secret, key), name)
+                self.assertEqual(source["defaultMode"], 0o440)  # readable through fsGroup only
+                secret_volumes[source["secretName"]] = mount["name"]
+            self.assertEqual(sorted(v["secret"]["secretName"] for v in pod_spec["volumes"] if "secret" in v),
+                             sorted(secret_volumes))
+            self.assertEqual(pod_spec["securityContext"]["fsGroup"], pod_spec["securityContext"]["runAsGroup"])
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
             if role == "coordinator":
                 self.assertEqual(c["args"], ["--advertise-host", "$(LWS_LEADER_ADDRESS)"])
-                self.assertEqual(probes, {"startup": {"port": grpc_port, "service": ""},
-                                          "liveness": {"port": grpc_port, "service": ""},
-                                          "readiness": {"port": grpc_port,
-                                                        "service": "tessera.v1.InferenceService"}})
-                self.assertEqual(ports, {"grpc": grpc_port, "http": http_port})
+                # Both public ports are TLS, which the kubelet's gRPC probes cannot speak: TCP on the gRPC port
+                # (startup, liveness), HTTPS GET /health for readiness (200 once every rank has loaded).
+                self.assertEqual(ports, {"grpc": grpc_port, "http": http_port, "control": control_port})
+                probes = {p: c[p + "Probe"] for p in ("startup", "liveness", "readiness")}
+                for kind in ("startup", "liveness"):
+                    self.assertEqual(ports[probes[kind]["tcpSocket"]["port"]], grpc_port, kind)
+                self.assertEqual(set(probes["readiness"]) & {"grpc", "tcpSocket", "exec"}, set())
+                readiness = probes["readiness"]["httpGet"]
+                self.assertEqual((ports[readiness["port"]], readiness["path"], readiness["scheme"]),
+                                 (http_port, "/health", "HTTPS"))
+                self.assertNotIn("initContainers", pod_spec)
             else:
-                self.assertEqual(c["args"], ["--coordinator", "$(LWS_LEADER_ADDRESS):$(TESSERA_GRPC_PORT)"])
+                self.assertEqual(c["args"], ["--coordinator", "$(LWS_LEADER_ADDRESS):$(TESSERA_CONTROL_PORT)"])
+                # A worker may start before its leader (it retries on a new channel): no init container.
+                self.assertNotIn("initContainers", pod_spec)
                 health = int(env["TESSERA_HEALTH_PORT"]["value"])
                 self.assertNotIn("TESSERA_HEALTH_PORT", from_maps)  # a worker pod's setting only
+                probes = {p: c[p + "Probe"]["grpc"] for p in ("startup", "liveness", "readiness")}
                 self.assertEqual(probes, {p: {"port": health, "service": ""} for p in probes})
                 self.assertEqual(ports, {"health": health})
         # The Service: the leaders only, named ports that the leader's container declares, and not the name of
@@ -280,6 +327,21 @@ class ManifestsTest(unittest.TestCase):
             selector = by_kind(docs, kind)["spec"].get("selector") or by_kind(docs, kind)["spec"]["podSelector"]
             for pod in (leader_pod, worker_pod):
                 self.assertTrue(selector["matchLabels"].items() <= pod["metadata"]["labels"].items(), kind)
+        # The NetworkPolicy: the API ports open, the control port only to the LeaderWorkerSet's pods.
+        for rule in by_kind(docs, "NetworkPolicy")["spec"]["ingress"]:
+            ports = {p["port"] for p in rule.get("ports", [])}
+            peers = rule.get("from", [])
+            group_only = peers and all(p.get("podSelector", {}).get("matchLabels", {}).items()
+                                       <= worker_pod["metadata"]["labels"].items() and set(p) == {"podSelector"}
+                                       for p in peers)
+            if not group_only:
+                self.assertNotIn(control_port, ports, rule)
+                self.assertNotIn("control", ports, rule)
+                self.assertTrue(ports, "a rule that opens every port to others: %s" % rule)
+            else:
+                self.assertFalse(ports, "the group's pods reach each other on any port: %s" % rule)
+        opened = {p["port"] for r in by_kind(docs, "NetworkPolicy")["spec"]["ingress"] for p in r.get("ports", [])}
+        self.assertEqual(opened, {grpc_port, http_port})
 
     def test_example_patches_apply_with_both_kustomizes(self):
         examples = os.path.join(KUBE_DIR, "examples")
@@ -293,11 +355,11 @@ class ManifestsTest(unittest.TestCase):
             with self.subTest(kubectl=kubectl):
                 docs = render(kubectl, directory)
                 lws = by_kind(docs, "LeaderWorkerSet")
-                for pod in lws_pods(lws):
+                for pod, secrets in zip(lws_pods(lws), (["control-tls", "tls"], ["control-tls"])):
                     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
                     self.assertEqual(volumes["model"], {"name": "model",
                                                         "hostPath": {"path": "/data/models", "type": "Directory"}})
-                    self.assertEqual(sorted(volumes), ["dshm", "model", "tmp"])
+                    self.assertEqual(sorted(volumes), sorted(["dshm", "model", "tmp"] + secrets))
                 self.assertEqual(lws["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"],
                                  {"maxSurge": 1, "maxUnavailable": 0})
                 for doc in docs:
@@ -311,11 +373,49 @@ class ManifestsTest(unittest.TestCase):
             self.assertEqual(pod["spec"]["volumes"][0]["persistentVolumeClaim"],
                              {"claimName": pvc["metadata"]["name"], "readOnly": True})
 
+    def test_cert_manager_example_makes_the_secrets_the_pods_mount(self):
+        """examples/cert-manager.yaml (no cert-manager schema here): its Certificates write the Secrets and keys
+        the pods use, the control certificate has both usages and the names ranks dial, and each Secret's
+        issuer chain ends at a self-signed issuer of its own CA."""
+        with open(os.path.join(KUBE_DIR, "examples", "cert-manager.yaml")) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d]
+        self.assertTrue(all(d["apiVersion"] == "cert-manager.io/v1" for d in docs))
+        certificates = {d["spec"]["secretName"]: d for d in docs if d["kind"] == "Certificate"}
+        issuers = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Issuer"}
+        lws = by_kind(self.rendered["llama-3.1-405b"], "LeaderWorkerSet")
+        mounted = {v["secret"]["secretName"] for pod in lws_pods(lws) for v in pod["spec"]["volumes"]
+                   if "secret" in v}
+        self.assertEqual(mounted, {"tessera-tls", "tessera-control-tls"})
+        self.assertLessEqual(mounted, set(certificates))
+
+        def ca_of(certificate):  # the CA Secret that signs it
+            issuer = issuers[certificate["spec"]["issuerRef"]["name"]]
+            self.assertEqual(certificate["spec"]["issuerRef"]["kind"], "Issuer")
+            return issuer["ca"]["secretName"]
+        for certificate in certificates.values():
+            if certificate["spec"].get("isCA"):
+                self.assertIn("selfSigned", issuers[certificate["spec"]["issuerRef"]["name"]])
+        control, public = certificates["tessera-control-tls"]["spec"], certificates["tessera-tls"]["spec"]
+        self.assertNotEqual(ca_of(certificates["tessera-control-tls"]), ca_of(certificates["tessera-tls"]),
+                            "the public certificate must not come from the control CA, which admits workers")
+        self.assertTrue({"server auth", "client auth"} <= set(control["usages"]))
+        namespace = OVERLAYS["llama-3.1-405b"]["namespace"]
+        name = lws["metadata"]["name"]
+        for group in (0, 3):  # LWS_LEADER_ADDRESS of any group: <lws>-<group>.<lws>.<namespace>
+            leader = "%s-%d.%s.%s" % (name, group, name, namespace)
+            self.assertTrue(any(fnmatch.fnmatchcase(leader, n) and n.count(".") == leader.count(".")
+                                for n in control["dnsNames"]), leader)
+        self.assertIn("127.0.0.1", control["ipAddresses"])  # the leader's own ranks dial 127.0.0.1
+        service = by_kind(self.rendered["llama-3.1-405b"], "Service")["metadata"]["name"]
+        self.assertIn("%s.%s.svc" % (service, namespace), public["dnsNames"])
+        self.assertIn("server auth", public["usages"])
+
     def test_validation_rejects_malformed_manifests(self):
         docs = self.rendered["llama-3.1-405b"]
         version = KUBERNETES_VERSIONS[-1]
         lws = by_kind(docs, "LeaderWorkerSet")
         leader = ["spec", "leaderWorkerTemplate", "leaderTemplate", "spec"]
+        worker = ["spec", "leaderWorkerTemplate", "workerTemplate", "spec"]
         cases = [
             # (what, object, path to set, value, words the error must name)
             ("an unknown LWS field", lws, ["spec", "leaderWorkerTemplate", "sise"], 2, "sise"),
@@ -324,8 +424,12 @@ class ManifestsTest(unittest.TestCase):
              "'Always' is not one of"),
             ("a percentage without %", lws, ["spec", "rolloutStrategy", "rollingUpdateConfiguration", "maxSurge"],
              "one", "'one'"),
-            ("a gRPC probe on a named port", lws, leader + ["containers", 0, "livenessProbe", "grpc", "port"],
-             "grpc", "'grpc' is not of type"),
+            ("a gRPC probe on a named port", lws, worker + ["containers", 0, "livenessProbe", "grpc", "port"],
+             "health", "'health' is not of type"),
+            ("an HTTPS probe without its port", lws, leader + ["containers", 0, "readinessProbe", "httpGet"],
+             {"path": "/health", "scheme": "HTTPS"}, "'port' is a required property"),
+            ("a secretKeyRef without its key", lws, leader + ["containers", 0, "env", 3, "valueFrom"],
+             {"secretKeyRef": {"name": "tessera-join-token"}}, "'key' is a required property"),
             ("a misspelt securityContext field", lws,
              leader + ["containers", 0, "securityContext", "readOnlyRootFileSystem"], True, "readOnlyRootFileSystem"),
             ("env as a map", lws, leader + ["containers", 0, "env"], {"TESSERA_TP": "8"}, "is not of type 'array'"),
@@ -390,7 +494,8 @@ class ManifestsTest(unittest.TestCase):
         pods = {"tessera-leader", "tessera-worker"}
         for name in OVERLAYS:
             self.assertEqual(failed.get(name), {(c, p) for c in OPEN_FINDINGS for p in pods}, name)
-        self.assertNotIn("digest", failed)  # a pinned digest closes both open findings
+        # A pinned digest closes the two image findings; the join token's stays.
+        self.assertEqual(failed.get("digest"), {("CKV_K8S_35", p) for p in pods})
         self.assertIn(("CKV_K8S_16", "tessera-worker"), failed["privileged"])  # a new finding shows
 
 
