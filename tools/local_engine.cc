@@ -1,8 +1,11 @@
 #include "tools/local_engine.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "coordinator/chat_template/model_chat_templates.h"
 #include "coordinator/tokenizer/tokenizer.h"
@@ -96,6 +99,12 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   ASSIGN_OR_RETURN(o.heartbeat_interval, ParseDuration(a.heartbeat_interval));
   ASSIGN_OR_RETURN(o.heartbeat_timeout, ParseDuration(a.heartbeat_timeout));
   o.join_token = a.join_token;
+  if (!a.join_token_file.empty()) {
+    if (!a.join_token.empty()) {
+      return absl::InvalidArgumentError("give --join-token or --join-token-file, not both");
+    }
+    ASSIGN_OR_RETURN(o.join_token, ReadJoinTokenFile(a.join_token_file, "--join-token-file"));
+  }
   o.public_tls = TlsFiles{.cert = a.tls_cert, .key = a.tls_key, .ca = ""};
   o.control_tls = TlsFiles{.cert = a.control_cert, .key = a.control_key, .ca = a.control_ca};
   RETURN_IF_ERROR(CheckTlsFiles(o.public_tls, "--tls-cert / --tls-key", /*need_identity=*/false));
@@ -134,6 +143,15 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
   ASSIGN_OR_RETURN(o.replacement_timeout, ParseDuration(a.replacement_timeout));
   ASSIGN_OR_RETURN(o.step_timeout, ParseDuration(a.step_timeout));
   return o;
+}
+
+absl::StatusOr<std::string> ReadJoinTokenFile(const std::string& path, std::string_view flag) {
+  std::ifstream file(path, std::ios::binary);
+  std::string token((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  if (!file.good() && !file.eof()) return absl::InvalidArgumentError(Cat(flag, " ", path, " cannot be read"));
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  if (token.empty()) return absl::InvalidArgumentError(Cat(flag, " ", path, " holds no token"));
+  return token;
 }
 
 std::vector<std::string> ControlTlsArgs(const TlsFiles& files) {

@@ -120,6 +120,9 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
                   "Workers must present this secret to register (compared in constant time; prefer the "
                   "environment variable: a flag shows in ps)")
       ->envname("TESSERA_JOIN_TOKEN");
+  cmd->add_option("--join-token-file", a.join_token_file,
+                  "The join token from this file (a mounted Secret), trailing whitespace dropped")
+      ->envname("TESSERA_JOIN_TOKEN_FILE");
   cmd->add_option("--tls-cert", a.tls_cert,
                   "PEM certificate chain of the public gRPC and HTTP ports (TLS; re-read when it changes)")
       ->envname("TESSERA_TLS_CERT");
@@ -393,6 +396,7 @@ struct WorkerArgs {
   std::string drain_timeout = "30s";
   std::string log_level = "info";
   std::string log_file;
+  std::string join_token_file;  // --join-token-file
 };
 
 // grpc.health.v1 alone on `port` (all interfaces), service "" SERVING: the liveness of a worker pod. Errors:
@@ -464,6 +468,14 @@ int RunWorkerCommand(WorkerArgs& a) {
     absl::StatusOr<std::unique_ptr<grpc::Server>> started = StartHealthServer(a.health_port);
     if (!started.ok()) return Fail("worker", started.status());
     health = std::move(*started);
+  }
+  if (!a.join_token_file.empty()) {
+    if (!a.options.join_token.empty()) {
+      return Fail("worker", absl::InvalidArgumentError("give --join-token or --join-token-file, not both"));
+    }
+    absl::StatusOr<std::string> token = ReadJoinTokenFile(a.join_token_file, "--join-token-file");
+    if (!token.ok()) return Fail("worker", token.status());
+    a.options.join_token = *std::move(token);
   }
   int code = 0;
   // --local-ranks children get the join token through their environment, never their argv.
@@ -597,6 +609,10 @@ void AddServeCommands(CLI::App& app, std::vector<Subcommand>& commands) {
       ->add_option("--join-token", worker->options.join_token,
                    "The coordinator's join token (prefer the environment variable: a flag shows in ps)")
       ->envname("TESSERA_JOIN_TOKEN");
+  worker_cmd
+      ->add_option("--join-token-file", worker->join_token_file,
+                   "The join token from this file (a mounted Secret), trailing whitespace dropped")
+      ->envname("TESSERA_JOIN_TOKEN_FILE");
   worker_cmd
       ->add_option("--control-ca", worker->options.control_tls.ca,
                    "Mutual TLS with the coordinator's control port: the CA its certificate must chain to")

@@ -98,6 +98,28 @@ class JoinTokenTest(unittest.TestCase):
         for process in [coordinator] + workers:
             self.assertNotIn(TOKEN, "".join(process.stderr))
 
+    def test_the_token_can_come_from_a_file(self):
+        path = os.path.join(ARGS.workdir, "join-token")
+        with open(path, "w") as f:
+            f.write(TOKEN + "\n")  # a Secret's file may end in a newline
+        server = harness.Server(ARGS.tessera, self.tiny, 2, 1, extra=["--join-token-file", path]).start()
+        try:
+            self.assertEqual(len(complete_ids(server.address, [5, 6, 7])), 4)
+        finally:
+            self.assertEqual(server.stop(), 0)
+        self.assertNotIn(TOKEN, "".join(server.stderr))
+        empty = os.path.join(ARGS.workdir, "empty-token")
+        open(empty, "w").close()
+        for extra, text in ((["--join-token-file", os.path.join(ARGS.workdir, "absent")], "absent cannot be read"),
+                            (["--join-token-file", empty], "holds no token"),
+                            (["--join-token-file", path, "--join-token", TOKEN], "not both")):
+            for command in (["serve", "--model", self.tiny, "--grpc-port", "0"],
+                            ["worker", "--coordinator", "127.0.0.1:1"]):
+                result = subprocess.run([ARGS.tessera] + command + extra, capture_output=True, text=True,
+                                        timeout=60)
+                self.assertNotEqual(result.returncode, 0, (command, extra))
+                self.assertIn(text, result.stderr, (command, extra))
+
     def test_serve_hands_its_token_to_its_own_workers(self):
         server = harness.Server(ARGS.tessera, self.tiny, 2, 1, extra=["--join-token", TOKEN]).start()
         try:
