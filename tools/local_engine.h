@@ -49,7 +49,7 @@ struct ServeArgs {
   std::string heartbeat_interval = "500ms";
   std::string heartbeat_timeout = "2s";
   std::string join_token;  // workers must present it (--join-token / TESSERA_JOIN_TOKEN); empty: none
-  std::string join_token_file;  // --join-token-file: the join token from a file (a mounted Secret)
+  std::string join_token_file;    // --join-token-file: the join token from a file (a mounted Secret)
   std::string tls_cert, tls_key;  // --tls-cert / --tls-key: HTTPS and gRPC over TLS on the public ports
   int control_port = -1;          // --control-port: the control plane's own port; -1: the gRPC port
   std::string control_ca, control_cert, control_key;  // --control-*: mutual TLS on the control port
@@ -70,8 +70,8 @@ struct ServeArgs {
   bool log_requests = false;          // prompt and output text may appear in the logs
 };
 
-// The join token of `flag` (e.g. "--join-token-file") read from `path`: its contents less trailing whitespace.
-// Errors: INVALID_ARGUMENT naming the flag and the file when it cannot be read or holds no token.
+// The join token of `flag` (e.g. "--join-token-file") read from `path`: its contents less trailing
+// whitespace. Errors: INVALID_ARGUMENT naming the flag and the file when it cannot be read or holds no token.
 [[nodiscard]] absl::StatusOr<std::string> ReadJoinTokenFile(const std::string& path, std::string_view flag);
 
 // The `tessera worker` flags that give a child process these control-plane TLS files (paths are not secrets).
