@@ -85,6 +85,9 @@ struct CoordinatorOptions {
   std::chrono::milliseconds heartbeat_timeout{2000};
   // Workers must present this (WorkerGroupOptions::join_token); empty: any worker that reaches the port joins.
   std::string join_token;
+  // The file join_token was read from (an absolute path; empty: it was given as it is). The launcher's local
+  // workers read it there too, so that the token is in no process's environment.
+  std::string join_token_file;
   std::chrono::milliseconds comm_timeout{30000};      // rendezvous and every collective
   std::chrono::milliseconds startup_timeout{600000};  // workers joining, loading
   // A lost worker (exited, killed, silent past heartbeat_timeout) is replaced and its requests go on: the group

@@ -104,6 +104,7 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
       return absl::InvalidArgumentError("give --join-token or --join-token-file, not both");
     }
     ASSIGN_OR_RETURN(o.join_token, ReadJoinTokenFile(a.join_token_file, "--join-token-file"));
+    o.join_token_file = std::filesystem::absolute(a.join_token_file).string();
   }
   o.public_tls = TlsFiles{.cert = a.tls_cert, .key = a.tls_key, .ca = ""};
   o.control_tls = TlsFiles{.cert = a.control_cert, .key = a.control_key, .ca = a.control_ca};
@@ -154,6 +155,16 @@ absl::StatusOr<std::string> ReadJoinTokenFile(const std::string& path, std::stri
   return token;
 }
 
+void HandJoinTokenToChildren(const std::string& token, const std::string& file) {
+  if (!file.empty()) {
+    unsetenv("TESSERA_JOIN_TOKEN");
+    setenv("TESSERA_JOIN_TOKEN_FILE", file.c_str(), 1);
+  } else if (!token.empty()) {
+    unsetenv("TESSERA_JOIN_TOKEN_FILE");
+    setenv("TESSERA_JOIN_TOKEN", token.c_str(), 1);
+  }
+}
+
 std::vector<std::string> ControlTlsArgs(const TlsFiles& files) {
   std::vector<std::string> args;
   for (const auto& [flag, path] : {std::pair<const char*, const std::string&>{"--control-ca", files.ca},
@@ -198,8 +209,8 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Start(
     // Local workers present the coordinator's own control certificate (it is made for both ends).
     for (std::string& arg : ControlTlsArgs(options.control_tls)) args.push_back(std::move(arg));
     args.insert(args.end(), worker_args.begin(), worker_args.end());
-    // The join token reaches the children through their environment, never their argv (which ps shows).
-    if (!options.join_token.empty()) setenv("TESSERA_JOIN_TOKEN", options.join_token.c_str(), 1);
+    // The join token reaches the children through their environment (or its file), never their argv (ps).
+    HandJoinTokenToChildren(options.join_token, options.join_token_file);
     ASSIGN_OR_RETURN(engine->workers_, LocalWorkers::Start(ExecutablePath(), args, count, log));
   }
   return engine;

@@ -74,6 +74,11 @@ struct ServeArgs {
 // whitespace. Errors: INVALID_ARGUMENT naming the flag and the file when it cannot be read or holds no token.
 [[nodiscard]] absl::StatusOr<std::string> ReadJoinTokenFile(const std::string& path, std::string_view flag);
 
+// Hands the join token to the child processes started after this call, never through their argv: the file's
+// absolute path in TESSERA_JOIN_TOKEN_FILE when it came from a file (the token is then in no environment),
+// else the token in TESSERA_JOIN_TOKEN. Nothing when both are empty.
+void HandJoinTokenToChildren(const std::string& token, const std::string& file);
+
 // The `tessera worker` flags that give a child process these control-plane TLS files (paths are not secrets).
 [[nodiscard]] std::vector<std::string> ControlTlsArgs(const TlsFiles& files);
 

@@ -479,7 +479,9 @@ int RunWorkerCommand(WorkerArgs& a) {
   }
   int code = 0;
   // --local-ranks children get the join token through their environment, never their argv.
-  if (!a.options.join_token.empty()) setenv("TESSERA_JOIN_TOKEN", a.options.join_token.c_str(), 1);
+  HandJoinTokenToChildren(a.options.join_token, a.join_token_file.empty()
+                                                    ? ""
+                                                    : std::filesystem::absolute(a.join_token_file).string());
   if (a.local_ranks == 1) {
     a.options.requested_rank = first;
     a.options.log = &out;

@@ -6,12 +6,14 @@ with the variables the LeaderWorkerSet controller injects (LWS_LEADER_ADDRESS, L
 filled in for one group, and each Secret volume written as the kubelet writes it (the keys as files behind a
 `..data` link). The Secrets the operator would make are the test's: tessera-tls and tessera-control-tls from the
 test PKI in tests/data/tls (server.pem: SAN localhost and 127.0.0.1, serverAuth + clientAuth; ca.pem its CA),
-tessera-join-token a random token. Then it runs each container's probes as written (gRPC, TCP, HTTP and HTTPS
-without verifying the certificate, as the kubelet), takes a completion through the Service's ports over TLS
-(grpcio and the OpenAI HTTP API with the `openai` client, both verifying the server against ca.pem), checks that
-a plaintext client is refused on the public gRPC port and that the join token is in no process's argv and no
-log, and finally deletes the group as Kubernetes does: SIGTERM to every pod in the middle of a stream, which
-must still complete, each pod gone within its terminationGracePeriodSeconds.
+tessera-join-token a random token (a Secret volume too: the pods read it from TESSERA_JOIN_TOKEN_FILE). Then it
+runs each container's probes as written (gRPC, TCP, HTTP and HTTPS without verifying the certificate, as the
+kubelet), takes a completion through the Service's ports over TLS (grpcio and the OpenAI HTTP API with the
+`openai` client, both verifying the server against ca.pem), checks that a plaintext client is refused on the
+public gRPC port and that the join token is in no process's argv, in the environment of no process of the pods
+(/proc/PID/environ of each tessera process, the ranks' too) and in no log, and finally deletes the group as
+Kubernetes does: SIGTERM to every pod in the middle of a stream, which must still complete, each pod gone within
+its terminationGracePeriodSeconds.
 
 What differs from a cluster, and only that ("images and GPUs aside"):
 - `tessera` (the image's binary) is this build's; the pods share this machine's loopback, so addresses from
@@ -414,6 +416,42 @@ def argv_holding(secret):
     return found
 
 
+def pod_processes(pid):
+    """`pid` and every process below it (children forked by any of its threads, recursively)."""
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        try:
+            tasks = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+                    todo += [int(c) for c in f.read().split()]
+            except OSError:
+                pass
+    return found
+
+
+def environ_holding(secret, pids):
+    """(pid, variable names) of each process in `pids` whose environment (/proc/PID/environ: what it was started
+    with, which its children inherit) holds `secret`, and the number of processes read (gone ones skipped)."""
+    found, read = [], 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/environ" % pid, "rb") as f:
+                variables = f.read().split(b"\0")
+        except OSError:
+            continue
+        read += 1
+        names = [v.split(b"=", 1)[0].decode(errors="replace") for v in variables if secret in v]
+        if names:
+            found.append((pid, names))
+    return found, read
+
+
 def port_free(port):
     """Whether a server can listen on `port` (with SO_REUSEADDR, as gRPC and Beast do: connections of an
     earlier run in TIME_WAIT do not count)."""
@@ -468,6 +506,19 @@ class ManifestsRunTest(unittest.TestCase):
         for pod in self.pods:
             pod.kill_all()
 
+    def assert_token_hidden(self, token, when):
+        """The join token is in no process's argv and in the environment of no process of the pods (each pod's
+        container process and every rank process it started, all of which must be running)."""
+        self.assertEqual(argv_holding(token), [], "the join token is in these processes' argv %s" % when)
+        for pod in self.pods:
+            pids = pod_processes(pod.process.pid)
+            # The container's process and one process per local rank: each environment was read.
+            self.assertEqual(len(pids), 1 + int(pod.env["TESSERA_LOCAL_RANKS"]), "%s: %s" % (pod.name, pids))
+            found, read = environ_holding(token, pids)
+            self.assertEqual(read, len(pids), "%s: an environment could not be read" % pod.name)
+            self.assertEqual(found, [], "%s: the join token is in these processes' environment %s (pid, "
+                                        "variables)" % (pod.name, when))
+
     def test_the_two_node_overlay_serves_and_drains_as_written(self):
         leader, workers = self.leader, self.pods[1:]
         self.assertEqual(len(self.pods), 2, "the 405B overlay is a group of two pods")
@@ -507,11 +558,22 @@ class ManifestsRunTest(unittest.TestCase):
                 if kind in pod.container:
                     self.assertTrue(probe_once(pod, pod.container[kind]), "%s: %s" % (pod.name, kind))
 
-        # The join token came from its Secret, and only the environment holds it: no process's argv (every
-        # rank is running now; ps shows argv to anyone on the node).
+        # The join token came from its Secret volume, as a file (TESSERA_JOIN_TOKEN_FILE), and is in no
+        # process's argv (ps shows argv to anyone on the node) and in no environment of the pods' processes:
+        # neither the containers' nor the rank processes' they start (every rank is running now).
         token = self.secrets["tessera-join-token"]["token"]
-        self.assertTrue(all(p.env.get("TESSERA_JOIN_TOKEN") == token.decode() for p in self.pods))
-        self.assertEqual(argv_holding(token), [], "the join token is in these processes' argv")
+        for pod in self.pods:
+            self.assertNotIn("TESSERA_JOIN_TOKEN", pod.env)
+            self.assertFalse([k for k, v in pod.env.items() if token.decode() in v], pod.name)
+            [volume] = [v["name"] for v in pod.spec["volumes"]
+                        if v.get("secret", {}).get("secretName") == "tessera-join-token"]
+            [mount] = [m["mountPath"].rstrip("/") for m in pod.container["volumeMounts"] if m["name"] == volume]
+            path = pod.env["TESSERA_JOIN_TOKEN_FILE"]
+            self.assertTrue(path.startswith(pod.mounts[mount] + "/"), path)  # a file of the Secret's volume
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), token)
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o440)
+        self.assert_token_hidden(token, "with every rank running")
 
         # The public gRPC port is TLS only: a plaintext client is refused. The health service answers a client
         # that trusts ca.pem (the Secret's CA; the certificate names 127.0.0.1).
@@ -563,7 +625,7 @@ class ManifestsRunTest(unittest.TestCase):
         print("a worker pod's rank killed mid-stream: the stream completed unchanged %.2f s later" % (
             time.time() - killed), file=sys.stderr)
         wait_probe(leader, "readinessProbe", 60)
-        self.assertEqual(argv_holding(token), [], "the join token is in a restarted rank's argv")
+        self.assert_token_hidden(token, "after a rank restart")
 
         # Deleting the group: every pod gets SIGTERM at once, mid-stream. The stream still completes; readiness
         # turns NOT_SERVING; each pod is gone within its grace period.

@@ -52,10 +52,9 @@ OPEN_FINDINGS = {
                   "does not depend on the registry; passes once the overlay pins a digest",
     "CKV_K8S_43": "Image should use digest: the image is built by the operator, so the overlays carry a tag "
                   "placeholder; pinning `digest:` in `images:` closes it (tested below)",
-    "CKV_K8S_35": "Prefer using secrets as files over secrets as environment variables: TESSERA_JOIN_TOKEN is a "
-                  "secretKeyRef variable, since tessera reads the join token from --join-token or the "
-                  "environment only (no file variant); the certificates and keys are files",
 }
+# Closed, and kept closed: CKV_K8S_35 (secrets as environment variables). Every Secret, the join token's too
+# (TESSERA_JOIN_TOKEN_FILE), is a mounted file; check_contract allows no secretKeyRef and no envFrom secretRef.
 
 # What LWS injects into every container (sigs.k8s.io/lws pkg/utils/pod/pod_utils.go, AddLWSVariables).
 LWS_VARIABLES = {"LWS_LEADER_ADDRESS", "LWS_GROUP_SIZE", "LWS_WORKER_INDEX"}
@@ -68,6 +67,7 @@ TLS_FILES = {"TESSERA_TLS_CERT": ("tessera-tls", "tls.crt"), "TESSERA_TLS_KEY": 
 CONTROL_FILES = {"TESSERA_CONTROL_CA": ("tessera-control-tls", "ca.crt"),
                  "TESSERA_CONTROL_CERT": ("tessera-control-tls", "tls.crt"),
                  "TESSERA_CONTROL_KEY": ("tessera-control-tls", "tls.key")}
+JOIN_FILES = {"TESSERA_JOIN_TOKEN_FILE": ("tessera-join-token", "token")}
 LWS_SCHEMA = None
 
 
@@ -266,18 +266,24 @@ class ManifestsTest(unittest.TestCase):
             self.assertTrue(mounts["/models"]["readOnly"])
             self.assertEqual(mounts["/dev/shm"]["name"], "dshm")
             self.assertIn("emptyDir", volumes[mounts["/tmp"]["name"]])
-            # The join token from its Secret, in the environment only (argv shows in ps).
-            self.assertEqual(env["TESSERA_JOIN_TOKEN"]["valueFrom"],
-                             {"secretKeyRef": {"name": "tessera-join-token", "key": "token"}})
-            self.assertNotIn("TESSERA_JOIN_TOKEN", from_maps)
+            # No Secret in the environment (checkov CKV_K8S_35): the join token is a file like the
+            # certificates (TESSERA_JOIN_TOKEN_FILE below), and neither the token nor its file is in args (argv
+            # shows in ps; a flag would also be a second setting beside the ConfigMap's).
+            self.assertFalse([e for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})], c["env"])
+            self.assertFalse([s for s in c["envFrom"] if "secretRef" in s], c["envFrom"])
+            self.assertNotIn("TESSERA_JOIN_TOKEN", set(env) | from_maps)
             self.assertFalse(any("join-token" in a or "TESSERA_JOIN_TOKEN" in a for a in c["args"]), c["args"])
             # Every file variable is a key of the Secret mounted (whole, read-only: renewals reach the files)
-            # where it points; the control plane's in both pods, the public certificate in the leader's only.
-            files = dict(CONTROL_FILES, **(TLS_FILES if role == "coordinator" else {}))
+            # where it points; the control plane's and the join token's in both pods, the public certificate in
+            # the leader's only.
+            files = dict(CONTROL_FILES, **JOIN_FILES, **(TLS_FILES if role == "coordinator" else {}))
             values = {k: v["value"] for k, v in env.items() if "value" in v}
             values.update({k: v for k, v in config.items() if k in files})
-            self.assertEqual({k for k in values if k.startswith(("TESSERA_TLS_", "TESSERA_CONTROL_"))} - {
+            self.assertEqual({k for k in values if k.startswith(("TESSERA_TLS_", "TESSERA_CONTROL_",
+                                                                 "TESSERA_JOIN_TOKEN"))} - {
                 "TESSERA_CONTROL_PORT"}, set(files))
+            # The pods' shared settings sit in tessera-config, not written twice in a container's env.
+            self.assertLessEqual(CONTROL_FILES.keys() | JOIN_FILES.keys(), config.keys())
             secret_volumes = {}
             for name, (secret, key) in files.items():
                 directory, filename = values[name].rsplit("/", 1)
@@ -290,6 +296,7 @@ class ManifestsTest(unittest.TestCase):
                 secret_volumes[source["secretName"]] = mount["name"]
             self.assertEqual(sorted(v["secret"]["secretName"] for v in pod_spec["volumes"] if "secret" in v),
                              sorted(secret_volumes))
+            self.assertEqual(set(secret_volumes) | {"tessera-tls"}, set(SECRETS))  # every Secret is a volume
             self.assertEqual(pod_spec["securityContext"]["fsGroup"], pod_spec["securityContext"]["runAsGroup"])
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
             if role == "coordinator":
@@ -355,7 +362,8 @@ class ManifestsTest(unittest.TestCase):
             with self.subTest(kubectl=kubectl):
                 docs = render(kubectl, directory)
                 lws = by_kind(docs, "LeaderWorkerSet")
-                for pod, secrets in zip(lws_pods(lws), (["control-tls", "tls"], ["control-tls"])):
+                for pod, secrets in zip(lws_pods(lws), (["control-tls", "join-token", "tls"],
+                                                           ["control-tls", "join-token"])):
                     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
                     self.assertEqual(volumes["model"], {"name": "model",
                                                         "hostPath": {"path": "/data/models", "type": "Directory"}})
@@ -385,8 +393,9 @@ class ManifestsTest(unittest.TestCase):
         lws = by_kind(self.rendered["llama-3.1-405b"], "LeaderWorkerSet")
         mounted = {v["secret"]["secretName"] for pod in lws_pods(lws) for v in pod["spec"]["volumes"]
                    if "secret" in v}
-        self.assertEqual(mounted, {"tessera-tls", "tessera-control-tls"})
-        self.assertLessEqual(mounted, set(certificates))
+        self.assertEqual(mounted, set(SECRETS))
+        # The join token is no certificate: the operator makes it (deploy/README.md, "Deploy").
+        self.assertLessEqual(mounted - {"tessera-join-token"}, set(certificates))
 
         def ca_of(certificate):  # the CA Secret that signs it
             issuer = issuers[certificate["spec"]["issuerRef"]["name"]]
@@ -428,8 +437,10 @@ class ManifestsTest(unittest.TestCase):
              "health", "'health' is not of type"),
             ("an HTTPS probe without its port", lws, leader + ["containers", 0, "readinessProbe", "httpGet"],
              {"path": "/health", "scheme": "HTTPS"}, "'port' is a required property"),
-            ("a secretKeyRef without its key", lws, leader + ["containers", 0, "env", 3, "valueFrom"],
+            ("a secretKeyRef without its key", lws, leader + ["containers", 0, "env", 0, "valueFrom"],
              {"secretKeyRef": {"name": "tessera-join-token"}}, "'key' is a required property"),
+            ("a Secret volume's defaultMode as a string", lws, leader + ["volumes", -1, "secret", "defaultMode"],
+             "0440", "'0440' is not of type 'integer'"),
             ("a misspelt securityContext field", lws,
              leader + ["containers", 0, "securityContext", "readOnlyRootFileSystem"], True, "readOnlyRootFileSystem"),
             ("env as a map", lws, leader + ["containers", 0, "env"], {"TESSERA_TP": "8"}, "is not of type 'array'"),
@@ -494,8 +505,8 @@ class ManifestsTest(unittest.TestCase):
         pods = {"tessera-leader", "tessera-worker"}
         for name in OVERLAYS:
             self.assertEqual(failed.get(name), {(c, p) for c in OPEN_FINDINGS for p in pods}, name)
-        # A pinned digest closes the two image findings; the join token's stays.
-        self.assertEqual(failed.get("digest"), {("CKV_K8S_35", p) for p in pods})
+        # A pinned digest closes the two image findings, and with them every finding.
+        self.assertEqual(failed.get("digest", set()), set())
         self.assertIn(("CKV_K8S_16", "tessera-worker"), failed["privileged"])  # a new finding shows
 
 

@@ -102,9 +102,16 @@ class JoinTokenTest(unittest.TestCase):
         path = os.path.join(ARGS.workdir, "join-token")
         with open(path, "w") as f:
             f.write(TOKEN + "\n")  # a Secret's file may end in a newline
-        server = harness.Server(ARGS.tessera, self.tiny, 2, 1, extra=["--join-token-file", path]).start()
+        # As a pod gives it: the path in the environment, which serve's workers inherit; they read the file too,
+        # so the token itself is in no process's environment.
+        server = harness.Server(ARGS.tessera, self.tiny, 2, 1,
+                                env=dict(os.environ, TESSERA_JOIN_TOKEN_FILE=path)).start()
         try:
             self.assertEqual(len(complete_ids(server.address, [5, 6, 7])), 4)
+            self.assertEqual(len(server.worker_pids), 2)
+            for pid in [server.proc.pid] + server.worker_pids:
+                with open("/proc/%d/environ" % pid, "rb") as f:
+                    self.assertNotIn(TOKEN.encode(), f.read(), pid)
         finally:
             self.assertEqual(server.stop(), 0)
         self.assertNotIn(TOKEN, "".join(server.stderr))
