@@ -1,0 +1,135 @@
+"""Tessera and llama.cpp side by side on the same weights, on this machine, in one window (issue 20).
+
+The `small` preset (the shape of Llama 3.2 1B, random BF16 weights, made once with `tessera make-model`) is
+written as a BF16 GGUF with bench/peer/hf_to_gguf.py. llama.cpp is built from the llama-cpp-python source
+distribution by bench/peer/llama_cpp.sh --build-only (into out/peer/, git-ignored). Then --rounds rounds, the
+engine that goes first alternating from round to round, each measure:
+  read bandwidth   build/bench/ceilings --threads T (the physical limit of decode, this round)
+  tessera          build/bench/model_bench --model M --threads T --json 1: decode_b1, prefill_512 (exact) and
+                   prefill_512_bf16
+  llama.cpp        llama-bench -t T -r 1: decode (-p 0 -n 64) and prefill (-p 512 -n 0)
+and prints one table: median and range (min-max) over the rounds of each, the ratio Tessera / llama.cpp, and each
+engine's decode as weight bytes per second against the round's read bandwidth. Not run by CI (it takes minutes and
+wants a quiet machine: it warns when the load average is 1 or more).
+
+usage: .venv/bin/python bench/peer/side_by_side.py [--rounds 5] [--threads 2] [--json FILE]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def log(message):
+    print("side_by_side: " + message, file=sys.stderr, flush=True)
+
+
+def run(argv, **kwargs):
+    result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        sys.exit("side_by_side: %s failed (%d):\n%s" % (" ".join(argv), result.returncode, result.stderr[-3000:]))
+    return result.stdout
+
+
+def llama_bench(binary, gguf, threads, extra):
+    out = run([binary, "-m", gguf, "-t", str(threads), "-r", "1", "-o", "json"] + extra)
+    return json.loads(out)[0]["avg_ts"]
+
+
+def summary(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--build", default=os.path.join(REPO, "build"), help="Tessera's build directory")
+    parser.add_argument("--peer-dir", default=os.path.join(REPO, "out", "peer"))
+    parser.add_argument("--json", help="also write the samples and the table here")
+    args = parser.parse_args()
+    if args.rounds < 5:
+        log("fewer than 5 rounds: the medians are not worth much")
+    os.makedirs(args.peer_dir, exist_ok=True)
+    tessera = os.path.join(args.build, "tessera")
+    model_bench = os.path.join(args.build, "bench", "model_bench")
+    ceilings = os.path.join(args.build, "bench", "ceilings")
+    for binary in (tessera, model_bench, ceilings):
+        if not os.access(binary, os.X_OK):
+            sys.exit("side_by_side: %s is not built (ninja -C %s tessera model_bench ceilings)" % (binary, args.build))
+
+    run([os.path.join(REPO, "bench", "peer", "llama_cpp.sh"), "--build-only"])
+    builds = sorted(d for d in os.listdir(args.peer_dir) if d.startswith("build-"))
+    llama = os.path.join(args.peer_dir, builds[-1], "bin", "llama-bench")
+    if not os.access(llama, os.X_OK):
+        sys.exit("side_by_side: no llama-bench under %s" % args.peer_dir)
+
+    model = os.path.join(args.peer_dir, "small")
+    if not os.path.exists(os.path.join(model, "config.json")):
+        log("making the small preset in %s" % model)
+        run([tessera, "make-model", "--preset", "small", "--out", model, "--seed", "1"])
+    gguf = os.path.join(args.peer_dir, "small-bf16.gguf")
+    if not os.path.exists(gguf):
+        log("writing %s" % gguf)
+        run([sys.executable, os.path.join(REPO, "bench", "peer", "hf_to_gguf.py"), "--model", model, "--out", gguf,
+             "--tokenizer", os.path.join(REPO, "tests", "data", "llama-3.1-tokenizer")])
+    weight_gb = os.path.getsize(gguf) / 1e9  # what a decode step streams (tied embeddings: read once, as lm_head)
+
+    load = os.getloadavg()[0]
+    if load >= 1:
+        log("WARNING: load average %.2f: the figures will show the contention" % load)
+    samples = {"bandwidth": [], "tessera decode_b1": [], "tessera prefill_512": [], "tessera prefill_512_bf16": [],
+               "llama.cpp decode_b1": [], "llama.cpp prefill_512": []}
+    for round_index in range(args.rounds):
+        bandwidth = json.loads(run([ceilings, "--threads", str(args.threads)]).splitlines()[-1])
+        samples["bandwidth"].append(bandwidth["read_bandwidth_gbps"])
+
+        def tessera_round():
+            out = run([model_bench, "--model", model, "--threads", str(args.threads), "--steps", "8", "--json", "1"])
+            for line in out.splitlines():
+                if line.startswith("{"):
+                    row = json.loads(line)
+                    key = "tessera " + row["measure"]
+                    if key in samples:
+                        samples[key].append(row["tokens_per_s"])
+
+        def llama_round():
+            samples["llama.cpp decode_b1"].append(llama_bench(llama, gguf, args.threads, ["-p", "0", "-n", "64"]))
+            samples["llama.cpp prefill_512"].append(llama_bench(llama, gguf, args.threads, ["-p", "512", "-n", "0"]))
+
+        order = (tessera_round, llama_round) if round_index % 2 == 0 else (llama_round, tessera_round)
+        start = time.monotonic()
+        for step in order:
+            step()
+        log("round %d/%d in %.0f s: bandwidth %.1f GB/s, decode tessera %.2f / llama.cpp %.2f tok/s" % (
+            round_index + 1, args.rounds, time.monotonic() - start, samples["bandwidth"][-1],
+            samples["tessera decode_b1"][-1], samples["llama.cpp decode_b1"][-1]))
+
+    bw = summary(samples["bandwidth"])
+    print("%d rounds, %d threads, %s (%.2f GB of BF16 weights per decode step); read bandwidth %.1f GB/s "
+          "(%.1f-%.1f)" % (args.rounds, args.threads, os.path.basename(gguf), weight_gb, *bw))
+    print("%-12s %-24s %-24s %8s %22s" % ("measure", "tessera tok/s", "llama.cpp tok/s", "ratio",
+                                         "decode GB/s (% of bw)"))
+    table = []
+    for measure, ours, theirs in (("decode_b1", "tessera decode_b1", "llama.cpp decode_b1"),
+                                  ("prefill_512", "tessera prefill_512", "llama.cpp prefill_512"),
+                                  ("prefill_bf16", "tessera prefill_512_bf16", "llama.cpp prefill_512")):
+        a, b = summary(samples[ours]), summary(samples[theirs])
+        extra = ""
+        if measure == "decode_b1":
+            extra = "%5.1f (%2.0f%%) / %5.1f (%2.0f%%)" % (a[0] * weight_gb, 100 * a[0] * weight_gb / bw[0],
+                                                      b[0] * weight_gb, 100 * b[0] * weight_gb / bw[0])
+        print("%-12s %7.2f (%6.2f-%6.2f)   %7.2f (%6.2f-%6.2f)   %7.2fx %s" % (measure, *a, *b, a[0] / b[0], extra))
+        table.append({"measure": measure, "tessera": a, "llama.cpp": b, "ratio": a[0] / b[0]})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"samples": samples, "table": table, "weight_gb": weight_gb, "threads": args.threads}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
