@@ -40,6 +40,10 @@ const SequenceEntry* SequenceTable::Find(uint64_t id) const {
 
 void SequenceTable::Clear() {
   seqs_.clear();
+  ForgetStep();
+}
+
+void SequenceTable::ForgetStep() {
   removed_.clear();
   added_.clear();
   appended_.clear();
@@ -56,11 +60,7 @@ void SequenceTable::Rollback() {
   }
   for (uint64_t id : added_) seqs_.erase(id);
   for (auto& [id, entry] : removed_) seqs_.emplace(id, std::move(entry));
-  removed_.clear();
-  added_.clear();
-  appended_.clear();
-  batch_.clear();
-  copies_.clear();
+  ForgetStep();
 }
 
 void SequenceTable::Undo() {
@@ -70,12 +70,7 @@ void SequenceTable::Undo() {
 }
 
 absl::Status SequenceTable::Apply(const cv1::Step& step, const StepLimits& limits) {
-  removed_.clear();
-  added_.clear();
-  appended_.clear();
-  batch_.clear();
-  copies_.clear();
-  can_undo_ = false;
+  ForgetStep();
   const uint64_t mark = ++apply_counter_;
   auto fail = [&](absl::Status status) {
     Rollback();

@@ -88,6 +88,8 @@ class SequenceTable {
   [[nodiscard]] absl::Status Schedule(const control::v1::ScheduledSequence& s, int row, uint64_t mark,
                                       const StepLimits& limits, int64_t& num_tokens);
   void Rollback();
+  // Forgets the last step's undo record and batch (the sequences stay).
+  void ForgetStep();
 
   std::unordered_map<uint64_t, SequenceEntry> seqs_;
   uint64_t apply_counter_ = 0;

@@ -296,7 +296,8 @@ class DrainTest(ServerTestCase):
         return time.time() - start
 
     def test_sigterm_mid_stream_lets_the_stream_finish_and_refuses_new_requests(self):
-        server = harness.Server(ARGS.tessera, self.tiny, 2, 1, ["--http-port", "0", "--drain-timeout", "60s"]).start()
+        # A drain long enough for the 1500 tokens under ThreadSanitizer too (~45 ms a step there, ~70 s in all).
+        server = harness.Server(ARGS.tessera, self.tiny, 2, 1, ["--http-port", "0", "--drain-timeout", "300s"]).start()
         pb, stub, stream = self.open_stream(server, 1500)
         tokens = []
         signalled = None
