@@ -4,8 +4,12 @@
 //   kernels_bench --crossover           also each path forced (GEMV; oneDNN with split or plain bf16
 //                                       activations) at M = 1..512, for the crossover
 //   kernels_bench --threads=N           threads (default: all cores)
-// Google Benchmark flags (--benchmark_filter=..., --benchmark_min_time=...) pass through.
+// Also the GEMV kernels alone at M = 1 on the 8192x2048 gate/up matrix in bf16 and in the quantized block
+// types (Q8_0, Q4_0, Q4_1) on 1 and 2 threads, as GB/s of weight bytes and % of the read bandwidth measured
+// at that thread count (GemvQuant/...). Google Benchmark flags (--benchmark_filter=...,
+// --benchmark_min_time=...) pass through.
 #include <benchmark/benchmark.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -16,6 +20,9 @@
 
 #include "bench/roofline.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/gemv.h"
+#include "kernels/cpu/gemv_quant.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace tessera {
 namespace {
@@ -99,6 +106,93 @@ void BM_Linear(benchmark::State& state, int shape_index, int64_t m, Path path) {
       iters * 100.0 * 2.0 * m * shape.n * shape.k / 1e9 / g_peak_gflops, benchmark::Counter::kIsRate);
 }
 
+// GEMV kernels alone at M = 1 on one matrix, bf16 against the quantized block types, on 1 and 2 threads.
+constexpr int64_t kQuantN = 8192, kQuantK = 2048;
+enum class WeightKind { kBf16, kQ8_0, kQ4_0, kQ4_1 };
+constexpr WeightKind kWeightKinds[] = {WeightKind::kBf16, WeightKind::kQ8_0, WeightKind::kQ4_0,
+                                       WeightKind::kQ4_1};
+
+const char* WeightKindName(WeightKind kind) {
+  switch (kind) {
+    case WeightKind::kBf16:
+      return "bf16";
+    case WeightKind::kQ8_0:
+      return "q8_0";
+    case WeightKind::kQ4_0:
+      return "q4_0";
+    case WeightKind::kQ4_1:
+      return "q4_1";
+  }
+  return "?";
+}
+
+QuantType ToQuantType(WeightKind kind) {
+  return kind == WeightKind::kQ8_0   ? QuantType::kQ8_0
+         : kind == WeightKind::kQ4_0 ? QuantType::kQ4_0
+                                     : QuantType::kQ4_1;
+}
+
+int64_t WeightBytes(WeightKind kind) {
+  return kind == WeightKind::kBf16 ? kQuantN * kQuantK * 2
+                                   : kQuantN * QuantRowBytes(ToQuantType(kind), kQuantK);
+}
+
+// Random blocks with fp16 scales (and Q4_1 mins) of about 0.01, both signs.
+std::vector<uint8_t> RandomQuantWeights(QuantType type, uint64_t seed) {
+  std::vector<uint8_t> w(kQuantN * QuantRowBytes(type, kQuantK));
+  uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+  for (uint8_t& b : w) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    b = static_cast<uint8_t>(s >> 56);
+  }
+  const int64_t block_bytes = QuantBlockBytes(type);
+  for (size_t b = 0; b < w.size(); b += block_bytes) {
+    const uint16_t scale = static_cast<uint16_t>(0x2000 | (w[b] & 0x03) << 8 | (w[b + 1] & 0x80) << 8);
+    std::memcpy(&w[b], &scale, 2);
+    if (type == QuantType::kQ4_1) std::memcpy(&w[b + 2], &scale, 2);
+  }
+  return w;
+}
+
+struct QuantContext {
+  std::unique_ptr<ThreadPool> pools[2];  // 1 and 2 threads
+  double bandwidth_gbps[2] = {};         // read bandwidth on 1 and 2 threads
+  // Per kind, copies of the weights exceeding the L3 cache (>= 128 MiB), used in turn (see Context).
+  std::vector<std::vector<uint8_t>> weights[4];
+  std::vector<float> x, y;
+};
+
+QuantContext* g_quant = nullptr;
+
+void BM_GemvQuant(benchmark::State& state, WeightKind kind, int threads) {
+  const auto& copies = g_quant->weights[static_cast<int>(kind)];
+  ThreadPool& pool = *g_quant->pools[threads - 1];
+  const GemvIsa isa = BestGemvIsa();
+  const GemvFn bf16_fn = GemvForIsa(isa);
+  const GemvQuantFn quant_fn = GemvQuantForIsa(isa);
+  size_t copy = 0;
+  for (auto _ : state) {
+    const uint8_t* w = copies[copy].data();
+    copy = (copy + 1) % copies.size();
+    if (kind == WeightKind::kBf16) {
+      const GemvArgs args{
+          g_quant->x.data(), reinterpret_cast<const uint16_t*>(w), g_quant->y.data(), 1, kQuantN, kQuantK};
+      pool.ParallelForStatic(kQuantN, kGemvRowBlock, [&](int64_t b, int64_t e) { bf16_fn(args, b, e); });
+    } else {
+      const GemvQuantArgs args{g_quant->x.data(), w,       g_quant->y.data(), 1,
+                               kQuantN,           kQuantK, ToQuantType(kind)};
+      pool.ParallelForStatic(kQuantN, kGemvRowBlock, [&](int64_t b, int64_t e) { quant_fn(args, b, e); });
+    }
+    benchmark::DoNotOptimize(g_quant->y[0]);
+  }
+  const double gb = static_cast<double>(state.iterations()) * WeightBytes(kind) / 1e9;
+  state.counters["GB/s"] = benchmark::Counter(gb, benchmark::Counter::kIsRate);
+  state.counters["%BW"] =
+      benchmark::Counter(gb * 100.0 / g_quant->bandwidth_gbps[threads - 1], benchmark::Counter::kIsRate);
+  state.counters["weights/s"] = benchmark::Counter(
+      static_cast<double>(state.iterations()) * kQuantN * kQuantK, benchmark::Counter::kIsRate);
+}
+
 }  // namespace
 }  // namespace tessera
 
@@ -154,6 +248,35 @@ int main(int argc, char** argv) {
   ctx.y.assign(512 * max_n, 0.0f);
   g_ctx = &ctx;
 
+  QuantContext quant;
+  for (int t = 1; t <= 2; ++t) {
+    quant.pools[t - 1] = std::make_unique<ThreadPool>(t);
+    quant.bandwidth_gbps[t - 1] = t == n_threads ? g_bandwidth_gbps : MeasureReadBandwidthGBps(t);
+    std::printf("ceiling: read bandwidth on %d thread%s %.1f GB/s\n", t, t == 1 ? "" : "s",
+                quant.bandwidth_gbps[t - 1]);
+  }
+  std::printf("GemvQuant kernels: %s\n", GemvIsaName(BestGemvIsa()));
+  std::fflush(stdout);
+  // Copies of each matrix past twice the L3 cache (some server L3s exceed 128 MiB), so every call streams
+  // from memory; the copies share one random content.
+  const int64_t stream_bytes = std::max<int64_t>(int64_t{128} << 20, 2 * sysconf(_SC_LEVEL3_CACHE_SIZE));
+  for (WeightKind kind : kWeightKinds) {
+    const int64_t bytes = WeightBytes(kind);
+    std::vector<uint8_t> w;
+    if (kind == WeightKind::kBf16) {
+      const std::vector<uint16_t> bf16 = RandomBf16Weights(kQuantN * kQuantK, 7000);
+      w.assign(reinterpret_cast<const uint8_t*>(bf16.data()),
+               reinterpret_cast<const uint8_t*>(bf16.data()) + bytes);
+    } else {
+      w = RandomQuantWeights(ToQuantType(kind), 8000);
+    }
+    const int64_t copies = (stream_bytes + 2 * bytes - 1) / bytes;
+    for (int64_t c = 0; c < copies; ++c) quant.weights[static_cast<int>(kind)].push_back(w);
+  }
+  quant.x.assign(kQuantK, 0.5f);
+  quant.y.assign(kQuantN, 0.0f);
+  g_quant = &quant;
+
   for (int s = 0; s < 5; ++s) {
     for (int64_t m : {1, 8, 32, 512}) {
       const std::string name = std::string("Linear/") + kShapes[s].name + "/M=" + std::to_string(m);
@@ -172,8 +295,16 @@ int main(int argc, char** argv) {
       }
     }
   }
+  for (WeightKind kind : kWeightKinds) {
+    for (int t : {1, 2}) {
+      const std::string name =
+          std::string("GemvQuant/8192x2048/M=1/") + WeightKindName(kind) + "/threads=" + std::to_string(t);
+      benchmark::RegisterBenchmark(name.c_str(), BM_GemvQuant, kind, t)->UseRealTime();
+    }
+  }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   g_ctx = nullptr;
+  g_quant = nullptr;
   return 0;
 }

@@ -8,12 +8,17 @@ target_sources(tessera_kernels PRIVATE
   ${TESSERA_CPU_DIR}/cpu_backend.cc
   ${TESSERA_CPU_DIR}/gemv_avx2.cc
   ${TESSERA_CPU_DIR}/gemv_avx512.cc
+  ${TESSERA_CPU_DIR}/gemv_quant_avx2.cc
+  ${TESSERA_CPU_DIR}/gemv_quant_avx512.cc
+  ${TESSERA_CPU_DIR}/gemv_quant_scalar.cc
   ${TESSERA_CPU_DIR}/gemv_scalar.cc
   ${TESSERA_CPU_DIR}/linear.cc
   ${TESSERA_CPU_DIR}/onednn_matmul.cc
   ${TESSERA_CPU_DIR}/rope.cc
   ${TESSERA_CPU_DIR}/thread_pool.cc)
-set_source_files_properties(${TESSERA_CPU_DIR}/gemv_avx2.cc PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
-set_source_files_properties(${TESSERA_CPU_DIR}/gemv_avx512.cc ${TESSERA_CPU_DIR}/attention_avx512.cc
+set_source_files_properties(${TESSERA_CPU_DIR}/gemv_avx2.cc ${TESSERA_CPU_DIR}/gemv_quant_avx2.cc
+  PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
+set_source_files_properties(${TESSERA_CPU_DIR}/gemv_avx512.cc ${TESSERA_CPU_DIR}/gemv_quant_avx512.cc
+  ${TESSERA_CPU_DIR}/attention_avx512.cc
   PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mprefer-vector-width=512")
 target_link_libraries(tessera_kernels PRIVATE DNNL::dnnl OpenMP::OpenMP_CXX)

@@ -1,0 +1,64 @@
+// Small-M matrix multiply with weights in llama.cpp's 32-weight quantized blocks (decode):
+// y[M, N] = x[M, K] @ dequant(w)[N, K]^T, activations and accumulation in fp32. The blocks are read as GGUF
+// files store them (no repacking), each weight row streamed from memory once for all M activation rows. One
+// entry point per instruction set, as for the bf16 kernels in gemv.h, whose GemvIsa choice this reuses.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu/gemv.h"
+
+namespace tessera {
+
+// The block formats (ggml-common.h), 32 weights a block, every scale an IEEE half, little-endian:
+//   Q8_0  {fp16 d; int8 qs[32]}            34 bytes   w[j] = qs[j] * d
+//   Q4_0  {fp16 d; uint8 qs[16]}           18 bytes   w[j] = ((qs[j] & 0xF) - 8) * d,  w[j + 16] = ((qs[j] >>
+//   4) - 8) * d Q4_1  {fp16 d; fp16 m; uint8 qs[16]}   20 bytes   w[j] = (qs[j] & 0xF) * d + m,    w[j + 16]
+//   = (qs[j] >> 4) * d + m
+// (j < 16). The numbering is ours; worker/checkpoint/gguf_dequant.h has ggml's type codes.
+enum class QuantType { kQ8_0, kQ4_0, kQ4_1 };
+
+// Weights per block (every QuantType).
+inline constexpr int64_t kQuantBlockSize = 32;
+
+// Bytes per block: 34, 18 or 20.
+int64_t QuantBlockBytes(QuantType type);
+// Bytes of one weight row of k weights; k must be a multiple of kQuantBlockSize (CHECKed).
+int64_t QuantRowBytes(QuantType type, int64_t k);
+// "q8_0", "q4_0", "q4_1".
+const char* QuantTypeName(QuantType type);
+
+struct GemvQuantArgs {
+  const float* x = nullptr;  // [m, k] fp32, row stride k
+  const uint8_t* w =
+      nullptr;         // [n, k / 32] blocks of `type`, row stride QuantRowBytes(type, k); any alignment
+  float* y = nullptr;  // [m, n], row stride n
+  int64_t m = 0;
+  int64_t n = 0;
+  int64_t k = 0;  // a multiple of kQuantBlockSize (CHECKed by every kernel; there is no tail)
+  QuantType type = QuantType::kQ8_0;
+};
+
+// Computes the columns [n_begin, n_end) of y (all m rows); 0 <= n_begin <= n_end <= n. Per weight row and
+// block, the fp32 partial dot of x with the block's integer quants is multiplied by the block scale d and
+// added to an fp32 accumulator (Q4_1: plus m * sum(x over the block); the AVX-512 kernel instead dequantizes
+// each weight as fma(q, d, m) and accumulates x * w): llama.cpp's dequantize-then-dot up to fp32 rounding.
+// Each output element's arithmetic does not depend on the column range or on m, so disjoint column ranges may
+// run concurrently and give the same bits as one call. Only reads x and w.
+using GemvQuantFn = void (*)(const GemvQuantArgs& args, int64_t n_begin, int64_t n_end);
+
+void GemvQuantScalar(const GemvQuantArgs& args, int64_t n_begin, int64_t n_end);
+// Requires AVX2 + FMA + F16C (the caller asks GemvIsaSupported(GemvIsa::kAvx2) first).
+void GemvQuantAvx2(const GemvQuantArgs& args, int64_t n_begin, int64_t n_end);
+// Requires AVX-512 F/BW/VL/DQ.
+void GemvQuantAvx512(const GemvQuantArgs& args, int64_t n_begin, int64_t n_end);
+
+// The kernel for `isa` (which the caller has checked with GemvIsaSupported).
+GemvQuantFn GemvQuantForIsa(GemvIsa isa);
+
+// For the kernels: the fp32 value of every fp16 bit pattern (65,536 floats, built on first use; thread-safe).
+// A block scale then costs the SIMD kernels two loads (the fp16 bits, then an FMA's broadcast operand) and no
+// vector instruction, which keeps the 4-bit kernels within reach of memory bandwidth.
+const float* HalfToFloatTable();
+
+}  // namespace tessera
