@@ -14,6 +14,12 @@ std::string_view DTypeName(DType t) {
       return "I32";
     case DType::kI64:
       return "I64";
+    case DType::kQ8_0:
+      return "Q8_0";
+    case DType::kQ4_0:
+      return "Q4_0";
+    case DType::kQ4_1:
+      return "Q4_1";
   }
   return "?";
 }

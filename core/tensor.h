@@ -21,6 +21,8 @@ class Tensor {
   Tensor(void* data, DType dtype, std::initializer_list<int64_t> shape) : data_(data), dtype_(dtype) {
     TESSERA_CHECK(shape.size() <= kMaxDims);
     for (int64_t d : shape) shape_[ndim_++] = d;
+    // A block-quantized tensor's rows are whole blocks.
+    TESSERA_CHECK(!IsQuantized(dtype) || (ndim_ >= 1 && shape_[ndim_ - 1] % DTypeBlockElems(dtype) == 0));
   }
 
   void* data() const { return data_; }
@@ -36,7 +38,7 @@ class Tensor {
     for (int i = 0; i < ndim_; ++i) n *= shape_[i];
     return n;
   }
-  int64_t nbytes() const { return numel() * DTypeSize(dtype_); }
+  int64_t nbytes() const { return DTypeBytes(dtype_, numel()); }
   bool empty() const { return data_ == nullptr; }
 
   // Same memory, another shape with the same element count.
@@ -52,7 +54,7 @@ class Tensor {
     for (int i = 1; i < ndim_; ++i) row_elems *= shape_[i];
     Tensor t = *this;
     t.shape_[0] = count;
-    t.data_ = static_cast<char*>(data_) + begin * row_elems * DTypeSize(dtype_);
+    t.data_ = static_cast<char*>(data_) + begin * DTypeBytes(dtype_, row_elems);
     return t;
   }
 

@@ -106,6 +106,9 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
       ->capture_default_str();
   import_cmd->add_option("--max-shard-bytes", import->max_shard_bytes, "Largest safetensors file")
       ->capture_default_str();
+  import_cmd->add_flag("--keep-quantized", import->keep_quantized,
+                       "Keep Q8_0 / Q4_0 / Q4_1 weights as their blocks (CPU quantized kernels: less memory, "
+                       "faster decode) instead of dequantizing them to --dtype");
   commands.push_back({import_cmd, [import, import_dtype] {
                         import->dtype = *import_dtype == "f32" ? DType::kF32 : DType::kBF16;
                         const auto start = std::chrono::steady_clock::now();
@@ -113,9 +116,13 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
                         if (!r.ok()) return Fail("import-gguf", r.status());
                         const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
                         const nlohmann::ordered_json line = {
-                            {"event", "imported"},   {"out", import->out_dir},
-                            {"tensors", r->tensors}, {"bytes", r->bytes},
-                            {"shards", r->shards},   {"seconds", std::round(took.count() * 1000) / 1000}};
+                            {"event", "imported"},
+                            {"out", import->out_dir},
+                            {"tensors", r->tensors},
+                            {"quantized", r->quantized},
+                            {"bytes", r->bytes},
+                            {"shards", r->shards},
+                            {"seconds", std::round(took.count() * 1000) / 1000}};
                         std::cout << line.dump(-1, ' ', false,
                                                nlohmann::ordered_json::error_handler_t::replace)
                                   << std::endl;

@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "core/status_macros.h"
 #include "core/str_cat.h"
@@ -39,6 +41,10 @@ void Prefault(const Tensor& t) {
 
 }  // namespace
 
+DType WeightLoader::TargetDType(DType file_dtype) const {
+  return IsQuantized(file_dtype) && backend_.device() == DeviceKind::kCpu ? file_dtype : DType::kBF16;
+}
+
 absl::StatusOr<Tensor> WeightLoader::Load(std::string_view name) {
   ASSIGN_OR_RETURN(TensorInfo info, checkpoint_.Info(name));
   return LoadRows(name, 0, info.shape.empty() ? 1 : info.shape[0]);
@@ -50,13 +56,14 @@ absl::StatusOr<Tensor> WeightLoader::LoadRows(std::string_view name, int64_t beg
   if (info.shape.size() > 2) {
     return absl::InvalidArgumentError(Cat("tensor ", name, " has ", info.shape.size(), " dims, not 1 or 2"));
   }
-  if (info.dtype == DType::kBF16 && backend_.device() == DeviceKind::kCpu && extra_zero_rows == 0) {
+  const DType dtype = TargetDType(info.dtype);
+  if (info.dtype == dtype && backend_.device() == DeviceKind::kCpu && extra_zero_rows == 0) {
     ASSIGN_OR_RETURN(Tensor mapped, checkpoint_.MapRows(name, begin, count));
     Prefault(mapped);
     return mapped;
   }
   return Copy(name, Slice::kRows, begin, count, Cols(info), static_cast<int>(info.shape.size()),
-              extra_zero_rows);
+              extra_zero_rows, dtype);
 }
 
 absl::StatusOr<Tensor> WeightLoader::LoadColumns(std::string_view name, int64_t begin, int64_t count) {
@@ -65,14 +72,18 @@ absl::StatusOr<Tensor> WeightLoader::LoadColumns(std::string_view name, int64_t 
     return absl::InvalidArgumentError(Cat("tensor ", name, " is not 2-D: cannot take columns"));
   }
   if (begin == 0 && count == info.shape[1]) return LoadRows(name, 0, info.shape[0]);
-  return Copy(name, Slice::kColumns, begin, info.shape[0], count, 2, 0);
+  return Copy(name, Slice::kColumns, begin, info.shape[0], count, 2, 0, TargetDType(info.dtype));
 }
 
 absl::StatusOr<Tensor> WeightLoader::LoadStackedRows(const std::vector<RowSlice>& slices) {
   TESSERA_CHECK(!slices.empty());
   int64_t cols = 0, total_rows = 0;
+  // Quantized parts stay quantized when they all have the same block type; any mix is stacked as BF16.
+  std::optional<DType> dtype;
   for (const RowSlice& slice : slices) {
     ASSIGN_OR_RETURN(TensorInfo info, checkpoint_.Info(slice.name));
+    const DType part = TargetDType(info.dtype);
+    dtype = !dtype || *dtype == part ? part : DType::kBF16;
     if (info.shape.size() != 2) {
       return absl::InvalidArgumentError(Cat("tensor ", slice.name, " is not 2-D: cannot stack its rows"));
     }
@@ -83,18 +94,18 @@ absl::StatusOr<Tensor> WeightLoader::LoadStackedRows(const std::vector<RowSlice>
     }
     total_rows += slice.count;
   }
-  const int64_t bytes = total_rows * cols * DTypeSize(DType::kBF16);
+  const int64_t row_bytes = DTypeBytes(*dtype, cols), bytes = total_rows * row_bytes;
   ASSIGN_OR_RETURN(DeviceBuffer device, backend_.Allocate(bytes));
-  Tensor dst = device.View(DType::kBF16, {total_rows, cols});
-  std::vector<uint16_t> host;
-  uint16_t* staging = static_cast<uint16_t*>(device.data());
+  Tensor dst = device.View(*dtype, {total_rows, cols});
+  std::vector<char> host;
+  char* staging = static_cast<char*>(device.data());
   if (backend_.device() == DeviceKind::kCuda) {
-    host.resize(static_cast<size_t>(total_rows * cols));
+    host.resize(static_cast<size_t>(bytes));
     staging = host.data();
   }
   int64_t row = 0;
   for (const RowSlice& slice : slices) {
-    Tensor part(staging + row * cols, DType::kBF16, {slice.count, cols});
+    Tensor part(staging + row * row_bytes, *dtype, {slice.count, cols});
     RETURN_IF_ERROR(checkpoint_.ReadRows(slice.name, slice.begin, slice.count, part));
     row += slice.count;
   }
@@ -105,28 +116,27 @@ absl::StatusOr<Tensor> WeightLoader::LoadStackedRows(const std::vector<RowSlice>
 }
 
 absl::StatusOr<Tensor> WeightLoader::Copy(std::string_view name, Slice slice, int64_t begin, int64_t rows,
-                                          int64_t cols, int ndim, int64_t extra_zero_rows) {
+                                          int64_t cols, int ndim, int64_t extra_zero_rows, DType dtype) {
   const int64_t total_rows = rows + extra_zero_rows;
-  const int64_t bytes = total_rows * cols * DTypeSize(DType::kBF16);
+  const int64_t row_bytes = DTypeBytes(dtype, cols), bytes = total_rows * row_bytes;
   ASSIGN_OR_RETURN(DeviceBuffer device, backend_.Allocate(bytes));
-  Tensor dst =
-      ndim == 1 ? device.View(DType::kBF16, {total_rows}) : device.View(DType::kBF16, {total_rows, cols});
+  Tensor dst = ndim == 1 ? device.View(dtype, {total_rows}) : device.View(dtype, {total_rows, cols});
   // Read into host memory (the device buffer itself on the CPU; the null device's checkpoint reads nothing),
   // then copy to the device.
-  std::vector<uint16_t> host;
-  uint16_t* staging = static_cast<uint16_t*>(device.data());
+  std::vector<char> host;
+  char* staging = static_cast<char*>(device.data());
   if (backend_.device() == DeviceKind::kCuda) {
-    host.resize(static_cast<size_t>(total_rows * cols));
+    host.resize(static_cast<size_t>(bytes));
     staging = host.data();
   }
-  Tensor slice_dst =
-      ndim == 1 ? Tensor(staging, DType::kBF16, {rows}) : Tensor(staging, DType::kBF16, {rows, cols});
+  Tensor slice_dst = ndim == 1 ? Tensor(staging, dtype, {rows}) : Tensor(staging, dtype, {rows, cols});
   if (slice == Slice::kRows) {
     RETURN_IF_ERROR(checkpoint_.ReadRows(name, begin, rows, slice_dst));
   } else {
     RETURN_IF_ERROR(checkpoint_.ReadColumns(name, begin, cols, slice_dst));
   }
-  std::memset(staging + rows * cols, 0, static_cast<size_t>(extra_zero_rows * cols) * 2);
+  // Zero rows: all-zero bytes are zeros in BF16 and in every block type (scale 0).
+  std::memset(staging + rows * row_bytes, 0, static_cast<size_t>(extra_zero_rows * row_bytes));
   if (backend_.device() == DeviceKind::kCuda) backend_.CopyToDevice(dst.data(), host.data(), bytes);
   bytes_copied_ += bytes;
   buffers_.push_back(std::move(device));

@@ -1,6 +1,8 @@
-// WeightLoader: brings checkpoint tensors, or a rank's slice of them, onto a backend as BF16. On the CPU a
-// BF16 tensor or row range is used in place from the read-only file mapping (no copy); anything else (a
-// column range, another dtype, another device) is converted and copied into memory the loader owns. Only the
+// WeightLoader: brings checkpoint tensors, or a rank's slice of them, onto a backend as BF16, or on the CPU
+// as their block type when the checkpoint holds them block-quantized (Q8_0, Q4_0, Q4_1; other devices get
+// them dequantized to BF16). On the CPU a tensor or row range in its kept dtype is used in place from the
+// read-only file mapping (no copy); anything else (a column range, another dtype, another device) is
+// converted and copied into memory the loader owns. Only the
 // bytes of the requested slice are read. On the null device (a shapes-only checkpoint) nothing is read: each
 // weight is an unbacked allocation of its real size.
 #pragma once
@@ -27,10 +29,10 @@ class WeightLoader {
   // forces a copy).
   [[nodiscard]] absl::StatusOr<Tensor> LoadRows(std::string_view name, int64_t begin, int64_t count,
                                                 int64_t extra_zero_rows = 0);
-  // Rows of several 2-D tensors with the same number of columns, stacked in order into one new BF16 tensor
-  // [sum of counts, cols] (always a copy): a fused projection's weight (q, k, v or gate, up), each rank
-  // stacking its own shard's rows. Errors: as LoadRows, and INVALID_ARGUMENT naming a tensor whose columns
-  // differ from the first's.
+  // Rows of several 2-D tensors with the same number of columns, stacked in order into one new tensor
+  // [sum of counts, cols] (always a copy; quantized only when every part has the same block type): a fused
+  // projection's weight (q, k, v or gate, up), each rank stacking its own shard's rows. Errors: as LoadRows,
+  // and INVALID_ARGUMENT naming a tensor whose columns differ from the first's.
   struct RowSlice {
     std::string name;
     int64_t begin = 0;
@@ -47,9 +49,11 @@ class WeightLoader {
 
  private:
   enum class Slice { kRows, kColumns };
-  // Copies the slice into a new BF16 buffer of `rows` x `cols` (+ zero rows) on the backend.
+  // The dtype a tensor stored as `file_dtype` gets on this backend: its block type on the CPU, else BF16.
+  DType TargetDType(DType file_dtype) const;
+  // Copies the slice into a new `dtype` buffer of `rows` x `cols` (+ zero rows) on the backend.
   [[nodiscard]] absl::StatusOr<Tensor> Copy(std::string_view name, Slice slice, int64_t begin, int64_t rows,
-                                            int64_t cols, int ndim, int64_t extra_zero_rows);
+                                            int64_t cols, int ndim, int64_t extra_zero_rows, DType dtype);
 
   const Checkpoint& checkpoint_;
   Backend& backend_;

@@ -6,22 +6,19 @@
 
 #include <cstdint>
 
+#include "core/dtype.h"
 #include "kernels/cpu/gemv.h"
 
 namespace tessera {
 
-// The block formats (ggml-common.h), 32 weights a block, every scale an IEEE half, little-endian:
-//   Q8_0  {fp16 d; int8 qs[32]}            34 bytes   w[j] = qs[j] * d
-//   Q4_0  {fp16 d; uint8 qs[16]}           18 bytes   w[j] = ((qs[j] & 0xF) - 8) * d,  w[j + 16] = ((qs[j] >>
-//   4) - 8) * d Q4_1  {fp16 d; fp16 m; uint8 qs[16]}   20 bytes   w[j] = (qs[j] & 0xF) * d + m,    w[j + 16]
-//   = (qs[j] >> 4) * d + m
-// (j < 16). The numbering is ours; worker/checkpoint/gguf_dequant.h has ggml's type codes.
-enum class QuantType { kQ8_0, kQ4_0, kQ4_1 };
+// The block formats are DType's kQ8_0, kQ4_0 and kQ4_1 (core/dtype.h); worker/checkpoint/gguf_dequant.h has
+// ggml's type codes for them.
+using QuantType = DType;
 
-// Weights per block (every QuantType).
+// Weights per block (every quantized type).
 inline constexpr int64_t kQuantBlockSize = 32;
 
-// Bytes per block: 34, 18 or 20.
+// Bytes per block: 34, 18 or 20 (CHECKs that `type` is quantized).
 int64_t QuantBlockBytes(QuantType type);
 // Bytes of one weight row of k weights; k must be a multiple of kQuantBlockSize (CHECKed).
 int64_t QuantRowBytes(QuantType type, int64_t k);
@@ -55,6 +52,11 @@ void GemvQuantAvx512(const GemvQuantArgs& args, int64_t n_begin, int64_t n_end);
 
 // The kernel for `isa` (which the caller has checked with GemvIsaSupported).
 GemvQuantFn GemvQuantForIsa(GemvIsa isa);
+
+// Dequantizes one row of k weights of `type` (k a multiple of kQuantBlockSize, CHECKed) to fp32: w = q * d
+// (Q4_1: q * d + m, the product rounded before the sum), bit-identical to worker/checkpoint/gguf_dequant.cc's
+// DequantizeRow for these three types. w: k / 32 blocks at any alignment; out: k floats. Thread-safe.
+void DequantizeQuantRow(QuantType type, const uint8_t* w, int64_t k, float* out);
 
 // For the kernels: the fp32 value of every fp16 bit pattern (65,536 floats, built on first use; thread-safe).
 // A block scale then costs the SIMD kernels two loads (the fp16 bits, then an FMA's broadcast operand) and no

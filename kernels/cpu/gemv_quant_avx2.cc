@@ -109,6 +109,8 @@ void GemvQuantAvx2(const GemvQuantArgs& a, int64_t n_begin, int64_t n_end) {
       return Run<QuantType::kQ4_0>(a, n_begin, n_end);
     case QuantType::kQ4_1:
       return Run<QuantType::kQ4_1>(a, n_begin, n_end);
+    default:
+      TESSERA_CHECK(IsQuantized(a.type));
   }
 }
 

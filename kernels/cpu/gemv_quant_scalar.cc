@@ -1,4 +1,6 @@
-// Portable quantized GEMV kernel (no SIMD assumptions), the block geometry and the run-time kernel choice.
+// Portable quantized GEMV kernel (no SIMD assumptions), row dequantization, the block geometry and the
+// run-time kernel choice. Built with -ffp-contract=off (sources.cmake): DequantizeQuantRow's Q4_1 rounds
+// q * d before adding m, as DequantizeRow does.
 #include <cstring>
 #include <vector>
 
@@ -56,18 +58,57 @@ void Run(const GemvQuantArgs& a, int64_t n_begin, int64_t n_end) {
   }
 }
 
+// One block to fp32 with DequantizeRow's arithmetic (the scale from HalfToFloatTable, which is F16ToF32).
+// Plain loops over the 32 (or twice 16) weights, which the compiler vectorizes.
+template <QuantType T>
+inline void DequantBlock(const float* half_table, const uint8_t* b, float* out) {
+  uint16_t h;
+  std::memcpy(&h, b, 2);
+  const float d = half_table[h];
+  if constexpr (T == QuantType::kQ8_0) {
+    const int8_t* qs = reinterpret_cast<const int8_t*>(b + 2);
+    for (int j = 0; j < 32; ++j) out[j] = static_cast<float>(qs[j]) * d;
+  } else if constexpr (T == QuantType::kQ4_0) {
+    const uint8_t* qs = b + 2;
+    for (int j = 0; j < 16; ++j) out[j] = d * static_cast<float>((qs[j] & 0x0F) - 8);
+    for (int j = 0; j < 16; ++j) out[j + 16] = d * static_cast<float>((qs[j] >> 4) - 8);
+  } else {
+    std::memcpy(&h, b + 2, 2);
+    const float m = half_table[h];
+    const uint8_t* qs = b + 4;
+    for (int j = 0; j < 16; ++j) out[j] = d * static_cast<float>(qs[j] & 0x0F) + m;
+    for (int j = 0; j < 16; ++j) out[j + 16] = d * static_cast<float>(qs[j] >> 4) + m;
+  }
+}
+
+template <QuantType T>
+void DequantRow(const uint8_t* w, int64_t k, float* out) {
+  const float* half_table = HalfToFloatTable();
+  const int64_t block_bytes = QuantBlockBytes(T);
+  for (int64_t b = 0; b < k / kQuantBlockSize; ++b) {
+    DequantBlock<T>(half_table, w + b * block_bytes, out + b * kQuantBlockSize);
+  }
+}
+
 }  // namespace
 
-int64_t QuantBlockBytes(QuantType type) {
+void DequantizeQuantRow(QuantType type, const uint8_t* w, int64_t k, float* out) {
+  TESSERA_CHECK(k % kQuantBlockSize == 0);
   switch (type) {
     case QuantType::kQ8_0:
-      return 34;
+      return DequantRow<QuantType::kQ8_0>(w, k, out);
     case QuantType::kQ4_0:
-      return 18;
+      return DequantRow<QuantType::kQ4_0>(w, k, out);
     case QuantType::kQ4_1:
-      return 20;
+      return DequantRow<QuantType::kQ4_1>(w, k, out);
+    default:
+      TESSERA_CHECK(IsQuantized(type));
   }
-  return 0;
+}
+
+int64_t QuantBlockBytes(QuantType type) {
+  TESSERA_CHECK(IsQuantized(type));
+  return DTypeBlockBytes(type);
 }
 
 int64_t QuantRowBytes(QuantType type, int64_t k) {
@@ -83,6 +124,8 @@ const char* QuantTypeName(QuantType type) {
       return "q4_0";
     case QuantType::kQ4_1:
       return "q4_1";
+    default:
+      break;
   }
   return "?";
 }
@@ -96,6 +139,8 @@ void GemvQuantScalar(const GemvQuantArgs& a, int64_t n_begin, int64_t n_end) {
       return Run<QuantType::kQ4_0>(a, n_begin, n_end);
     case QuantType::kQ4_1:
       return Run<QuantType::kQ4_1>(a, n_begin, n_end);
+    default:
+      TESSERA_CHECK(IsQuantized(a.type));
   }
 }
 

@@ -34,6 +34,8 @@ GgmlType ToGgml(QuantType type) {
       return GgmlType::kQ4_0;
     case QuantType::kQ4_1:
       return GgmlType::kQ4_1;
+    default:
+      break;
   }
   return GgmlType::kF32;
 }

@@ -4,9 +4,11 @@
 #include <filesystem>
 #include <set>
 #include <utility>
+#include <vector>
 
 #include "core/status_macros.h"
 #include "core/str_cat.h"
+#include "worker/checkpoint/gguf_dequant.h"
 #include "worker/checkpoint/json_fields.h"
 
 namespace tessera {
@@ -16,6 +18,11 @@ namespace {
 using json_internal::Json;
 
 bool IsFloat(DType t) { return t == DType::kBF16 || t == DType::kF16 || t == DType::kF32; }
+
+// Whether ReadRows / ReadColumns convert `from` into `to`.
+bool CanConvert(DType from, DType to) {
+  return from == to || (IsFloat(to) && (IsFloat(from) || IsQuantized(from)));
+}
 
 float LoadAsFloat(const char* p, DType t) {
   uint16_t h;
@@ -50,10 +57,29 @@ void StoreFloat(float f, DType t, char* p) {
   }
 }
 
-// Converts n contiguous elements; the caller has checked that the pair of dtypes is supported.
+GgmlType GgmlTypeOf(DType t) {
+  switch (t) {
+    case DType::kQ8_0:
+      return GgmlType::kQ8_0;
+    case DType::kQ4_0:
+      return GgmlType::kQ4_0;
+    default:
+      return GgmlType::kQ4_1;
+  }
+}
+
+// Converts n contiguous elements (a whole number of blocks for a quantized src); the caller has checked that
+// the pair of dtypes is supported: the same dtype (a copy), float to float, or quantized to float (exact
+// dequantization, then rounding to dst_dtype).
 void Convert(const char* src, DType src_dtype, char* dst, DType dst_dtype, int64_t n) {
   if (src_dtype == dst_dtype) {
-    std::memcpy(dst, src, n * DTypeSize(src_dtype));
+    std::memcpy(dst, src, static_cast<size_t>(DTypeBytes(src_dtype, n)));
+    return;
+  }
+  if (IsQuantized(src_dtype)) {
+    std::vector<float> values(static_cast<size_t>(n));
+    DequantizeRow(GgmlTypeOf(src_dtype), src, n, values.data());
+    Convert(reinterpret_cast<const char*>(values.data()), DType::kF32, dst, dst_dtype, n);
     return;
   }
   const int64_t ss = DTypeSize(src_dtype), ds = DTypeSize(dst_dtype);
@@ -93,11 +119,7 @@ absl::Status CheckRange(std::string_view name, std::string_view what, int64_t be
 
 absl::Status CheckDestination(std::string_view name, const TensorInfo& info, const Tensor& dst,
                               const std::vector<int64_t>& expected) {
-  if (!IsFloat(dst.dtype()) && dst.dtype() != info.dtype) {
-    return absl::InvalidArgumentError(
-        Cat("tensor ", name, ": cannot convert ", DTypeName(info.dtype), " to ", DTypeName(dst.dtype())));
-  }
-  if (IsFloat(dst.dtype()) && !IsFloat(info.dtype)) {
+  if (!CanConvert(info.dtype, dst.dtype())) {
     return absl::InvalidArgumentError(
         Cat("tensor ", name, ": cannot convert ", DTypeName(info.dtype), " to ", DTypeName(dst.dtype())));
   }
@@ -309,15 +331,22 @@ absl::Status Checkpoint::ReadRows(std::string_view name, int64_t row_begin, int6
   expected[0] = num_rows;
   RETURN_IF_ERROR(CheckDestination(name, info, dst, expected));
   const int64_t cols = info.shape.size() == 2 ? info.shape[1] : 1;
-  const int64_t es = DTypeSize(info.dtype);
+  const int64_t row_bytes = DTypeBytes(info.dtype, cols), dst_row_bytes = DTypeBytes(dst.dtype(), cols);
   if (loc.shard == kShapes) {
-    Count(num_rows * cols * es);
+    Count(num_rows * row_bytes);
     return absl::OkStatus();
   }
-  Convert(DataAt(loc) + row_begin * cols * es, info.dtype, static_cast<char*>(dst.data()), dst.dtype(),
-          num_rows * cols);
-  MappedFile::ReleasePages(DataAt(loc) + row_begin * cols * es, num_rows * cols * es);  // copied out
-  Count(num_rows * cols * es);
+  const char* src = DataAt(loc) + row_begin * row_bytes;
+  char* out = static_cast<char*>(dst.data());
+  if (IsQuantized(info.dtype) && info.dtype != dst.dtype()) {
+    for (int64_t r = 0; r < num_rows; ++r) {  // row by row: the dequantized values stay small
+      Convert(src + r * row_bytes, info.dtype, out + r * dst_row_bytes, dst.dtype(), cols);
+    }
+  } else {
+    Convert(src, info.dtype, out, dst.dtype(), num_rows * cols);
+  }
+  MappedFile::ReleasePages(src, num_rows * row_bytes);  // copied out
+  Count(num_rows * row_bytes);
   return absl::OkStatus();
 }
 
@@ -331,19 +360,27 @@ absl::Status Checkpoint::ReadColumns(std::string_view name, int64_t col_begin, i
   }
   RETURN_IF_ERROR(CheckRange(name, "columns", col_begin, num_cols, info.shape[1], info.shape));
   const int64_t rows = info.shape[0], cols = info.shape[1];
+  const int64_t block = DTypeBlockElems(info.dtype);
+  if (col_begin % block != 0 || num_cols % block != 0) {
+    return absl::InvalidArgumentError(Cat("tensor ", name, ": columns [", col_begin, ", ",
+                                          col_begin + num_cols, ") do not fall on the ", block,
+                                          "-weight block boundaries of ", DTypeName(info.dtype)));
+  }
   RETURN_IF_ERROR(CheckDestination(name, info, dst, {rows, num_cols}));
-  const int64_t es = DTypeSize(info.dtype), ds = DTypeSize(dst.dtype());
+  const int64_t row_bytes = DTypeBytes(info.dtype, cols), slice_bytes = DTypeBytes(info.dtype, num_cols);
+  const int64_t begin_bytes = DTypeBytes(info.dtype, col_begin),
+                dst_row_bytes = DTypeBytes(dst.dtype(), num_cols);
   if (loc.shard == kShapes) {
-    Count(rows * num_cols * es);
+    Count(rows * slice_bytes);
     return absl::OkStatus();
   }
   const char* src = DataAt(loc);
   char* out = static_cast<char*>(dst.data());
   for (int64_t r = 0; r < rows; ++r) {
-    Convert(src + (r * cols + col_begin) * es, info.dtype, out + r * num_cols * ds, dst.dtype(), num_cols);
+    Convert(src + r * row_bytes + begin_bytes, info.dtype, out + r * dst_row_bytes, dst.dtype(), num_cols);
   }
-  MappedFile::ReleasePages(src, rows * cols * es);  // every row's page was touched; the slice is copied out
-  Count(rows * num_cols * es);
+  MappedFile::ReleasePages(src, rows * row_bytes);  // every row's page was touched; the slice is copied out
+  Count(rows * slice_bytes);
   return absl::OkStatus();
 }
 
@@ -361,9 +398,11 @@ absl::Status Checkpoint::ValidateForLlama() const {
                                             ShapeToString(info.shape), " but config.json implies ",
                                             ShapeToString(spec.shape)));
     }
-    if (!IsFloat(info.dtype)) {
+    const bool matrix = spec.shape.size() == 2;  // weights and the embedding may be block-quantized
+    if (!IsFloat(info.dtype) && !(matrix && IsQuantized(info.dtype))) {
       return absl::InvalidArgumentError(Cat(file, ": tensor ", spec.name, " has dtype ",
-                                            DTypeName(info.dtype), "; expected BF16, F16 or F32"));
+                                            DTypeName(info.dtype), "; expected BF16, F16 or F32",
+                                            matrix ? " (or Q8_0, Q4_0, Q4_1)" : ""));
     }
   }
   return absl::OkStatus();

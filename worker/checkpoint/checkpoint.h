@@ -76,15 +76,19 @@ class Checkpoint {
 
   // Copy rows (of a 1-D or 2-D tensor) or columns (of a 2-D tensor) [begin, begin + count) into host memory
   // `dst` of shape [count, cols] / [count] (rows) or [rows, count] (columns), converting from the file's
-  // dtype (BF16, F16, F32) to dst.dtype() (BF16, F16 or F32; integer tensors only to the same dtype). Reads
-  // only those bytes. Errors: NOT_FOUND (no such tensor), INVALID_ARGUMENT naming the tensor for an
-  // out-of-range slice, a wrong rank, a dst shape that does not match, or an unsupported conversion.
+  // dtype (BF16, F16, F32) to dst.dtype() (BF16, F16 or F32; integer tensors only to the same dtype). A
+  // block-quantized tensor (Q8_0, Q4_0, Q4_1) is copied as blocks into a dst of its own dtype, or
+  // dequantized exactly (ggml's arithmetic) and rounded into a float dst; its column slices must fall on
+  // 32-weight block boundaries. Reads only those bytes. Errors: NOT_FOUND (no such tensor),
+  // INVALID_ARGUMENT naming the tensor for an out-of-range slice or one that splits blocks, a wrong rank, a
+  // dst shape that does not match, or an unsupported conversion.
   [[nodiscard]] absl::Status ReadRows(std::string_view name, int64_t row_begin, int64_t num_rows,
                                       Tensor& dst) const;
   [[nodiscard]] absl::Status ReadColumns(std::string_view name, int64_t col_begin, int64_t num_cols,
                                          Tensor& dst) const;
 
-  // Checks that every LlamaTensorSpecs(config()) tensor exists with exactly that shape and a float dtype.
+  // Checks that every LlamaTensorSpecs(config()) tensor exists with exactly that shape and a float dtype (a
+  // 2-D tensor may also be block-quantized).
   // Errors: NOT_FOUND naming a missing tensor; INVALID_ARGUMENT naming the tensor, its file, the expected and
   // found shapes ("<file>: tensor T has shape [64, 32] but config.json implies [64, 64]") or the dtype.
   [[nodiscard]] absl::Status ValidateForLlama() const;

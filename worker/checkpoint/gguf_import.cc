@@ -66,10 +66,26 @@ struct PlannedTensor {
   const GgufTensorInfo* source = nullptr;
   std::vector<int64_t> shape;  // HF order: the GGUF dims reversed
   int permute_heads = 0;       // q_proj: attention heads, k_proj: KV heads; 0: rows as stored
+  DType dtype = DType::kBF16;  // as written: the options' dtype, or the GGUF block type when it is kept
 };
 
+// The block type to keep a GGUF tensor of `type` in, if it is one of Tessera's.
+std::optional<DType> KeptBlockType(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ8_0:
+      return DType::kQ8_0;
+    case GgmlType::kQ4_0:
+      return DType::kQ4_0;
+    case GgmlType::kQ4_1:
+      return DType::kQ4_1;
+    default:
+      return std::nullopt;
+  }
+}
+
 // Every LlamaTensorSpecs(config) tensor with its GGUF source, in HF order.
-absl::StatusOr<std::vector<PlannedTensor>> PlanTensors(const GgufFile& f, const ModelConfig& config) {
+absl::StatusOr<std::vector<PlannedTensor>> PlanTensors(const GgufFile& f, const ModelConfig& config,
+                                                       const ImportGgufOptions& options) {
   std::map<std::string, const GgufTensorInfo*, std::less<>> by_hf;
   for (const GgufTensorInfo& t : f.tensors()) {
     if (t.name == "rope_freqs.weight") continue;  // folded into config.json's rope_scaling
@@ -87,7 +103,7 @@ absl::StatusOr<std::vector<PlannedTensor>> PlanTensors(const GgufFile& f, const 
       return absl::NotFoundError(
           Cat(f.path(), ": tensor '", GgufTensorName(spec.name), "' (", spec.name, ") is missing"));
     }
-    PlannedTensor t{spec.name, it->second, {}, 0};
+    PlannedTensor t{spec.name, it->second, {}, 0, options.dtype};
     t.shape.assign(t.source->dims.rbegin(), t.source->dims.rend());
     if (t.shape != spec.shape) {
       return absl::InvalidArgumentError(Cat(f.path(), ": tensor '", t.source->name, "' has GGUF dims ",
@@ -96,6 +112,8 @@ absl::StatusOr<std::vector<PlannedTensor>> PlanTensors(const GgufFile& f, const 
     }
     if (spec.name.ends_with("q_proj.weight")) t.permute_heads = config.num_attention_heads;
     if (spec.name.ends_with("k_proj.weight")) t.permute_heads = config.num_key_value_heads;
+    if (options.keep_quantized && t.shape.size() == 2)
+      t.dtype = KeptBlockType(t.source->type).value_or(t.dtype);
     plan.push_back(std::move(t));
     by_hf.erase(it);
   }
@@ -107,16 +125,26 @@ absl::StatusOr<std::vector<PlannedTensor>> PlanTensors(const GgufFile& f, const 
   return plan;
 }
 
-// Dequantizes, un-permutes and rounds one tensor, appending it to `writer` a chunk of rows at a time.
-absl::Status WriteTensor(const GgufFile& f, const PlannedTensor& t, DType dtype, std::vector<float>& values,
+// Dequantizes, un-permutes and rounds one tensor (or un-permutes its kept blocks), appending it to `writer` a
+// chunk of rows at a time.
+absl::Status WriteTensor(const GgufFile& f, const PlannedTensor& t, std::vector<float>& values,
                          std::vector<uint16_t>& halves, SafetensorsWriter& writer) {
   const GgufTensorInfo& src = *t.source;
+  const DType dtype = t.dtype;
   const int64_t cols = src.dims[0], rows = src.num_elements / cols;
   const std::string_view data = f.TensorData(src);
   const uint64_t row_bytes = data.size() / static_cast<uint64_t>(rows);
   const int64_t chunk_rows = std::max<int64_t>(1, kChunkValues / cols);
   for (int64_t first = 0; first < rows; first += chunk_rows) {
     const int64_t n = std::min(chunk_rows, rows - first);
+    if (IsQuantized(dtype)) {  // the GGUF's own blocks, rows in HF order
+      for (int64_t r = 0; r < n; ++r) {
+        const int64_t src_row =
+            t.permute_heads > 0 ? GgufRowOfHfRow(first + r, rows, t.permute_heads) : first + r;
+        RETURN_IF_ERROR(writer.Append(data.substr(src_row * row_bytes, row_bytes)));
+      }
+      continue;
+    }
     values.resize(static_cast<size_t>(n * cols));
     for (int64_t r = 0; r < n; ++r) {
       const int64_t src_row =
@@ -139,13 +167,26 @@ absl::Status WriteTensor(const GgufFile& f, const PlannedTensor& t, DType dtype,
 
 using json_internal::WriteTextFile;
 
+// config.json; with kept blocks, also a quantization_config naming them, so that a reader that does not know
+// Tessera's blocks (transformers, for one) refuses the snapshot instead of loading bytes as weights.
+std::string ConfigJson(const ModelConfig& config, const std::vector<PlannedTensor>& plan) {
+  std::map<std::string, int> kept;
+  for (const PlannedTensor& t : plan) {
+    if (IsQuantized(t.dtype)) ++kept[std::string(DTypeName(t.dtype))];
+  }
+  if (kept.empty()) return config.ToJson();
+  nlohmann::json json = nlohmann::json::parse(config.ToJson());
+  json["quantization_config"] = {{"quant_method", "tessera_gguf_blocks"}, {"tensors_by_type", kept}};
+  return json.dump(2) + "\n";
+}
+
 // Writes the safetensors file(s) and, when there are several, model.safetensors.index.json.
 absl::StatusOr<ImportGgufResult> WriteWeights(const GgufFile& f, const std::vector<PlannedTensor>& plan,
-                                              DType dtype, int64_t max_shard_bytes, const fs::path& dir) {
+                                              int64_t max_shard_bytes, const fs::path& dir) {
   std::vector<std::vector<const PlannedTensor*>> shards(1);
   int64_t shard_bytes = 0, total = 0;
   for (const PlannedTensor& t : plan) {
-    const int64_t bytes = t.source->num_elements * DTypeSize(dtype);
+    const int64_t bytes = DTypeBytes(t.dtype, t.source->num_elements);
     if (!shards.back().empty() && shard_bytes + bytes > max_shard_bytes) {
       shards.emplace_back();
       shard_bytes = 0;
@@ -163,14 +204,13 @@ absl::StatusOr<ImportGgufResult> WriteWeights(const GgufFile& f, const std::vect
                                  : absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
     std::vector<TensorHeaderEntry> entries;
     for (const PlannedTensor* t : shards[i]) {
-      entries.push_back({t->hf_name, dtype, t->shape});
+      entries.push_back({t->hf_name, t->dtype, t->shape});
       weight_map[t->hf_name] = file;
     }
     ASSIGN_OR_RETURN(
         SafetensorsWriter writer,
         SafetensorsWriter::Create((dir / file).string(), std::move(entries), {{"format", "pt"}}));
-    for (const PlannedTensor* t : shards[i])
-      RETURN_IF_ERROR(WriteTensor(f, *t, dtype, values, halves, writer));
+    for (const PlannedTensor* t : shards[i]) RETURN_IF_ERROR(WriteTensor(f, *t, values, halves, writer));
     RETURN_IF_ERROR(writer.Finish());
   }
   if (shards.size() > 1) {
@@ -273,22 +313,22 @@ absl::StatusOr<ImportGgufResult> ImportGguf(const ImportGgufOptions& options) {
                    ModelConfigFromGguf(file, options.dtype == DType::kF32 ? "float32" : "bfloat16"));
   ASSIGN_OR_RETURN(const GgufTokenizerFiles tokenizer,
                    TokenizerFilesFromGguf(file, config.max_position_embeddings));
-  ASSIGN_OR_RETURN(const std::vector<PlannedTensor> plan, PlanTensors(file, config));
+  ASSIGN_OR_RETURN(const std::vector<PlannedTensor> plan, PlanTensors(file, config, options));
 
   fs::path out = fs::path(options.out_dir).lexically_normal();
   if (!out.has_filename()) out = out.parent_path();  // "dir/" -> "dir"
   StagingDir staging(out);
   RETURN_IF_ERROR(staging.Create());
   const fs::path& dir = staging.path();
-  RETURN_IF_ERROR(WriteTextFile(dir / "config.json", config.ToJson()));
+  RETURN_IF_ERROR(WriteTextFile(dir / "config.json", ConfigJson(config, plan)));
   GenerationConfig generation;
   generation.bos_token_id = config.bos_token_id;
   generation.eos_token_ids = config.eos_token_ids;
   RETURN_IF_ERROR(WriteTextFile(dir / "generation_config.json", generation.ToJson()));
   RETURN_IF_ERROR(WriteTextFile(dir / "tokenizer.json", tokenizer.tokenizer_json));
   RETURN_IF_ERROR(WriteTextFile(dir / "tokenizer_config.json", tokenizer.tokenizer_config_json));
-  ASSIGN_OR_RETURN(ImportGgufResult result,
-                   WriteWeights(file, plan, options.dtype, options.max_shard_bytes, dir));
+  ASSIGN_OR_RETURN(ImportGgufResult result, WriteWeights(file, plan, options.max_shard_bytes, dir));
+  for (const PlannedTensor& t : plan) result.quantized += IsQuantized(t.dtype) ? 1 : 0;
   RETURN_IF_ERROR(staging.Commit());
   return result;
 }

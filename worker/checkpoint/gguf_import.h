@@ -17,6 +17,10 @@ struct ImportGgufOptions {
   std::string gguf_path;
   std::string out_dir;         // must not exist, or be an empty directory
   DType dtype = DType::kBF16;  // of the safetensors: kBF16 (round to nearest even) or kF32
+  // Keep 2-D weights (the projections, the embedding, lm_head) that the GGUF stores as Q8_0, Q4_0 or Q4_1 as
+  // those blocks (DType kQ8_0, ...; see safetensors.h for how they are stored), for the CPU backend's
+  // quantized kernels. Tensors of other types (F16, K-quants, the norms) still become `dtype`.
+  bool keep_quantized = false;
   int64_t max_shard_bytes =
       4'000'000'000;  // more tensor data than this is split into model-0000i-of-0000n files
 };
@@ -25,11 +29,13 @@ struct ImportGgufResult {
   int64_t tensors = 0;  // tensors written
   int64_t bytes = 0;    // tensor data bytes written
   int shards = 0;       // safetensors files
+  int quantized = 0;    // tensors kept as quantized blocks
 };
 
 // Writes the snapshot of options.gguf_path into options.out_dir. Every tensor is dequantized exactly
 // (gguf-py's arithmetic), q_proj / k_proj rows are un-permuted back to Hugging Face's order (undoing
-// llama.cpp's permute(w, n_head) with the head and KV-head counts), then rounded to options.dtype. Tensors
+// llama.cpp's permute(w, n_head) with the head and KV-head counts), then rounded to options.dtype (or, with
+// options.keep_quantized, kept as their blocks, rows reordered the same way). Tensors
 // are streamed a few megabytes at a time, so memory stays small whatever the model size. Everything is
 // written into a temporary sibling directory renamed to out_dir at the end; on any error nothing is left
 // behind. Errors name the file and the culprit: those of GgufFile::Open, ModelConfigFromGguf and

@@ -118,6 +118,22 @@ absl::Status ParseDtype(const JsonFields& f, std::string& out) {
   return absl::OkStatus();
 }
 
+// quantization_config: only import-gguf's kept blocks (tessera_gguf_blocks), whose tensors say their own
+// types; any other method (awq, gptq, fp8, bitsandbytes, ...) stores weights Tessera would misread.
+absl::Status CheckQuantization(const Json& object, const JsonFields& f) {
+  auto it = object.find("quantization_config");
+  if (it == object.end() || it->is_null()) return absl::OkStatus();
+  std::string method = "(none)";
+  if (it->is_object() && it->contains("quant_method") && (*it)["quant_method"].is_string()) {
+    method = (*it)["quant_method"].get<std::string>();
+  }
+  if (method == "tessera_gguf_blocks") return absl::OkStatus();
+  return f.Error(
+      Cat("quantization_config.quant_method=", method,
+          " is not supported (Tessera reads BF16 / F16 / F32 weights, and Q8_0 / Q4_0 / Q4_1 blocks "
+          "kept by import-gguf --keep-quantized)"));
+}
+
 absl::Status ParseArchitecture(const Json& object, const JsonFields& f, std::string& out) {
   auto it = object.find("architectures");
   if (it != object.end() && !it->is_null()) {
@@ -186,6 +202,7 @@ absl::StatusOr<ModelConfig> ModelConfig::Parse(std::string_view json_text, std::
   RETURN_IF_ERROR(f.IntOrIntList("eos_token_id", c.eos_token_ids));
   RETURN_IF_ERROR(ParseDtype(f, c.torch_dtype));
   RETURN_IF_ERROR(ParseRope(j, f, c));
+  RETURN_IF_ERROR(CheckQuantization(j, f));
 
   for (auto [field, value] : {std::pair<const char*, int>{"hidden_size", c.hidden_size},
                               {"intermediate_size", c.intermediate_size},

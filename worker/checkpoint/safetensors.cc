@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_join.h"
@@ -47,8 +49,18 @@ absl::Status ReadIntArray(const Json& j, std::string_view file, std::string_view
   return absl::OkStatus();
 }
 
+// The block type of a "Q8_0" / "Q4_0" / "Q4_1" metadata value.
+absl::StatusOr<DType> ParseQuantizedDType(std::string_view name) {
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1}) {
+    if (name == DTypeName(t)) return t;
+  }
+  return absl::InvalidArgumentError(
+      Cat("unsupported quantized dtype ", name, " (expected Q8_0, Q4_0 or Q4_1)"));
+}
+
+// `quant`: the block type the metadata gives this tensor, if any (then the entry stores U8 bytes).
 absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const Json& entry, uint64_t data_size,
-                                      std::string_view file) {
+                                      std::string_view file, std::optional<DType> quant) {
   if (!entry.is_object()) return Malformed(file, "tensor ", name, ": entry is not a JSON object");
   TensorInfo info;
   info.name = name;
@@ -56,9 +68,17 @@ absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const Json& entry
   auto dtype_it = entry.find("dtype");
   if (dtype_it == entry.end()) return Malformed(file, "tensor ", name, ": missing dtype");
   if (!dtype_it->is_string()) return Malformed(file, "tensor ", name, ": dtype is not a string");
-  absl::StatusOr<DType> dtype = ParseSafetensorsDType(dtype_it->get_ref<const std::string&>());
-  if (!dtype.ok()) return Malformed(file, "tensor ", name, ": ", dtype.status().message());
-  info.dtype = *dtype;
+  const std::string& dtype_name = dtype_it->get_ref<const std::string&>();
+  if (quant) {
+    if (dtype_name != "U8") {
+      return Malformed(file, "tensor ", name, ": __metadata__ marks it ", DTypeName(*quant),
+                       " but its dtype is ", dtype_name, ", not U8");
+    }
+  } else {
+    absl::StatusOr<DType> dtype = ParseSafetensorsDType(dtype_name);
+    if (!dtype.ok()) return Malformed(file, "tensor ", name, ": ", dtype.status().message());
+    info.dtype = *dtype;
+  }
 
   auto shape_it = entry.find("shape");
   if (shape_it == entry.end()) return Malformed(file, "tensor ", name, ": missing shape");
@@ -82,7 +102,7 @@ absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const Json& entry
                      ") lie outside the data area of ", data_size, " bytes");
   }
 
-  uint64_t bytes = static_cast<uint64_t>(DTypeSize(info.dtype));
+  uint64_t bytes = quant ? 1 : static_cast<uint64_t>(DTypeSize(info.dtype));
   for (int64_t d : info.shape) {
     if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes)) {
       return Malformed(file, "tensor ", name, ": shape ", ShapeToString(info.shape),
@@ -95,7 +115,17 @@ absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const Json& entry
   }
   if (bytes != info.nbytes()) {
     return Malformed(file, "tensor ", name, ": shape ", ShapeToString(info.shape), " x ",
-                     DTypeName(info.dtype), " needs ", bytes, " bytes but data_offsets span ", info.nbytes());
+                     quant ? "U8" : DTypeName(info.dtype), " needs ", bytes, " bytes but data_offsets span ",
+                     info.nbytes());
+  }
+  if (quant) {
+    const int64_t block_bytes = DTypeBlockBytes(*quant);
+    if (info.shape.empty() || info.shape.back() % block_bytes != 0) {
+      return Malformed(file, "tensor ", name, ": ", DTypeName(*quant), " rows are whole ", block_bytes,
+                       "-byte blocks, but its U8 shape is ", ShapeToString(info.shape));
+    }
+    info.dtype = *quant;
+    info.shape.back() = info.shape.back() / block_bytes * DTypeBlockElems(*quant);
   }
   return info;
 }
@@ -151,15 +181,33 @@ absl::StatusOr<std::vector<TensorInfo>> ParseSafetensorsHeader(std::string_view 
   }
   if (!header.is_object()) return Malformed(file_name, "header is not a JSON object");
 
+  // Block-quantized tensors, from __metadata__.
+  std::map<std::string, DType, std::less<>> quantized;
+  if (auto meta = header.find("__metadata__"); meta != header.end()) {
+    if (!meta->is_object() && !meta->is_null())
+      return Malformed(file_name, "__metadata__ is not a JSON object");
+    if (meta->is_object()) {
+      for (const auto& [key, value] : meta->items()) {
+        if (key.rfind(kQuantizedMetadataPrefix, 0) != 0) continue;
+        const std::string tensor = key.substr(kQuantizedMetadataPrefix.size());
+        if (!value.is_string()) return Malformed(file_name, "__metadata__ ", key, " is not a string");
+        absl::StatusOr<DType> type = ParseQuantizedDType(value.get_ref<const std::string&>());
+        if (!type.ok()) return Malformed(file_name, "__metadata__ ", key, ": ", type.status().message());
+        if (tensor == "__metadata__" || !header.contains(tensor)) {
+          return Malformed(file_name, "__metadata__ ", key, " names no tensor of the header");
+        }
+        quantized.emplace(tensor, *type);
+      }
+    }
+  }
+
   std::vector<TensorInfo> tensors;
   tensors.reserve(header.size());
   for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") {
-      if (!entry.is_object() && !entry.is_null())
-        return Malformed(file_name, "__metadata__ is not a JSON object");
-      continue;
-    }
-    ASSIGN_OR_RETURN(TensorInfo info, ParseEntry(name, entry, data_size, file_name));
+    if (name == "__metadata__") continue;
+    auto q = quantized.find(name);
+    std::optional<DType> quant = q == quantized.end() ? std::nullopt : std::optional<DType>(q->second);
+    ASSIGN_OR_RETURN(TensorInfo info, ParseEntry(name, entry, data_size, file_name, quant));
     tensors.push_back(std::move(info));
   }
 

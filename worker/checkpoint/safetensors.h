@@ -17,6 +17,13 @@
 
 namespace tessera {
 
+// Block-quantized tensors (DType kQ8_0, kQ4_0, kQ4_1: llama.cpp's blocks, kept by `import-gguf --keep-quant`)
+// are stored as plain safetensors: dtype "U8", the shape with its last dimension in bytes (a weight [n, k]
+// is [n, k / 32 * block bytes]), and one __metadata__ entry "<this prefix><tensor name>": "Q8_0" (or "Q4_0",
+// "Q4_1"). Other safetensors readers see bytes; this reader gives the tensor its block dtype and its logical
+// shape [n, k].
+inline constexpr std::string_view kQuantizedMetadataPrefix = "tessera.quantized.";
+
 // The largest header accepted (the safetensors library's own limit).
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
 
@@ -43,8 +50,9 @@ std::string ShapeToString(const std::vector<int64_t>& shape);
 // least the 8-byte length and the header it announces); `file_size` is the whole file's size. Returns the
 // tensors sorted by name (`__metadata__` is skipped). Checks: length field, header size limit, JSON syntax,
 // entry types, dtypes, non-negative dims, element-count overflow, shape x dtype size == byte range, ranges
-// inside the data area and not overlapping. Errors: INVALID_ARGUMENT naming `file_name` (and the tensor).
-// Never reads outside `file_bytes_prefix`. Thread-safe.
+// inside the data area and not overlapping; for quantized tensors, a metadata entry naming a tensor of the
+// header with dtype U8 and a last dimension that is a whole number of blocks. Errors: INVALID_ARGUMENT naming
+// `file_name` (and the tensor). Never reads outside `file_bytes_prefix`. Thread-safe.
 [[nodiscard]] absl::StatusOr<std::vector<TensorInfo>> ParseSafetensorsHeader(
     std::string_view file_bytes_prefix, uint64_t file_size, std::string_view file_name);
 

@@ -7,14 +7,22 @@
 
 #include "core/status_macros.h"
 #include "core/str_cat.h"
+#include "worker/checkpoint/safetensors.h"
 
 namespace tessera {
 
 namespace {
 
+// The shape as stored: a block type's last dimension in bytes.
+std::vector<int64_t> StoredShape(const TensorHeaderEntry& e) {
+  std::vector<int64_t> shape = e.shape;
+  if (IsQuantized(e.dtype) && !shape.empty()) shape.back() = DTypeBytes(e.dtype, shape.back());
+  return shape;
+}
+
 uint64_t EntryBytes(const TensorHeaderEntry& e) {
-  uint64_t n = static_cast<uint64_t>(DTypeSize(e.dtype));
-  for (int64_t d : e.shape) n *= static_cast<uint64_t>(d);
+  uint64_t n = IsQuantized(e.dtype) ? 1 : static_cast<uint64_t>(DTypeSize(e.dtype));
+  for (int64_t d : StoredShape(e)) n *= static_cast<uint64_t>(d);
   return n;
 }
 
@@ -27,6 +35,11 @@ absl::Status CheckEntries(const std::string& path, const std::vector<TensorHeade
     for (int64_t d : e.shape) {
       if (d < 0) return absl::InvalidArgumentError(Cat(path, ": tensor ", e.name, " has a negative dim"));
     }
+    if (IsQuantized(e.dtype) && (e.shape.empty() || e.shape.back() % DTypeBlockElems(e.dtype) != 0)) {
+      return absl::InvalidArgumentError(Cat(path, ": tensor ", e.name, " of ", DTypeName(e.dtype),
+                                            " has shape ", e.shape.empty() ? "[]" : "a last dim",
+                                            " that is not whole blocks"));
+    }
   }
   return absl::OkStatus();
 }
@@ -36,14 +49,18 @@ absl::Status CheckEntries(const std::string& path, const std::vector<TensorHeade
 std::string SafetensorsHeaderBytes(const std::vector<TensorHeaderEntry>& entries,
                                    const std::map<std::string, std::string>& metadata) {
   nlohmann::json header = nlohmann::json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::map<std::string, std::string> all_metadata = metadata;
   uint64_t offset = 0;
   for (const TensorHeaderEntry& e : entries) {
     uint64_t end = offset + EntryBytes(e);
-    header[e.name] = {
-        {"dtype", std::string(DTypeName(e.dtype))}, {"shape", e.shape}, {"data_offsets", {offset, end}}};
+    const bool quantized = IsQuantized(e.dtype);
+    header[e.name] = {{"dtype", quantized ? std::string("U8") : std::string(DTypeName(e.dtype))},
+                      {"shape", StoredShape(e)},
+                      {"data_offsets", {offset, end}}};
+    if (quantized) all_metadata[Cat(kQuantizedMetadataPrefix, e.name)] = std::string(DTypeName(e.dtype));
     offset = end;
   }
+  if (!all_metadata.empty()) header["__metadata__"] = all_metadata;
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
   std::string out(8, '\0');

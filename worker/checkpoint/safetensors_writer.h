@@ -16,14 +16,15 @@
 
 namespace tessera {
 
-// A tensor's header entry: data is stored in the order the entries are given.
+// A tensor's header entry: data is stored in the order the entries are given. A block-quantized dtype is
+// written as safetensors.h describes (U8 bytes and a __metadata__ entry); its shape is the logical one.
 struct TensorHeaderEntry {
   std::string name;
   DType dtype = DType::kBF16;
   std::vector<int64_t> shape;
 };
 
-// A tensor with its bytes (row-major, little-endian, bytes.size() == numel * DTypeSize(dtype)).
+// A tensor with its bytes (row-major, little-endian, bytes.size() == DTypeBytes(dtype, numel)).
 struct TensorData {
   std::string name;
   DType dtype = DType::kBF16;

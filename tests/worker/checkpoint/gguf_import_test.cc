@@ -47,6 +47,7 @@ struct Tiny {
   std::vector<float> rope_freqs;           // stored as rope_freqs.weight when not empty
   int feed_forward_length = kFf;
   std::string rope_scaling_type;
+  bool quantized_qk = false;  // q_proj as Q8_0 and k_proj as Q4_1 blocks (stored permuted, like any q / k)
 };
 
 struct Expected {
@@ -131,7 +132,15 @@ std::string TinyGguf(const Tiny& t, Expected& expected, uint32_t seed = 1) {
       }
     } else {
       stored = QuantBlocks(type, rows * cols, rng);
-      DequantizeRow(type, stored.data(), rows * cols, hf_values.data());  // dequantization is tested apart
+      std::vector<float> file_values(rows * cols);
+      DequantizeRow(type, stored.data(), rows * cols, file_values.data());  // dequantization is tested apart
+      // The stored rows are llama.cpp's permutation of the HF rows: file row f holds HF row hf_row_of[f].
+      std::vector<float> hf_row_of(rows);
+      for (int64_t r = 0; r < rows; ++r) hf_row_of[r] = static_cast<float>(r);
+      if (permute_heads) hf_row_of = LlamaCppPermute(hf_row_of, rows, 1, permute_heads);
+      for (int64_t f = 0; f < rows; ++f) {
+        std::copy_n(&file_values[f * cols], cols, &hf_values[static_cast<int64_t>(hf_row_of[f]) * cols]);
+      }
     }
     b.Tensor(gguf, static_cast<uint32_t>(type), dims, stored);
     expected.values[hf] = hf_values;
@@ -140,10 +149,10 @@ std::string TinyGguf(const Tiny& t, Expected& expected, uint32_t seed = 1) {
   for (int l = 0; l < kLayers; ++l) {
     const std::string g = Cat("blk.", l, "."), h = Cat("model.layers.", l, ".");
     add(g + "attn_norm.weight", h + "input_layernorm.weight", GgmlType::kF32, 1, kHidden);
-    add(g + "attn_q.weight", h + "self_attn.q_proj.weight", GgmlType::kF32, kHeads * kHeadDim, kHidden,
-        kHeads);
-    add(g + "attn_k.weight", h + "self_attn.k_proj.weight", GgmlType::kF16, kKvHeads * kHeadDim, kHidden,
-        kKvHeads);
+    add(g + "attn_q.weight", h + "self_attn.q_proj.weight", t.quantized_qk ? GgmlType::kQ8_0 : GgmlType::kF32,
+        kHeads * kHeadDim, kHidden, kHeads);
+    add(g + "attn_k.weight", h + "self_attn.k_proj.weight", t.quantized_qk ? GgmlType::kQ4_1 : GgmlType::kF16,
+        kKvHeads * kHeadDim, kHidden, kKvHeads);
     add(g + "attn_v.weight", h + "self_attn.v_proj.weight", GgmlType::kQ4_0, kKvHeads * kHeadDim, kHidden);
     add(g + "attn_output.weight", h + "self_attn.o_proj.weight", GgmlType::kQ4_1, kHidden, kHeads * kHeadDim);
     add(g + "ffn_norm.weight", h + "post_attention_layernorm.weight", GgmlType::kF32, 1, kHidden);
@@ -162,13 +171,15 @@ std::string TinyGguf(const Tiny& t, Expected& expected, uint32_t seed = 1) {
 
 // Imports `gguf_bytes` into dir/out.
 absl::StatusOr<ImportGgufResult> Import(const ScopedTempDir& dir, const std::string& gguf_bytes,
-                                        DType dtype = DType::kF32, int64_t max_shard_bytes = 4'000'000'000) {
+                                        DType dtype = DType::kF32, int64_t max_shard_bytes = 4'000'000'000,
+                                        bool keep_quantized = false) {
   WriteFile(dir.File("model.gguf"), gguf_bytes);
   ImportGgufOptions options;
   options.gguf_path = dir.File("model.gguf");
   options.out_dir = dir.File("out");
   options.dtype = dtype;
   options.max_shard_bytes = max_shard_bytes;
+  options.keep_quantized = keep_quantized;
   return ImportGguf(options);
 }
 
@@ -241,6 +252,59 @@ TEST(GgufImportTest, Bf16SnapshotRoundsToNearestEvenAndUntiedModelsKeepLmHead) {
   EXPECT_EQ(ckpt.config().torch_dtype, "bfloat16");
   EXPECT_TRUE(ckpt.Has("lm_head.weight"));
   ExpectTensors(ckpt, expected);
+}
+
+TEST(GgufImportTest, KeepQuantizedKeepsQ8AndQ4BlocksInHfRowOrder) {
+  ScopedTempDir dir;
+  Expected expected;
+  Tiny tiny;
+  tiny.quantized_qk = true;
+  ASSERT_OK_AND_ASSIGN(ImportGgufResult result,
+                       Import(dir, TinyGguf(tiny, expected, 3), DType::kBF16, 4'000'000'000, true));
+  // Per layer q, k, v, o, down; plus the embedding.
+  EXPECT_EQ(result.quantized, 1 + 5 * kLayers);
+  ASSERT_OK_AND_ASSIGN(Checkpoint ckpt, Checkpoint::Open(dir.File("out")));
+  EXPECT_OK(ckpt.ValidateForLlama());
+  const std::map<std::string, DType> kept = {{"self_attn.q_proj.weight", DType::kQ8_0},
+                                             {"self_attn.k_proj.weight", DType::kQ4_1},
+                                             {"self_attn.v_proj.weight", DType::kQ4_0},
+                                             {"self_attn.o_proj.weight", DType::kQ4_1},
+                                             {"mlp.down_proj.weight", DType::kQ8_0}};
+  for (const auto& [name, want] : expected.values) {
+    ASSERT_OK_AND_ASSIGN(TensorInfo info, ckpt.Info(name));
+    DType type = name == "model.embed_tokens.weight" ? DType::kQ8_0 : DType::kBF16;
+    for (const auto& [suffix, t] : kept) {
+      if (name.ends_with(suffix)) type = t;
+    }
+    EXPECT_EQ(info.dtype, type) << name;
+    // Kept blocks dequantize to exactly the GGUF's values, un-permuted; the rest is rounded to bf16.
+    const int64_t rows = info.shape[0], cols = info.shape.size() == 2 ? info.shape[1] : 1;
+    std::vector<float> values(rows * cols);
+    Tensor dst = info.shape.size() == 2 ? Tensor(values.data(), DType::kF32, {rows, cols})
+                                        : Tensor(values.data(), DType::kF32, {rows});
+    ASSERT_OK(ckpt.ReadRows(name, 0, rows, dst));
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_EQ(values[i], IsQuantized(type) ? want[i] : Bf16ToF32(F32ToBf16(want[i]))) << name << " " << i;
+    }
+  }
+  const nlohmann::json config = nlohmann::json::parse(ReadFile(dir.File("out/config.json")));
+  EXPECT_EQ(config["quantization_config"]["quant_method"], "tessera_gguf_blocks");
+  EXPECT_EQ(config["quantization_config"]["tensors_by_type"],
+            nlohmann::json({{"Q4_0", 2}, {"Q4_1", 4}, {"Q8_0", 5}}));
+  EXPECT_EQ(ckpt.config().torch_dtype, "bfloat16");
+}
+
+TEST(GgufImportTest, WithoutKeepQuantizedQuantizedQAndKAreUnpermutedToo) {
+  ScopedTempDir dir;
+  Expected expected;
+  Tiny tiny;
+  tiny.quantized_qk = true;
+  ASSERT_OK_AND_ASSIGN(ImportGgufResult result, Import(dir, TinyGguf(tiny, expected, 4)));
+  EXPECT_EQ(result.quantized, 0);
+  ASSERT_OK_AND_ASSIGN(Checkpoint ckpt, Checkpoint::Open(dir.File("out")));
+  ExpectTensors(ckpt, expected);
+  const nlohmann::json config = nlohmann::json::parse(ReadFile(dir.File("out/config.json")));
+  EXPECT_FALSE(config.contains("quantization_config"));
 }
 
 TEST(GgufImportTest, ShardsWhenTheDataPassesMaxShardBytes) {

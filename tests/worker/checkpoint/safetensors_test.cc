@@ -82,6 +82,82 @@ TEST(SafetensorsTest, RoundTripsBf16F16F32AndI32) {
   EXPECT_EQ(file.Find("missing"), nullptr);
 }
 
+TEST(SafetensorsTest, QuantizedTensorsAreU8RowsNamedInMetadataAndReadBackWithTheirBlockType) {
+  ScopedTempDir dir;
+  std::string q8(3 * 2 * 34, '\0'), q4(5 * 18, '\0'), q41(2 * 3 * 20, '\0');
+  for (size_t i = 0; i < q8.size(); ++i) q8[i] = static_cast<char>(i * 7);
+  for (size_t i = 0; i < q4.size(); ++i) q4[i] = static_cast<char>(i * 5);
+  for (size_t i = 0; i < q41.size(); ++i) q41[i] = static_cast<char>(i * 3);
+  std::vector<float> f32 = {1, 2};
+  const std::string path = dir.File("model.safetensors");
+  ASSERT_OK(WriteSafetensors(path,
+                             {{"w.q8", DType::kQ8_0, {3, 64}, q8},
+                              {"w.q4", DType::kQ4_0, {5, 32}, q4},
+                              {"w.q41", DType::kQ4_1, {2, 96}, q41},
+                              {"n", DType::kF32, {2}, Bytes(f32)}},
+                             {{"format", "pt"}}));
+  // What any safetensors reader sees: U8 bytes, and the block type in __metadata__.
+  const std::string raw = testing::ReadFile(path);
+  uint64_t len = 0;
+  std::memcpy(&len, raw.data(), 8);
+  const std::string header = raw.substr(8, len);
+  EXPECT_THAT(header, HasSubstr(R"("w.q8":{"data_offsets":[0,204],"dtype":"U8","shape":[3,68]})"));
+  EXPECT_THAT(header, HasSubstr(R"("tessera.quantized.w.q8":"Q8_0")"));
+  EXPECT_THAT(header, HasSubstr(R"("tessera.quantized.w.q41":"Q4_1")"));
+  EXPECT_THAT(header, HasSubstr(R"("format":"pt")"));
+
+  ASSERT_OK_AND_ASSIGN(SafetensorsFile file, SafetensorsFile::Open(path));
+  auto check = [&](const std::string& name, DType dtype, std::vector<int64_t> shape,
+                   const std::string& bytes) {
+    const TensorInfo* info = file.Find(name);
+    ASSERT_NE(info, nullptr) << name;
+    EXPECT_EQ(info->dtype, dtype) << name;
+    EXPECT_EQ(info->shape, shape) << name;
+    ASSERT_EQ(info->nbytes(), bytes.size()) << name;
+    EXPECT_EQ(std::memcmp(file.data() + info->data_begin, bytes.data(), bytes.size()), 0) << name;
+  };
+  check("w.q8", DType::kQ8_0, {3, 64}, q8);
+  check("w.q4", DType::kQ4_0, {5, 32}, q4);
+  check("w.q41", DType::kQ4_1, {2, 96}, q41);
+  check("n", DType::kF32, {2}, Bytes(f32));
+}
+
+TEST(SafetensorsTest, WriterRejectsQuantizedRowsThatAreNotWholeBlocks) {
+  ScopedTempDir dir;
+  EXPECT_THAT(
+      WriteSafetensors(dir.File("w.safetensors"), {{"t", DType::kQ8_0, {2, 40}, std::string(160, 0)}}),
+      StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("w.safetensors"), HasSubstr("t"))));
+}
+
+TEST(SafetensorsTest, RejectsMalformedQuantizedTensors) {
+  const std::string u8 = R"("w":{"dtype":"U8","shape":[2,34],"data_offsets":[0,68]})";
+  // Metadata naming an unknown block type, a missing tensor, a non-string value.
+  ExpectMalformed(R"({"__metadata__":{"tessera.quantized.w":"Q5_0"},)" + u8 + "}", 68,
+                  {"tessera.quantized.w", "Q5_0", "Q8_0, Q4_0 or Q4_1"});
+  ExpectMalformed(R"({"__metadata__":{"tessera.quantized.v":"Q8_0"},)" + u8 + "}", 68,
+                  {"tessera.quantized.v", "names no tensor"});
+  ExpectMalformed(R"({"__metadata__":{"tessera.quantized.__metadata__":"Q8_0"},)" + u8 + "}", 68,
+                  {"names no tensor"});
+  ExpectMalformed(R"({"__metadata__":{"tessera.quantized.w":8},)" + u8 + "}", 68,
+                  {"tessera.quantized.w", "not a string"});
+  // A quantized tensor stored as another dtype, or rows that are not whole blocks.
+  ExpectMalformed(
+      R"({"__metadata__":{"tessera.quantized.w":"Q8_0"},"w":{"dtype":"F32","shape":[17],"data_offsets":[0,68]}})",
+      68, {"tensor w", "Q8_0", "F32", "not U8"});
+  ExpectMalformed(
+      R"({"__metadata__":{"tessera.quantized.w":"Q4_0"},"w":{"dtype":"U8","shape":[2,34],"data_offsets":[0,68]}})",
+      68, {"tensor w", "18-byte blocks", "[2, 34]"});
+  ExpectMalformed(
+      R"({"__metadata__":{"tessera.quantized.w":"Q8_0"},"w":{"dtype":"U8","shape":[],"data_offsets":[0,1]}})",
+      1, {"tensor w", "34-byte blocks"});
+  // The byte count is checked on the stored U8 shape.
+  ExpectMalformed(R"({"__metadata__":{"tessera.quantized.w":"Q8_0"},"w":{"dtype":"U8","shape":[2,34],)"
+                  R"("data_offsets":[0,64]}})",
+                  64, {"tensor w", "needs 68 bytes"});
+  // U8 without metadata stays unsupported.
+  ExpectMalformed("{" + u8 + "}", 68, {"tensor w", "unsupported dtype U8"});
+}
+
 TEST(SafetensorsTest, WriterPadsHeaderToEightBytesWithSpaces) {
   const std::string bytes = SafetensorsHeaderBytes({{"x", DType::kF32, {1}}});
   ASSERT_GE(bytes.size(), 8u);
