@@ -3,6 +3,10 @@
 //   kernels_bench                       the default path (what CpuBackend::Linear picks)
 //   kernels_bench --crossover           also each path forced (GEMV; oneDNN with split or plain bf16
 //                                       activations) at M = 1..512, for the crossover
+//   kernels_bench --quant-crossover     also quantized Linear (CpuLinear::ForwardQuant) with Q8_0 and Q4_0
+//                                       weights on q/o, gate/up and down, each path forced (quantized GEMV;
+//                                       bf16-dequantized tiles into oneDNN, split or plain bf16
+//                                       activations) at M = 1..512, for the quantized crossover
 //   kernels_bench --threads=N           threads (default: all cores)
 // Also the GEMV kernels alone at M = 1 on the 8192x2048 gate/up matrix in bf16 and in the quantized block
 // types (Q8_0, Q4_0, Q4_1) on 1 and 2 threads, as GB/s of weight bytes and % of the read bandwidth measured
@@ -193,6 +197,47 @@ void BM_GemvQuant(benchmark::State& state, WeightKind kind, int threads) {
       static_cast<double>(state.iterations()) * kQuantN * kQuantK, benchmark::Counter::kIsRate);
 }
 
+// Quantized Linear for the crossover (--quant-crossover): per type, one buffer of random blocks past twice
+// the L3 cache, carved into consecutive matrices of the shape at hand and used in turn (see Context).
+enum class QuantPath { kGemv, kOneDnnSplit, kOneDnnBf16 };
+constexpr QuantType kCrossoverQuantTypes[] = {QuantType::kQ8_0, QuantType::kQ4_0};
+
+struct QuantCrossoverContext {
+  std::vector<uint8_t> stream[2];  // per kCrossoverQuantTypes entry
+};
+
+QuantCrossoverContext* g_quant_crossover = nullptr;
+
+void BM_LinearQuant(benchmark::State& state, int shape_index, int type_index, int64_t m, QuantPath path) {
+  const Shape& shape = kShapes[shape_index];
+  const QuantType type = kCrossoverQuantTypes[type_index];
+  const std::vector<uint8_t>& stream = g_quant_crossover->stream[type_index];
+  const int64_t matrix_bytes = shape.n * QuantRowBytes(type, shape.k);
+  const int64_t copies = static_cast<int64_t>(stream.size()) / matrix_bytes;
+  int64_t copy = 0;
+  float* x = g_ctx->x.data();
+  float* y = g_ctx->y.data();
+  CpuLinear& linear =
+      path == QuantPath::kOneDnnBf16 ? g_ctx->backend_bf16->linear() : g_ctx->backend->linear();
+  for (auto _ : state) {
+    const uint8_t* w = stream.data() + copy * matrix_bytes;
+    copy = (copy + 1) % copies;
+    if (path == QuantPath::kGemv) {
+      linear.ForwardGemvQuant(x, w, type, y, m, shape.n, shape.k);
+    } else if (!linear.ForwardOneDnnQuant(x, w, type, y, m, shape.n, shape.k).ok()) {
+      state.SkipWithError("oneDNN failed");
+    }
+    benchmark::DoNotOptimize(y[0]);
+  }
+  const double iters = static_cast<double>(state.iterations());
+  const double gb = iters * matrix_bytes / 1e9;
+  const double gflop = iters * 2.0 * m * shape.n * shape.k / 1e9;
+  state.counters["GB/s"] = benchmark::Counter(gb, benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(gflop, benchmark::Counter::kIsRate);
+  state.counters["%BW"] = benchmark::Counter(gb * 100.0 / g_bandwidth_gbps, benchmark::Counter::kIsRate);
+  state.counters["%peak"] = benchmark::Counter(gflop * 100.0 / g_peak_gflops, benchmark::Counter::kIsRate);
+}
+
 }  // namespace
 }  // namespace tessera
 
@@ -200,12 +245,15 @@ int main(int argc, char** argv) {
   using namespace tessera;
   int threads = 0;
   bool crossover = false;
+  bool quant_crossover = false;
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
     if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       threads = std::atoi(argv[i] + 10);
     } else if (std::strcmp(argv[i], "--crossover") == 0) {
       crossover = true;
+    } else if (std::strcmp(argv[i], "--quant-crossover") == 0) {
+      quant_crossover = true;
     } else {
       args.push_back(argv[i]);
     }
@@ -302,9 +350,43 @@ int main(int argc, char** argv) {
       benchmark::RegisterBenchmark(name.c_str(), BM_GemvQuant, kind, t)->UseRealTime();
     }
   }
+  QuantCrossoverContext quant_crossover_ctx;
+  if (quant_crossover) {
+    std::printf("quantized GEMV up to M = %lld (exact) / %lld (bf16), then oneDNN on tiles of %lld rows\n",
+                static_cast<long long>(ctx.backend->linear().quant_gemv_max_m()),
+                static_cast<long long>(ctx.backend_bf16->linear().quant_gemv_max_m()),
+                static_cast<long long>(ctx.backend->linear().quant_tile_rows()));
+    std::fflush(stdout);
+    for (int t = 0; t < 2; ++t) {
+      const std::vector<uint8_t> w = RandomQuantWeights(kCrossoverQuantTypes[t], 9000 + t);
+      std::vector<uint8_t>& out = quant_crossover_ctx.stream[t];
+      out.resize(static_cast<size_t>((stream_bytes + w.size() - 1) / w.size() * w.size()));
+      // Whole copies of a whole number of blocks: every matrix carved from it starts on a block.
+      for (size_t offset = 0; offset < out.size(); offset += w.size()) {
+        std::memcpy(out.data() + offset, w.data(), w.size());
+      }
+    }
+    g_quant_crossover = &quant_crossover_ctx;
+    for (int s : {0, 2, 3}) {
+      for (int t = 0; t < 2; ++t) {
+        for (int64_t m : {1, 8, 16, 32, 64, 128, 256, 512}) {
+          for (QuantPath p : {QuantPath::kGemv, QuantPath::kOneDnnSplit, QuantPath::kOneDnnBf16}) {
+            const char* path_name = p == QuantPath::kGemv          ? "/gemv"
+                                    : p == QuantPath::kOneDnnSplit ? "/onednn_split"
+                                                                   : "/onednn_bf16";
+            const std::string name = std::string("QuantCrossover/") + kShapes[s].name + "/" +
+                                     QuantTypeName(kCrossoverQuantTypes[t]) + "/M=" + std::to_string(m) +
+                                     path_name;
+            benchmark::RegisterBenchmark(name.c_str(), BM_LinearQuant, s, t, m, p)->UseRealTime();
+          }
+        }
+      }
+    }
+  }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   g_ctx = nullptr;
   g_quant = nullptr;
+  g_quant_crossover = nullptr;
   return 0;
 }

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/gemv_quant.h"
 #include "kernels/cpu/rope.h"
 
 namespace tessera {
@@ -108,17 +109,31 @@ void CpuBackend::Copy2D(const void* src, int64_t src_pitch, void* dst, int64_t d
   const char* s = static_cast<const char*>(src);
   char* d = static_cast<char*>(dst);
   pool_->ParallelFor(rows, RowGrain(row_bytes), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) std::memcpy(d + r * dst_pitch, s + r * src_pitch, static_cast<size_t>(row_bytes));
+    for (int64_t r = b; r < e; ++r)
+      std::memcpy(d + r * dst_pitch, s + r * src_pitch, static_cast<size_t>(row_bytes));
   });
 }
 
 void CpuBackend::Embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
   if (capture_ != nullptr) return Record([=, this]() mutable { Embedding(ids, table, out); });
-  TESSERA_CHECK(ids.dtype() == DType::kI32 && table.dtype() == DType::kBF16 && out.dtype() == DType::kF32);
+  TESSERA_CHECK(ids.dtype() == DType::kI32 && out.dtype() == DType::kF32);
+  TESSERA_CHECK(table.dtype() == DType::kBF16 || IsQuantized(table.dtype()));
   TESSERA_CHECK(table.ndim() == 2 && out.ndim() == 2 && out.dim(0) == ids.numel() &&
                 out.dim(1) == table.dim(1));
   const int64_t h = table.dim(1);
   const int32_t* id = ids.data_as<int32_t>();
+  if (IsQuantized(table.dtype())) {
+    // Rows dequantized to fp32 exactly (as the GGUF reader's DequantizeRow).
+    const DType type = table.dtype();
+    const int64_t row_bytes = QuantRowBytes(type, h);  // CHECKs h % 32 == 0
+    const uint8_t* tab = static_cast<const uint8_t*>(table.data());
+    float* o = out.data_as<float>();
+    pool_->ParallelFor(ids.numel(), RowGrain(h), [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t)
+        DequantizeQuantRow(type, tab + int64_t{id[t]} * row_bytes, h, o + t * h);
+    });
+    return;
+  }
   const uint16_t* tab = table.data_as<uint16_t>();
   float* o = out.data_as<float>();
   pool_->ParallelFor(ids.numel(), RowGrain(h), [&](int64_t b, int64_t e) {
@@ -147,10 +162,17 @@ void CpuBackend::GatherRows(const Tensor& src, const Tensor& rows, Tensor& out) 
 
 void CpuBackend::Linear(const Tensor& x, const Tensor& w, Tensor& y) {
   if (capture_ != nullptr) return Record([=, this]() mutable { Linear(x, w, y); });
-  TESSERA_CHECK(x.dtype() == DType::kF32 && w.dtype() == DType::kBF16 && y.dtype() == DType::kF32);
+  TESSERA_CHECK(x.dtype() == DType::kF32 && y.dtype() == DType::kF32);
+  TESSERA_CHECK(w.dtype() == DType::kBF16 || IsQuantized(w.dtype()));
   const auto [m, n, k] = CheckLinearShapes(x, w, y);
   if (m == 0) return;
-  linear_->Forward(x.data_as<float>(), w.data_as<uint16_t>(), y.data_as<float>(), m, n, k);
+  if (w.dtype() == DType::kBF16) {
+    linear_->Forward(x.data_as<float>(), w.data_as<uint16_t>(), y.data_as<float>(), m, n, k);
+  } else {
+    TESSERA_CHECK(k % kQuantBlockSize == 0);
+    linear_->ForwardQuant(x.data_as<float>(), static_cast<const uint8_t*>(w.data()), w.dtype(),
+                          y.data_as<float>(), m, n, k);
+  }
 }
 
 void CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
@@ -279,7 +301,8 @@ void CpuBackend::RopeQkvToCache(const AttentionMeta& meta, const RopeParams& rop
       float* k_row = kc + slot * kv_width;  // rotated in place in the cache, as Rope then WriteKvCache
       std::memcpy(k_row, row + q_width, static_cast<size_t>(kv_width) * sizeof(float));
       RopeToken(inv_freq, head_dim, pos, nkv, k_row, cos_sin);
-      std::memcpy(vc + slot * kv_width, row + q_width + kv_width, static_cast<size_t>(kv_width) * sizeof(float));
+      std::memcpy(vc + slot * kv_width, row + q_width + kv_width,
+                  static_cast<size_t>(kv_width) * sizeof(float));
     }
   });
 }

@@ -1,6 +1,7 @@
-// CpuBackend: the Backend for host memory. Activations are F32; weights stay BF16 (possibly in a read-only
-// mapping of the checkpoint). Linear runs hand-written GEMV kernels for decode-sized batches and oneDNN bf16
-// matmuls for prefill-sized ones; everything else is hand-written. All work runs on a fixed thread pool.
+// CpuBackend: the Backend for host memory. Activations are F32; weights stay BF16 or in llama.cpp's Q8_0 /
+// Q4_0 / Q4_1 blocks (possibly in a read-only mapping of the checkpoint). Linear runs hand-written GEMV
+// kernels for decode-sized batches and oneDNN bf16 matmuls for prefill-sized ones; everything else is
+// hand-written. All work runs on a fixed thread pool.
 #pragma once
 
 #include <cstdint>
@@ -41,8 +42,12 @@ class CpuBackend final : public Backend {
   void Copy(const Tensor& src, Tensor& dst) override;
   void Copy2D(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t row_bytes,
               int64_t rows) override;
+  // table BF16 or quantized (Q8_0 / Q4_0 / Q4_1, hidden size a multiple of 32): rows dequantized to fp32
+  // exactly (w = q * d, Q4_1 q * d + m).
   void Embedding(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void GatherRows(const Tensor& src, const Tensor& rows, Tensor& out) override;
+  // x, y F32; w BF16 (CpuLinear::Forward) or Q8_0 / Q4_0 / Q4_1 with k a multiple of 32 (CHECKed;
+  // CpuLinear::ForwardQuant, whose header states the quantized paths' extra rounding).
   void Linear(const Tensor& x, const Tensor& w, Tensor& y) override;
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
   void AddRmsNorm(Tensor& hidden, Tensor& residual, const Tensor& weight, float eps) override;

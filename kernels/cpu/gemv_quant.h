@@ -58,6 +58,20 @@ GemvQuantFn GemvQuantForIsa(GemvIsa isa);
 // DequantizeRow for these three types. w: k / 32 blocks at any alignment; out: k floats. Thread-safe.
 void DequantizeQuantRow(QuantType type, const uint8_t* w, int64_t k, float* out);
 
+// DequantizeQuantRow's values v rounded to bf16 (to nearest even, NaN stays NaN: F32ToBf16) into out, and,
+// when `residual` is not null, F32ToBf16(v - out) into it: out + residual carry 16 significant bits, within
+// 2^-17 of v (a Q8_0 value needs 19 bits, a Q4 one up to 15 plus Q4_1's minimum), for the oneDNN path of
+// CpuLinear::ForwardQuant. out, residual: k bf16 values, any alignment. Thread-safe.
+using DequantRowBf16Fn = void (*)(QuantType type, const uint8_t* w, int64_t k, uint16_t* out,
+                                  uint16_t* residual);
+void DequantizeQuantRowBf16Scalar(QuantType type, const uint8_t* w, int64_t k, uint16_t* out,
+                                  uint16_t* residual);
+// Requires AVX-512 F/BW/VL/DQ (GemvIsaSupported(GemvIsa::kAvx512)); built with a target attribute.
+void DequantizeQuantRowBf16Avx512(QuantType type, const uint8_t* w, int64_t k, uint16_t* out,
+                                  uint16_t* residual);
+// The AVX-512 version for kAvx512, else the scalar one.
+DequantRowBf16Fn DequantizeQuantRowBf16ForIsa(GemvIsa isa);
+
 // For the kernels: the fp32 value of every fp16 bit pattern (65,536 floats, built on first use; thread-safe).
 // A block scale then costs the SIMD kernels two loads (the fp16 bits, then an FMA's broadcast operand) and no
 // vector instruction, which keeps the 4-bit kernels within reach of memory bandwidth.

@@ -1,7 +1,8 @@
-// CpuLinear: y[M, N] = x[M, K] @ w[N, K]^T with fp32 activations and BF16 weights, on the CPU backend's
-// thread pool. Small M (decode) runs the hand-written GEMV kernels (gemv.h), which stream each weight row
-// once and keep activations in fp32; larger M (prefill) runs a oneDNN bf16 matmul on activations converted to
-// bf16.
+// CpuLinear: y[M, N] = x[M, K] @ w[N, K]^T with fp32 activations and BF16 or block-quantized (Q8_0, Q4_0,
+// Q4_1) weights, on the CPU backend's thread pool. Small M (decode) runs the hand-written GEMV kernels
+// (gemv.h, gemv_quant.h), which stream each weight row once and keep activations in fp32; larger M (prefill)
+// runs a oneDNN bf16 matmul on activations converted to bf16 (quantized weights dequantized to bf16 tile by
+// tile).
 #pragma once
 
 #include <cstdint>
@@ -11,7 +12,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/dtype.h"
 #include "kernels/cpu/gemv.h"
+#include "kernels/cpu/gemv_quant.h"
 #include "kernels/cpu/onednn_matmul.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -35,6 +38,12 @@ struct LinearOptions {
   // Largest M that takes the GEMV path; larger M goes to oneDNN. < 0: the measured default for the precision
   // (linear.cc).
   int64_t gemv_max_m = -1;
+  // The same for block-quantized weights (ForwardQuant): M up to this runs the quantized GEMV kernels, larger
+  // M dequantizes weight tiles for oneDNN. < 0: the measured default for the precision (linear.cc).
+  int64_t quant_gemv_max_m = -1;
+  // Weight rows per dequantized tile on ForwardQuant's oneDNN path; < 1: the default (256). The tile scratch
+  // holds quant_tile_rows * k bf16 values.
+  int64_t quant_tile_rows = 0;
   PrefillPrecision prefill_precision = PrefillPrecision::kSplitBf16;
   // Kernel for the GEMV path (must be supported by this CPU: CHECKed).
   GemvIsa gemv_isa = BestGemvIsa();
@@ -55,22 +64,52 @@ class CpuLinear {
   [[nodiscard]] absl::Status ForwardOneDnn(const float* x, const uint16_t* w, float* y, int64_t m, int64_t n,
                                            int64_t k);
 
+  // y[m, n] = x[m, k] @ dequant(w)[n, k]^T for w in llama.cpp blocks of `type` (kQ8_0, kQ4_0 or kQ4_1;
+  // CHECKed): n rows of k / 32 blocks, row stride QuantRowBytes(type, k), any alignment, only read; k a
+  // multiple of 32 (CHECKed). Picks the path by m like Forward (quant_gemv_max_m), with the same fallback;
+  // not thread-safe either.
+  //   GEMV path: the fp32 dequantize-then-dot of GemvQuantFn (gemv_quant.h).
+  //   oneDNN path, in tiles of quant_tile_rows weight rows (the whole matrix is never dequantized at once):
+  //   kSplitBf16 ("exact") splits the weights as it splits the activations, w = w_hi + w_lo in bf16 (16
+  //   significant bits), and sums three matmuls, x_hi w_hi + x_lo w_hi + x_hi w_lo: errors of a few 1e-6 of
+  //   max |y|, as for BF16 weights, at 1.5x the arithmetic. kBf16 rounds each weight to bf16 (relative error
+  //   <= 2^-9, as a bf16 checkpoint has) and the activations too: one matmul, errors up to ~2e-3 of max |y|.
+  void ForwardQuant(const float* x, const uint8_t* w, DType type, float* y, int64_t m, int64_t n, int64_t k);
+  // The two quantized paths, for tests and benchmarks.
+  void ForwardGemvQuant(const float* x, const uint8_t* w, DType type, float* y, int64_t m, int64_t n,
+                        int64_t k);
+  [[nodiscard]] absl::Status ForwardOneDnnQuant(const float* x, const uint8_t* w, DType type, float* y,
+                                                int64_t m, int64_t n, int64_t k);
+
   int64_t gemv_max_m() const { return gemv_max_m_; }
+  int64_t quant_gemv_max_m() const { return quant_gemv_max_m_; }
+  int64_t quant_tile_rows() const { return quant_tile_rows_; }
   GemvIsa gemv_isa() const { return isa_; }
 
  private:
   CpuLinear(ThreadPool* pool, const LinearOptions& options, std::unique_ptr<OneDnnMatmul> onednn);
+  // Converts x[m, k] into src_hi_ (and src_lo_ for kSplitBf16); returns whether lo is used.
+  bool ConvertActivations(const float* x, int64_t m, int64_t k);
+  void WarnFallback(const absl::Status& status);
 
   ThreadPool* pool_;
   int64_t gemv_max_m_;
+  int64_t quant_gemv_max_m_;
+  int64_t quant_tile_rows_;
   PrefillPrecision precision_;
   GemvIsa isa_;
   GemvFn gemv_;
+  GemvQuantFn gemv_quant_;
+  DequantRowBf16Fn dequant_bf16_;
   SplitBf16Fn split_;
   std::unique_ptr<OneDnnMatmul> onednn_;
   bool warned_fallback_ = false;
   std::vector<uint16_t> src_hi_;  // [m, k] bf16 activations; grows to the largest m * k seen, never shrinks
   std::vector<uint16_t> src_lo_;  // [m, k] residuals (kSplitBf16 only)
+  // ForwardQuant's oneDNN path; both grow to the largest size seen, never shrink.
+  std::vector<uint16_t> quant_tile_;     // [quant_tile_rows, k] dequantized weights, bf16
+  std::vector<uint16_t> quant_tile_lo_;  // [quant_tile_rows, k] their bf16 residuals (kSplitBf16 only)
+  std::vector<float> quant_y_;           // [m, quant_tile_rows] one tile's output columns (when n > tile)
 };
 
 }  // namespace tessera

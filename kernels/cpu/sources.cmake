@@ -21,4 +21,8 @@ set_source_files_properties(${TESSERA_CPU_DIR}/gemv_avx2.cc ${TESSERA_CPU_DIR}/g
 set_source_files_properties(${TESSERA_CPU_DIR}/gemv_avx512.cc ${TESSERA_CPU_DIR}/gemv_quant_avx512.cc
   ${TESSERA_CPU_DIR}/attention_avx512.cc
   PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mprefer-vector-width=512")
+# The row dequantizers must round Q4_1's q * d before adding m (bit-identical to the GGUF reader's
+# DequantizeRow); no FMA contraction.
+set_source_files_properties(${TESSERA_CPU_DIR}/gemv_quant_scalar.cc
+  PROPERTIES COMPILE_OPTIONS "-ffp-contract=off")
 target_link_libraries(tessera_kernels PRIVATE DNNL::dnnl OpenMP::OpenMP_CXX)
