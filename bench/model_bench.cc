@@ -80,12 +80,26 @@ Timing PrefillSeconds(ModelRunner& runner, BlockAllocator& blocks, int tokens, i
   return Summarize(std::move(samples));
 }
 
-// {"engine":"tessera","weights":"BF16","measure":NAME,"tokens_per_s":MEDIAN,"runs":N}
-void PrintJsonLine(bool json, const char* measure, double tokens_per_s, int runs) {
+// {"engine":"tessera","weights":"BF16","measure":NAME,"tokens_per_s":MEDIAN,"runs":N}; weights: the dtype of
+// the projections (BF16, Q8_0, ...).
+void PrintJsonLine(bool json, const std::string& weights, const char* measure, double tokens_per_s,
+                   int runs) {
   if (!json) return;
   std::printf(
-      "{\"engine\":\"tessera\",\"weights\":\"BF16\",\"measure\":\"%s\",\"tokens_per_s\":%.2f,\"runs\":%d}\n",
-      measure, tokens_per_s, runs);
+      "{\"engine\":\"tessera\",\"weights\":\"%s\",\"measure\":\"%s\",\"tokens_per_s\":%.2f,\"runs\":%d}\n",
+      weights.c_str(), measure, tokens_per_s, runs);
+}
+
+// Bytes one decode step streams as the checkpoint stores them (BF16 or quantized blocks): every weight
+// matrix once; the embedding lookup reads a few rows only, but a tied lm_head reads the whole table.
+double StepBytes(const Checkpoint& checkpoint) {
+  double bytes = 0;
+  for (const TensorSpec& spec : LlamaTensorSpecs(checkpoint.config())) {
+    if (spec.shape.size() != 2) continue;
+    if (spec.name == "model.embed_tokens.weight" && !checkpoint.config().tie_word_embeddings) continue;
+    bytes += static_cast<double>(OrDie(checkpoint.Info(spec.name)).nbytes());
+  }
+  return bytes;
 }
 
 int Main(int argc, char** argv) {
@@ -131,18 +145,17 @@ int Main(int argc, char** argv) {
   if (absl::Status s = runner->AllocateKvCache(num_blocks); !s.ok()) Die(s);
   BlockAllocator blocks(num_blocks);
 
-  // Bytes one decode step streams: every weight matrix once (the embedding lookup reads a few rows only,
-  // but a tied lm_head reads the whole table).
+  const double step_bytes = StepBytes(checkpoint);
+  const std::string weights(DTypeName(OrDie(checkpoint.Info("model.layers.0.mlp.up_proj.weight")).dtype));
   const int64_t h = c.hidden_size, kv = int64_t{c.num_key_value_heads} * c.head_dim;
   const int64_t q = int64_t{c.num_attention_heads} * c.head_dim;
   const int64_t layer_params = h * q + 2 * h * kv + q * h + 3 * h * c.intermediate_size + 2 * h;
   const int64_t matmul_params = c.num_hidden_layers * layer_params + int64_t{c.vocab_size} * h;
-  const double step_bytes = 2.0 * matmul_params;
 
   std::printf("ceilings (%d threads): read bandwidth %.1f GB/s, oneDNN bf16 GEMM %.1f GFLOP/s\n", threads,
               bandwidth, gemm_peak);
-  std::printf("model %s: %.2f GB of weights streamed per decode step\n\n", model_dir.c_str(),
-              step_bytes / 1e9);
+  std::printf("model %s: %.2f GB of %s weights streamed per decode step\n\n", model_dir.c_str(),
+              step_bytes / 1e9, weights.c_str());
   std::printf("%-14s %10s %12s %12s %14s\n", "case", "ms/step", "tokens/s", "GB/s", "% of ceiling");
   std::printf("(decode: weight GB/s vs read bandwidth; prefill: GFLOP/s vs the bf16 GEMM peak)\n");
   std::vector<std::pair<std::string, double>> medians;  // printed as JSON lines after the table
@@ -177,7 +190,7 @@ int Main(int argc, char** argv) {
   BlockAllocator bf16_blocks(64);
   report_prefill("prefill bf16", *bf16_runner, bf16_blocks);
   for (const auto& [measure, tokens_per_s] : medians) {
-    PrintJsonLine(json, measure.c_str(), tokens_per_s, measure.rfind("decode", 0) == 0 ? steps : 5);
+    PrintJsonLine(json, weights, measure.c_str(), tokens_per_s, measure.rfind("decode", 0) == 0 ? steps : 5);
   }
   return 0;
 }

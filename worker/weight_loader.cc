@@ -1,8 +1,5 @@
 #include "worker/weight_loader.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -19,24 +16,6 @@ int64_t Cols(const TensorInfo& info) {
   int64_t cols = 1;
   for (size_t i = 1; i < info.shape.size(); ++i) cols *= info.shape[i];
   return cols;
-}
-
-// Pages an in-place (memory-mapped) tensor in now, so that the model is resident once loaded instead of being
-// faulted in by the first request: one madvise(MADV_POPULATE_READ) over its pages (Linux 5.14+), else a read
-// of one byte per page.
-void Prefault(const Tensor& t) {
-  if (t.nbytes() == 0) return;
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data()) & ~(page - 1);
-  const uintptr_t end = reinterpret_cast<uintptr_t>(t.data()) + static_cast<uintptr_t>(t.nbytes());
-#ifdef MADV_POPULATE_READ
-  if (madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0) return;
-#endif
-  const volatile char* bytes = static_cast<const char*>(t.data());
-  char sink = 0;
-  for (int64_t i = 0; i < t.nbytes(); i += static_cast<int64_t>(page)) sink ^= bytes[i];
-  sink ^= bytes[t.nbytes() - 1];
-  static_cast<void>(sink);
 }
 
 }  // namespace
@@ -56,14 +35,8 @@ absl::StatusOr<Tensor> WeightLoader::LoadRows(std::string_view name, int64_t beg
   if (info.shape.size() > 2) {
     return absl::InvalidArgumentError(Cat("tensor ", name, " has ", info.shape.size(), " dims, not 1 or 2"));
   }
-  const DType dtype = TargetDType(info.dtype);
-  if (info.dtype == dtype && backend_.device() == DeviceKind::kCpu && extra_zero_rows == 0) {
-    ASSIGN_OR_RETURN(Tensor mapped, checkpoint_.MapRows(name, begin, count));
-    Prefault(mapped);
-    return mapped;
-  }
   return Copy(name, Slice::kRows, begin, count, Cols(info), static_cast<int>(info.shape.size()),
-              extra_zero_rows, dtype);
+              extra_zero_rows, TargetDType(info.dtype));
 }
 
 absl::StatusOr<Tensor> WeightLoader::LoadColumns(std::string_view name, int64_t begin, int64_t count) {
