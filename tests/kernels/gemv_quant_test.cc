@@ -26,20 +26,6 @@ using ::tessera::testing::RandomFloats;
 constexpr QuantType kTypes[] = {QuantType::kQ8_0, QuantType::kQ4_0, QuantType::kQ4_1};
 constexpr GemvIsa kIsas[] = {GemvIsa::kScalar, GemvIsa::kAvx2, GemvIsa::kAvx512};
 
-GgmlType ToGgml(QuantType type) {
-  switch (type) {
-    case QuantType::kQ8_0:
-      return GgmlType::kQ8_0;
-    case QuantType::kQ4_0:
-      return GgmlType::kQ4_0;
-    case QuantType::kQ4_1:
-      return GgmlType::kQ4_1;
-    default:
-      break;
-  }
-  return GgmlType::kF32;
-}
-
 float HalfAt(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
@@ -83,7 +69,7 @@ Problem MakeProblem(std::mt19937& rng, QuantType type, int64_t m, int64_t n, int
   std::vector<float> w(k);
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t* row = p.w() + j * row_bytes;
-    DequantizeRow(ToGgml(type), reinterpret_cast<const char*>(row), k, w.data());
+    DequantizeRow(GgmlTypeOfBlockDType(type), reinterpret_cast<const char*>(row), k, w.data());
     for (int64_t i = 0; i < m; ++i) {
       double s = 0, a = 0;
       for (int64_t q = 0; q < k; ++q) {
@@ -211,7 +197,7 @@ TEST(GemvQuantTest, IsasAgreeWithEachOther) {
 
 TEST(GemvQuantTest, BlockGeometryMatchesGgml) {
   for (QuantType type : kTypes) {
-    const GgmlBlockLayout layout = BlockLayout(ToGgml(type));
+    const GgmlBlockLayout layout = BlockLayout(GgmlTypeOfBlockDType(type));
     EXPECT_EQ(layout.block_size, kQuantBlockSize) << QuantTypeName(type);
     EXPECT_EQ(QuantBlockBytes(type), layout.type_size) << QuantTypeName(type);
     EXPECT_EQ(QuantRowBytes(type, 2048), 64 * layout.type_size) << QuantTypeName(type);

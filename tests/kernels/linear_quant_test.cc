@@ -33,20 +33,6 @@ using ::tessera::testing::View;
 
 constexpr DType kTypes[] = {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1};
 
-GgmlType ToGgml(DType type) {
-  switch (type) {
-    case DType::kQ8_0:
-      return GgmlType::kQ8_0;
-    case DType::kQ4_0:
-      return GgmlType::kQ4_0;
-    case DType::kQ4_1:
-      return GgmlType::kQ4_1;
-    default:
-      break;
-  }
-  return GgmlType::kF32;
-}
-
 const char* PrecisionName(PrefillPrecision precision) {
   return precision == PrefillPrecision::kSplitBf16 ? "exact" : "bf16";
 }
@@ -69,8 +55,8 @@ struct QuantMatrix {
   // Row r dequantized by the GGUF reader.
   std::vector<float> Row(int64_t r) const {
     std::vector<float> out(k);
-    DequantizeRow(ToGgml(type), reinterpret_cast<const char*>(data() + r * QuantRowBytes(type, k)), k,
-                  out.data());
+    DequantizeRow(GgmlTypeOfBlockDType(type),
+                  reinterpret_cast<const char*>(data() + r * QuantRowBytes(type, k)), k, out.data());
     return out;
   }
 };

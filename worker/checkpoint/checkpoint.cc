@@ -57,17 +57,6 @@ void StoreFloat(float f, DType t, char* p) {
   }
 }
 
-GgmlType GgmlTypeOf(DType t) {
-  switch (t) {
-    case DType::kQ8_0:
-      return GgmlType::kQ8_0;
-    case DType::kQ4_0:
-      return GgmlType::kQ4_0;
-    default:
-      return GgmlType::kQ4_1;
-  }
-}
-
 // Converts n contiguous elements (a whole number of blocks for a quantized src); the caller has checked that
 // the pair of dtypes is supported: the same dtype (a copy), float to float, or quantized to float (exact
 // dequantization, then rounding to dst_dtype).
@@ -78,7 +67,7 @@ void Convert(const char* src, DType src_dtype, char* dst, DType dst_dtype, int64
   }
   if (IsQuantized(src_dtype)) {
     std::vector<float> values(static_cast<size_t>(n));
-    DequantizeRow(GgmlTypeOf(src_dtype), src, n, values.data());
+    DequantizeRow(GgmlTypeOfBlockDType(src_dtype), src, n, values.data());
     Convert(reinterpret_cast<const char*>(values.data()), DType::kF32, dst, dst_dtype, n);
     return;
   }

@@ -173,6 +173,24 @@ std::optional<GgmlType> GgmlTypeFromCode(uint32_t code) {
 
 GgmlBlockLayout BlockLayout(GgmlType type) { return Info(type).layout; }
 
+std::optional<DType> BlockDTypeOfGgml(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ8_0:
+      return DType::kQ8_0;
+    case GgmlType::kQ4_0:
+      return DType::kQ4_0;
+    case GgmlType::kQ4_1:
+      return DType::kQ4_1;
+    default:
+      return std::nullopt;
+  }
+}
+
+GgmlType GgmlTypeOfBlockDType(DType dtype) {
+  TESSERA_CHECK(IsQuantized(dtype));
+  return dtype == DType::kQ8_0 ? GgmlType::kQ8_0 : dtype == DType::kQ4_0 ? GgmlType::kQ4_0 : GgmlType::kQ4_1;
+}
+
 std::string_view GgmlTypeName(uint32_t code) {
   static constexpr std::string_view kNames[] = {
       "F32",   "F16",        "Q4_0",       "Q4_1",       "Q4_2",     "Q4_3",     "Q5_0",

@@ -6,6 +6,8 @@
 #include <optional>
 #include <string_view>
 
+#include "core/dtype.h"
+
 namespace tessera {
 
 // The ggml_type codes import-gguf reads (the numbering of ggml.h).
@@ -29,6 +31,11 @@ struct GgmlBlockLayout {
 
 // The type for ggml_type code `code` when it is one of GgmlType's; nullopt otherwise.
 std::optional<GgmlType> GgmlTypeFromCode(uint32_t code);
+
+// The Tessera block dtype (kQ8_0, kQ4_0, kQ4_1) that keeps a tensor of `type` as it is; nullopt for the
+// other types. And back: the GGML type of a block dtype (IsQuantized(dtype) is CHECKed).
+std::optional<DType> BlockDTypeOfGgml(GgmlType type);
+GgmlType GgmlTypeOfBlockDType(DType dtype);
 
 // Block geometry of a supported type.
 GgmlBlockLayout BlockLayout(GgmlType type);

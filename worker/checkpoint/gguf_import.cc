@@ -69,20 +69,6 @@ struct PlannedTensor {
   DType dtype = DType::kBF16;  // as written: the options' dtype, or the GGUF block type when it is kept
 };
 
-// The block type to keep a GGUF tensor of `type` in, if it is one of Tessera's.
-std::optional<DType> KeptBlockType(GgmlType type) {
-  switch (type) {
-    case GgmlType::kQ8_0:
-      return DType::kQ8_0;
-    case GgmlType::kQ4_0:
-      return DType::kQ4_0;
-    case GgmlType::kQ4_1:
-      return DType::kQ4_1;
-    default:
-      return std::nullopt;
-  }
-}
-
 // Every LlamaTensorSpecs(config) tensor with its GGUF source, in HF order.
 absl::StatusOr<std::vector<PlannedTensor>> PlanTensors(const GgufFile& f, const ModelConfig& config,
                                                        const ImportGgufOptions& options) {
@@ -113,7 +99,7 @@ absl::StatusOr<std::vector<PlannedTensor>> PlanTensors(const GgufFile& f, const 
     if (spec.name.ends_with("q_proj.weight")) t.permute_heads = config.num_attention_heads;
     if (spec.name.ends_with("k_proj.weight")) t.permute_heads = config.num_key_value_heads;
     if (options.keep_quantized && t.shape.size() == 2)
-      t.dtype = KeptBlockType(t.source->type).value_or(t.dtype);
+      t.dtype = BlockDTypeOfGgml(t.source->type).value_or(t.dtype);
     plan.push_back(std::move(t));
     by_hf.erase(it);
   }

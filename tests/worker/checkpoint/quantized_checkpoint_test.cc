@@ -41,10 +41,6 @@ ModelConfig TinyConfig() {
   return c;
 }
 
-GgmlType Ggml(DType t) {
-  return t == DType::kQ8_0 ? GgmlType::kQ8_0 : t == DType::kQ4_0 ? GgmlType::kQ4_0 : GgmlType::kQ4_1;
-}
-
 // Random blocks of `type` for `n` weights, every fp16 scale (and Q4_1 minimum) a sane finite number.
 std::string RandomBlocks(DType type, int64_t n, std::mt19937& rng) {
   std::string out(static_cast<size_t>(DTypeBytes(type, n)), '\0');
@@ -60,7 +56,7 @@ std::string RandomBlocks(DType type, int64_t n, std::mt19937& rng) {
 
 std::vector<float> Dequantize(DType type, const std::string& blocks, int64_t n) {
   std::vector<float> out(static_cast<size_t>(n));
-  DequantizeRow(Ggml(type), blocks.data(), n, out.data());
+  DequantizeRow(GgmlTypeOfBlockDType(type), blocks.data(), n, out.data());
   return out;
 }
 
