@@ -60,8 +60,8 @@ std::vector<float> Dequantize(DType type, const std::string& blocks, int64_t n) 
   return out;
 }
 
-// A one-layer checkpoint whose 2-D tensors are block-quantized (`type_of` by name; BF16 where it gives
-// kBF16) and whose norms are F32. `blocks` receives every quantized tensor's bytes.
+// A one-layer checkpoint: each tensor that `type_of` gives a block type is random blocks of that type, the
+// others BF16 (2-D) or F32 (the norms). Returns every tensor's dtype and every quantized tensor's bytes.
 struct Written {
   std::map<std::string, std::string> blocks;
   std::map<std::string, DType> types;
@@ -77,7 +77,7 @@ Written WriteQuantized(const ScopedTempDir& dir, const std::function<DType(const
   for (const TensorSpec& spec : LlamaTensorSpecs(config)) {
     int64_t numel = 1;
     for (int64_t d : spec.shape) numel *= d;
-    DType type = spec.shape.size() == 2 ? type_of(spec.name) : DType::kF32;
+    DType type = type_of(spec.name);
     if (IsQuantized(type)) {
       storage.push_back(RandomBlocks(type, numel, rng));
       w.blocks[spec.name] = storage.back();
@@ -98,10 +98,13 @@ Written WriteQuantized(const ScopedTempDir& dir, const std::function<DType(const
   return w;
 }
 
-DType AllQ8(const std::string&) { return DType::kQ8_0; }
+bool IsNorm(const std::string& name) { return name.find("norm") != std::string::npos; }
+
+DType AllQ8(const std::string& name) { return IsNorm(name) ? DType::kF32 : DType::kQ8_0; }
 
 // gate Q4_0, up Q4_1, down Q8_0, q/k/v Q8_0 and o Q4_1, the embedding Q4_0.
 DType Mixed(const std::string& name) {
+  if (IsNorm(name)) return DType::kF32;
   if (name.find("gate_proj") != std::string::npos) return DType::kQ4_0;
   if (name.find("up_proj") != std::string::npos || name.find("o_proj") != std::string::npos) {
     return DType::kQ4_1;
@@ -175,19 +178,8 @@ TEST(QuantizedCheckpointTest, ReadsColumnSlicesOnBlockBoundariesOnly) {
 
 TEST(QuantizedCheckpointTest, ValidateRefusesAQuantizedNorm) {
   ScopedTempDir dir;
-  const ModelConfig config = TinyConfig();
-  WriteFile(dir.File("config.json"), config.ToJson());
-  std::vector<TensorData> tensors;
-  std::vector<std::string> storage;
-  storage.reserve(32);
-  for (const TensorSpec& spec : LlamaTensorSpecs(config)) {
-    int64_t numel = 1;
-    for (int64_t d : spec.shape) numel *= d;
-    const DType type = spec.name == "model.norm.weight" ? DType::kQ8_0 : DType::kBF16;
-    storage.emplace_back(static_cast<size_t>(DTypeBytes(type, numel)), '\0');
-    tensors.push_back({spec.name, type, spec.shape, storage.back()});
-  }
-  ASSERT_OK(WriteSafetensors(dir.File("model.safetensors"), tensors));
+  WriteQuantized(
+      dir, [](const std::string& name) { return name == "model.norm.weight" ? DType::kQ8_0 : DType::kBF16; });
   ASSERT_OK_AND_ASSIGN(Checkpoint ckpt, Checkpoint::Open(dir.path()));
   EXPECT_THAT(ckpt.ValidateForLlama(),
               StatusIs(Code::kInvalidArgument, AllOf(HasSubstr("model.safetensors"),
