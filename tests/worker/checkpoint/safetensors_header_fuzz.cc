@@ -1,6 +1,6 @@
 // libFuzzer target for ParseSafetensorsHeader: any bytes, taken as a whole file, must give a tensor list or
 // an error status, never a crash, an out-of-bounds read or undefined behaviour. Accepted tensors must also be
-// self-consistent (ranges inside the data area, sizes matching shapes).
+// self-consistent (ranges inside the data area, sizes matching shapes and dtypes, block types included).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -16,8 +16,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   uint64_t header_end = 8;
   for (int i = 0; i < 8; ++i) header_end += static_cast<uint64_t>(data[i]) << (8 * i);
   for (const tessera::TensorInfo& t : *tensors) {
-    const uint64_t expected = static_cast<uint64_t>(t.numel()) * tessera::DTypeSize(t.dtype);
-    if (t.data_begin > t.data_end || header_end + t.data_end > size || t.nbytes() != expected) std::abort();
+    // Block-quantized tensors (named in __metadata__) have their logical shape: whole blocks per row.
+    const int64_t expected = tessera::DTypeBytes(t.dtype, t.numel());
+    if (t.data_begin > t.data_end || header_end + t.data_end > size || expected < 0 ||
+        t.nbytes() != static_cast<uint64_t>(expected)) {
+      std::abort();
+    }
   }
   return 0;
 }
