@@ -116,24 +116,14 @@ enum class WeightKind { kBf16, kQ8_0, kQ4_0, kQ4_1 };
 constexpr WeightKind kWeightKinds[] = {WeightKind::kBf16, WeightKind::kQ8_0, WeightKind::kQ4_0,
                                        WeightKind::kQ4_1};
 
-const char* WeightKindName(WeightKind kind) {
-  switch (kind) {
-    case WeightKind::kBf16:
-      return "bf16";
-    case WeightKind::kQ8_0:
-      return "q8_0";
-    case WeightKind::kQ4_0:
-      return "q4_0";
-    case WeightKind::kQ4_1:
-      return "q4_1";
-  }
-  return "?";
-}
-
 QuantType ToQuantType(WeightKind kind) {
   return kind == WeightKind::kQ8_0   ? QuantType::kQ8_0
          : kind == WeightKind::kQ4_0 ? QuantType::kQ4_0
                                      : QuantType::kQ4_1;
+}
+
+const char* WeightKindName(WeightKind kind) {
+  return kind == WeightKind::kBf16 ? "bf16" : QuantTypeName(ToQuantType(kind));
 }
 
 int64_t WeightBytes(WeightKind kind) {
