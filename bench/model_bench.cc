@@ -4,7 +4,11 @@
 // with
 // --json, also one JSON line per case with the median (for tables next to other engines' medians).
 //
-//   model_bench [--model DIR] [--threads N] [--steps N] [--json 1]
+//   model_bench [--model DIR] [--threads N] [--steps N] [--json 1] [--cases decode_b1,decode_b8,...]
+//               [--isa avx512|avx2|scalar]
+//
+// --isa forces the GEMV kernels' instruction set (default: the best this CPU has).
+// --cases picks some of decode_b1, decode_b8, decode_b32, prefill_512, prefill_512_bf16 (default: all).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -13,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
 #include "bench/bench_util.h"
 #include "bench/roofline.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -90,6 +95,15 @@ void PrintJsonLine(bool json, const std::string& weights, const char* measure, d
       weights.c_str(), measure, tokens_per_s, runs);
 }
 
+// The JSON lines of every measured case; returns the exit status 0.
+int PrintJsonLines(bool json, const std::string& weights,
+                   const std::vector<std::pair<std::string, double>>& medians, int steps) {
+  for (const auto& [measure, tokens_per_s] : medians) {
+    PrintJsonLine(json, weights, measure.c_str(), tokens_per_s, measure.rfind("decode", 0) == 0 ? steps : 5);
+  }
+  return 0;
+}
+
 // Bytes one decode step streams as the checkpoint stores them (BF16 or quantized blocks): every weight
 // matrix once; the embedding lookup reads a few rows only, but a tied lm_head reads the whole table.
 double StepBytes(const Checkpoint& checkpoint) {
@@ -105,6 +119,8 @@ double StepBytes(const Checkpoint& checkpoint) {
 int Main(int argc, char** argv) {
   std::string model_dir;
   int threads = 0, steps = 8, json = 0;
+  std::string isa_name = GemvIsaName(BestGemvIsa());
+  std::string cases = "decode_b1,decode_b8,decode_b32,prefill_512,prefill_512_bf16";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--model")
@@ -115,10 +131,27 @@ int Main(int argc, char** argv) {
       steps = std::atoi(argv[i + 1]);
     else if (flag == "--json")
       json = std::atoi(argv[i + 1]);
+    else if (flag == "--cases")
+      cases = argv[i + 1];
+    else if (flag == "--isa")
+      isa_name = argv[i + 1];
     else
-      Die(absl::InvalidArgumentError("unknown flag " + flag +
-                                     " (use --model DIR --threads N --steps N --json 1)"));
+      Die(absl::InvalidArgumentError(
+          "unknown flag " + flag +
+          " (use --model DIR --threads N --steps N --json 1 --cases LIST --isa NAME)"));
   }
+  const std::vector<std::string> wanted = absl::StrSplit(cases, ',');
+  for (const std::string& name : wanted) {
+    if (name != "decode_b1" && name != "decode_b8" && name != "decode_b32" && name != "prefill_512" &&
+        name != "prefill_512_bf16") {
+      Die(absl::InvalidArgumentError("unknown case " + name +
+                                     " in --cases (decode_b1, decode_b8, decode_b32, prefill_512, "
+                                     "prefill_512_bf16)"));
+    }
+  }
+  auto want = [&](const std::string& name) {
+    return std::find(wanted.begin(), wanted.end(), name) != wanted.end();
+  };
   if (model_dir.empty()) {
     model_dir = (std::filesystem::temp_directory_path() / "tessera-bench-small").string();
     if (!std::filesystem::exists(model_dir + "/config.json")) {
@@ -129,11 +162,22 @@ int Main(int argc, char** argv) {
       if (absl::Status s = MakeModel(make); !s.ok()) Die(s);
     }
   }
-  auto backend = OrDie(CpuBackend::Create({.num_threads = threads, .linear = {}}));
+  CpuBackendOptions backend_options;
+  backend_options.num_threads = threads;
+  bool isa_found = false;
+  for (GemvIsa isa : {GemvIsa::kAvx512, GemvIsa::kAvx2, GemvIsa::kScalar}) {
+    if (isa_name == GemvIsaName(isa)) {
+      backend_options.linear.gemv_isa = isa;
+      isa_found = true;
+    }
+  }
+  if (!isa_found) Die(absl::InvalidArgumentError("--isa " + isa_name + " is not avx512, avx2 or scalar"));
+  auto backend = OrDie(CpuBackend::Create(backend_options));
   threads = backend->num_threads();
 
   const double bandwidth = MeasureReadBandwidthGBps(threads);
-  const double gemm_peak = MeasureBf16GemmPeakGflops(threads);
+  const bool any_prefill = want("prefill_512") || want("prefill_512_bf16");
+  const double gemm_peak = any_prefill ? MeasureBf16GemmPeakGflops(threads) : 0;
 
   Checkpoint checkpoint = OrDie(Checkpoint::Open(model_dir));
   const ModelConfig& c = checkpoint.config();
@@ -152,6 +196,7 @@ int Main(int argc, char** argv) {
   const int64_t layer_params = h * q + 2 * h * kv + q * h + 3 * h * c.intermediate_size + 2 * h;
   const int64_t matmul_params = c.num_hidden_layers * layer_params + int64_t{c.vocab_size} * h;
 
+  std::printf("GEMV kernels: %s\n", isa_name.c_str());
   std::printf("ceilings (%d threads): read bandwidth %.1f GB/s, oneDNN bf16 GEMM %.1f GFLOP/s\n", threads,
               bandwidth, gemm_peak);
   std::printf("model %s: %.2f GB of %s weights streamed per decode step\n\n", model_dir.c_str(),
@@ -160,6 +205,7 @@ int Main(int argc, char** argv) {
   std::printf("(decode: weight GB/s vs read bandwidth; prefill: GFLOP/s vs the bf16 GEMM peak)\n");
   std::vector<std::pair<std::string, double>> medians;  // printed as JSON lines after the table
   for (int batch : {1, 8, 32}) {
+    if (!want("decode_b" + std::to_string(batch))) continue;
     const Timing t = DecodeStepSeconds(*runner, blocks, batch, steps);
     const double s = t.best;
     double gbps = step_bytes / s / 1e9;
@@ -171,28 +217,25 @@ int Main(int argc, char** argv) {
   // Linear layers (lm_head only for the last token) plus causal attention (QK^T and PV over half the square).
   const double flops = 2.0 * prefill * (matmul_params - int64_t{c.vocab_size} * h) + 2.0 * h * c.vocab_size +
                        2.0 * c.num_hidden_layers * q * prefill * prefill;
-  auto report_prefill = [&](const char* name, ModelRunner& r, BlockAllocator& b) {
+  auto report_prefill = [&](const char* name, const char* measure, ModelRunner& r, BlockAllocator& b) {
     const Timing t = PrefillSeconds(r, b, prefill, json ? 5 : 2);
     const double s = t.best;
-    medians.emplace_back(name == std::string("prefill 512") ? "prefill_512" : "prefill_512_bf16",
-                         prefill / t.median);
+    medians.emplace_back(measure, prefill / t.median);
     std::printf("%-14s %10.1f %12.1f %12s %13.0f%%   (%.1f GFLOP/s)\n", name, s * 1e3, prefill / s, "-",
                 100 * flops / s / 1e9 / gemm_peak, flops / s / 1e9);
   };
-  report_prefill("prefill 512", *runner, blocks);
+  if (want("prefill_512")) report_prefill("prefill 512", "prefill_512", *runner, blocks);
+  if (!want("prefill_512_bf16")) return PrintJsonLines(json, weights, medians, steps);
   // The same prefill with activations rounded to bf16 for the GEMMs (--prefill-precision bf16).
-  CpuBackendOptions bf16_options;
+  CpuBackendOptions bf16_options = backend_options;
   bf16_options.num_threads = threads;
   bf16_options.linear.prefill_precision = PrefillPrecision::kBf16;
   auto bf16_backend = OrDie(CpuBackend::Create(bf16_options));
   auto bf16_runner = OrDie(ModelRunner::Create(checkpoint, *bf16_backend, options));
   if (absl::Status s = bf16_runner->AllocateKvCache(64); !s.ok()) Die(s);
   BlockAllocator bf16_blocks(64);
-  report_prefill("prefill bf16", *bf16_runner, bf16_blocks);
-  for (const auto& [measure, tokens_per_s] : medians) {
-    PrintJsonLine(json, weights, measure.c_str(), tokens_per_s, measure.rfind("decode", 0) == 0 ? steps : 5);
-  }
-  return 0;
+  report_prefill("prefill bf16", "prefill_512_bf16", *bf16_runner, bf16_blocks);
+  return PrintJsonLines(json, weights, medians, steps);
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
-// AVX2 + FMA GEMV kernel (compiled with -mavx2 -mfma): the AVX-512 kernel's scheme at eight lanes. BF16
-// weights are widened to fp32 and multiplied with fp32 FMA; activations stay fp32. The k tail (k % 8) runs in
-// scalar.
+// AVX2 + FMA GEMV kernel (compiled with -mavx2 -mfma): the AVX-512 kernel's scheme (four weight rows a
+// quarter of the range apart, each a prefetched stream) at eight lanes. BF16 weights are widened to fp32 and
+// multiplied with fp32 FMA; activations stay fp32. The k tail (k % 8) runs in scalar.
 #include <immintrin.h>
 
 #include <cstring>
@@ -28,10 +28,16 @@ inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// y[m, r] = x[m, :] . w[r, :] for MR activation rows and NR consecutive weight rows (MR * NR <= 8 keeps the
-// accumulators, weights and one activation vector within the 16 ymm registers).
-template <int MR, int NR>
-inline void Tile(const float* x, const uint16_t* w, int64_t k, float* y, int64_t ldy) {
+// How far ahead (elements, 2 KiB) each weight stream prefetches, as the AVX-512 kernel.
+constexpr int64_t kPrefetchAhead = 1024;
+
+// y[m, r * ys] = x[m, :] . w[r * ws, :] for MR activation rows and NR weight rows ws elements apart (MR * NR
+// <= 8 keeps the accumulators, weights and one activation vector within the 16 ymm registers). The NR rows
+// are streams; with kPrefetch each prefetches kPrefetchAhead elements ahead (into the stream's next row past
+// its end; prefetches never fault).
+template <int MR, int NR, bool kPrefetch>
+inline void Tile(const float* x, const uint16_t* w, int64_t ws, int64_t k, float* y, int64_t ys,
+                 int64_t ldy) {
   __m256 acc[MR][NR];
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r) acc[m][r] = _mm256_setzero_ps();
@@ -39,7 +45,11 @@ inline void Tile(const float* x, const uint16_t* w, int64_t k, float* y, int64_t
   for (; i + 8 <= k; i += 8) {
     __m256 wv[NR];
     for (int r = 0; r < NR; ++r) {
-      wv[r] = WidenBf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + r * k + i)));
+      const uint16_t* p = w + r * ws + i;
+      wv[r] = WidenBf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      // Once per 64-byte line (the loads are 16 bytes).
+      if (kPrefetch && i % 32 == 0)
+        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAhead), _MM_HINT_T0);
     }
     for (int m = 0; m < MR; ++m) {
       const __m256 xv = _mm256_loadu_ps(x + m * k + i);
@@ -49,26 +59,32 @@ inline void Tile(const float* x, const uint16_t* w, int64_t k, float* y, int64_t
   for (int m = 0; m < MR; ++m) {
     for (int r = 0; r < NR; ++r) {
       float s = 0;
-      for (int64_t j = i; j < k; ++j) s += x[m * k + j] * WidenScalar(w[r * k + j]);
-      y[m * ldy + r] = HorizontalSum(acc[m][r]) + s;
+      for (int64_t j = i; j < k; ++j) s += x[m * k + j] * WidenScalar(w[r * ws + j]);
+      y[m * ldy + r * ys] = HorizontalSum(acc[m][r]) + s;
     }
   }
 }
 
+// Weight rows n + r * stride against every activation row; the first register chunk streams them from memory.
 template <int NR>
-inline void Rows(const GemvArgs& a, int64_t n) {
+inline void Rows(const GemvArgs& a, int64_t n, int64_t stride) {
   const uint16_t* w = a.w + n * a.k;
-  int64_t m = 0;
-  for (; m + 2 <= a.m; m += 2) Tile<2, NR>(a.x + m * a.k, w, a.k, a.y + m * a.n + n, a.n);
-  if (m < a.m) Tile<1, NR>(a.x + m * a.k, w, a.k, a.y + m * a.n + n, a.n);
+  const int64_t ws = stride * a.k;
+  float* y = a.y + n;
+  if (a.m == 1) return Tile<1, NR, true>(a.x, w, ws, a.k, y, stride, a.n);
+  Tile<2, NR, true>(a.x, w, ws, a.k, y, stride, a.n);
+  int64_t m = 2;
+  for (; m + 2 <= a.m; m += 2) Tile<2, NR, false>(a.x + m * a.k, w, ws, a.k, y + m * a.n, stride, a.n);
+  if (m < a.m) Tile<1, NR, false>(a.x + m * a.k, w, ws, a.k, y + m * a.n, stride, a.n);
 }
 
 }  // namespace
 
 void GemvAvx2(const GemvArgs& a, int64_t n_begin, int64_t n_end) {
-  int64_t n = n_begin;
-  for (; n + 4 <= n_end; n += 4) Rows<4>(a, n);
-  for (; n < n_end; ++n) Rows<1>(a, n);
+  // Four streams of q consecutive rows, read side by side, as GemvAvx512 does (measured there).
+  const int64_t q = (n_end - n_begin) / 4;
+  for (int64_t j = 0; j < q; ++j) Rows<4>(a, n_begin + j, q);
+  for (int64_t n = n_begin + 4 * q; n < n_end; ++n) Rows<1>(a, n, 0);
 }
 
 }  // namespace tessera

@@ -1,8 +1,9 @@
 // AVX-512 GEMV kernel (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq). BF16 weights are widened to
 // fp32 (zero-extend, shift left 16) and multiplied with fp32 FMA, so activations keep full fp32 precision
 // (unlike _mm512_dpbf16_ps, which rounds them to bf16). Four weight rows at a time share each activation
-// load; activation rows go in register chunks of up to four, re-reading the four weight rows from L1/L2. GCC
-// 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wuninitialized flags once inlined.
+// load; activation rows go in register chunks of up to four, re-reading the four weight rows from L1/L2. The
+// four rows are a quarter of the range apart, so that the weights stream as four long runs (see GemvAvx512).
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wuninitialized flags once inlined.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -16,9 +17,17 @@ inline __m512 WidenBf16(__m256i h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// y[m, r] = x[m, :] . w[r, :] for MR activation rows and NR consecutive weight rows.
-template <int MR, int NR>
-inline void Tile(const float* x, const uint16_t* w, int64_t k, float* y, int64_t ldy) {
+// How far ahead (in weight elements, 2 KiB) each weight stream prefetches. Measured on the 8192x2048 and
+// 2048x8192 shapes (2 threads, Sapphire Rapids VM): 1 KiB and 4 KiB ahead were 2-10% slower; the next row
+// group at the same offset (this kernel's earlier scheme, with adjacent rows) 8-14% slower.
+constexpr int64_t kPrefetchAhead = 1024;
+
+// y[m, r * ys] = x[m, :] . w[r * ws, :] for MR activation rows and NR weight rows ws elements apart. The
+// weight rows are NR independent streams; with kPrefetch each one prefetches kPrefetchAhead elements ahead,
+// past the end of its row into the next row of the same stream (prefetches never fault).
+template <int MR, int NR, bool kPrefetch>
+inline void Tile(const float* x, const uint16_t* w, int64_t ws, int64_t k, float* y, int64_t ys,
+                 int64_t ldy) {
   __m512 acc[MR][NR];
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();
@@ -26,10 +35,9 @@ inline void Tile(const float* x, const uint16_t* w, int64_t k, float* y, int64_t
   for (; i + 16 <= k; i += 16) {
     __m512 wv[NR];
     for (int r = 0; r < NR; ++r) {
-      wv[r] = WidenBf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * k + i)));
-      // The same offset in the next group of rows: a whole group ahead, so each new row's stream is already
-      // in flight when it starts (hardware prefetchers restart on every short row). Never faults.
-      if (MR == 1) _mm_prefetch(reinterpret_cast<const char*>(w + (NR + r) * k + i), _MM_HINT_T0);
+      const uint16_t* p = w + r * ws + i;
+      wv[r] = WidenBf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+      if (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAhead), _MM_HINT_T0);
     }
     for (int m = 0; m < MR; ++m) {
       const __m512 xv = _mm512_loadu_ps(x + m * k + i);
@@ -39,30 +47,43 @@ inline void Tile(const float* x, const uint16_t* w, int64_t k, float* y, int64_t
   if (i < k) {
     const __mmask16 mask = static_cast<__mmask16>((1u << (k - i)) - 1);
     __m512 wv[NR];
-    for (int r = 0; r < NR; ++r) wv[r] = WidenBf16(_mm256_maskz_loadu_epi16(mask, w + r * k + i));
+    for (int r = 0; r < NR; ++r) wv[r] = WidenBf16(_mm256_maskz_loadu_epi16(mask, w + r * ws + i));
     for (int m = 0; m < MR; ++m) {
       const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * k + i);
       for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
     }
   }
   for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) y[m * ldy + r] = _mm512_reduce_add_ps(acc[m][r]);
+    for (int r = 0; r < NR; ++r) y[m * ldy + r * ys] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
+// Weight rows n + r * stride (r < NR) against every activation row. The first register chunk of activation
+// rows streams the weights from memory (and prefetches); later chunks re-read them from L1/L2.
 template <int NR>
-inline void Rows(const GemvArgs& a, int64_t n) {
+inline void Rows(const GemvArgs& a, int64_t n, int64_t stride) {
   const uint16_t* w = a.w + n * a.k;
+  const int64_t ws = stride * a.k;
+  float* y = a.y + n;
   int64_t m = 0;
-  for (; m + 4 <= a.m; m += 4) Tile<4, NR>(a.x + m * a.k, w, a.k, a.y + m * a.n + n, a.n);
+  if (a.m >= 4) {
+    Tile<4, NR, true>(a.x, w, ws, a.k, y, stride, a.n);
+    for (m = 4; m + 4 <= a.m; m += 4) Tile<4, NR, false>(a.x + m * a.k, w, ws, a.k, y + m * a.n, stride, a.n);
+  }
+  const float* x = a.x + m * a.k;
+  y += m * a.n;
+  const bool first = m == 0;
   switch (a.m - m) {
     case 3:
-      Tile<3, NR>(a.x + m * a.k, w, a.k, a.y + m * a.n + n, a.n);
+      first ? Tile<3, NR, true>(x, w, ws, a.k, y, stride, a.n)
+            : Tile<3, NR, false>(x, w, ws, a.k, y, stride, a.n);
       break;
     case 2:
-      Tile<2, NR>(a.x + m * a.k, w, a.k, a.y + m * a.n + n, a.n);
+      first ? Tile<2, NR, true>(x, w, ws, a.k, y, stride, a.n)
+            : Tile<2, NR, false>(x, w, ws, a.k, y, stride, a.n);
       break;
     case 1:
-      Tile<1, NR>(a.x + m * a.k, w, a.k, a.y + m * a.n + n, a.n);
+      first ? Tile<1, NR, true>(x, w, ws, a.k, y, stride, a.n)
+            : Tile<1, NR, false>(x, w, ws, a.k, y, stride, a.n);
       break;
     default:
       break;
@@ -93,9 +114,12 @@ void SplitBf16Avx512(const float* x, int64_t count, uint16_t* hi, uint16_t* lo) 
 }
 
 void GemvAvx512(const GemvArgs& a, int64_t n_begin, int64_t n_end) {
-  int64_t n = n_begin;
-  for (; n + 4 <= n_end; n += 4) Rows<4>(a, n);
-  for (; n < n_end; ++n) Rows<1>(a, n);
+  // The range as four streams of q consecutive rows each, read side by side (rows j, j + q, j + 2q, j + 3q):
+  // each stream runs through contiguous memory across row ends, which the prefetchers follow, where four
+  // adjacent rows would restart four short streams every 4 rows. Measured 8-14% faster at m = 1.
+  const int64_t q = (n_end - n_begin) / 4;
+  for (int64_t j = 0; j < q; ++j) Rows<4>(a, n_begin + j, q);
+  for (int64_t n = n_begin + 4 * q; n < n_end; ++n) Rows<1>(a, n, 0);
 }
 
 }  // namespace tessera

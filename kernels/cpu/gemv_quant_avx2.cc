@@ -1,7 +1,8 @@
 // AVX2 + FMA + F16C quantized GEMV kernel (compiled with -mavx2 -mfma -mf16c): the AVX-512 kernel's scheme
 // at eight lanes. A 32-weight block is four 8-lane fp32 vectors, multiplied with fp32 FMA against x into a
 // per-block dot vector, then one FMA by the broadcast block scale (Q4_1: and one by the broadcast min against
-// sum(x over the block)). Four weight rows share each activation load. With 16 ymm registers there is room
+// sum(x over the block)). Four weight rows (a quarter of the range apart: four long streams) share each
+// activation load. With 16 ymm registers there is room
 // for one activation row at a time only, so m > 1 unpacks each (L1-resident) block once per activation row.
 #include <immintrin.h>
 
@@ -56,9 +57,15 @@ inline void Unpack(const uint8_t* b, __m256 q[4]) {
   }
 }
 
-// y[r] = x . dequant(w[r, :]) for one activation row and NR consecutive weight rows.
+// How far ahead (bytes) each weight stream prefetches, as the AVX-512 kernels.
+constexpr int64_t kPrefetchAheadBytes = 2048;
+
+// y[r * ys] = x . dequant(w[r * ws bytes, :]) for one activation row and NR weight rows ws bytes apart (NR
+// streams; with `prefetch` each prefetches kPrefetchAheadBytes ahead, past its row's end into the stream's
+// next row; prefetches never fault).
 template <QuantType T, int NR>
-inline void Tile(const float* x, const uint8_t* w, int64_t k, int64_t row_bytes, bool prefetch, float* y) {
+inline void Tile(const float* x, const uint8_t* w, int64_t ws, int64_t k, bool prefetch, float* y,
+                 int64_t ys) {
   constexpr int64_t kBlockBytes = T == QuantType::kQ8_0 ? 34 : T == QuantType::kQ4_0 ? 18 : 20;
   __m256 acc[NR];
   for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_ps();
@@ -70,9 +77,8 @@ inline void Tile(const float* x, const uint8_t* w, int64_t k, int64_t row_bytes,
     if constexpr (T == QuantType::kQ4_1)
       xsum = _mm256_add_ps(_mm256_add_ps(xv[0], xv[1]), _mm256_add_ps(xv[2], xv[3]));
     for (int r = 0; r < NR; ++r) {
-      const uint8_t* p = w + r * row_bytes + b * kBlockBytes;
-      // The same block a whole row group ahead (see the AVX-512 kernel). Never faults.
-      if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(p + NR * row_bytes), _MM_HINT_T0);
+      const uint8_t* p = w + r * ws + b * kBlockBytes;
+      if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAheadBytes), _MM_HINT_T0);
       __m256 q[4];
       Unpack<T>(p, q);
       __m256 dot = _mm256_mul_ps(xv[0], q[0]);
@@ -81,21 +87,24 @@ inline void Tile(const float* x, const uint8_t* w, int64_t k, int64_t row_bytes,
       if constexpr (T == QuantType::kQ4_1) acc[r] = _mm256_fmadd_ps(xsum, BroadcastHalf(p + 2), acc[r]);
     }
   }
-  for (int r = 0; r < NR; ++r) y[r] = HorizontalSum(acc[r]);
+  for (int r = 0; r < NR; ++r) y[r * ys] = HorizontalSum(acc[r]);
 }
 
+// Weight rows n + r * stride against every activation row (the first streams them from memory).
 template <QuantType T, int NR>
-inline void Rows(const GemvQuantArgs& a, int64_t row_bytes, int64_t n) {
+inline void Rows(const GemvQuantArgs& a, int64_t row_bytes, int64_t n, int64_t stride) {
   const uint8_t* w = a.w + n * row_bytes;
-  for (int64_t m = 0; m < a.m; ++m) Tile<T, NR>(a.x + m * a.k, w, a.k, row_bytes, m == 0, a.y + m * a.n + n);
+  for (int64_t m = 0; m < a.m; ++m)
+    Tile<T, NR>(a.x + m * a.k, w, stride * row_bytes, a.k, m == 0, a.y + m * a.n + n, stride);
 }
 
 template <QuantType T>
 void Run(const GemvQuantArgs& a, int64_t n_begin, int64_t n_end) {
   const int64_t row_bytes = QuantRowBytes(T, a.k);
-  int64_t n = n_begin;
-  for (; n + 4 <= n_end; n += 4) Rows<T, 4>(a, row_bytes, n);
-  for (; n < n_end; ++n) Rows<T, 1>(a, row_bytes, n);
+  // Four streams of q consecutive rows, read side by side, as the AVX-512 kernels.
+  const int64_t q = (n_end - n_begin) / 4;
+  for (int64_t j = 0; j < q; ++j) Rows<T, 4>(a, row_bytes, n_begin + j, q);
+  for (int64_t n = n_begin + 4 * q; n < n_end; ++n) Rows<T, 1>(a, row_bytes, n, 0);
 }
 
 }  // namespace
