@@ -10,7 +10,8 @@
 //   kernels_bench --threads=N           threads (default: all cores)
 // Also the GEMV kernels alone at M = 1 on the 8192x2048 gate/up matrix in bf16 and in the quantized block
 // types (Q8_0, Q4_0, Q4_1) on 1 and 2 threads, as GB/s of weight bytes and % of the read bandwidth measured
-// at that thread count (GemvQuant/...). Google Benchmark flags (--benchmark_filter=...,
+// at that thread count (GemvQuant/...); the quantized ones also with int8 activations (.../int8_activations,
+// where the CPU has AVX-512 VNNI). Google Benchmark flags (--benchmark_filter=...,
 // --benchmark_min_time=...) pass through.
 #include <benchmark/benchmark.h>
 #include <unistd.h>
@@ -26,6 +27,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/gemv.h"
 #include "kernels/cpu/gemv_quant.h"
+#include "kernels/cpu/gemv_quant_int8.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace tessera {
@@ -158,12 +160,17 @@ struct QuantContext {
 
 QuantContext* g_quant = nullptr;
 
-void BM_GemvQuant(benchmark::State& state, WeightKind kind, int threads) {
+// int8: the quantized kinds with --quant-activations int8 (activations quantized once per call, then the VNNI
+// kernel), as CpuLinear runs them.
+void BM_GemvQuant(benchmark::State& state, WeightKind kind, int threads, bool int8) {
   const auto& copies = g_quant->weights[static_cast<int>(kind)];
   ThreadPool& pool = *g_quant->pools[threads - 1];
   const GemvIsa isa = BestGemvIsa();
   const GemvFn bf16_fn = GemvForIsa(isa);
   const GemvQuantFn quant_fn = GemvQuantForIsa(isa);
+  std::vector<int8_t> xq(kQuantK);
+  std::vector<float> xd(kQuantK / kQuantBlockSize);
+  std::vector<int32_t> xsum(kQuantK / kQuantBlockSize);
   size_t copy = 0;
   for (auto _ : state) {
     const uint8_t* w = copies[copy].data();
@@ -172,6 +179,12 @@ void BM_GemvQuant(benchmark::State& state, WeightKind kind, int threads) {
       const GemvArgs args{
           g_quant->x.data(), reinterpret_cast<const uint16_t*>(w), g_quant->y.data(), 1, kQuantN, kQuantK};
       pool.ParallelForStatic(kQuantN, kGemvRowBlock, [&](int64_t b, int64_t e) { bf16_fn(args, b, e); });
+    } else if (int8) {
+      QuantizeActivationsInt8(g_quant->x.data(), 1, kQuantK, xq.data(), xd.data(), xsum.data());
+      const GemvQuantInt8Args args{xq.data(), xd.data(), xsum.data(),      w, g_quant->y.data(), 1,
+                                   kQuantN,   kQuantK,   ToQuantType(kind)};
+      pool.ParallelForStatic(kQuantN, kGemvRowBlock,
+                             [&](int64_t b, int64_t e) { GemvQuantInt8Avx512Vnni(args, b, e); });
     } else {
       const GemvQuantArgs args{g_quant->x.data(), w,       g_quant->y.data(), 1,
                                kQuantN,           kQuantK, ToQuantType(kind)};
@@ -337,7 +350,11 @@ int main(int argc, char** argv) {
     for (int t : {1, 2}) {
       const std::string name =
           std::string("GemvQuant/8192x2048/M=1/") + WeightKindName(kind) + "/threads=" + std::to_string(t);
-      benchmark::RegisterBenchmark(name.c_str(), BM_GemvQuant, kind, t)->UseRealTime();
+      benchmark::RegisterBenchmark(name.c_str(), BM_GemvQuant, kind, t, false)->UseRealTime();
+      if (kind != WeightKind::kBf16 && Int8VnniSupported()) {
+        benchmark::RegisterBenchmark((name + "/int8_activations").c_str(), BM_GemvQuant, kind, t, true)
+            ->UseRealTime();
+      }
     }
   }
   QuantCrossoverContext quant_crossover_ctx;

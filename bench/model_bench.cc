@@ -5,9 +5,10 @@
 // --json, also one JSON line per case with the median (for tables next to other engines' medians).
 //
 //   model_bench [--model DIR] [--threads N] [--steps N] [--json 1] [--cases decode_b1,decode_b8,...]
-//               [--isa avx512|avx2|scalar]
+//               [--isa avx512|avx2|scalar] [--quant-activations fp32|int8]
 //
-// --isa forces the GEMV kernels' instruction set (default: the best this CPU has).
+// --isa forces the GEMV kernels' instruction set (default: the best this CPU has); --quant-activations is the
+// serving flag of that name (decode against quantized weights).
 // --cases picks some of decode_b1, decode_b8, decode_b32, prefill_512, prefill_512_bf16 (default: all).
 #include <algorithm>
 #include <chrono>
@@ -120,6 +121,7 @@ int Main(int argc, char** argv) {
   std::string model_dir;
   int threads = 0, steps = 8, json = 0;
   std::string isa_name = GemvIsaName(BestGemvIsa());
+  QuantActivations quant_activations = QuantActivations::kFp32;
   std::string cases = "decode_b1,decode_b8,decode_b32,prefill_512,prefill_512_bf16";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
@@ -135,10 +137,13 @@ int Main(int argc, char** argv) {
       cases = argv[i + 1];
     else if (flag == "--isa")
       isa_name = argv[i + 1];
+    else if (flag == "--quant-activations")
+      OrDie(ParseQuantActivations(argv[i + 1], quant_activations));
     else
       Die(absl::InvalidArgumentError(
           "unknown flag " + flag +
-          " (use --model DIR --threads N --steps N --json 1 --cases LIST --isa NAME)"));
+          " (use --model DIR --threads N --steps N --json 1 --cases LIST --isa NAME "
+          "--quant-activations fp32|int8)"));
   }
   const std::vector<std::string> wanted = absl::StrSplit(cases, ',');
   for (const std::string& name : wanted) {
@@ -171,6 +176,7 @@ int Main(int argc, char** argv) {
       isa_found = true;
     }
   }
+  backend_options.linear.quant_activations = quant_activations;
   if (!isa_found) Die(absl::InvalidArgumentError("--isa " + isa_name + " is not avx512, avx2 or scalar"));
   auto backend = OrDie(CpuBackend::Create(backend_options));
   threads = backend->num_threads();

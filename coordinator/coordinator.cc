@@ -167,6 +167,7 @@ CoordinatorMessage Coordinator::AssignShardMessage(int rank) const {
   shard->set_max_num_tokens(limits.max_num_batched_tokens);
   shard->set_max_num_seqs(limits.max_num_seqs);
   shard->set_prefill_precision(options_.prefill_precision);
+  shard->set_quant_activations(options_.quant_activations);
   if (options_.graph_max_batch >= 0) shard->set_graph_max_batch(options_.graph_max_batch);
   shard->set_communicator(options_.communicator);
   shard->set_single_node(options_.single_node);

@@ -77,6 +77,7 @@ struct CoordinatorOptions {
   int max_kv_blocks = 0;        // at most this many KV blocks per rank (what a batch needs); 0 = no bound
   int threads_per_worker = 0;   // 0 = each worker's share of its cores
   std::string prefill_precision = "exact";
+  std::string quant_activations = "fp32";  // or "int8" (CPU decode against quantized weights)
   int graph_max_batch = -1;    // decode graphs up to this batch; 0 = never; -1 = each worker's default
   std::string communicator;    // CUDA: "nccl", "gloo" (ranks sharing a GPU) or "" (auto)
   bool single_node = false;    // every worker runs on this node (tessera serve)

@@ -44,6 +44,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
       CpuBackendOptions cpu;
       cpu.num_threads = options.num_threads;
       cpu.linear.prefill_precision = options.prefill_precision;
+      cpu.linear.quant_activations = options.quant_activations;
       auto backend = CpuBackend::Create(cpu);
       if (!backend.ok()) return backend.status();
       return std::unique_ptr<Backend>(std::move(backend).value());

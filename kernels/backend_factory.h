@@ -18,6 +18,8 @@ struct BackendOptions {
   int device_index = 0;  // CUDA: which GPU
   // CPU: how prefill-sized GEMMs treat fp32 activations (see PrefillPrecision).
   PrefillPrecision prefill_precision = PrefillPrecision::kSplitBf16;
+  // CPU: how decode GEMVs meet block-quantized weights (see QuantActivations).
+  QuantActivations quant_activations = QuantActivations::kFp32;
   // Null: the device capacity allocations are accounted against (an H200's by default).
   int64_t null_memory_bytes = kNullDefaultMemoryBytes;
 };

@@ -106,6 +106,7 @@ absl::StatusOr<CoordinatorOptions> BatchEngineOptions(const GenerateOptions& o) 
   args.grpc_port = 0;
   args.threads_per_worker = o.threads;
   args.prefill_precision = o.prefill_precision;
+  args.quant_activations = o.quant_activations;
   args.graph_max_batch = o.graph_max_batch;
   args.comm_timeout = "60s";
   ASSIGN_OR_RETURN(CoordinatorOptions options, MakeCoordinatorOptions(args));

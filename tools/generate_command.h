@@ -28,6 +28,7 @@ struct GenerateOptions {
   std::string logits_out;                   // .npy of the first prompt's logits, [generated, vocab]
   bool stats = false;                       // one JSON line of the engine's figures on `err`
   std::string prefill_precision = "exact";  // or "bf16" (CPU prefill GEMMs)
+  std::string quant_activations = "fp32";   // or "int8" (CPU decode against quantized weights)
   int graph_max_batch = -1;  // decode graphs up to this batch; -1: the device's default, 0: never
   // When set, each output line also carries "text": the generated ids turned into text.
   std::function<absl::StatusOr<std::string>(const std::vector<int32_t>&)> detokenize;

@@ -69,6 +69,11 @@ absl::StatusOr<CoordinatorOptions> MakeCoordinatorOptions(const ServeArgs& a) {
         Cat("--prefill-precision '", a.prefill_precision, "' is not exact or bf16"));
   }
   o.prefill_precision = a.prefill_precision;
+  if (a.quant_activations != "fp32" && a.quant_activations != "int8") {
+    return absl::InvalidArgumentError(
+        Cat("--quant-activations '", a.quant_activations, "' is not fp32 or int8"));
+  }
+  o.quant_activations = a.quant_activations;
   if (a.graph_max_batch < -1) {
     return absl::InvalidArgumentError(
         Cat("--graph-max-batch=", a.graph_max_batch, " must be -1, 0 or positive"));

@@ -43,6 +43,7 @@ struct ServeArgs {
   bool enable_prefix_caching = true;
   std::string max_queue_time = "0s";  // 0: requests wait as long as it takes
   std::string prefill_precision = "exact";
+  std::string quant_activations = "fp32";
   int graph_max_batch = -1;
   bool enforce_eager = false;
   std::string communicator = "auto";

@@ -166,6 +166,11 @@ void AddModelCommands(CLI::App& app, std::vector<Subcommand>& commands) {
           "--prefill-precision", gen->options.prefill_precision,
           "exact: prefill GEMMs keep fp32 activations (bf16 hi+lo split); bf16: round them (~2x faster)")
       ->capture_default_str();
+  gen_cmd
+      ->add_option("--quant-activations", gen->options.quant_activations,
+                   "fp32: decode against quantized weights keeps fp32 activations (exact); int8: quantizes "
+                   "them as llama.cpp does (faster on 4-bit weights; needs AVX-512 VNNI)")
+      ->capture_default_str();
   commands.push_back(
       {gen_cmd, [gen] {
          if (gen->prompt_ids.empty() && gen->prompts.empty() && gen->chats.empty()) {

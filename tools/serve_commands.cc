@@ -100,6 +100,11 @@ void AddServeOptions(CLI::App* cmd, ServeArgs& a) {
       ->envname("TESSERA_MAX_QUEUE_TIME");
   cmd->add_option("--prefill-precision", a.prefill_precision, "exact or bf16 (CPU prefill GEMMs)")
       ->capture_default_str();
+  cmd->add_option(
+         "--quant-activations", a.quant_activations,
+         "fp32 or int8: CPU decode against quantized (Q8_0/Q4_0/Q4_1) weights keeps fp32 activations "
+         "(exact) or quantizes them to int8 as llama.cpp does (faster on 4-bit weights; AVX-512 VNNI)")
+      ->capture_default_str();
   cmd->add_option("--graph-max-batch", a.graph_max_batch,
                   "Decode steps of up to this many sequences replay captured CUDA graphs (-1: min(256, "
                   "--max-num-seqs) on CUDA, none on the CPU; 0: none)")

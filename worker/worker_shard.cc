@@ -225,6 +225,11 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
   if (!assign.prefill_precision().empty()) {
     RETURN_IF_ERROR(Prefixed(ParsePrefillPrecision(assign.prefill_precision(), precision), "assign_shard: "));
   }
+  QuantActivations quant_activations = QuantActivations::kFp32;
+  if (!assign.quant_activations().empty()) {
+    RETURN_IF_ERROR(
+        Prefixed(ParseQuantActivations(assign.quant_activations(), quant_activations), "assign_shard: "));
+  }
   // The null device reads no weights: the shapes the config implies are enough.
   absl::StatusOr<Checkpoint> checkpoint =
       device == DeviceKind::kNull ? Checkpoint::OpenShapes(assign.model_dir()) : Checkpoint::Open(assign.model_dir());
@@ -239,6 +244,7 @@ absl::Status WorkerShard::AssignShard(const cv1::AssignShard& assign) {
   backend_options.device = device;
   backend_options.device_index = device_index;
   backend_options.prefill_precision = precision;
+  backend_options.quant_activations = quant_activations;
   if (device == DeviceKind::kCpu) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     backend_options.num_threads =

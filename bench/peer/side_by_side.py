@@ -14,7 +14,8 @@ engine's decode as weight bytes per second against the round's read bandwidth.
 Weight-only quantized decode (--quant Q8_0,Q4_0,Q4_1; default Q8_0,Q4_0): llama.cpp's llama-quantize --pure turns
 the BF16 GGUF into one GGUF per type (every matrix in that type: by default llama.cpp would keep the tied
 embedding as Q6_K, which Tessera dequantizes to BF16), `tessera import-gguf --keep-quantized` imports that same
-file, and each round also runs both engines' decode (and prefill) on it. Not run by CI (it takes minutes and
+file, and each round also runs both engines' decode (and prefill) on it, and Tessera's decode once more with
+--quant-activations int8 (llama.cpp's int8 activations; where the CPU has AVX-512 VNNI). Not run by CI (it takes minutes and
 wants a quiet machine: it warns when the load average is 1 or more).
 
 usage: .venv/bin/python bench/peer/side_by_side.py [--rounds 5] [--threads 2] [--quant Q8_0,Q4_0] [--json FILE]
@@ -114,6 +115,8 @@ def main():
             run([tessera, "import-gguf", "--gguf", qgguf, "--out", kept, "--keep-quantized"])
         quant[qtype] = (qgguf, kept, os.path.getsize(qgguf) / 1e9)
 
+    with open("/proc/cpuinfo") as f:
+        vnni = " avx512_vnni" in f.read()
     load = os.getloadavg()[0]
     if load >= 1:
         log("WARNING: load average %.2f: the figures will show the contention" % load)
@@ -121,7 +124,7 @@ def main():
                "llama.cpp decode_b1": [], "llama.cpp prefill_512": []}
     for qtype in quant:
         for key in ("tessera decode_b1", "tessera prefill_512", "tessera prefill_512_bf16", "llama.cpp decode_b1",
-                    "llama.cpp prefill_512"):
+                    "llama.cpp prefill_512", "tessera decode_b1_int8"):
             samples["%s %s" % (key, qtype)] = []
     for round_index in range(args.rounds):
         bandwidth = json.loads(run([ceilings, "--threads", str(args.threads)]).splitlines()[-1])
@@ -130,13 +133,19 @@ def main():
         def tessera_round():
             for qtype, snapshot in [("", model)] + [(q, v[1]) for q, v in quant.items()]:
                 out = run([model_bench, "--model", snapshot, "--threads", str(args.threads), "--steps", "8",
-                           "--json", "1"])
+                           "--json", "1", "--cases", "decode_b1,prefill_512,prefill_512_bf16"])
                 for line in out.splitlines():
                     if line.startswith("{"):
                         row = json.loads(line)
                         key = ("tessera %s %s" % (row["measure"], qtype)).strip()
                         if key in samples:
                             samples[key].append(row["tokens_per_s"])
+                if qtype and vnni:
+                    out = run([model_bench, "--model", snapshot, "--threads", str(args.threads), "--steps", "8",
+                               "--json", "1", "--cases", "decode_b1", "--quant-activations", "int8"])
+                    for line in out.splitlines():
+                        if line.startswith("{"):
+                            samples["tessera decode_b1_int8 %s" % qtype].append(json.loads(line)["tokens_per_s"])
 
         def llama_round():
             for qtype, file in [("", gguf)] + [(q, v[0]) for q, v in quant.items()]:
@@ -166,6 +175,9 @@ def main():
         rows += [("decode_b1" + suffix, "tessera decode_b1" + suffix, "llama.cpp decode_b1" + suffix, gb),
                  ("prefill_512" + suffix, "tessera prefill_512" + suffix, "llama.cpp prefill_512" + suffix, 0),
                  ("prefill_bf16" + suffix, "tessera prefill_512_bf16" + suffix, "llama.cpp prefill_512" + suffix, 0)]
+        if qtype and samples["tessera decode_b1_int8" + suffix]:
+            rows.append(("decode_int8" + suffix, "tessera decode_b1_int8" + suffix, "llama.cpp decode_b1" + suffix,
+                         gb))
     for measure, ours, theirs, gb in rows:
         a, b = summary(samples[ours]), summary(samples[theirs])
         extra = ""

@@ -22,6 +22,17 @@ absl::Status ParsePrefillPrecision(const std::string& text, PrefillPrecision& pr
   return absl::OkStatus();
 }
 
+absl::Status ParseQuantActivations(const std::string& text, QuantActivations& activations) {
+  if (text == "fp32") {
+    activations = QuantActivations::kFp32;
+  } else if (text == "int8") {
+    activations = QuantActivations::kInt8;
+  } else {
+    return absl::InvalidArgumentError(Cat("--quant-activations '", text, "' is not fp32 or int8"));
+  }
+  return absl::OkStatus();
+}
+
 namespace {
 
 // Crossover between the GEMV kernels and oneDNN, measured with `kernels_bench --crossover` on the Llama 3.2
@@ -82,6 +93,11 @@ int64_t DefaultQuantGemvMaxM(PrefillPrecision precision) {
 absl::StatusOr<std::unique_ptr<CpuLinear>> CpuLinear::Create(ThreadPool* pool, const LinearOptions& options) {
   TESSERA_CHECK(pool != nullptr);
   TESSERA_CHECK(GemvIsaSupported(options.gemv_isa));
+  if (options.quant_activations == QuantActivations::kInt8 && options.gemv_isa != GemvIsa::kScalar &&
+      !Int8VnniSupported()) {
+    return absl::InvalidArgumentError(
+        "--quant-activations int8 needs AVX-512 VNNI, which this CPU lacks (use fp32)");
+  }
   auto onednn = OneDnnMatmul::Create(pool->num_threads());
   if (!onednn.ok()) return onednn.status();
   return std::unique_ptr<CpuLinear>(new CpuLinear(pool, options, std::move(onednn).value()));
@@ -94,9 +110,12 @@ CpuLinear::CpuLinear(ThreadPool* pool, const LinearOptions& options, std::unique
                                                      : options.quant_gemv_max_m),
       quant_tile_rows_(options.quant_tile_rows < 1 ? kDefaultQuantTileRows : options.quant_tile_rows),
       precision_(options.prefill_precision),
+      quant_activations_(options.quant_activations),
       isa_(options.gemv_isa),
       gemv_(GemvForIsa(options.gemv_isa)),
       gemv_quant_(GemvQuantForIsa(options.gemv_isa)),
+      gemv_quant_int8_(options.gemv_isa != GemvIsa::kScalar && Int8VnniSupported() ? &GemvQuantInt8Avx512Vnni
+                                                                                   : &GemvQuantInt8Scalar),
       dequant_bf16_(DequantizeQuantRowBf16ForIsa(GemvIsaSupported(GemvIsa::kAvx512) ? GemvIsa::kAvx512
                                                                                     : GemvIsa::kScalar)),
       split_(SplitBf16ForIsa(GemvIsaSupported(GemvIsa::kAvx512) ? GemvIsa::kAvx512 : GemvIsa::kScalar)),
@@ -165,6 +184,20 @@ void CpuLinear::ForwardQuant(const float* x, const uint8_t* w, DType type, float
 void CpuLinear::ForwardGemvQuant(const float* x, const uint8_t* w, DType type, float* y, int64_t m, int64_t n,
                                  int64_t k) {
   TESSERA_CHECK(IsQuantized(type) && k % kQuantBlockSize == 0);
+  if (quant_activations_ == QuantActivations::kInt8) {
+    const int64_t blocks = k / kQuantBlockSize;
+    if (act_q_.size() < static_cast<size_t>(m * k)) act_q_.resize(static_cast<size_t>(m * k));
+    if (act_d_.size() < static_cast<size_t>(m * blocks)) {
+      act_d_.resize(static_cast<size_t>(m * blocks));
+      act_sum_.resize(static_cast<size_t>(m * blocks));
+    }
+    // Serial: m * k values are a few microseconds of work next to streaming n * k weights.
+    QuantizeActivationsInt8(x, m, k, act_q_.data(), act_d_.data(), act_sum_.data());
+    const GemvQuantInt8Args args{act_q_.data(), act_d_.data(), act_sum_.data(), w, y, m, n, k, type};
+    const GemvQuantInt8Fn fn = gemv_quant_int8_;
+    pool_->ParallelForStatic(n, kGemvRowBlock, [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+    return;
+  }
   const GemvQuantArgs args{x, w, y, m, n, k, type};
   const GemvQuantFn fn = gemv_quant_;
   // As ForwardGemv: contiguous row ranges, on the kernels' four-row groups.

@@ -15,6 +15,7 @@
 #include "core/dtype.h"
 #include "kernels/cpu/gemv.h"
 #include "kernels/cpu/gemv_quant.h"
+#include "kernels/cpu/gemv_quant_int8.h"
 #include "kernels/cpu/onednn_matmul.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -34,6 +35,21 @@ enum class PrefillPrecision {
 // Errors: INVALID_ARGUMENT naming the value.
 [[nodiscard]] absl::Status ParsePrefillPrecision(const std::string& text, PrefillPrecision& precision);
 
+// How the quantized GEMV (decode: M up to quant_gemv_max_m) meets block-quantized weights.
+enum class QuantActivations {
+  // fp32 activations against the dequantized weights (gemv_quant.h): the dequantized weights' result up to
+  // fp32 rounding.
+  kFp32,
+  // llama.cpp's arithmetic: activations quantized to int8 per 32-value block, exact integer block dots (VNNI;
+  // gemv_quant_int8.h). Faster on 4-bit weights; errors of the activations' rounding (~1e-3 of max |y|).
+  // Needs AVX-512 VNNI unless gemv_isa is kScalar.
+  kInt8,
+};
+
+// Parses "fp32" or "int8", the spelling of --quant-activations and of AssignShard. Errors: INVALID_ARGUMENT
+// naming the value.
+[[nodiscard]] absl::Status ParseQuantActivations(const std::string& text, QuantActivations& activations);
+
 struct LinearOptions {
   // Largest M that takes the GEMV path; larger M goes to oneDNN. < 0: the measured default for the precision
   // (linear.cc).
@@ -45,13 +61,15 @@ struct LinearOptions {
   // holds quant_tile_rows * k bf16 values.
   int64_t quant_tile_rows = 0;
   PrefillPrecision prefill_precision = PrefillPrecision::kSplitBf16;
+  QuantActivations quant_activations = QuantActivations::kFp32;
   // Kernel for the GEMV path (must be supported by this CPU: CHECKed).
   GemvIsa gemv_isa = BestGemvIsa();
 };
 
 class CpuLinear {
  public:
-  // pool must outlive the CpuLinear. Errors: INTERNAL when oneDNN cannot start.
+  // pool must outlive the CpuLinear. Errors: INTERNAL when oneDNN cannot start; INVALID_ARGUMENT for int8
+  // quant activations on a CPU without AVX-512 VNNI (unless gemv_isa is kScalar).
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<CpuLinear>> Create(ThreadPool* pool,
                                                                          const LinearOptions& options);
 
@@ -68,7 +86,8 @@ class CpuLinear {
   // CHECKed): n rows of k / 32 blocks, row stride QuantRowBytes(type, k), any alignment, only read; k a
   // multiple of 32 (CHECKed). Picks the path by m like Forward (quant_gemv_max_m), with the same fallback;
   // not thread-safe either.
-  //   GEMV path: the fp32 dequantize-then-dot of GemvQuantFn (gemv_quant.h).
+  //   GEMV path: the fp32 dequantize-then-dot of GemvQuantFn (gemv_quant.h), or with kInt8 quant activations
+  //   llama.cpp's int8 activations and integer block dots (gemv_quant_int8.h).
   //   oneDNN path, in tiles of quant_tile_rows weight rows (the whole matrix is never dequantized at once):
   //   kSplitBf16 ("exact") splits the weights as it splits the activations, w = w_hi + w_lo in bf16 (16
   //   significant bits), and sums three matmuls, x_hi w_hi + x_lo w_hi + x_hi w_lo: errors of a few 1e-6 of
@@ -85,6 +104,7 @@ class CpuLinear {
   int64_t quant_gemv_max_m() const { return quant_gemv_max_m_; }
   int64_t quant_tile_rows() const { return quant_tile_rows_; }
   GemvIsa gemv_isa() const { return isa_; }
+  QuantActivations quant_activations() const { return quant_activations_; }
 
  private:
   CpuLinear(ThreadPool* pool, const LinearOptions& options, std::unique_ptr<OneDnnMatmul> onednn);
@@ -97,9 +117,11 @@ class CpuLinear {
   int64_t quant_gemv_max_m_;
   int64_t quant_tile_rows_;
   PrefillPrecision precision_;
+  QuantActivations quant_activations_;
   GemvIsa isa_;
   GemvFn gemv_;
   GemvQuantFn gemv_quant_;
+  GemvQuantInt8Fn gemv_quant_int8_;
   DequantRowBf16Fn dequant_bf16_;
   SplitBf16Fn split_;
   std::unique_ptr<OneDnnMatmul> onednn_;
@@ -110,6 +132,10 @@ class CpuLinear {
   std::vector<uint16_t> quant_tile_;     // [quant_tile_rows, k] dequantized weights, bf16
   std::vector<uint16_t> quant_tile_lo_;  // [quant_tile_rows, k] their bf16 residuals (kSplitBf16 only)
   std::vector<float> quant_y_;           // [m, quant_tile_rows] one tile's output columns (when n > tile)
+  // kInt8 quant activations: x[m, k] quantized (QuantizeActivationsInt8); grow, never shrink.
+  std::vector<int8_t> act_q_;
+  std::vector<float> act_d_;
+  std::vector<int32_t> act_sum_;
 };
 
 }  // namespace tessera

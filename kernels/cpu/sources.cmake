@@ -10,6 +10,8 @@ target_sources(tessera_kernels PRIVATE
   ${TESSERA_CPU_DIR}/gemv_avx512.cc
   ${TESSERA_CPU_DIR}/gemv_quant_avx2.cc
   ${TESSERA_CPU_DIR}/gemv_quant_avx512.cc
+  ${TESSERA_CPU_DIR}/gemv_quant_int8_avx512.cc
+  ${TESSERA_CPU_DIR}/gemv_quant_int8_scalar.cc
   ${TESSERA_CPU_DIR}/gemv_quant_scalar.cc
   ${TESSERA_CPU_DIR}/gemv_scalar.cc
   ${TESSERA_CPU_DIR}/linear.cc
@@ -21,6 +23,8 @@ set_source_files_properties(${TESSERA_CPU_DIR}/gemv_avx2.cc ${TESSERA_CPU_DIR}/g
 set_source_files_properties(${TESSERA_CPU_DIR}/gemv_avx512.cc ${TESSERA_CPU_DIR}/gemv_quant_avx512.cc
   ${TESSERA_CPU_DIR}/attention_avx512.cc
   PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mprefer-vector-width=512")
+set_source_files_properties(${TESSERA_CPU_DIR}/gemv_quant_int8_avx512.cc
+  PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512vnni;-mfma")
 # The row dequantizers must round Q4_1's q * d before adding m (bit-identical to the GGUF reader's
 # DequantizeRow); no FMA contraction.
 set_source_files_properties(${TESSERA_CPU_DIR}/gemv_quant_scalar.cc

@@ -9,6 +9,9 @@
 //   oneDNN path, against the fp32 reference: plus 2^-9, the extra rounding of each weight to bf16. The test
 //   prints the error this rounding actually causes (max and rms, relative to max |y|).
 // Embedding: bit-exact against DequantizeRow.
+// int8 activations (--quant-activations int8): the quantizer against llama.cpp's rules, both kernels against
+// the integer arithmetic in double (1e-6 of the sum of |terms|), and through a CpuBackend against the fp32
+// reference within the bound the activations' rounding sets; prefill-sized Linear is unchanged by the option.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -19,6 +22,7 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/gemv_quant.h"
+#include "kernels/cpu/gemv_quant_int8.h"
 #include "kernels/cpu/linear.h"
 #include "tests/kernels/kernel_test_util.h"
 #include "worker/checkpoint/gguf_dequant.h"
@@ -370,6 +374,208 @@ TEST(DequantizeQuantRowTest, Bf16VersionsAreTheRoundedGgufRowAndItsResidual) {
       }
     }
   }
+}
+
+// --- int8 activations (--quant-activations int8: gemv_quant_int8.h) ---
+
+namespace int8 {
+
+struct Quantized {
+  std::vector<int8_t> q;
+  std::vector<float> d;
+  std::vector<int32_t> sum;
+};
+
+Quantized Quantize(const std::vector<float>& x, int64_t m, int64_t k) {
+  Quantized a{std::vector<int8_t>(m * k), std::vector<float>(m * k / kQuantBlockSize),
+              std::vector<int32_t>(m * k / kQuantBlockSize)};
+  QuantizeActivationsInt8(x.data(), m, k, a.q.data(), a.d.data(), a.sum.data());
+  return a;
+}
+
+// The integer weight quants of block b of row r, read from the bytes as ggml lays them out (Q8_0: int8;
+// Q4_0: nibble - 8; Q4_1: nibble; low nibbles are weights 0..15), with the block's d and (Q4_1) m.
+struct IntBlock {
+  int32_t q[kQuantBlockSize];
+  double d, min;
+};
+
+IntBlock ReadBlock(const QuantMatrix& w, int64_t r, int64_t b) {
+  const uint8_t* p = w.data() + r * QuantRowBytes(w.type, w.k) + b * QuantBlockBytes(w.type);
+  IntBlock out{};
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  out.d = F16ToF32(h);
+  if (w.type == DType::kQ8_0) {
+    for (int j = 0; j < 32; ++j) out.q[j] = static_cast<int8_t>(p[2 + j]);
+    return out;
+  }
+  const int qs = w.type == DType::kQ4_0 ? 2 : 4, offset = w.type == DType::kQ4_0 ? 8 : 0;
+  if (w.type == DType::kQ4_1) {
+    std::memcpy(&h, p + 2, 2);
+    out.min = F16ToF32(h);
+  }
+  for (int j = 0; j < 16; ++j) {
+    out.q[j] = (p[qs + j] & 0x0F) - offset;
+    out.q[j + 16] = (p[qs + j] >> 4) - offset;
+  }
+  return out;
+}
+
+// y[m, n] of the int8 arithmetic in double (the integer dots exact), and its error scale: the sum of the
+// products' magnitudes, |dw dx| sum_j |qw_j qx_j| (+ |mw dx sum|), which bounds every partial sum.
+void IntegerReference(const QuantMatrix& w, const Quantized& a, int64_t m, std::vector<double>& ref,
+                      std::vector<double>& scale) {
+  const int64_t n = w.rows, k = w.k, blocks = k / kQuantBlockSize;
+  ref.assign(m * n, 0.0);
+  scale.assign(m * n, 0.0);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const IntBlock block = ReadBlock(w, r, b);
+      for (int64_t i = 0; i < m; ++i) {
+        int64_t s = 0, s_abs = 0;
+        for (int j = 0; j < 32; ++j) {
+          const int64_t product = int64_t{block.q[j]} * a.q[i * k + b * 32 + j];
+          s += product;
+          s_abs += product < 0 ? -product : product;
+        }
+        const double dx = a.d[i * blocks + b];
+        const double min_term = block.min * dx * a.sum[i * blocks + b];
+        ref[i * n + r] += static_cast<double>(s) * block.d * dx + min_term;
+        scale[i * n + r] += static_cast<double>(s_abs) * std::fabs(block.d * dx) + std::fabs(min_term);
+      }
+    }
+  }
+}
+
+}  // namespace int8
+
+TEST(Int8ActivationsTest, QuantizerIsLlamaCppsQ8_0RoundingHalfAwayFromZero) {
+  // Block 0: max |x| = 127, so d = 1 and the quants are the values rounded half away from zero; block 1 is
+  // all zeros (d = 0, q = 0); block 2 is random.
+  std::vector<float> x(96, 0.0f);
+  const float first[] = {127.0f, -63.5f, 0.5f, -0.5f, 2.49f, -126.6f};
+  const int8_t want[] = {127, -64, 1, -1, 2, -127};
+  std::copy(std::begin(first), std::end(first), x.begin());
+  std::mt19937 rng(FreshSeed());
+  const std::vector<float> random = RandomFloats(rng, 32);
+  std::copy(random.begin(), random.end(), x.begin() + 64);
+  const int8::Quantized a = int8::Quantize(x, 1, 96);
+  EXPECT_EQ(a.d[0], 1.0f);
+  for (int j = 0; j < 6; ++j) EXPECT_EQ(a.q[j], want[j]) << "x = " << first[j];
+  EXPECT_EQ(a.sum[0], 127 - 64 + 1 - 1 + 2 - 127);
+  EXPECT_EQ(a.d[1], 0.0f);
+  EXPECT_EQ(a.sum[1], 0);
+  for (int j = 32; j < 64; ++j) EXPECT_EQ(a.q[j], 0);
+  float amax = 0;
+  for (float v : random) amax = std::max(amax, std::fabs(v));
+  EXPECT_EQ(a.d[2], amax / 127.0f);
+  int32_t sum = 0;
+  for (int j = 0; j < 32; ++j) {
+    const int8_t q = a.q[64 + j];
+    EXPECT_LE(std::abs(q), 127);
+    EXPECT_LE(std::fabs(random[j] - q * a.d[2]), 0.5f * a.d[2] * (1 + 1e-6f)) << "j = " << j;
+    sum += q;
+  }
+  EXPECT_EQ(a.sum[2], sum);
+}
+
+TEST(Int8ActivationsTest, KernelsMatchTheIntegerArithmeticInDouble) {
+  const uint32_t seed = FreshSeed();
+  std::mt19937 rng(seed);
+  for (DType type : kTypes) {
+    for (const auto& [m, n, k] :
+         {std::tuple<int64_t, int64_t, int64_t>{1, 203, 2080}, {2, 37, 64}, {3, 13, 4096}, {5, 9, 32}}) {
+      const QuantMatrix w = RandomQuantMatrix(rng, type, n, k);
+      const std::vector<float> x = RandomFloats(rng, m * k);
+      const int8::Quantized a = int8::Quantize(x, m, k);
+      std::vector<double> ref, scale;
+      int8::IntegerReference(w, a, m, ref, scale);
+      std::vector<std::pair<const char*, GemvQuantInt8Fn>> kernels = {{"scalar", &GemvQuantInt8Scalar}};
+      if (Int8VnniSupported()) kernels.push_back({"avx512_vnni", &GemvQuantInt8Avx512Vnni});
+      for (const auto& [name, fn] : kernels) {
+        std::vector<float> y = Poisoned(m * n);
+        const GemvQuantInt8Args args{a.q.data(), a.d.data(), a.sum.data(), w.data(), y.data(), m, n, k, type};
+        // Two uneven column ranges, as threads split them.
+        fn(args, 0, n / 3);
+        fn(args, n / 3, n);
+        int bad = 0;
+        for (int64_t i = 0; i < m * n; ++i) {
+          if (!(std::fabs(y[i] - ref[i]) <= 1e-6 * scale[i] + 1e-30) && ++bad <= 3) {
+            ADD_FAILURE() << name << " " << QuantTypeName(type) << " m=" << m << " n=" << n << " k=" << k
+                          << " seed=" << seed << ": y[" << i / n << ", " << i % n << "] = " << y[i]
+                          << ", want " << ref[i];
+          }
+        }
+        EXPECT_EQ(bad, 0);
+      }
+    }
+  }
+}
+
+// Through a CpuBackend made with int8 quant activations: decode-sized Linear differs from the fp32 result on
+// the dequantized weights by no more than the activations' rounding allows (sum_k |w_k| d_x / 2, plus fp32
+// noise), and prefill-sized Linear (oneDNN) is the fp32-activation backend's result bit for bit.
+TEST(Int8ActivationsTest, BackendErrorIsTheActivationsRoundingAndPrefillIsUnchanged) {
+  CpuBackendOptions options;
+  options.num_threads = 2;
+  options.linear.quant_activations = QuantActivations::kInt8;
+  if (!Int8VnniSupported()) options.linear.gemv_isa = GemvIsa::kScalar;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<CpuBackend> backend, CpuBackend::Create(options));
+  EXPECT_EQ(backend->linear().quant_activations(), QuantActivations::kInt8);
+  auto exact = MakeQuantBackend(PrefillPrecision::kSplitBf16);
+  ASSERT_NE(exact, nullptr);
+  const uint32_t seed = FreshSeed();
+  std::mt19937 rng(seed);
+  for (DType type : kTypes) {
+    const int64_t m = 2, n = 301, k = 2048;
+    Problem p = MakeProblem(rng, type, m, n, k);
+    std::vector<float> y = Poisoned(m * n);
+    Tensor y_view = View(y, {m, n});
+    backend->Linear(Tensor(p.x.data(), DType::kF32, {m, k}), p.w.AsTensor(), y_view);
+    const int8::Quantized a = int8::Quantize(p.x, m, k);
+    double max_ref = 0, max_err = 0;
+    int bad = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t r = 0; r < n; ++r) {
+        const std::vector<float> w = p.w.Row(r);
+        double bound = 0;
+        for (int64_t q = 0; q < k; ++q) bound += std::fabs(w[q]) * a.d[i * k / 32 + q / 32] / 2;
+        const double err = std::fabs(y[i * n + r] - p.ref[i * n + r]);
+        max_ref = std::max(max_ref, std::fabs(p.ref[i * n + r]));
+        max_err = std::max(max_err, err);
+        if (!(err <= bound * (1 + 1e-5) + 1e-5 * p.scale[i * n + r]) && ++bad <= 3) {
+          ADD_FAILURE() << QuantTypeName(type) << " seed=" << seed << ": y[" << i << ", " << r << "] error "
+                        << err << " over the rounding bound " << bound;
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0);
+    std::printf("%s: int8 activations vs fp32 dequant: max error %.1e of max |y|\n", QuantTypeName(type),
+                max_err / max_ref);
+
+    const int64_t big = backend->linear().quant_gemv_max_m() + 5;
+    const std::vector<float> xs = RandomFloats(rng, big * k);
+    std::vector<float> y_int8 = Poisoned(big * n), y_fp32 = Poisoned(big * n);
+    Tensor a_view = View(y_int8, {big, n}), b_view = View(y_fp32, {big, n});
+    const QuantMatrix w = RandomQuantMatrix(rng, type, n, k);
+    QuantMatrix w_copy = w;
+    backend->Linear(Tensor(const_cast<float*>(xs.data()), DType::kF32, {big, k}), w_copy.AsTensor(), a_view);
+    exact->Linear(Tensor(const_cast<float*>(xs.data()), DType::kF32, {big, k}), w_copy.AsTensor(), b_view);
+    EXPECT_EQ(std::memcmp(y_int8.data(), y_fp32.data(), y_int8.size() * sizeof(float)), 0)
+        << QuantTypeName(type) << ": prefill changed with int8 quant activations";
+  }
+}
+
+TEST(Int8ActivationsTest, ParsesItsSpellingsAndNamesABadOne) {
+  QuantActivations activations = QuantActivations::kInt8;
+  ASSERT_OK(ParseQuantActivations("fp32", activations));
+  EXPECT_EQ(activations, QuantActivations::kFp32);
+  ASSERT_OK(ParseQuantActivations("int8", activations));
+  EXPECT_EQ(activations, QuantActivations::kInt8);
+  const absl::Status bad = ParseQuantActivations("int4", activations);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("'int4'"), std::string::npos) << bad;
 }
 
 }  // namespace

@@ -173,6 +173,34 @@ def read_safetensors(path, names=None):
     return out
 
 
+def _safetensors_files(model_dir):
+    single = os.path.join(model_dir, "model.safetensors")
+    if os.path.exists(single):
+        return [single]
+    with open(os.path.join(model_dir, "model.safetensors.index.json")) as f:
+        return [os.path.join(model_dir, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
+
+
+def quantized_tensor_names(model_dir):
+    """The names of the tensors a model directory stores as quantized blocks (Q8_0 / Q4_0 / Q4_1)."""
+    names = set()
+    for path in _safetensors_files(model_dir):
+        tensors, _ = read_safetensors_header(path)
+        names.update(name for name, (dtype, _, _, _) in tensors.items() if dtype in _QUANTIZED_BLOCK_BYTES)
+    return names
+
+
+def quantize_activations_int8(x):
+    """x [..., k] (k a multiple of 32) with every 32-value block rounded as llama.cpp's quantize_row_q8_0 (and
+    Tessera's --quant-activations int8) rounds it: d = max|x| / 127, q = x / d rounded half away from zero;
+    returns q * d in float64."""
+    blocks = x.reshape(-1, 32)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / 127.0
+    v = np.divide(blocks, d, out=np.zeros_like(blocks), where=d != 0)
+    q = np.sign(v) * np.floor(np.abs(v) + 0.5)
+    return (q * d).reshape(x.shape)
+
+
 def load_checkpoint(model_dir):
     """All tensors of a HF model directory (single file or sharded with an index) as float64 arrays."""
     single = os.path.join(model_dir, "model.safetensors")
@@ -361,7 +389,8 @@ def linear(x, weight, bias=None):
 class LlamaModel:
     """HF LlamaForCausalLM in float64. Weights are a dict of HF tensor names -> float64 arrays."""
 
-    def __init__(self, config, weights):
+    def __init__(self, config, weights, quantized=frozenset()):
+        """quantized: the HF names of the weights stored as blocks (only --quant-activations int8 reads it)."""
         self.config = c = config
         self.inv_freq = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)  # [head_dim / 2]
 
@@ -402,13 +431,19 @@ class LlamaModel:
                 up_b=bias(p + "mlp.up_proj.bias", ff, mb),
                 down=get(p + "mlp.down_proj.weight", (h, ff)),                                # [hidden, ffn]
                 down_b=bias(p + "mlp.down_proj.bias", h, mb),
+                quantized={key for key, name in (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"),
+                                                 ("v", "self_attn.v_proj"), ("o", "self_attn.o_proj"),
+                                                 ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
+                                                 ("down", "mlp.down_proj")) if p + name + ".weight" in quantized},
             ))
         self.norm = get("model.norm.weight", (h,))                                          # [hidden]
         if c.tie_word_embeddings:
             # HF ties lm_head to the embedding parameter; a stored lm_head.weight (if any) is not used.
             self.lm_head = self.embed                                                       # [vocab, hidden]
+            self.lm_head_quantized = "model.embed_tokens.weight" in quantized
         elif "lm_head.weight" in weights:
             self.lm_head = get("lm_head.weight", (c.vocab_size, h))                         # [vocab, hidden]
+            self.lm_head_quantized = "lm_head.weight" in quantized
         else:
             # HF would initialise a missing untied lm_head randomly (with a warning): not a usable checkpoint.
             raise KeyError("checkpoint lacks lm_head.weight and config.json has tie_word_embeddings=false")
@@ -418,10 +453,15 @@ class LlamaModel:
         """Reads config.json and the safetensors weights of a HF model directory."""
         with open(os.path.join(model_dir, "config.json")) as f:
             config = LlamaConfig.from_dict(json.load(f))
-        return LlamaModel(config, load_checkpoint(model_dir))
+        return LlamaModel(config, load_checkpoint(model_dir), quantized_tensor_names(model_dir))
 
-    def forward(self, token_ids, last_only=False):
-        """Logits [T, vocab] for token_ids at positions 0..T-1 (only the last row's [1, vocab] if last_only)."""
+    def forward(self, token_ids, last_only=False, int8_rows=None):
+        """Logits [T, vocab] for token_ids at positions 0..T-1 (only the last row's [1, vocab] if last_only).
+
+        int8_rows (bool [T], or None): rows whose activations are rounded to int8 blocks
+        (quantize_activations_int8) before each quantized projection, as --quant-activations int8 does in steps
+        small enough for the GEMV; the last row's lm_head input is then rounded too (the lm_head runs on one row
+        per sequence)."""
         c = self.config
         ids = np.asarray(token_ids, dtype=np.int64)
         if ids.ndim != 1 or ids.size == 0 or ids.min() < 0 or ids.max() >= c.vocab_size:
@@ -430,23 +470,35 @@ class LlamaModel:
         cos, sin = rope_cos_sin(self.inv_freq, np.arange(t))                  # [T, hd] each
         scale = 1.0 / math.sqrt(hd)
 
+        def rounded(a, quantized):
+            if int8_rows is None or not quantized or not np.any(int8_rows):
+                return a
+            a = a.copy()
+            a[int8_rows] = quantize_activations_int8(a[int8_rows])
+            return a
+
+        def proj(a, layer, key):
+            return linear(rounded(a, key in layer["quantized"]), layer[key], layer[key + "_b"])
+
         x = self.embed[ids]                                                   # [T, hidden]: the residual stream
         for layer in self.layers:
             h = rms_norm(x, layer["input_norm"], c.rms_norm_eps)
-            q = linear(h, layer["q"], layer["q_b"]).reshape(t, nq, hd).transpose(1, 0, 2)    # [nq, T, hd]
-            k = linear(h, layer["k"], layer["k_b"]).reshape(t, nkv, hd).transpose(1, 0, 2)   # [nkv, T, hd]
-            v = linear(h, layer["v"], layer["v_b"]).reshape(t, nkv, hd).transpose(1, 0, 2)   # [nkv, T, hd]
+            q = proj(h, layer, "q").reshape(t, nq, hd).transpose(1, 0, 2)                     # [nq, T, hd]
+            k = proj(h, layer, "k").reshape(t, nkv, hd).transpose(1, 0, 2)                    # [nkv, T, hd]
+            v = proj(h, layer, "v").reshape(t, nkv, hd).transpose(1, 0, 2)                    # [nkv, T, hd]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             attn = causal_attention(q, k, v, scale).transpose(1, 0, 2).reshape(t, nq * hd)   # [T, nq*hd]
-            x = x + linear(attn, layer["o"], layer["o_b"])
+            x = x + proj(attn, layer, "o")
 
             h = rms_norm(x, layer["post_norm"], c.rms_norm_eps)
-            gated = silu(linear(h, layer["gate"], layer["gate_b"])) * linear(h, layer["up"], layer["up_b"])
-            x = x + linear(gated, layer["down"], layer["down_b"])                            # [T, hidden]
+            gated = silu(proj(h, layer, "gate")) * proj(h, layer, "up")
+            x = x + proj(gated, layer, "down")                                                # [T, hidden]
 
-        if last_only:
-            x = x[-1:]
-        return rms_norm(x, self.norm, c.rms_norm_eps) @ self.lm_head.T                      # [T or 1, vocab]
+        x = rms_norm(x[-1:] if last_only else x, self.norm, c.rms_norm_eps)
+        if int8_rows is not None and self.lm_head_quantized:
+            x = x.copy()
+            x[-1:] = quantize_activations_int8(x[-1:])
+        return x @ self.lm_head.T                                                           # [T or 1, vocab]
 
     def generate_greedy(self, prompt_ids, max_tokens, eos_ids=None):
         """Greedy decoding as HF generate(do_sample=False).

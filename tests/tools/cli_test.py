@@ -134,6 +134,7 @@ class CliTest(unittest.TestCase):
             (("generate", "--model", self.model, "--chat", os.path.join(ARGS.workdir, "nope.json")), "nope.json"),
             (("generate", "--model", self.model, "--prompt-ids", "1,x"), "'x'"),
             (("generate", "--model", self.model, "--prompt-ids", "1", "--prefill-precision", "fp8"), "fp8"),
+            (("generate", "--model", self.model, "--prompt-ids", "1", "--quant-activations", "int4"), "int4"),
             (("generate", "--model", self.model, "--prompt-ids", "1", "--graph-max-batch", "-5"), "--graph-max-batch=-5"),
             (("detokenize", "--model", self.model, "--ids", "128256"), "128256"),
             (("generate", "--model", self.model, "--prompt-ids", "1", "--device", "tpu"), "tpu"),

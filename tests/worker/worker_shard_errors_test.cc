@@ -45,6 +45,12 @@ TEST_F(WorkerShardTest, SetupErrorsNameTheRankAndTheCulprit) {
   EXPECT_EQ(error.code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(error.message(), HasSubstr("'fp8'"));
 
+  cv1::CoordinatorMessage activations = Assign();
+  activations.mutable_assign_shard()->set_quant_activations("int4");
+  error = ErrorOf(shard->Handle(activations));
+  EXPECT_EQ(error.code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(error.message(), AllOf(StartsWith("rank 0: assign_shard: "), HasSubstr("'int4'")));
+
   cv1::CoordinatorMessage graphs = Assign();
   graphs.mutable_assign_shard()->set_graph_max_batch(-3);
   error = ErrorOf(shard->Handle(graphs));
