@@ -45,4 +45,20 @@ SplitBf16Fn SplitBf16ForIsa(GemvIsa isa);
 // Weight rows handled together by the kernels; callers split n on multiples of this.
 inline constexpr int64_t kGemvRowBlock = 4;
 
+// How far ahead (bytes) each weight stream of the SIMD kernels prefetches. Measured on the 8192x2048 and
+// 2048x8192 shapes (2 threads, Sapphire Rapids VM): 1 KiB and 4 KiB ahead were 2-10% slower.
+inline constexpr int64_t kGemvPrefetchBytes = 2048;
+
+// The SIMD kernels' row order: [n_begin, n_end) as four streams of q = (n_end - n_begin) / 4 consecutive
+// rows, read side by side: group(n, q) for n in [n_begin, n_begin + q) takes rows n, n + q, n + 2q and n +
+// 3q; then single(n) takes each of the rows left over. Each stream runs through contiguous memory across row
+// ends, which the prefetchers follow; four adjacent rows instead restarted four short streams every four
+// rows, which cost 8-14% of the read bandwidth at m = 1 on BF16 weights and 15-19% on quantized ones.
+template <typename Group, typename Single>
+inline void ForEachRowStreams(int64_t n_begin, int64_t n_end, Group group, Single single) {
+  const int64_t q = (n_end - n_begin) / 4;
+  for (int64_t n = n_begin; n < n_begin + q; ++n) group(n, q);
+  for (int64_t n = n_begin + 4 * q; n < n_end; ++n) single(n);
+}
+
 }  // namespace tessera

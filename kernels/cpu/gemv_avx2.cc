@@ -28,8 +28,8 @@ inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// How far ahead (elements, 2 KiB) each weight stream prefetches, as the AVX-512 kernel.
-constexpr int64_t kPrefetchAhead = 1024;
+// How far ahead (weight elements) each weight stream prefetches.
+constexpr int64_t kPrefetchAhead = kGemvPrefetchBytes / 2;
 
 // y[m, r * ys] = x[m, :] . w[r * ws, :] for MR activation rows and NR weight rows ws elements apart (MR * NR
 // <= 8 keeps the accumulators, weights and one activation vector within the 16 ymm registers). The NR rows
@@ -81,10 +81,9 @@ inline void Rows(const GemvArgs& a, int64_t n, int64_t stride) {
 }  // namespace
 
 void GemvAvx2(const GemvArgs& a, int64_t n_begin, int64_t n_end) {
-  // Four streams of q consecutive rows, read side by side, as GemvAvx512 does (measured there).
-  const int64_t q = (n_end - n_begin) / 4;
-  for (int64_t j = 0; j < q; ++j) Rows<4>(a, n_begin + j, q);
-  for (int64_t n = n_begin + 4 * q; n < n_end; ++n) Rows<1>(a, n, 0);
+  ForEachRowStreams(
+      n_begin, n_end, [&](int64_t n, int64_t stride) { Rows<4>(a, n, stride); },
+      [&](int64_t n) { Rows<1>(a, n, 0); });
 }
 
 }  // namespace tessera

@@ -2,8 +2,9 @@
 // fp32 (zero-extend, shift left 16) and multiplied with fp32 FMA, so activations keep full fp32 precision
 // (unlike _mm512_dpbf16_ps, which rounds them to bf16). Four weight rows at a time share each activation
 // load; activation rows go in register chunks of up to four, re-reading the four weight rows from L1/L2. The
-// four rows are a quarter of the range apart, so that the weights stream as four long runs (see GemvAvx512).
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wuninitialized flags once inlined.
+// four rows are a quarter of the range apart, so that the weights stream as four long runs (ForEachRowStreams
+// in gemv.h). GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wuninitialized flags once
+// inlined.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -17,10 +18,8 @@ inline __m512 WidenBf16(__m256i h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// How far ahead (in weight elements, 2 KiB) each weight stream prefetches. Measured on the 8192x2048 and
-// 2048x8192 shapes (2 threads, Sapphire Rapids VM): 1 KiB and 4 KiB ahead were 2-10% slower; the next row
-// group at the same offset (this kernel's earlier scheme, with adjacent rows) 8-14% slower.
-constexpr int64_t kPrefetchAhead = 1024;
+// How far ahead (weight elements) each weight stream prefetches.
+constexpr int64_t kPrefetchAhead = kGemvPrefetchBytes / 2;
 
 // y[m, r * ys] = x[m, :] . w[r * ws, :] for MR activation rows and NR weight rows ws elements apart. The
 // weight rows are NR independent streams; with kPrefetch each one prefetches kPrefetchAhead elements ahead,
@@ -114,12 +113,9 @@ void SplitBf16Avx512(const float* x, int64_t count, uint16_t* hi, uint16_t* lo) 
 }
 
 void GemvAvx512(const GemvArgs& a, int64_t n_begin, int64_t n_end) {
-  // The range as four streams of q consecutive rows each, read side by side (rows j, j + q, j + 2q, j + 3q):
-  // each stream runs through contiguous memory across row ends, which the prefetchers follow, where four
-  // adjacent rows would restart four short streams every 4 rows. Measured 8-14% faster at m = 1.
-  const int64_t q = (n_end - n_begin) / 4;
-  for (int64_t j = 0; j < q; ++j) Rows<4>(a, n_begin + j, q);
-  for (int64_t n = n_begin + 4 * q; n < n_end; ++n) Rows<1>(a, n, 0);
+  ForEachRowStreams(
+      n_begin, n_end, [&](int64_t n, int64_t stride) { Rows<4>(a, n, stride); },
+      [&](int64_t n) { Rows<1>(a, n, 0); });
 }
 
 }  // namespace tessera

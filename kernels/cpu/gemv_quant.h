@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
+#include "core/check.h"
 #include "core/dtype.h"
 #include "kernels/cpu/gemv.h"
 
@@ -49,6 +51,29 @@ void GemvQuantScalar(const GemvQuantArgs& args, int64_t n_begin, int64_t n_end);
 void GemvQuantAvx2(const GemvQuantArgs& args, int64_t n_begin, int64_t n_end);
 // Requires AVX-512 F/BW/VL/DQ.
 void GemvQuantAvx512(const GemvQuantArgs& args, int64_t n_begin, int64_t n_end);
+
+// The fp16 scale at p (a block's d or m, any alignment) as fp32.
+inline float BlockHalf(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return F16ToF32(h);
+}
+
+// Calls fn.template operator()<T>() with T the block type `type` (kQ8_0, kQ4_0 or kQ4_1; CHECKed): each
+// kernel's one step from the run-time type to its templates.
+template <typename Fn>
+inline void DispatchQuantType(QuantType type, Fn&& fn) {
+  switch (type) {
+    case QuantType::kQ8_0:
+      return fn.template operator()<QuantType::kQ8_0>();
+    case QuantType::kQ4_0:
+      return fn.template operator()<QuantType::kQ4_0>();
+    case QuantType::kQ4_1:
+      return fn.template operator()<QuantType::kQ4_1>();
+    default:
+      TESSERA_CHECK(IsQuantized(type));
+  }
+}
 
 // The kernel for `isa` (which the caller has checked with GemvIsaSupported).
 GemvQuantFn GemvQuantForIsa(GemvIsa isa);

@@ -57,11 +57,8 @@ inline void Unpack(const uint8_t* b, __m256 q[4]) {
   }
 }
 
-// How far ahead (bytes) each weight stream prefetches, as the AVX-512 kernels.
-constexpr int64_t kPrefetchAheadBytes = 2048;
-
 // y[r * ys] = x . dequant(w[r * ws bytes, :]) for one activation row and NR weight rows ws bytes apart (NR
-// streams; with `prefetch` each prefetches kPrefetchAheadBytes ahead, past its row's end into the stream's
+// streams; with `prefetch` each prefetches kGemvPrefetchBytes ahead, past its row's end into the stream's
 // next row; prefetches never fault).
 template <QuantType T, int NR>
 inline void Tile(const float* x, const uint8_t* w, int64_t ws, int64_t k, bool prefetch, float* y,
@@ -78,7 +75,7 @@ inline void Tile(const float* x, const uint8_t* w, int64_t ws, int64_t k, bool p
       xsum = _mm256_add_ps(_mm256_add_ps(xv[0], xv[1]), _mm256_add_ps(xv[2], xv[3]));
     for (int r = 0; r < NR; ++r) {
       const uint8_t* p = w + r * ws + b * kBlockBytes;
-      if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAheadBytes), _MM_HINT_T0);
+      if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetchBytes), _MM_HINT_T0);
       __m256 q[4];
       Unpack<T>(p, q);
       __m256 dot = _mm256_mul_ps(xv[0], q[0]);
@@ -101,26 +98,16 @@ inline void Rows(const GemvQuantArgs& a, int64_t row_bytes, int64_t n, int64_t s
 template <QuantType T>
 void Run(const GemvQuantArgs& a, int64_t n_begin, int64_t n_end) {
   const int64_t row_bytes = QuantRowBytes(T, a.k);
-  // Four streams of q consecutive rows, read side by side, as the AVX-512 kernels.
-  const int64_t q = (n_end - n_begin) / 4;
-  for (int64_t j = 0; j < q; ++j) Rows<T, 4>(a, row_bytes, n_begin + j, q);
-  for (int64_t n = n_begin + 4 * q; n < n_end; ++n) Rows<T, 1>(a, row_bytes, n, 0);
+  ForEachRowStreams(
+      n_begin, n_end, [&](int64_t n, int64_t stride) { Rows<T, 4>(a, row_bytes, n, stride); },
+      [&](int64_t n) { Rows<T, 1>(a, row_bytes, n, 0); });
 }
 
 }  // namespace
 
 void GemvQuantAvx2(const GemvQuantArgs& a, int64_t n_begin, int64_t n_end) {
   TESSERA_CHECK(a.k % kQuantBlockSize == 0);
-  switch (a.type) {
-    case QuantType::kQ8_0:
-      return Run<QuantType::kQ8_0>(a, n_begin, n_end);
-    case QuantType::kQ4_0:
-      return Run<QuantType::kQ4_0>(a, n_begin, n_end);
-    case QuantType::kQ4_1:
-      return Run<QuantType::kQ4_1>(a, n_begin, n_end);
-    default:
-      TESSERA_CHECK(IsQuantized(a.type));
-  }
+  DispatchQuantType(a.type, [&]<QuantType T>() { Run<T>(a, n_begin, n_end); });
 }
 
 }  // namespace tessera

@@ -62,11 +62,8 @@ inline Block Unpack(const float* half_table, const uint8_t* b) {
   return r;
 }
 
-// How far ahead (bytes) each weight stream prefetches: as the bf16 kernel (gemv_avx512.cc), 2 KiB.
-constexpr int64_t kPrefetchAheadBytes = 2048;
-
 // y[m, r * ys] = x[m, :] . dequant(w[r * ws bytes, :]) for MR activation rows and NR weight rows ws bytes
-// apart: NR independent streams, each prefetching kPrefetchAheadBytes ahead with kPrefetch (past its row's
+// apart: NR independent streams, each prefetching kGemvPrefetchBytes ahead with kPrefetch (past its row's
 // end into the next row of the same stream; prefetches never fault).
 template <QuantType T, int MR, int NR, bool kPrefetch>
 inline void Tile(const float* half_table, const float* x, const uint8_t* w, int64_t ws, int64_t k, float* y,
@@ -81,7 +78,7 @@ inline void Tile(const float* half_table, const float* x, const uint8_t* w, int6
     for (int r = 0; r < NR; ++r) {
       const uint8_t* p = w + r * ws + b * kBlockBytes;
       wb[r] = Unpack<T>(half_table, p);
-      if (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAheadBytes), _MM_HINT_T0);
+      if (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetchBytes), _MM_HINT_T0);
     }
     for (int m = 0; m < MR; ++m) {
       const __m512 xlo = _mm512_loadu_ps(x + m * k + b * kQuantBlockSize);
@@ -136,26 +133,16 @@ template <QuantType T>
 void Run(const GemvQuantArgs& a, int64_t n_begin, int64_t n_end) {
   const int64_t row_bytes = QuantRowBytes(T, a.k);
   const float* half_table = HalfToFloatTable();
-  // Four streams of q consecutive rows, read side by side, as GemvAvx512 does (measured there).
-  const int64_t q = (n_end - n_begin) / 4;
-  for (int64_t j = 0; j < q; ++j) Rows<T, 4>(half_table, a, row_bytes, n_begin + j, q);
-  for (int64_t n = n_begin + 4 * q; n < n_end; ++n) Rows<T, 1>(half_table, a, row_bytes, n, 0);
+  ForEachRowStreams(
+      n_begin, n_end, [&](int64_t n, int64_t stride) { Rows<T, 4>(half_table, a, row_bytes, n, stride); },
+      [&](int64_t n) { Rows<T, 1>(half_table, a, row_bytes, n, 0); });
 }
 
 }  // namespace
 
 void GemvQuantAvx512(const GemvQuantArgs& a, int64_t n_begin, int64_t n_end) {
   TESSERA_CHECK(a.k % kQuantBlockSize == 0);
-  switch (a.type) {
-    case QuantType::kQ8_0:
-      return Run<QuantType::kQ8_0>(a, n_begin, n_end);
-    case QuantType::kQ4_0:
-      return Run<QuantType::kQ4_0>(a, n_begin, n_end);
-    case QuantType::kQ4_1:
-      return Run<QuantType::kQ4_1>(a, n_begin, n_end);
-    default:
-      TESSERA_CHECK(IsQuantized(a.type));
-  }
+  DispatchQuantType(a.type, [&]<QuantType T>() { Run<T>(a, n_begin, n_end); });
 }
 
 }  // namespace tessera

@@ -21,8 +21,6 @@
 namespace tessera {
 namespace {
 
-constexpr int64_t kPrefetchAheadBytes = 2048;
-
 inline float HalfBits(const float* half_table, const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
@@ -79,7 +77,7 @@ inline void Tile(const float* half_table, const GemvQuantInt8Args& a, int64_t m0
     }
     for (int r = 0; r < NR; ++r) {
       const uint8_t* p = w + r * ws + b * kBlockBytes;
-      if (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAheadBytes), _MM_HINT_T0);
+      if (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(p + kGemvPrefetchBytes), _MM_HINT_T0);
       const __m256i wq = WeightBytes<T>(p);
       const __m256 dw = _mm256_set1_ps(HalfBits(half_table, p));
       for (int m = 0; m < MR; ++m) {
@@ -124,25 +122,16 @@ template <QuantType T>
 void Run(const GemvQuantInt8Args& a, int64_t n_begin, int64_t n_end) {
   const int64_t row_bytes = QuantRowBytes(T, a.k);
   const float* half_table = HalfToFloatTable();
-  const int64_t q = (n_end - n_begin) / 4;
-  for (int64_t j = 0; j < q; ++j) Rows<T, 4>(half_table, a, row_bytes, n_begin + j, q);
-  for (int64_t n = n_begin + 4 * q; n < n_end; ++n) Rows<T, 1>(half_table, a, row_bytes, n, 0);
+  ForEachRowStreams(
+      n_begin, n_end, [&](int64_t n, int64_t stride) { Rows<T, 4>(half_table, a, row_bytes, n, stride); },
+      [&](int64_t n) { Rows<T, 1>(half_table, a, row_bytes, n, 0); });
 }
 
 }  // namespace
 
 void GemvQuantInt8Avx512Vnni(const GemvQuantInt8Args& a, int64_t n_begin, int64_t n_end) {
   TESSERA_CHECK(a.k % kQuantBlockSize == 0);
-  switch (a.type) {
-    case QuantType::kQ8_0:
-      return Run<QuantType::kQ8_0>(a, n_begin, n_end);
-    case QuantType::kQ4_0:
-      return Run<QuantType::kQ4_0>(a, n_begin, n_end);
-    case QuantType::kQ4_1:
-      return Run<QuantType::kQ4_1>(a, n_begin, n_end);
-    default:
-      TESSERA_CHECK(IsQuantized(a.type));
-  }
+  DispatchQuantType(a.type, [&]<QuantType T>() { Run<T>(a, n_begin, n_end); });
 }
 
 }  // namespace tessera

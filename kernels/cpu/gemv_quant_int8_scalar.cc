@@ -10,12 +10,6 @@
 namespace tessera {
 namespace {
 
-inline float Half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return F16ToF32(h);
-}
-
 // The exact integer dot of one weight block with one activation block.
 template <QuantType T>
 inline int32_t BlockDot(const uint8_t* b, const int8_t* xq) {
@@ -48,8 +42,9 @@ void Run(const GemvQuantInt8Args& a, int64_t n_begin, int64_t n_end) {
       for (int64_t b = 0; b < blocks; ++b) {
         const uint8_t* block = w + b * block_bytes;
         const float s = static_cast<float>(BlockDot<T>(block, xq + b * kQuantBlockSize));
-        acc += s * (Half(block) * xd[b]);
-        if constexpr (T == QuantType::kQ4_1) acc += Half(block + 2) * (xd[b] * static_cast<float>(xsum[b]));
+        acc += s * (BlockHalf(block) * xd[b]);
+        if constexpr (T == QuantType::kQ4_1)
+          acc += BlockHalf(block + 2) * (xd[b] * static_cast<float>(xsum[b]));
       }
       a.y[m * a.n + n] = acc;
     }
@@ -80,16 +75,7 @@ void QuantizeActivationsInt8(const float* x, int64_t m, int64_t k, int8_t* q, fl
 
 void GemvQuantInt8Scalar(const GemvQuantInt8Args& a, int64_t n_begin, int64_t n_end) {
   TESSERA_CHECK(a.k % kQuantBlockSize == 0);
-  switch (a.type) {
-    case QuantType::kQ8_0:
-      return Run<QuantType::kQ8_0>(a, n_begin, n_end);
-    case QuantType::kQ4_0:
-      return Run<QuantType::kQ4_0>(a, n_begin, n_end);
-    case QuantType::kQ4_1:
-      return Run<QuantType::kQ4_1>(a, n_begin, n_end);
-    default:
-      TESSERA_CHECK(IsQuantized(a.type));
-  }
+  DispatchQuantType(a.type, [&]<QuantType T>() { Run<T>(a, n_begin, n_end); });
 }
 
 bool Int8VnniSupported() {

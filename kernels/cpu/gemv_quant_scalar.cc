@@ -19,17 +19,11 @@
 namespace tessera {
 namespace {
 
-inline float Half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return F16ToF32(h);
-}
-
 // x[0, 32) . dequant(block) as the SIMD kernels compute it: the fp32 dot with the integer quants, times d
 // (Q4_1: plus m * sum(x)).
 template <QuantType T>
 inline float BlockDot(const float* x, const uint8_t* b) {
-  const float d = Half(b);
+  const float d = BlockHalf(b);
   float dot = 0;
   if constexpr (T == QuantType::kQ8_0) {
     const int8_t* qs = reinterpret_cast<const int8_t*>(b + 2);
@@ -41,7 +35,7 @@ inline float BlockDot(const float* x, const uint8_t* b) {
     for (int j = 0; j < 16; ++j) dot += x[j + 16] * static_cast<float>((qs[j] >> 4) - 8);
     return dot * d;
   } else {
-    const float m = Half(b + 2);
+    const float m = BlockHalf(b + 2);
     const uint8_t* qs = b + 4;
     float sum = 0;
     for (int j = 0; j < 16; ++j) dot += x[j] * static_cast<float>(qs[j] & 0x0F);
@@ -264,16 +258,7 @@ const char* QuantTypeName(QuantType type) {
 
 void GemvQuantScalar(const GemvQuantArgs& a, int64_t n_begin, int64_t n_end) {
   TESSERA_CHECK(a.k % kQuantBlockSize == 0);
-  switch (a.type) {
-    case QuantType::kQ8_0:
-      return Run<QuantType::kQ8_0>(a, n_begin, n_end);
-    case QuantType::kQ4_0:
-      return Run<QuantType::kQ4_0>(a, n_begin, n_end);
-    case QuantType::kQ4_1:
-      return Run<QuantType::kQ4_1>(a, n_begin, n_end);
-    default:
-      TESSERA_CHECK(IsQuantized(a.type));
-  }
+  DispatchQuantType(a.type, [&]<QuantType T>() { Run<T>(a, n_begin, n_end); });
 }
 
 const float* HalfToFloatTable() {
